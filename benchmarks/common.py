@@ -1,0 +1,62 @@
+"""What every benchmark shares: a description of the machine, timing, and where results go."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+RESULTS_DIR = Path(__file__).parent / "results"
+
+
+def machine() -> dict:
+    """The facts a figure needs next to it: CPU, cores, memory, Python and key libraries."""
+    import numpy
+    import zarr
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gb = None
+    try:
+        mem_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError):
+        pass
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "memory_gb": mem_gb, "python": platform.python_version(),
+        "numpy": numpy.__version__, "zarr": zarr.__version__,
+    }
+
+
+@contextmanager
+def timer():
+    """``with timer() as t: ...`` then ``t()`` is the elapsed wall time in seconds."""
+    start = time.perf_counter()
+    end = None
+
+    def elapsed():
+        return (end or time.perf_counter()) - start
+
+    try:
+        yield elapsed
+    finally:
+        end = time.perf_counter()
+
+
+def report(name: str, figures: dict) -> dict:
+    """Print one benchmark's figures with the machine, and save them as JSON."""
+    record = {"benchmark": name, "machine": machine(), "figures": figures,
+              "date": time.strftime("%Y-%m-%d %H:%M")}
+    RESULTS_DIR.mkdir(exist_ok=True)
+    (RESULTS_DIR / f"{name}.json").write_text(json.dumps(record, indent=2))
+    print(f"\n== {name} on {record['machine']['cpu']} ({record['machine']['cores']} cores)")
+    for key, value in figures.items():
+        print(f"   {key}: {value}")
+    return record

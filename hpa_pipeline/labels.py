@@ -1,0 +1,139 @@
+"""The 28 HPA classes, the four filters, and strict parsing of the competition's CSV files.
+
+Shared by every stage (see ``design.md``: Labels). Parsing is strict on purpose: a label
+outside 0-27, an empty target or a non-numeric token is an error that names the CSV row,
+because a silently dropped label is a silently wrong model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+CLASS_NAMES: tuple[str, ...] = (
+    "Nucleoplasm", "Nuclear membrane", "Nucleoli", "Nucleoli fibrillar center",
+    "Nuclear speckles", "Nuclear bodies", "Endoplasmic reticulum", "Golgi apparatus",
+    "Peroxisomes", "Endosomes", "Lysosomes", "Intermediate filaments", "Actin filaments",
+    "Focal adhesion sites", "Microtubules", "Microtubule ends", "Cytokinetic bridge",
+    "Mitotic spindle", "Microtubule organizing center", "Centrosome", "Lipid droplets",
+    "Plasma membrane", "Cell junctions", "Mitochondria", "Aggresome", "Cytosol",
+    "Cytoplasmic bodies", "Rods & rings",
+)
+N_CLASSES = len(CLASS_NAMES)
+
+#: Channel order of every store and model input (design.md). The filter names are the
+#: suffixes of the competition's file names ``<id>_<filter>.tif``.
+FILTERS: tuple[str, ...] = ("red", "green", "blue", "yellow")
+
+#: What each filter stains; green carries the protein whose location is the label.
+FILTER_STAINS = {
+    "red": "microtubules",
+    "green": "protein of interest",
+    "blue": "nucleus",
+    "yellow": "endoplasmic reticulum",
+}
+
+#: Label counts of the real train.csv (31,072 samples), used to draw realistic label sets
+#: when ``../shared/data/kaggle/train.csv`` is not at hand.
+REAL_CLASS_COUNTS: tuple[int, ...] = (
+    12885, 1254, 3621, 1561, 1858, 2513, 1008, 2822, 53, 45, 28, 1093, 688, 537,
+    1066, 21, 530, 210, 902, 1482, 172, 3777, 802, 2965, 322, 8228, 328, 11,
+)
+REAL_N_SAMPLES = 31072
+
+
+class LabelError(ValueError):
+    """A CSV row whose id or target breaks the rules of design.md."""
+
+
+@dataclass(frozen=True)
+class SampleTable:
+    """Ids in file order and, for train.csv, their label sets.
+
+    ``labels`` is ``None`` for ``sample_submission.csv`` (ids only).
+    """
+
+    ids: tuple[str, ...]
+    labels: tuple[tuple[int, ...], ...] | None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def has_labels(self) -> bool:
+        return self.labels is not None
+
+    def label_matrix(self) -> np.ndarray:
+        """``(n, 28)`` bool one-hot matrix of the label sets."""
+        if self.labels is None:
+            raise LabelError("this table has no labels (a sample_submission.csv)")
+        return labels_to_matrix(self.labels)
+
+
+def parse_target(text: object, where: str) -> tuple[int, ...]:
+    """Parse a space-separated target such as ``"16 0"`` into sorted unique class ids.
+
+    ``where`` names the row in the error message, e.g. ``"train.csv row 12 (id abc)"``.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise LabelError(f"{where}: empty target")
+    out = set()
+    for token in text.split():
+        if not token.isdigit():
+            raise LabelError(f"{where}: label {token!r} is not a non-negative integer")
+        value = int(token)
+        if value >= N_CLASSES:
+            raise LabelError(f"{where}: label {value} is outside 0-{N_CLASSES - 1}")
+        out.add(value)
+    return tuple(sorted(out))
+
+
+def format_target(classes) -> str:
+    """Inverse of :func:`parse_target`: ascending, space-separated."""
+    return " ".join(str(int(c)) for c in sorted(set(int(c) for c in classes)))
+
+
+def read_sample_table(csv_path: str | Path) -> SampleTable:
+    """Read ``train.csv`` (``Id,Target``) or ``sample_submission.csv`` (``Id,Predicted``).
+
+    The file order fixes the sample order of the store. Duplicate or empty ids and bad
+    targets raise :class:`LabelError` naming the row (1-based data row, header excluded).
+    A ``Predicted`` column is ignored: it is a placeholder in sample_submission.csv.
+    """
+    csv_path = Path(csv_path)
+    frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    if "Id" not in frame.columns:
+        raise LabelError(f"{csv_path}: no 'Id' column (columns: {list(frame.columns)})")
+    has_labels = "Target" in frame.columns
+    ids, labels, seen = [], [], {}
+    for row, (sample_id, target) in enumerate(
+        zip(frame["Id"], frame["Target"] if has_labels else [None] * len(frame)), start=1
+    ):
+        sample_id = sample_id.strip()
+        where = f"{csv_path.name} row {row} (id {sample_id or '<empty>'})"
+        if not sample_id:
+            raise LabelError(f"{where}: empty id")
+        if sample_id in seen:
+            raise LabelError(f"{where}: duplicate id, first seen in row {seen[sample_id]}")
+        seen[sample_id] = row
+        ids.append(sample_id)
+        if has_labels:
+            labels.append(parse_target(target, where))
+    return SampleTable(tuple(ids), tuple(labels) if has_labels else None)
+
+
+def labels_to_matrix(label_sets) -> np.ndarray:
+    """``(n, 28)`` bool one-hot matrix from an iterable of class-id tuples."""
+    label_sets = list(label_sets)
+    matrix = np.zeros((len(label_sets), N_CLASSES), dtype=bool)
+    for i, classes in enumerate(label_sets):
+        matrix[i, list(classes)] = True
+    return matrix
+
+
+def write_labels_csv(path: str | Path, ids, label_sets, column: str = "Target") -> None:
+    """Write ``Id,<column>`` rows with ascending space-separated labels."""
+    frame = pd.DataFrame({"Id": list(ids), column: [format_target(c) for c in label_sets]})
+    frame.to_csv(path, index=False)

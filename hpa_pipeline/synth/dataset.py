@@ -1,0 +1,208 @@
+"""A synthetic HPA dataset in the competition's exact on-disk format.
+
+``make_dataset`` writes into one folder:
+
+- ``train_full_size.7z`` and ``test_full_size.7z``: members ``<id>_<filter>.tif``, four per id
+  (red, green, blue, yellow), full-size single-channel TIFFs, sorted by name as in the real ones;
+- ``train.csv`` (``Id,Target``) and ``sample_submission.csv`` (``Id,Predicted``, placeholder ``0``);
+- ``test_labels.csv``: the hidden truth of the test split (``Id,Target``), which the real
+  competition never published; the demo scores its submission against it.
+
+Label sets are whole rows drawn from the real ``train.csv`` when it is at hand (so the label
+co-occurrence is real too), else drawn per class from the real class frequencies.
+Everything depends only on ``seed``: sample ``i`` of a split has its own random stream, so the
+images are the same whatever the number of worker processes.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import io
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import py7zr
+import tifffile
+
+from ..labels import FILTERS, N_CLASSES, REAL_CLASS_COUNTS, REAL_N_SAMPLES, read_sample_table, write_labels_csv
+from .cells import render_sample
+
+#: TIFF compressions that ``--compression`` offers, as tifffile names them.
+TIFF_COMPRESSIONS = {"none": None, "deflate": "zlib", "zlib": "zlib", "lzw": "lzw", "zstd": "zstd"}
+
+#: Archive coders. ``copy`` stores the (already compressed) TIFFs: LZMA2 gains little on them
+#: and writes at only 2-9 MB/s on one core, so ``copy`` is what keeps a 64-sample full-size
+#: dataset at about a minute. ``lzma2`` is what the real archives use; pick it to measure
+#: decoding as it will be on them.
+ARCHIVE_METHODS = {
+    "copy": [{"id": py7zr.FILTER_COPY}],
+    "lzma2": [{"id": py7zr.FILTER_LZMA2, "preset": 1}],
+}
+
+TRAIN_ARCHIVE = "train_full_size.7z"
+TEST_ARCHIVE = "test_full_size.7z"
+
+
+@dataclass
+class SynthSpec:
+    """What to generate; the defaults make full-size data like the real archives."""
+
+    n_train: int = 48
+    n_test: int = 16
+    image_sizes: tuple[int, ...] = (2048, 3072)
+    bit_depth: int = 8
+    compression: str = "deflate"
+    archive_method: str = "copy"
+    seed: int = 0
+    labels_csv: str | Path | None = None  # real train.csv to draw label sets from
+
+    def __post_init__(self):
+        if self.bit_depth not in (8, 16):
+            raise ValueError(f"bit depth must be 8 or 16, not {self.bit_depth}")
+        if self.compression not in TIFF_COMPRESSIONS:
+            raise ValueError(f"unknown TIFF compression {self.compression!r}; choose from {sorted(TIFF_COMPRESSIONS)}")
+        if self.archive_method not in ARCHIVE_METHODS:
+            raise ValueError(f"unknown archive method {self.archive_method!r}; choose from {sorted(ARCHIVE_METHODS)}")
+        bad = [s for s in self.image_sizes if s < 64 or s % 4]
+        if bad or not self.image_sizes:
+            raise ValueError(f"image sizes must be multiples of 4 and at least 64, got {self.image_sizes}")
+
+
+@dataclass
+class SynthResult:
+    out_dir: Path
+    train_archive: Path
+    test_archive: Path
+    train_csv: Path
+    sample_submission: Path
+    test_labels: Path
+    train_ids: list[str] = field(default_factory=list)
+    test_ids: list[str] = field(default_factory=list)
+
+
+def new_ids(rng: np.random.Generator, n: int) -> list[str]:
+    """Unique ids shaped like the real ones (``00070df0-bbc3-11e8-b2bc-ac1f6b6435d0``)."""
+    ids: set[str] = set()
+    while len(ids) < n:
+        h = rng.integers(0, 16, 20)
+        hexs = "".join("0123456789abcdef"[i] for i in h)
+        ids.add(f"{hexs[:8]}-{hexs[8:12]}-11e8-{hexs[12:16]}-ac1f6b{hexs[16:20]}d0")
+    return sorted(ids)
+
+
+def draw_label_sets(rng: np.random.Generator, n: int, labels_csv=None) -> list[tuple[int, ...]]:
+    """``n`` label sets with the real distribution: real rows if a train.csv is given."""
+    if labels_csv is not None and Path(labels_csv).exists():
+        real = read_sample_table(labels_csv).labels
+        return [real[i] for i in rng.integers(0, len(real), n)]
+    p = np.array(REAL_CLASS_COUNTS) / REAL_N_SAMPLES
+    # Every real sample has a label. Draw classes independently with probabilities thinned
+    # by s and redraw empty sets: then P(class) = s*p / P(non-empty) = p when s = P(non-empty).
+    s = 1.0
+    for _ in range(200):
+        s = 1.0 - float(np.prod(1.0 - s * p))
+    out = []
+    while len(out) < n:
+        classes = np.flatnonzero(rng.random(N_CLASSES) < s * p)
+        if classes.size:
+            out.append(tuple(int(c) for c in classes))
+    return out
+
+
+def encode_tiff(image: np.ndarray, compression: str) -> bytes:
+    """One single-channel TIFF in memory; deflate at level 1 (fast, near level 6 in size)."""
+    codec = TIFF_COMPRESSIONS[compression]
+    args = {"level": 1} if codec == "zlib" else None
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, image, compression=codec, compressionargs=args, photometric="minisblack")
+    return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class _SampleJob:
+    seed: int
+    split: int
+    index: int
+    sample_id: str
+    labels: tuple[int, ...]
+    image_sizes: tuple[int, ...]
+    bit_depth: int
+    compression: str
+
+
+def render_members(job: _SampleJob) -> list[tuple[str, bytes]]:
+    """The four ``(<id>_<filter>.tif, bytes)`` archive members of one sample, by name order."""
+    rng = np.random.default_rng([job.seed, job.split, job.index])
+    size = int(rng.choice(job.image_sizes))
+    channels = render_sample(rng, job.labels, size, job.bit_depth)
+    members = [(f"{job.sample_id}_{f}.tif", encode_tiff(channels[f], job.compression)) for f in FILTERS]
+    return sorted(members)
+
+
+def bounded_map(fn: Callable, items: Iterable, workers: int, ahead: int = 2) -> Iterator:
+    """``map`` over a process pool, in order, with at most ``workers * ahead`` results pending.
+
+    ``Executor.map`` submits everything at once and would hold every result in memory when
+    the consumer (here the archive writer) is slower than the workers.
+    """
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+        pending: list[concurrent.futures.Future] = []
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= workers * ahead:
+                yield pending.pop(0).result()
+        for future in pending:
+            yield future.result()
+
+
+def write_archive(path: Path, members: Iterable[tuple[str, bytes]], method: str) -> int:
+    """Write members into a new 7z archive at ``path`` (whole or not at all); returns the count."""
+    tmp = path.with_name(path.name + ".partial")
+    count = 0
+    with py7zr.SevenZipFile(tmp, "w", filters=ARCHIVE_METHODS[method]) as archive:
+        for name, data in members:
+            archive.writestr(data, name)
+            count += 1
+    tmp.replace(path)
+    return count
+
+
+def make_dataset(out_dir: str | Path, spec: SynthSpec, workers: int = 1,
+                 progress: Callable[[int], None] | None = None) -> SynthResult:
+    """Write the synthetic dataset of ``spec`` into ``out_dir``; ``progress(n)`` per sample done."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(spec.seed)
+    ids = new_ids(rng, spec.n_train + spec.n_test)
+    rng.shuffle(ids)
+    train_ids, test_ids = sorted(ids[: spec.n_train]), sorted(ids[spec.n_train:])
+    train_labels = draw_label_sets(rng, spec.n_train, spec.labels_csv)
+    test_labels = draw_label_sets(rng, spec.n_test, spec.labels_csv)
+    result = SynthResult(
+        out, out / TRAIN_ARCHIVE, out / TEST_ARCHIVE, out / "train.csv",
+        out / "sample_submission.csv", out / "test_labels.csv", train_ids, test_ids,
+    )
+    for split, (archive, split_ids, label_sets) in enumerate(
+        ((result.train_archive, train_ids, train_labels), (result.test_archive, test_ids, test_labels))
+    ):
+        jobs = [
+            _SampleJob(spec.seed, split, i, sid, labels, tuple(spec.image_sizes), spec.bit_depth, spec.compression)
+            for i, (sid, labels) in enumerate(zip(split_ids, label_sets))
+        ]
+        write_archive(archive, _members_with_progress(bounded_map(render_members, jobs, workers), progress),
+                      spec.archive_method)
+    write_labels_csv(result.train_csv, train_ids, train_labels)
+    write_labels_csv(result.test_labels, test_ids, test_labels)
+    write_labels_csv(result.sample_submission, test_ids, [(0,)] * len(test_ids), column="Predicted")
+    return result
+
+
+def _members_with_progress(samples: Iterable[list[tuple[str, bytes]]], progress):
+    for members in samples:
+        yield from members
+        if progress is not None:
+            progress(1)

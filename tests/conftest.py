@@ -1,0 +1,28 @@
+"""Shared fixtures: the real reference data (skipped cleanly when absent) and small synthetic datasets."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hpa_pipeline.synth import SynthSpec, make_dataset
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+REAL_TRAIN_CSV = SHARED_DATA / "kaggle" / "train.csv"
+REAL_SAMPLE_SUBMISSION = SHARED_DATA / "kaggle" / "sample_submission.csv"
+REAL_PNG_DIR = SHARED_DATA / "hpa-real-png"
+
+
+def need(path: Path) -> Path:
+    """Skip the test when a piece of ../shared/data is absent."""
+    if not path.exists():
+        pytest.skip(f"reference data not found: {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory):
+    """12 train + 4 test samples at 256/384, deflate TIFFs, stored 7z: the workhorse of the suite."""
+    spec = SynthSpec(n_train=12, n_test=4, image_sizes=(256, 384), seed=7,
+                     labels_csv=REAL_TRAIN_CSV if REAL_TRAIN_CSV.exists() else None)
+    return make_dataset(tmp_path_factory.mktemp("small"), spec, workers=1)

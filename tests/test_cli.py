@@ -1,0 +1,54 @@
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from hpa_pipeline import __version__
+from hpa_pipeline.cli import cli
+
+
+def test_help_lists_every_stage_with_one_line():
+    result = CliRunner().invoke(cli, ["--help"])
+    assert result.exit_code == 0
+    commands = result.output.split("Commands:")[1].strip().splitlines()
+    names = [line.split()[0] for line in commands]
+    assert "synth" in names
+    assert all(len(line.split()) > 1 for line in commands)  # each has its one-line summary
+
+
+def test_version():
+    result = CliRunner().invoke(cli, ["--version"])
+    assert result.exit_code == 0 and __version__ in result.output
+
+
+def test_python_dash_m_entry_point_works_without_make():
+    out = subprocess.run([sys.executable, "-m", "hpa_pipeline", "--help"], capture_output=True, text=True, check=True)
+    assert "synth" in out.stdout
+
+
+def test_console_script_is_installed():
+    from importlib.metadata import entry_points
+
+    scripts = {ep.name: ep.value for ep in entry_points(group="console_scripts")}
+    assert scripts["hpa-pipe"] == "hpa_pipeline.cli:main"
+
+
+def test_recipe_sets_option_defaults_and_command_line_wins(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("synth:\n  n_train: 3\n  n_test: 2\n  image_sizes: '64'\n  workers: 1\n")
+    out = tmp_path / "d"
+    result = CliRunner().invoke(cli, ["--config", str(recipe), "synth", "--out", str(out), "--n-test", "1"])
+    assert result.exit_code == 0, result.output
+    assert "wrote 3 train and 1 test samples" in result.output
+
+
+def test_bad_recipe_is_a_clear_error(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("- just a list\n")
+    result = CliRunner().invoke(cli, ["--config", str(recipe), "synth", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "maps command names" in result.output
+
+
+def test_synth_rejects_bad_sizes(tmp_path):
+    result = CliRunner().invoke(cli, ["synth", "--out", str(tmp_path), "--image-sizes", "250"])
+    assert result.exit_code == 2 and "multiples of 4" in result.output
