@@ -90,5 +90,136 @@ def synth(out_dir, n_train, n_test, image_sizes, bit_depth, compression, archive
     click.echo(f"wrote {len(result.train_ids)} train and {len(result.test_ids)} test samples to {result.out_dir}")
 
 
+def _store_options(fn):
+    """Options shared by build-zarr and ingest: the store layout and where the work runs."""
+    options = [
+        click.option("--csv", "csv_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+                     help="train.csv (ids and labels) or sample_submission.csv (ids only); fixes the sample order."),
+        click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+                     help="The store to create, or to resume."),
+        click.option("--size", default=1024, show_default=True, help="Top level size N (N x N)."),
+        click.option("--levels", default=3, show_default=True, help="Levels: N, N/2, ... (3 gives 1024, 512, 256)."),
+        click.option("--dtype", type=click.Choice(["uint8", "uint16"]), default="uint8", show_default=True,
+                     help="uint8 maps 16-bit sources by round(v/257); uint16 keeps source values."),
+        click.option("--chunk", default=256, show_default=True, help="Square inner chunk (one shard per sample)."),
+        click.option("--codec", type=click.Choice(["zstd", "lz4", "none"]), default="zstd", show_default=True,
+                     help="Blosc compressor of the chunks (lossless)."),
+        click.option("--workers", default=os.cpu_count() or 1, show_default=True,
+                     help="Threads of the local Dask scheduler."),
+        click.option("--scheduler", default=None, help="Address of a dask.distributed scheduler to use instead."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _store_spec(size, levels, dtype, chunk, codec):
+    from .store import StoreSpec
+
+    try:
+        return StoreSpec(size=size, levels=levels, dtype=dtype, chunk=chunk, codec=codec)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _finish_build(report) -> None:
+    """Print the summary and each failure; exit 3 when any sample failed (documented in README)."""
+    for failure in report.failed[:50]:
+        click.echo(f"  failed: {failure['reason']}", err=True)
+    if len(report.failed) > 50:
+        click.echo(f"  ... and {len(report.failed) - 50} more: see {report.store}/report.json", err=True)
+    if report.archive_error:
+        click.echo(f"  archive error: {report.archive_error}", err=True)
+    click.echo(f"{report.command}: {report.summary()}; report in {report.store}/report.json")
+    raise SystemExit(report.exit_code)
+
+
+class _SampleBar:
+    """``progress(advance, total)`` callback drawing a tqdm bar of samples."""
+
+    def __init__(self, desc):
+        from tqdm import tqdm
+
+        self.bar = tqdm(unit="sample", desc=desc, dynamic_ncols=True)
+
+    def __call__(self, advance, total):
+        self.bar.total = total
+        self.bar.update(advance)
+
+    def close(self):
+        self.bar.close()
+
+
+def _run_store_command(fn, desc, **kwargs):
+    from .archive import ArchiveError
+    from .labels import LabelError
+    from .store import StoreError
+
+    bar = _SampleBar(desc)
+    try:
+        report = fn(progress=bar, **kwargs)
+    except (LabelError, StoreError, ArchiveError, FileNotFoundError) as exc:
+        bar.close()
+        raise click.ClickException(str(exc)) from None
+    bar.close()
+    _finish_build(report)
+
+
+@cli.command()
+@click.argument("archives", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for the <id>_<filter>.tif files.")
+def extract(archives, out):
+    """Unpack 7z archives (or .7z.001 volumes) to DIR/<id>_<filter>.tif, resumably."""
+    from tqdm import tqdm
+
+    from .archive import ArchiveError
+    from .extract import DiskSpaceError, extract_archives
+
+    bar = tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc="extract", dynamic_ncols=True)
+
+    def on_plan(total):
+        bar.total = total
+        bar.refresh()
+
+    try:
+        report = extract_archives(list(archives), out, on_bytes=bar.update, on_plan=on_plan)
+    except (ArchiveError, DiskSpaceError) as exc:
+        bar.close()
+        raise click.ClickException(str(exc)) from None
+    bar.close()
+    for line in report.refused:
+        click.echo(f"  refused: {line}", err=True)
+    for line in report.failed + report.archive_errors:
+        click.echo(f"  failed: {line}", err=True)
+    click.echo(f"extract: {report.summary()}; report in {out}/extract_report.json")
+    raise SystemExit(report.exit_code)
+
+
+@cli.command("build-zarr")
+@click.option("--src", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+              help="Folder of <id>_<filter>.tif files (from extract).")
+@_store_options
+def build_zarr_cmd(src, csv_path, out, size, levels, dtype, chunk, codec, workers, scheduler):
+    """Build the dataset store from a folder of TIFFs (one Dask task per sample), resumably."""
+    from .build_zarr import build_zarr
+
+    spec = _store_spec(size, levels, dtype, chunk, codec)
+    _run_store_command(build_zarr, "build-zarr", src=src, csv=csv_path, out=out, spec=spec, workers=workers,
+                       scheduler=scheduler)
+
+
+@cli.command()
+@click.argument("archive", type=click.Path(path_type=Path))
+@_store_options
+def ingest(archive, csv_path, out, size, levels, dtype, chunk, codec, workers, scheduler):
+    """Build the dataset store straight from a 7z archive: no TIFF on disk, resumably."""
+    from .ingest import ingest as run_ingest
+
+    spec = _store_spec(size, levels, dtype, chunk, codec)
+    _run_store_command(run_ingest, "ingest", archive=archive, csv=csv_path, out=out, spec=spec, workers=workers,
+                       scheduler=scheduler)
+
+
 def main():
     cli(prog_name="hpa-pipe")

@@ -1,0 +1,219 @@
+"""Reading the competition's 7z archives with py7zr, member by member, without temporary files.
+
+Facts this module is built on (py7zr 1.x):
+
+- There is no ``read()``: members stream through ``extract(factory=...)`` into a ``Py7zIO``
+  that py7zr ``close()``s when the member is complete. py7zr checks the member's CRC only
+  *after* that ``close()``, so :class:`_MemberSink` computes the CRC itself and delivers a
+  member only when it matches the archive's listing.
+- py7zr keeps every sink it created until the extraction ends; a sink therefore hands its
+  bytes on and drops them at ``close()``, or memory would grow by the whole archive.
+- LZMA2 decoding of one solid block runs on one core (35-40 MB/s of output). An archive with
+  several solid blocks ("folders") is decoded by py7zr in parallel threads when it is opened
+  from a path (not from a file object, so not for multi-volume archives).
+- Member names are checked here, not by py7zr (which raises on the first unsafe name and so
+  would stop the whole run): absolute paths, ``..`` components and links are refused by name.
+
+Members are matched on their file name ``<id>_<filter>.tif``, flat or under any folder.
+"""
+from __future__ import annotations
+
+import posixpath
+import re
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import py7zr
+from py7zr.helpers import get_sanitized_output_path
+from py7zr.io import Py7zIO, WriterFactory
+
+from .labels import FILTERS
+
+MEMBER_NAME = re.compile(r"^(?P<id>.+)_(?P<filter>red|green|blue|yellow)\.tiff?$")
+
+
+class ArchiveError(RuntimeError):
+    """The archive itself is unusable: not a 7z file, truncated, a bad CRC, a missing volume."""
+
+
+@dataclass(frozen=True)
+class Member:
+    """One entry of an archive's listing."""
+
+    name: str  # as stored in the archive
+    size: int  # uncompressed bytes
+    crc32: int | None
+    is_dir: bool
+    is_symlink: bool
+
+    @property
+    def basename(self) -> str:
+        return posixpath.basename(self.name.replace("\\", "/"))
+
+    def parsed(self) -> tuple[str, str] | None:
+        """``(sample_id, filter)`` for an HPA image member, else ``None``."""
+        match = MEMBER_NAME.match(self.basename)
+        return (match["id"], match["filter"]) if match else None
+
+    def unsafe_reason(self) -> str | None:
+        """Why extracting this member could write outside the target folder, or ``None``."""
+        name = self.name.replace("\\", "/")
+        if self.is_symlink:
+            return "is a link"
+        if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+            return "has an absolute path"
+        if ".." in name.split("/"):
+            return "has a '..' path component"
+        return None
+
+
+def volume_paths(path: str | Path) -> list[Path]:
+    """The files of an archive: ``x.7z`` alone, or ``x.7z.001``, ``x.7z.002``, ... in order.
+
+    ``path`` may name the archive (``x.7z``) or its first volume (``x.7z.001``).
+    """
+    path = Path(path)
+    if path.exists() and not re.search(r"\.\d{3}$", path.name):
+        return [path]
+    base = path.with_name(re.sub(r"\.\d{3}$", "", path.name))
+    volumes, k = [], 1
+    while (candidate := base.with_name(f"{base.name}.{k:03d}")).exists():
+        volumes.append(candidate)
+        k += 1
+    if not volumes:
+        raise ArchiveError(f"{path}: no such archive (nor volumes {base.name}.001, ...)")
+    return volumes
+
+
+def open_archive(path: str | Path) -> py7zr.SevenZipFile:
+    """Open a 7z archive or a multi-volume set, with a clear error for what is not one."""
+    volumes = volume_paths(path)
+    try:
+        if len(volumes) == 1:
+            return py7zr.SevenZipFile(volumes[0], mode="r")
+        import multivolumefile
+
+        handle = multivolumefile.open(volumes[0].with_name(re.sub(r"\.001$", "", volumes[0].name)), mode="rb")
+        return py7zr.SevenZipFile(handle, mode="r")
+    except (py7zr.Bad7zFile, EOFError, OSError, ValueError, KeyError, IndexError) as exc:
+        raise ArchiveError(f"{path}: not a readable 7z archive ({type(exc).__name__}: {exc})") from None
+
+
+def list_members(path: str | Path) -> list[Member]:
+    """The archive's listing, with sizes and CRCs, without decoding anything."""
+    with open_archive(path) as archive:
+        return [Member(i.filename, i.uncompressed or 0, i.crc32, i.is_directory, i.is_symlink)
+                for i in archive.list()]
+
+
+#: ``deliver(member, data, error)``: data is the member's bytes (CRC checked) or ``None`` with
+#: an error message.
+Deliver = Callable[[Member, "bytes | None", "str | None"], None]
+
+
+class _MemberSink(Py7zIO):
+    """Receives one member's bytes; checks its CRC and hands them on at ``close()``."""
+
+    def __init__(self, member: Member, deliver: Deliver, on_bytes: Callable[[int], None] | None):
+        self.member, self.deliver, self.on_bytes = member, deliver, on_bytes
+        self.parts: list[bytes] = []
+        self.crc = 0
+        self.length = 0
+
+    def write(self, s) -> int:
+        data = bytes(s)
+        self.parts.append(data)
+        self.crc = zlib.crc32(data, self.crc)
+        self.length += len(data)
+        if self.on_bytes is not None:
+            self.on_bytes(len(data))
+        return len(data)
+
+    def close(self) -> None:
+        parts, self.parts = self.parts, []  # py7zr keeps this sink alive: drop the bytes now
+        m = self.member
+        if self.length != m.size:
+            self.deliver(m, None, f"{m.name}: {self.length} bytes decoded, archive lists {m.size}")
+        elif m.crc32 is not None and self.crc != m.crc32:
+            self.deliver(m, None, f"{m.name}: CRC mismatch (archive {m.crc32:08x}, data {self.crc:08x})")
+        else:
+            self.deliver(m, b"".join(parts), None)
+
+    def read(self, size=None) -> bytes:
+        return b""
+
+    def seek(self, offset, whence=0) -> int:
+        return 0
+
+    def flush(self) -> None:
+        pass
+
+    def size(self) -> int:
+        return self.length
+
+
+class _Discard(_MemberSink):
+    """For a second member of the same name (py7zr renames it ``name_0``): decoded, not kept."""
+
+    def __init__(self):
+        super().__init__(Member("", 0, None, False, False), lambda *a: None, None)
+
+    def write(self, s) -> int:
+        return len(s)
+
+    def close(self) -> None:
+        pass
+
+
+class _SinkFactory(WriterFactory):
+    """Maps the names py7zr hands to ``create`` (sanitised member names) back to members."""
+
+    def __init__(self, members: dict[str, Member], deliver: Deliver, on_bytes):
+        self.by_output_name = {get_sanitized_output_path(name, None).as_posix(): m for name, m in members.items()}
+        self.deliver, self.on_bytes = deliver, on_bytes
+
+    def create(self, filename: str) -> Py7zIO:
+        member = self.by_output_name.pop(filename, None)
+        if member is None:
+            return _Discard()
+        return _MemberSink(member, self.deliver, self.on_bytes)
+
+
+def stream_members(path: str | Path, wanted: Callable[[Member], bool], deliver: Deliver,
+                   on_bytes: Callable[[int], None] | None = None) -> None:
+    """Decode the wanted members of an archive in archive order, calling ``deliver`` for each.
+
+    Unsafe members (see :meth:`Member.unsafe_reason`) are never decoded to a sink. A member
+    with a bad CRC is delivered with an error and the stream goes on; an archive-level failure
+    (truncation, corrupt headers or streams) raises :class:`ArchiveError` after every member
+    decoded before it was delivered.
+    """
+    with open_archive(path) as archive:
+        members = {}
+        for info in archive.list():
+            m = Member(info.filename, info.uncompressed or 0, info.crc32, info.is_directory, info.is_symlink)
+            if not m.is_dir and m.unsafe_reason() is None and wanted(m):
+                members[m.name] = m
+        if not members:
+            return
+        try:
+            archive.extract(targets=list(members), factory=_SinkFactory(members, deliver, on_bytes))
+        except py7zr.exceptions.CrcError as exc:
+            raise ArchiveError(f"{path}: CRC error in the archive stream ({exc})") from None
+        except Exception as exc:  # lzma.LZMAError, EOFError, Bad7zFile, ... from a damaged archive
+            raise ArchiveError(f"{path}: archive is damaged or truncated ({type(exc).__name__}: {exc})") from None
+
+
+def filters_present(members: list[Member]) -> dict[str, set[str]]:
+    """``{sample_id: {filters}}`` of the image members of a listing."""
+    out: dict[str, set[str]] = {}
+    for m in members:
+        parsed = m.parsed()
+        if parsed and not m.is_dir:
+            out.setdefault(parsed[0], set()).add(parsed[1])
+    return out
+
+
+__all__ = ["FILTERS", "ArchiveError", "Member", "list_members", "open_archive", "stream_members", "volume_paths"]

@@ -1,0 +1,65 @@
+"""``build-zarr``: a folder of ``<id>_<filter>.tif`` files (what ``extract`` writes) into the store.
+
+One Dask task per sample reads its four TIFFs, makes every level and writes them; the
+coordinator (:class:`.builder.StoreBuilder`) marks samples done, so a re-run resumes.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from .archive import MEMBER_NAME
+from .builder import BuildReport, StoreBuilder
+from .extract import REPORT_NAME as EXTRACT_REPORT
+from .labels import read_sample_table
+from .scheduler import dask_client, run_bounded
+from .store import StoreSpec
+from .tasks import process_sample
+
+
+def index_tiff_folder(src: str | Path) -> tuple[dict[str, dict[str, Path]], list[str]]:
+    """``{id: {filter: path}}`` of the HPA TIFFs under ``src`` (any depth), and the other files."""
+    by_id: dict[str, dict[str, Path]] = {}
+    unknown: list[str] = []
+    src = Path(src)
+    if not src.is_dir():
+        raise FileNotFoundError(f"{src}: no such folder")
+    for path in sorted(p for p in src.rglob("*") if p.is_file() and p.name != EXTRACT_REPORT):
+        match = MEMBER_NAME.match(path.name)
+        if match and not path.name.endswith(".partial"):
+            by_id.setdefault(match["id"], {})[match["filter"]] = path
+        else:
+            unknown.append(str(path.relative_to(src)))
+    return by_id, unknown
+
+
+def build_zarr(src: str | Path, csv: str | Path, out: str | Path, spec: StoreSpec, workers: int = 2,
+               scheduler: str | None = None, progress: Callable[[int, int], None] | None = None) -> BuildReport:
+    """Build (or resume) the store at ``out`` from the TIFFs in ``src``, samples in ``csv`` order.
+
+    ``progress(advance, total)`` counts samples.
+    """
+    table = read_sample_table(csv)
+    files, unknown = index_tiff_folder(src)
+    builder = StoreBuilder(out, table, spec, "build-zarr", source=str(src))
+    jobs = []
+    for index in builder.pending():
+        sample_id = table.ids[index]
+        found = files.get(sample_id)
+        if not found:
+            builder.fail(index, f"{sample_id}: no TIFF for this id in {src}")
+            continue
+        jobs.append(builder.job(index, {f: str(p) for f, p in found.items()}))
+
+    if progress:
+        progress(0, len(jobs))
+
+    def on_result(result):
+        builder.on_result(result)
+        if progress:
+            progress(1, len(jobs))
+
+    with dask_client(scheduler, workers) as client:
+        in_flight = 2 * max(1, sum(client.nthreads().values()))
+        run_bounded(client, process_sample, jobs, in_flight, on_result, builder.on_error)
+    return builder.finish(not_in_csv=sorted(set(files) - set(table.ids)), unknown_files=unknown)

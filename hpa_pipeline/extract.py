@@ -1,0 +1,146 @@
+"""``extract``: unpack archive members to ``DIR/<id>_<filter>.tif``, each file whole or not at all.
+
+A member is held in memory until complete (a TIFF is a few MB), its CRC checked against the
+archive's listing, written under a temporary name and renamed: so a crash never leaves a
+half-written ``.tif``, and a re-run skips every file already there with the listed size.
+Free space is checked against the listed sizes of the files still to write before anything
+is decoded. Unsafe members (absolute paths, ``..``, links) and files that are not HPA images
+are refused by name and listed in ``extract_report.json``.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .archive import ArchiveError, Member, list_members, stream_members
+from .builder import EXIT_SOME_FAILED
+
+REPORT_NAME = "extract_report.json"
+
+
+class DiskSpaceError(OSError):
+    """Not enough free space for the files still to extract."""
+
+
+@dataclass
+class ExtractReport:
+    out_dir: str
+    archives: list[str]
+    written: int = 0
+    skipped: int = 0  # already complete from an earlier run
+    bytes_written: int = 0
+    failed: list[str] = field(default_factory=list)  # members with a bad CRC or size
+    refused: list[str] = field(default_factory=list)  # unsafe members
+    unknown_files: list[str] = field(default_factory=list)  # not <id>_<filter>.tif, not extracted
+    duplicates: list[str] = field(default_factory=list)
+    archive_errors: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_SOME_FAILED if self.failed or self.archive_errors else 0
+
+    def summary(self) -> str:
+        return (f"{self.written} files written, {self.skipped} already there, {len(self.failed)} failed, "
+                f"{len(self.refused)} refused, {len(self.unknown_files)} unknown files ignored")
+
+
+@dataclass
+class ExtractPlan:
+    """Per archive: the members to write, and what is refused or ignored."""
+
+    archive: str
+    todo: list[Member] = field(default_factory=list)
+    skipped: int = 0
+    refused: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+
+    @property
+    def bytes_needed(self) -> int:
+        return sum(m.size for m in self.todo)
+
+
+def plan_extract(archive: str | Path, out_dir: Path) -> ExtractPlan:
+    """Sort an archive's members into to-write, already-there, refused, unknown and duplicate."""
+    plan = ExtractPlan(str(archive))
+    seen: set[str] = set()
+    for m in list_members(archive):
+        if m.is_dir:
+            continue
+        if reason := m.unsafe_reason():
+            plan.refused.append(f"{m.name}: {reason}")
+        elif m.parsed() is None:
+            plan.unknown.append(m.name)
+        elif m.basename in seen:
+            plan.duplicates.append(m.name)
+        else:
+            seen.add(m.basename)
+            target = out_dir / m.basename
+            if target.exists() and target.stat().st_size == m.size:
+                plan.skipped += 1
+            else:
+                plan.todo.append(m)
+    return plan
+
+
+def check_free_space(out_dir: Path, needed: int, margin: int = 256 * 2**20) -> None:
+    free = shutil.disk_usage(out_dir).free
+    if needed + margin > free:
+        raise DiskSpaceError(
+            f"{out_dir}: {needed / 2**30:.2f} GiB still to extract (plus {margin / 2**20:.0f} MiB margin) "
+            f"but only {free / 2**30:.2f} GiB free; free space or extract elsewhere "
+            f"(or skip extraction: `hpa-pipe ingest` reads the archive directly)"
+        )
+
+
+def extract_archives(archives: list[str | Path], out_dir: str | Path,
+                     on_bytes: Callable[[int], None] | None = None,
+                     on_plan: Callable[[int], None] | None = None) -> ExtractReport:
+    """Extract every HPA image member of ``archives`` into ``out_dir``; resumable.
+
+    ``on_plan(total_bytes)`` is called once before decoding starts, ``on_bytes(n)`` as bytes
+    are decoded. Raises :class:`DiskSpaceError` before decoding when space is short, and
+    :class:`ArchiveError` for an archive that cannot be opened.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for leftover in out.glob("*.partial"):
+        leftover.unlink()
+    plans = [plan_extract(a, out) for a in archives]
+    total = sum(p.bytes_needed for p in plans)
+    check_free_space(out, total)
+    if on_plan:
+        on_plan(total)
+    report = ExtractReport(str(out), [str(a) for a in archives])
+    for plan in plans:
+        report.skipped += plan.skipped
+        report.refused += plan.refused
+        report.unknown_files += plan.unknown
+        report.duplicates += plan.duplicates
+        wanted = {m.name for m in plan.todo}
+
+        def deliver(member: Member, data: bytes | None, error: str | None) -> None:
+            if error is not None:
+                report.failed.append(error)
+                return
+            _write_atomic(out / member.basename, data)
+            report.written += 1
+            report.bytes_written += len(data)
+
+        try:
+            stream_members(plan.archive, lambda m: m.name in wanted, deliver, on_bytes)
+        except ArchiveError as exc:
+            report.archive_errors.append(str(exc))
+    tmp = out / (REPORT_NAME + ".partial")
+    tmp.write_text(json.dumps(asdict(report), indent=1))
+    tmp.replace(out / REPORT_NAME)
+    return report
+
+
+def _write_atomic(target: Path, data: bytes) -> None:
+    tmp = target.with_name(target.name + ".partial")
+    tmp.write_bytes(data)  # no fsync: the rename already makes a killed process leave whole files
+    tmp.replace(target)

@@ -1,0 +1,130 @@
+"""Reading one HPA TIFF and turning a sample's four channels into the store's resolution levels.
+
+TIFF edge cases (as met in microscopy archives), all read by tifffile with imagecodecs:
+
+- strips or tiles; none, deflate (zlib/Adobe deflate), LZW, zstd, packbits compression;
+- 8- or 16-bit unsigned grey (``uint8`` / ``uint16``); other sample formats are refused;
+- a single page; a redundant leading or trailing axis of length 1 (``(1, H, W)``) is squeezed;
+  an RGB or multi-page file is refused, since each HPA file holds exactly one filter;
+- a truncated or corrupt file raises :class:`ImageError` naming the member and the cause.
+
+Resampling is an area average computed in float32 (OpenCV ``INTER_AREA``: for integer factors,
+2048→1024 and 3072→1024, it is the exact block mean; other ratios are area-weighted) and rounded
+once per level. Each level below the top is the 2×2 mean of the level above as stored.
+
+16-bit sources become ``uint8`` by the linear full-range rule ``round(v / 257)`` (65535 → 255),
+applied after averaging; it keeps intensities comparable across images, unlike per-image
+stretching. ``dtype="uint16"`` keeps the source values (8-bit sources are then stored as-is,
+in a uint16 array).
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import tifffile
+
+from .labels import FILTERS
+
+SUPPORTED_DTYPES = (np.uint8, np.uint16)
+UINT16_TO_UINT8 = 257.0
+
+
+class ImageError(ValueError):
+    """A TIFF that cannot be used: unreadable, wrong dtype or shape, channels that disagree."""
+
+
+def read_tiff(source: bytes | str | Path, name: str | None = None) -> np.ndarray:
+    """Decode one single-channel HPA TIFF from bytes or a path into a 2-D uint8/uint16 array."""
+    label = name or (str(source) if not isinstance(source, (bytes, bytearray, memoryview)) else "<bytes>")
+    try:
+        handle = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
+        with tifffile.TiffFile(handle) as tif:
+            if len(tif.pages) != 1:
+                raise ImageError(f"{label}: {len(tif.pages)} pages, expected one single-channel image")
+            image = tif.pages[0].asarray()
+    except ImageError:
+        raise
+    except Exception as exc:  # tifffile/imagecodecs raise many types for corrupt data
+        raise ImageError(f"{label}: unreadable TIFF ({type(exc).__name__}: {exc})") from None
+    image = np.squeeze(image)
+    if image.ndim != 2:
+        raise ImageError(f"{label}: shape {image.shape}, expected a single-channel 2-D image")
+    if image.dtype not in SUPPORTED_DTYPES:
+        raise ImageError(f"{label}: sample type {image.dtype}, expected uint8 or uint16")
+    return image
+
+
+@dataclass
+class SampleLevels:
+    """A sample's levels, ``{size: (4, size, size) array}``, and what its source was."""
+
+    levels: dict[int, np.ndarray]
+    source_shape: tuple[int, int]
+    source_bits: int
+
+
+def check_channels(channels: dict[str, np.ndarray], sample_id: str) -> tuple[tuple[int, int], int]:
+    """The four filters are present, square and agree in shape and dtype; returns (shape, bits)."""
+    missing = [f for f in FILTERS if f not in channels]
+    if missing:
+        raise ImageError(f"{sample_id}: missing channel(s) {', '.join(missing)}")
+    shapes = {f: channels[f].shape for f in FILTERS}
+    if len(set(shapes.values())) != 1:
+        raise ImageError(f"{sample_id}: channels differ in shape: " +
+                         ", ".join(f"{f} {s[0]}x{s[1]}" for f, s in shapes.items()))
+    dtypes = {channels[f].dtype for f in FILTERS}
+    if len(dtypes) != 1:
+        raise ImageError(f"{sample_id}: channels differ in sample type: {sorted(str(d) for d in dtypes)}")
+    shape = shapes[FILTERS[0]]
+    if shape[0] != shape[1]:
+        raise ImageError(f"{sample_id}: image is {shape[0]}x{shape[1]}, expected a square image")
+    return shape, 8 * channels[FILTERS[0]].itemsize
+
+
+def area_resize(image: np.ndarray, size: int) -> np.ndarray:
+    """Area-average ``image`` to ``size``×``size`` in float32 (no rounding)."""
+    image = image.astype(np.float32, copy=False)
+    if image.shape == (size, size):
+        return image
+    if size > min(image.shape):
+        raise ImageError(f"cannot downsample a {image.shape[0]}x{image.shape[1]} image up to {size}")
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def level_sizes(size: int, levels: int) -> list[int]:
+    """``[size, size/2, ...]``, ``levels`` long; each must stay an integer."""
+    sizes = [size >> k for k in range(levels)]
+    if levels < 1 or any(s << k != size for k, s in enumerate(sizes)) or sizes[-1] < 1:
+        raise ValueError(f"size {size} cannot be halved {levels - 1} times into whole pixels")
+    return sizes
+
+
+def _to_store_dtype(level: np.ndarray, source_bits: int, dtype: np.dtype) -> np.ndarray:
+    if dtype == np.uint8 and source_bits == 16:
+        level = level / UINT16_TO_UINT8
+    info = np.iinfo(dtype)
+    return np.clip(np.rint(level), info.min, info.max).astype(dtype)
+
+
+def make_levels(channels: dict[str, np.ndarray], size: int, levels: int, dtype="uint8",
+                sample_id: str = "sample") -> SampleLevels:
+    """All resolution levels of one sample, channels in ``FILTERS`` order."""
+    dtype = np.dtype(dtype)
+    shape, bits = check_channels(channels, sample_id)
+    out: dict[int, np.ndarray] = {}
+    sizes = level_sizes(size, levels)
+    try:
+        top = np.stack([area_resize(channels[f], size) for f in FILTERS])
+    except ImageError as exc:
+        raise ImageError(f"{sample_id}: {exc}") from None
+    current = _to_store_dtype(top, bits, dtype)
+    out[sizes[0]] = current
+    for s in sizes[1:]:  # exact 2x2 means of the stored level above
+        averaged = np.stack([area_resize(channel, s) for channel in current])
+        current = _to_store_dtype(averaged, 8 * dtype.itemsize, dtype)
+        out[s] = current
+    return SampleLevels(out, shape, bits)

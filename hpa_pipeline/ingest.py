@@ -1,0 +1,148 @@
+"""``ingest``: the store straight from a 7z archive; no TIFF is ever written to disk.
+
+A decoder thread streams the archive's members (py7zr, one core per solid block) and groups
+them by sample; each sample whose four members have arrived becomes a Dask task, which gets
+the TIFF bytes. A bounded queue between the two keeps memory flat: when the tasks fall behind,
+decoding waits. Samples already done in the store are decoded past (a solid stream cannot be
+skipped) but never processed again.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from .archive import ArchiveError, Member, list_members, stream_members
+from .builder import BuildReport, StoreBuilder
+from .labels import FILTERS, read_sample_table
+from .scheduler import dask_client, run_bounded
+from .store import StoreSpec
+from .tasks import process_sample
+
+_END = object()
+
+
+class ArchiveCatalogue:
+    """The archive's listing sorted out: image members by id, unknown files, unsafe and duplicate ones."""
+
+    def __init__(self, members: list[Member], ids: set[str]):
+        self.filters: dict[str, dict[str, Member]] = {}
+        self.unknown: list[str] = []
+        self.refused: list[str] = []
+        self.duplicates: dict[str, str] = {}  # id -> message
+        for m in members:
+            if m.is_dir:
+                continue
+            reason = m.unsafe_reason()
+            if reason:
+                self.refused.append(f"{m.name}: {reason}")
+                continue
+            parsed = m.parsed()
+            if parsed is None:
+                self.unknown.append(m.name)
+                continue
+            sample_id, filt = parsed
+            seen = self.filters.setdefault(sample_id, {})
+            if filt in seen:
+                self.duplicates[sample_id] = f"{sample_id}: {filt} appears twice ({seen[filt].name}, {m.name})"
+            seen[filt] = m
+        self.not_in_csv = sorted(set(self.filters) - ids)
+
+
+def ingest(archive: str | Path, csv: str | Path, out: str | Path, spec: StoreSpec, workers: int = 2,
+           scheduler: str | None = None, progress: Callable[[int, int], None] | None = None,
+           on_bytes: Callable[[int], None] | None = None) -> BuildReport:
+    """Build (or resume) the store at ``out`` from ``archive``; samples in ``csv`` order.
+
+    ``progress(advance, total)`` counts samples; ``on_bytes(n)`` counts decoded bytes.
+    Raises :class:`ArchiveError` only when the archive cannot be opened at all; damage found
+    while decoding fails the samples not yet complete and is recorded in the report.
+    """
+    table = read_sample_table(csv)
+    catalogue = ArchiveCatalogue(list_members(archive), set(table.ids))
+    builder = StoreBuilder(out, table, spec, "ingest", source=str(archive))
+    index_of = {sample_id: i for i, sample_id in enumerate(table.ids)}
+
+    todo: dict[str, dict[str, Member]] = {}
+    for index in builder.pending():
+        sample_id = table.ids[index]
+        members = catalogue.filters.get(sample_id)
+        if not members:
+            builder.fail(index, f"{sample_id}: not in archive {Path(archive).name}")
+        elif sample_id in catalogue.duplicates:
+            builder.fail(index, catalogue.duplicates[sample_id])
+        elif missing := [f for f in FILTERS if f not in members]:
+            builder.fail(index, f"{sample_id}: missing channel(s) {', '.join(missing)} in the archive")
+        else:
+            todo[sample_id] = members
+    if progress:
+        progress(0, len(todo))
+
+    wanted_names = {m.name for members in todo.values() for m in members.values()}
+    jobs: queue.Queue = queue.Queue()
+    archive_error: list[str] = []
+
+    with dask_client(scheduler, workers) as client:
+        in_flight = 2 * max(1, sum(client.nthreads().values()))
+        slots = threading.Semaphore(in_flight + 2)  # samples decoded but not yet submitted or finished
+        decoder = threading.Thread(
+            target=_decode, name="7z-decoder", daemon=True,
+            args=(archive, wanted_names, todo, builder, index_of, jobs, slots, archive_error, on_bytes),
+        )
+        decoder.start()
+
+        def on_result(result):
+            slots.release()
+            builder.on_result(result)
+            if progress:
+                progress(1, len(todo))
+
+        def on_error(job, exc):
+            slots.release()
+            builder.on_error(job, exc)
+
+        run_bounded(client, process_sample, iter(jobs.get, _END), in_flight, on_result, on_error)
+        decoder.join()
+
+    return builder.finish(not_in_csv=catalogue.not_in_csv, unknown_files=catalogue.unknown,
+                          refused=catalogue.refused, archive_error=archive_error[0] if archive_error else None)
+
+
+def _decode(archive, wanted_names, todo, builder: StoreBuilder, index_of, jobs: queue.Queue,
+            slots: threading.Semaphore, archive_error: list, on_bytes) -> None:
+    """Decoder thread: members -> complete samples -> ``jobs``; failures straight to the builder."""
+    arrived: dict[str, dict[str, bytes]] = {}
+    settled: set[str] = set()  # queued as a job, or failed
+    lock = threading.Lock()  # py7zr may call deliver from one thread per solid block
+
+    def deliver(member: Member, data: bytes | None, error: str | None) -> None:
+        sample_id, filt = member.parsed()
+        with lock:
+            if sample_id in settled:
+                return
+            if error is not None:
+                settled.add(sample_id)
+                arrived.pop(sample_id, None)
+                builder.fail(index_of[sample_id], f"{sample_id}: {error}")
+                return
+            got = arrived.setdefault(sample_id, {})
+            got[filt] = data
+            if len(got) < len(FILTERS):
+                return
+            del arrived[sample_id]
+            settled.add(sample_id)
+        slots.acquire()  # back-pressure: wait here (outside the lock) while enough is in flight
+        names = {f: m.name for f, m in todo[sample_id].items()}
+        jobs.put(builder.job(index_of[sample_id], got, names))
+
+    try:
+        stream_members(archive, lambda m: m.name in wanted_names, deliver, on_bytes)
+    except ArchiveError as exc:
+        archive_error.append(str(exc))
+    finally:
+        reason = f"not decoded: {archive_error[0]}" if archive_error else "members not delivered by the archive"
+        with lock:
+            for sample_id in sorted(set(todo) - settled):
+                builder.fail(index_of[sample_id], f"{sample_id}: {reason}")
+        jobs.put(_END)

@@ -1,0 +1,253 @@
+"""The dataset store of design.md: one Zarr v3 group per split.
+
+Layout (``n`` samples in CSV order, levels ``S0 > S1 > ...``)::
+
+    zarr.json                       attributes["hpa"]: ids, class names, channels, levels, statistics
+    images/<S>        (n, 4, S, S)  uint8 | uint16, one shard per sample, square inner chunks
+    labels            (n, 28)       bool (train stores only)
+    source_shape      (n, 2)        int32, full-size height and width (0 until written)
+    source_dtype      (n,)          uint8, bits per pixel of the source TIFFs: 8 or 16 (0 until written)
+    channel_sums      (n, L, 4, 2)  float64, per sample, level and channel: sum and sum of squares
+    done              (n,)          bool, set only by the coordinating process
+    report.json                     samples not written in the last run, and why
+
+Writers: each task writes every level of its own sample (its own shards, so writers never share
+a file); only the coordinator writes ``done`` and the small per-sample arrays, after the
+sample's levels are complete. Zarr's local store writes each file atomically (temporary name,
+then rename), so a killed run leaves whole files and a sample is either done or redone.
+
+The stacked ``(sample, c, y, x)`` arrays are not an OME-NGFF image (NGFF 0.5 has no axis for
+samples besides a channel axis); ``attributes["hpa"]["axes"]`` and ``["levels"]`` describe them
+in NGFF's vocabulary, and :mod:`.ngff` exports chosen samples as real OME-Zarr images.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from .imaging import level_sizes
+from .labels import CLASS_NAMES, FILTERS, N_CLASSES, SampleTable
+
+FORMAT_VERSION = 1
+CHANNEL_COLORS = {"red": "FF0000", "green": "00FF00", "blue": "0000FF", "yellow": "FFFF00"}
+SMALL_CHUNK = 4096  # samples per chunk of the per-sample arrays
+REPORT_NAME = "report.json"
+
+
+class StoreError(ValueError):
+    """A store that does not match what was asked (another size, other ids) or is not a store."""
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """How the images are laid out. The defaults come from ``benchmarks/bench_store.py``."""
+
+    size: int = 1024
+    levels: int = 3
+    dtype: str = "uint8"
+    chunk: int = 256
+    codec: str = "zstd"
+    clevel: int = 5
+
+    def __post_init__(self):
+        level_sizes(self.size, self.levels)  # raises on sizes that do not halve
+        if self.dtype not in ("uint8", "uint16"):
+            raise ValueError(f"dtype must be uint8 or uint16, not {self.dtype!r}")
+        if self.codec not in ("zstd", "lz4", "none"):
+            raise ValueError(f"codec must be zstd, lz4 or none, not {self.codec!r}")
+
+    @property
+    def sizes(self) -> list[int]:
+        return level_sizes(self.size, self.levels)
+
+    def compressors(self):
+        if self.codec == "none":
+            return None
+        return [BloscCodec(cname=self.codec, clevel=self.clevel, shuffle="noshuffle")]
+
+
+def _axes_description(spec: StoreSpec) -> dict:
+    """Axes and levels in OME-NGFF vocabulary (names, types, per-level scale, channel labels)."""
+    return {
+        "axes": [
+            {"name": "sample", "type": "custom"},
+            {"name": "c", "type": "channel"},
+            {"name": "y", "type": "space"},
+            {"name": "x", "type": "space"},
+        ],
+        "levels": [
+            {"path": f"images/{s}", "coordinateTransformations": [
+                {"type": "scale", "scale": [1.0, 1.0, spec.size / s, spec.size / s]}]}
+            for s in spec.sizes
+        ],
+        "scale_unit": "pixel of the top level (sources are 2048² or 3072²: see source_shape)",
+        "channels": [{"label": f, "color": CHANNEL_COLORS[f]} for f in FILTERS],
+    }
+
+
+def create_store(path: str | Path, table: SampleTable, spec: StoreSpec, source: str = "") -> zarr.Group:
+    """Create an empty store for ``table``'s samples, or reopen the one already there.
+
+    Reopening checks that ids, levels and dtype are the same, so that a re-run resumes the
+    same build instead of mixing two.
+    """
+    path = str(path)
+    try:
+        existing = zarr.open_group(path, mode="r")
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+        existing = None
+    if existing is not None:
+        _check_same_build(path, existing, table, spec)
+        return zarr.open_group(path, mode="r+")
+    n = len(table)
+    root = zarr.open_group(path, mode="w-")
+    small = min(SMALL_CHUNK, max(1, n))
+    for s in spec.sizes:
+        c = min(spec.chunk, s)
+        root.create_array(
+            f"images/{s}", shape=(n, 4, s, s), dtype=spec.dtype, chunks=(1, 1, c, c), shards=(1, 4, s, s),
+            compressors=spec.compressors(), fill_value=0, dimension_names=("sample", "c", "y", "x"),
+        )
+    if table.has_labels:
+        labels = root.create_array("labels", shape=(n, N_CLASSES), dtype=bool, chunks=(small, N_CLASSES),
+                                   fill_value=False, dimension_names=("sample", "class"))
+        labels[:] = table.label_matrix()
+    root.create_array("source_shape", shape=(n, 2), dtype="int32", chunks=(small, 2), fill_value=0)
+    root.create_array("source_dtype", shape=(n,), dtype="uint8", chunks=(small,), fill_value=0)
+    root.create_array("channel_sums", shape=(n, spec.levels, 4, 2), dtype="float64",
+                      chunks=(small, spec.levels, 4, 2), fill_value=0.0)
+    root.create_array("done", shape=(n,), dtype=bool, chunks=(small,), fill_value=False)
+    root.attrs["hpa"] = {
+        "format_version": FORMAT_VERSION,
+        "ids": list(table.ids),
+        "class_names": list(CLASS_NAMES),
+        "channels": list(FILTERS),
+        "has_labels": table.has_labels,
+        "spec": asdict(spec),
+        "source": source,
+        "statistics": {},
+        **_axes_description(spec),
+    }
+    return root
+
+
+def _check_same_build(path, root, table: SampleTable, spec: StoreSpec) -> None:
+    meta = root.attrs.get("hpa")
+    if meta is None:
+        raise StoreError(f"{path} exists and is not an hpa-pipeline store; choose another --out")
+    old = StoreSpec(**meta["spec"])
+    if (old.size, old.levels, old.dtype) != (spec.size, spec.levels, spec.dtype):
+        raise StoreError(
+            f"{path} was built with size {old.size}, {old.levels} levels, {old.dtype}; this run asks for "
+            f"size {spec.size}, {spec.levels} levels, {spec.dtype}. Use another --out to build a second store."
+        )
+    if meta["ids"] != list(table.ids):
+        raise StoreError(f"{path} holds other ids than this CSV (or in another order); use another --out")
+
+
+@lru_cache(maxsize=8)
+def _image_arrays(path: str) -> dict[int, zarr.Array]:
+    root = zarr.open_group(path, mode="r+")
+    return {int(name): arr for name, arr in root["images"].arrays()}
+
+
+def write_levels(path: str, index: int, levels: dict[int, np.ndarray]) -> None:
+    """Write every level of sample ``index`` (each a whole shard). Called by the worker tasks."""
+    arrays = _image_arrays(str(path))
+    for size, image in levels.items():
+        arrays[size][index] = image
+
+
+def channel_sums(levels: dict[int, np.ndarray]) -> np.ndarray:
+    """``(L, 4, 2)`` per-level, per-channel sum and sum of squares, for the store's statistics."""
+    out = []
+    for size in sorted(levels, reverse=True):
+        x = levels[size].reshape(4, -1).astype(np.float64)
+        out.append(np.stack([x.sum(1), np.einsum("ij,ij->i", x, x)], axis=1))
+    return np.stack(out)
+
+
+class SampleBook:
+    """The coordinator's view of the per-sample arrays: read once, updated in memory, flushed by chunk.
+
+    ``mark_done`` stages results; ``flush`` writes the touched chunks of ``source_shape``,
+    ``source_dtype`` and ``channel_sums`` first and ``done`` last, so ``done`` never runs ahead.
+    """
+
+    def __init__(self, root: zarr.Group):
+        self.root = root
+        self.done = root["done"][:]
+        self.source_shape = root["source_shape"][:]
+        self.source_dtype = root["source_dtype"][:]
+        self.channel_sums = root["channel_sums"][:]
+        self.chunk = root["done"].chunks[0]
+        self._dirty: set[int] = set()
+
+    def mark_done(self, index: int, source_shape, source_bits: int, sums: np.ndarray) -> None:
+        self.source_shape[index] = source_shape
+        self.source_dtype[index] = source_bits
+        self.channel_sums[index] = sums
+        self.done[index] = True
+        self._dirty.add(index // self.chunk)
+
+    def flush(self) -> None:
+        for name in ("source_shape", "source_dtype", "channel_sums", "done"):
+            values = getattr(self, name)
+            for c in sorted(self._dirty):
+                block = slice(c * self.chunk, min((c + 1) * self.chunk, len(self.done)))
+                self.root[name][block] = values[block]
+        self._dirty.clear()
+
+    def statistics(self, sizes: list[int]) -> dict:
+        """Per-level, per-channel mean and std over the done samples (for normalisation)."""
+        stats = {}
+        n = int(self.done.sum())
+        if n == 0:
+            return stats
+        totals = self.channel_sums[self.done].sum(axis=0)  # (L, 4, 2)
+        for k, s in enumerate(sizes):
+            count = n * s * s
+            mean = totals[k, :, 0] / count
+            std = np.sqrt(np.maximum(totals[k, :, 1] / count - mean**2, 0))
+            stats[str(s)] = {"mean": mean.round(4).tolist(), "std": std.round(4).tolist(), "n_samples": n}
+        return stats
+
+
+def open_store(path: str | Path, mode: str = "r") -> zarr.Group:
+    """Open an existing store, with a clear error when ``path`` is not one."""
+    try:
+        root = zarr.open_group(str(path), mode=mode)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+        raise StoreError(f"{path}: no dataset store there") from None
+    if "hpa" not in root.attrs:
+        raise StoreError(f"{path}: a Zarr group, but not an hpa-pipeline dataset store")
+    return root
+
+
+def write_report(path: str | Path, report: dict) -> Path:
+    """Write ``report.json`` into a local store atomically (temporary name, then rename)."""
+    target = Path(path) / REPORT_NAME
+    tmp = target.with_name(target.name + ".partial")
+    tmp.write_text(json.dumps(report, indent=1))
+    tmp.replace(target)
+    return target
+
+
+def read_report(path: str | Path) -> dict | None:
+    target = Path(path) / REPORT_NAME
+    return json.loads(target.read_text()) if target.exists() else None
+
+
+def remove_partial_files(path: str | Path) -> int:
+    """Delete temporary files that a killed writer left in a local store; returns the count."""
+    count = 0
+    for leftover in Path(path).rglob("*.partial"):
+        leftover.unlink(missing_ok=True)
+        count += 1
+    return count

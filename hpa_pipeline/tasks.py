@@ -1,0 +1,62 @@
+"""The one Dask task of preprocessing: a whole sample, from four TIFFs to every level in the store.
+
+A task never raises for bad input: it returns a :class:`SampleResult` with the reason, so one
+unreadable file costs one sample, not the run. It writes only its own sample's shards; the
+coordinator marks it done after reading the result.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .imaging import ImageError, make_levels, read_tiff
+from .store import channel_sums, write_levels
+
+
+@dataclass
+class SampleJob:
+    """Where one sample's TIFFs are (paths, or bytes already read from an archive) and where it goes."""
+
+    index: int
+    sample_id: str
+    sources: dict[str, bytes | str | Path]  # filter -> TIFF
+    store: str
+    size: int
+    levels: int
+    dtype: str = "uint8"
+    names: dict[str, str] = field(default_factory=dict)  # filter -> file or member name, for messages
+
+
+@dataclass
+class SampleResult:
+    index: int
+    sample_id: str
+    error: str | None = None
+    source_shape: tuple[int, int] = (0, 0)
+    source_bits: int = 0
+    sums: np.ndarray | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def process_sample(job: SampleJob) -> SampleResult:
+    """Read, check, downsample and write one sample; failures come back as a result."""
+    try:
+        channels = {f: read_tiff(src, job.names.get(f) or (str(src) if not isinstance(src, bytes) else f))
+                    for f, src in job.sources.items()}
+        levels = make_levels(channels, job.size, job.levels, job.dtype, sample_id=job.sample_id)
+        del channels
+        write_levels(job.store, job.index, levels.levels)
+        return SampleResult(job.index, job.sample_id, None, levels.source_shape, levels.source_bits,
+                            channel_sums(levels.levels))
+    except ImageError as exc:
+        message = str(exc)
+        if not message.startswith(job.sample_id):
+            message = f"{job.sample_id}: {message}"
+        return SampleResult(job.index, job.sample_id, message)
+    except Exception as exc:  # a bug or a store failure: still one sample, with its cause
+        return SampleResult(job.index, job.sample_id, f"{job.sample_id}: {type(exc).__name__}: {exc}")
