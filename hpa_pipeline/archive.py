@@ -3,9 +3,10 @@
 Facts this module is built on (py7zr 1.x):
 
 - There is no ``read()``: members stream through ``extract(factory=...)`` into a ``Py7zIO``
-  that py7zr ``close()``s when the member is complete. py7zr checks the member's CRC only
-  *after* that ``close()``, so :class:`_MemberSink` computes the CRC itself and delivers a
-  member only when it matches the archive's listing.
+  that py7zr ``close()``s when the member is complete. On a CRC mismatch py7zr raises
+  instead and the whole extraction ends, though the stream could go on; so
+  :func:`stream_members` turns py7zr's per-member CRC check off and :class:`_MemberSink`
+  checks each member against the archive's listing itself: one damaged member, one failure.
 - py7zr keeps every sink it created until the extraction ends; a sink therefore hands its
   bytes on and drops them at ``close()``, or memory would grow by the whole archive.
 - LZMA2 decoding of one solid block runs on one core (35-40 MB/s of output). An archive with
@@ -69,33 +70,40 @@ class Member:
         return None
 
 
+VOLUME_SUFFIX = re.compile(r"\.(\d{3,4})$")
+
+
 def volume_paths(path: str | Path) -> list[Path]:
     """The files of an archive: ``x.7z`` alone, or ``x.7z.001``, ``x.7z.002``, ... in order.
 
-    ``path`` may name the archive (``x.7z``) or its first volume (``x.7z.001``).
+    ``path`` may name the archive (``x.7z``) or its first volume. 7-Zip numbers volumes with
+    three digits, py7zr's multivolumefile with four; both are found.
     """
     path = Path(path)
-    if path.exists() and not re.search(r"\.\d{3}$", path.name):
+    if path.exists() and not VOLUME_SUFFIX.search(path.name):
         return [path]
-    base = path.with_name(re.sub(r"\.\d{3}$", "", path.name))
-    volumes, k = [], 1
-    while (candidate := base.with_name(f"{base.name}.{k:03d}")).exists():
-        volumes.append(candidate)
-        k += 1
-    if not volumes:
-        raise ArchiveError(f"{path}: no such archive (nor volumes {base.name}.001, ...)")
-    return volumes
+    base = path.with_name(VOLUME_SUFFIX.sub("", path.name))
+    for digits in (3, 4):
+        volumes, k = [], 1
+        while (candidate := base.with_name(f"{base.name}.{k:0{digits}d}")).exists():
+            volumes.append(candidate)
+            k += 1
+        if volumes:
+            return volumes
+    raise ArchiveError(f"{path}: no such archive (nor volumes {base.name}.001, ...)")
 
 
 def open_archive(path: str | Path) -> py7zr.SevenZipFile:
     """Open a 7z archive or a multi-volume set, with a clear error for what is not one."""
     volumes = volume_paths(path)
     try:
-        if len(volumes) == 1:
+        if len(volumes) == 1 and not VOLUME_SUFFIX.search(volumes[0].name):
             return py7zr.SevenZipFile(volumes[0], mode="r")
         import multivolumefile
 
-        handle = multivolumefile.open(volumes[0].with_name(re.sub(r"\.001$", "", volumes[0].name)), mode="rb")
+        digits = len(VOLUME_SUFFIX.search(volumes[0].name).group(1))
+        base = volumes[0].with_name(VOLUME_SUFFIX.sub("", volumes[0].name))
+        handle = multivolumefile.MultiVolume(base, mode="rb", ext_digits=digits)
         return py7zr.SevenZipFile(handle, mode="r")
     except (py7zr.Bad7zFile, EOFError, OSError, ValueError, KeyError, IndexError) as exc:
         raise ArchiveError(f"{path}: not a readable 7z archive ({type(exc).__name__}: {exc})") from None
@@ -198,6 +206,11 @@ def stream_members(path: str | Path, wanted: Callable[[Member], bool], deliver: 
                 members[m.name] = m
         if not members:
             return
+        # py7zr raises at the first member whose CRC differs and so ends the whole stream, though
+        # the stream itself is intact; the sinks check CRCs instead (from the listing above), so
+        # one damaged member costs one sample.
+        for entry in archive.files:
+            entry._file_info["digest"] = None
         try:
             archive.extract(targets=list(members), factory=_SinkFactory(members, deliver, on_bytes))
         except py7zr.exceptions.CrcError as exc:

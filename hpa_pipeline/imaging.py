@@ -45,7 +45,9 @@ def read_tiff(source: bytes | str | Path, name: str | None = None) -> np.ndarray
         with tifffile.TiffFile(handle) as tif:
             if len(tif.pages) != 1:
                 raise ImageError(f"{label}: {len(tif.pages)} pages, expected one single-channel image")
-            image = tif.pages[0].asarray()
+            page = tif.pages[0]
+            _check_not_truncated(page, tif.filehandle.size, label)
+            image = page.asarray()
     except ImageError:
         raise
     except Exception as exc:  # tifffile/imagecodecs raise many types for corrupt data
@@ -56,6 +58,15 @@ def read_tiff(source: bytes | str | Path, name: str | None = None) -> np.ndarray
     if image.dtype not in SUPPORTED_DTYPES:
         raise ImageError(f"{label}: sample type {image.dtype}, expected uint8 or uint16")
     return image
+
+
+def _check_not_truncated(page, file_size: int, label: str) -> None:
+    """tifffile fills strips or tiles that lie past the end of the file with zeros, silently;
+    a truncated download or archive member must be an error instead."""
+    ends = [o + c for o, c in zip(page.dataoffsets, page.databytecounts)]
+    if not ends or any(c == 0 for c in page.databytecounts) or max(ends) > file_size:
+        raise ImageError(f"{label}: truncated TIFF (image data reaches byte {max(ends, default=0)}, "
+                         f"file has {file_size})")
 
 
 @dataclass

@@ -1,0 +1,39 @@
+"""Building blocks for tests: real TIFF bytes, real 7z archives with chosen (bad) members."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import py7zr
+import tifffile
+
+from hpa_pipeline.labels import FILTERS
+
+
+def tiff_bytes(image: np.ndarray, compression=None, tile=None) -> bytes:
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, image, compression=compression, tile=tile, photometric="minisblack")
+    return buffer.getvalue()
+
+
+def random_sample(rng, size: int, dtype=np.uint8) -> dict[str, np.ndarray]:
+    high = 256 if dtype == np.uint8 else 65536
+    return {f: rng.integers(0, high, (size, size), dtype=dtype) for f in FILTERS}
+
+
+def write_7z(path: Path, members: list[tuple[str, bytes]], method: str = "copy") -> Path:
+    """A real 7z archive; names are written as given, unsafe ones included (py7zr's checked
+    ``writestr`` refuses them, so this uses the unchecked one, as a hostile archive would)."""
+    filters = [{"id": py7zr.FILTER_COPY}] if method == "copy" else [{"id": py7zr.FILTER_LZMA2, "preset": 1}]
+    with py7zr.SevenZipFile(path, "w", filters=filters) as archive:
+        for name, data in members:
+            archive._writestr(data, name)
+    return path
+
+
+def read_archive_members(path: Path) -> list[tuple[str, bytes]]:
+    with py7zr.SevenZipFile(path) as archive:
+        factory = py7zr.io.BytesIOFactory(1 << 30)
+        archive.extractall(factory=factory)
+        return [(name, factory.get(name).read()) for name in archive.getnames()]

@@ -1,0 +1,116 @@
+import numpy as np
+import pytest
+
+from hpa_pipeline.imaging import ImageError, area_resize, level_sizes, make_levels, read_tiff
+from hpa_pipeline.labels import FILTERS
+
+from .helpers import random_sample, tiff_bytes
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("compression", [None, "zlib", "lzw", "zstd", "packbits"])
+@pytest.mark.parametrize("tile", [None, (64, 64)])
+def test_reads_strips_or_tiles_any_codec_8_or_16_bit(dtype, compression, tile):
+    image = np.random.default_rng(0).integers(0, np.iinfo(dtype).max, (192, 192), dtype=dtype)
+    decoded = read_tiff(tiff_bytes(image, compression, tile), "x_red.tif")
+    assert decoded.dtype == dtype and np.array_equal(decoded, image)
+
+
+def test_reads_from_a_path_and_squeezes_a_leading_axis(tmp_path):
+    image = np.arange(64 * 64, dtype=np.uint16).reshape(1, 64, 64)
+    path = tmp_path / "a_red.tif"
+    path.write_bytes(tiff_bytes(image))
+    assert read_tiff(path).shape == (64, 64)
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"not a tiff at all", "unreadable TIFF"),
+    (tiff_bytes(np.random.default_rng(0).integers(0, 255, (128, 128), np.uint8), "zlib")[:4000], "truncated TIFF"),
+    (tiff_bytes(np.ones((256, 256), np.uint8))[:30000], "truncated TIFF"),
+    (tiff_bytes(np.ones((32, 32, 3), np.uint8)), "single-channel"),  # RGB
+    (tiff_bytes(np.ones((32, 32), np.float32)), "sample type float32"),
+    (b"", "unreadable TIFF"),
+])
+def test_bad_tiffs_name_the_file_and_the_cause(data, message):
+    with pytest.raises(ImageError) as err:
+        read_tiff(data, "abc_green.tif")
+    assert str(err.value).startswith("abc_green.tif: ") and message in str(err.value)
+
+
+def test_corrupt_compressed_data_is_an_image_error():
+    data = bytearray(tiff_bytes(np.random.default_rng(1).integers(0, 255, (128, 128), np.uint8), "zlib"))
+    data[200:260] = b"\xff" * 60  # damage the deflate stream, keep the header
+    with pytest.raises(ImageError, match="abc_blue.tif: unreadable TIFF"):
+        read_tiff(bytes(data), "abc_blue.tif")
+
+
+def expected_levels(channels, size, levels, scale=1.0):
+    """Independent reference: float block means of the source, rounded once per level."""
+    out, source = {}, np.stack([channels[f] for f in FILTERS]).astype(np.float64)
+    current = source
+    for k, s in enumerate(level_sizes(size, levels)):
+        f = current.shape[-1] // s
+        current = current.reshape(4, s, f, s, f).mean(axis=(2, 4))
+        current = np.rint(current / scale if k == 0 else current)
+        out[s] = current
+    return out
+
+
+@pytest.mark.parametrize("source", [256, 384])  # 2x and 3x exact block means, like 2048 and 3072 -> 1024
+def test_levels_match_an_independent_area_average_within_one_grey_level(source):
+    channels = random_sample(np.random.default_rng(source), source)
+    result = make_levels(channels, 128, 3)
+    expected = expected_levels(channels, 128, 3)
+    assert sorted(result.levels) == [32, 64, 128]
+    for s, image in result.levels.items():
+        assert image.dtype == np.uint8 and image.shape == (4, s, s)
+        assert np.abs(image.astype(int) - expected[s]).max() <= 1
+    assert result.source_shape == (source, source) and result.source_bits == 8
+
+
+def test_16_bit_sources_become_uint8_by_v_over_257_or_stay_uint16():
+    channels = random_sample(np.random.default_rng(5), 256, np.uint16)
+    as8 = make_levels(channels, 128, 2)
+    expected = expected_levels(channels, 128, 2, scale=257.0)
+    assert as8.source_bits == 16
+    for s, image in as8.levels.items():
+        assert image.dtype == np.uint8 and np.abs(image.astype(int) - expected[s]).max() <= 1
+    as16 = make_levels(channels, 128, 2, dtype="uint16")
+    expected16 = expected_levels(channels, 128, 2)
+    for s, image in as16.levels.items():
+        assert image.dtype == np.uint16 and np.abs(image.astype(int) - expected16[s]).max() <= 1
+
+
+def test_non_integer_ratio_is_still_area_weighted():
+    image = np.zeros((300, 300), np.uint8)
+    image[:, 150:] = 200
+    out = area_resize(image, 128)
+    assert out.shape == (128, 128)
+    assert abs(out.mean() - 100) < 0.5  # area preserved
+    assert out[:, 0].max() == 0 and out[:, -1].min() == pytest.approx(200, abs=1e-3)
+
+
+def test_channels_must_agree():
+    rng = np.random.default_rng(0)
+    channels = random_sample(rng, 256)
+    channels["yellow"] = channels["yellow"][:192, :192]
+    with pytest.raises(ImageError, match="s1: channels differ in shape: .*yellow 192x192"):
+        make_levels(channels, 128, 2, sample_id="s1")
+    channels = random_sample(rng, 256)
+    del channels["blue"]
+    with pytest.raises(ImageError, match="s2: missing channel\\(s\\) blue"):
+        make_levels(channels, 128, 2, sample_id="s2")
+    channels = random_sample(rng, 256)
+    channels["red"] = channels["red"].astype(np.uint16)
+    with pytest.raises(ImageError, match="differ in sample type"):
+        make_levels(channels, 128, 2, sample_id="s3")
+    channels = {f: np.zeros((256, 320), np.uint8) for f in FILTERS}
+    with pytest.raises(ImageError, match="256x320, expected a square image"):
+        make_levels(channels, 128, 2, sample_id="s4")
+
+
+def test_cannot_upsample_and_levels_must_halve():
+    with pytest.raises(ImageError, match="cannot downsample"):
+        make_levels(random_sample(np.random.default_rng(0), 64), 128, 1, sample_id="s")
+    with pytest.raises(ValueError, match="cannot be halved"):
+        level_sizes(100, 4)

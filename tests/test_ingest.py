@@ -1,0 +1,241 @@
+"""ingest, extract and build-zarr on real 7z archives, good and bad."""
+import json
+
+import numpy as np
+import pytest
+import zarr
+from click.testing import CliRunner
+
+from hpa_pipeline.archive import ArchiveError, list_members, volume_paths
+from hpa_pipeline.build_zarr import build_zarr
+from hpa_pipeline.builder import EXIT_SOME_FAILED
+from hpa_pipeline.cli import cli
+from hpa_pipeline.extract import DiskSpaceError, check_free_space, extract_archives
+from hpa_pipeline.ingest import ingest
+from hpa_pipeline.labels import FILTERS
+from hpa_pipeline.store import StoreSpec
+
+from .helpers import random_sample, tiff_bytes, write_7z
+
+SPEC = StoreSpec(size=128, levels=2, chunk=64)
+ARRAYS = ["images/128", "images/64", "source_shape", "source_dtype", "channel_sums", "done"]
+
+
+def assert_same_arrays(a, b, names=ARRAYS):
+    ga, gb = zarr.open_group(str(a), mode="r"), zarr.open_group(str(b), mode="r")
+    for name in names:
+        assert np.array_equal(ga[name][:], gb[name][:]), name
+
+
+def sample_members(sample_id, channels, folder="", compression="zlib"):
+    return [(f"{folder}{sample_id}_{f}.tif", tiff_bytes(channels[f], compression)) for f in FILTERS]
+
+
+@pytest.fixture(scope="module")
+def bad_archive(tmp_path_factory):
+    """An archive with every kind of bad input next to ten good samples."""
+    tmp = tmp_path_factory.mktemp("bad")
+    rng = np.random.default_rng(0)
+    members, ids = [], []
+    for k in range(10):
+        sample_id = f"good{k:02d}"
+        ids.append(sample_id)
+        members += sample_members(sample_id, random_sample(rng, 256 if k % 2 else 384),
+                                  folder="train/" if k == 5 else "")
+    bad = random_sample(rng, 256)
+    corrupt = bytearray(tiff_bytes(bad["green"], "zlib"))
+    corrupt[300:400] = b"\x00" * 100
+    members += [(n, bytes(corrupt) if n.endswith("green.tif") else d) for n, d in sample_members("corrupt", bad)]
+    members += [(n, d[: len(d) // 2] if n.endswith("red.tif") else d) for n, d in sample_members("truncated", bad)]
+    members += [(n, d) for n, d in sample_members("nochannel", bad) if not n.endswith("yellow.tif")]
+    shapes = dict(bad, blue=bad["blue"][:192, :192])
+    members += sample_members("badshape", shapes)
+    members += sample_members("dup", bad) + [("other/dup_red.tif", tiff_bytes(bad["red"]))]
+    members += sample_members("extra", bad)  # in the archive, not in the CSV
+    members += [("readme.txt", b"hello"), ("train/Thumbs.db", b"\x00")]  # unknown files
+    members += [("../evil_red.tif", b"x"), ("/abs/evil_green.tif", b"x")]  # unsafe
+    ids += ["corrupt", "truncated", "nochannel", "badshape", "dup", "absent"]
+    archive = write_7z(tmp / "train_full_size.7z", members)
+    csv = tmp / "train.csv"
+    csv.write_text("Id,Target\n" + "".join(f"{i},{k % 28}\n" for k, i in enumerate(ids)))
+    return archive, csv, ids
+
+
+@pytest.fixture(scope="module")
+def bad_ingest(bad_archive, tmp_path_factory):
+    archive, csv, ids = bad_archive
+    out = tmp_path_factory.mktemp("bad_ingest") / "train.zarr"
+    return ingest(archive, csv, out, SPEC, workers=2), out, ids
+
+
+def test_good_samples_are_written_and_bad_ones_reported_with_reasons(bad_ingest):
+    report, out, ids = bad_ingest
+    root = zarr.open_group(str(out), mode="r")
+    done = root["done"][:]
+    assert [i for i, d in zip(ids, done) if d] == [f"good{k:02d}" for k in range(10)]
+    reasons = {f["id"]: f["reason"] for f in report.failed}
+    assert set(reasons) == {"corrupt", "truncated", "nochannel", "badshape", "dup", "absent"}
+    assert "corrupt_green.tif: unreadable TIFF" in reasons["corrupt"]
+    assert "truncated_red.tif: truncated TIFF" in reasons["truncated"]
+    assert reasons["nochannel"] == "nochannel: missing channel(s) yellow in the archive"
+    assert "badshape: channels differ in shape" in reasons["badshape"] and "blue 192x192" in reasons["badshape"]
+    assert "dup: red appears twice" in reasons["dup"]
+    assert reasons["absent"] == "absent: not in archive train_full_size.7z"
+    assert report.not_in_csv == ["extra"]
+    assert sorted(report.unknown_files) == ["readme.txt", "train/Thumbs.db"]
+    assert len(report.refused) == 2 and any("'..'" in r for r in report.refused)
+    assert report.exit_code == EXIT_SOME_FAILED
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk["failed"] == report.failed and on_disk["written"] == 10
+
+
+def test_failed_samples_are_left_empty_and_not_done(bad_ingest):
+    report, out, ids = bad_ingest
+    root = zarr.open_group(str(out), mode="r")
+    k = ids.index("corrupt")
+    assert not root["done"][k] and root["source_shape"][k].tolist() == [0, 0]
+    assert root["images/128"][k].max() == 0
+    good = root["source_shape"][:10]
+    assert sorted({tuple(s) for s in good.tolist()}) == [(256, 256), (384, 384)]
+
+
+def test_rerun_retries_only_the_failed_ones(bad_archive, bad_ingest):
+    archive, csv, _ = bad_archive
+    _, out, _ = bad_ingest
+    before = zarr.open_group(str(out), mode="r")["images/128"][:10]
+    report = ingest(archive, csv, out, SPEC, workers=1)
+    assert report.done_before == 10 and report.written == 0 and len(report.failed) == 6
+    assert np.array_equal(zarr.open_group(str(out), mode="r")["images/128"][:10], before)
+
+
+def test_cli_exit_status_and_summary(bad_archive, tmp_path):
+    archive, csv, _ = bad_archive
+    result = CliRunner().invoke(cli, ["ingest", str(archive), "--csv", str(csv), "--out", str(tmp_path / "s.zarr"),
+                                      "--size", "128", "--levels", "2", "--workers", "1"])
+    assert result.exit_code == EXIT_SOME_FAILED
+    assert "10/16 samples done" in result.output and "6 failed" in result.output
+    assert "failed: absent: not in archive" in result.output
+
+
+def test_extract_refuses_unsafe_members_and_flattens(bad_archive, tmp_path):
+    archive, _, _ = bad_archive
+    report = extract_archives([archive], tmp_path / "tiff")
+    names = sorted(p.name for p in (tmp_path / "tiff").glob("*.tif"))
+    assert "good05_red.tif" in names  # from train/ folder, flattened
+    assert not any("evil" in n for n in names) and not (tmp_path / "evil_red.tif").exists()
+    assert sorted(r.split(":")[0] for r in report.refused) == ["../evil_red.tif", "/abs/evil_green.tif"]
+    assert report.duplicates == ["other/dup_red.tif"]
+    assert report.written == len(names)
+    again = extract_archives([archive], tmp_path / "tiff")
+    assert again.written == 0 and again.skipped == report.written
+
+
+def test_extract_then_build_zarr_equals_ingest(small_dataset, tmp_path):
+    d = small_dataset
+    a = ingest(d.train_archive, d.train_csv, tmp_path / "a.zarr", SPEC, workers=2)
+    extract_archives([d.train_archive], tmp_path / "tiff")
+    b = build_zarr(tmp_path / "tiff", d.train_csv, tmp_path / "b.zarr", SPEC, workers=2)
+    assert a.exit_code == b.exit_code == 0 and a.written == b.written == 12
+    assert_same_arrays(tmp_path / "a.zarr", tmp_path / "b.zarr", ARRAYS + ["labels"])
+
+
+def test_extract_leaves_no_partial_file_and_resumes(small_dataset, tmp_path):
+    out = tmp_path / "tiff"
+    out.mkdir()
+    (out / "x_red.tif.partial").write_bytes(b"half")  # what a killed run leaves
+    members = list_members(small_dataset.train_archive)
+    first = sorted(members, key=lambda m: m.name)[0]
+    (out / first.basename).write_bytes(b"short")  # wrong size: redone
+    report = extract_archives([small_dataset.train_archive], out)
+    assert report.written == len(members) and not list(out.glob("*.partial"))
+
+
+def test_disk_space_is_checked_before_starting(tmp_path):
+    with pytest.raises(DiskSpaceError, match="GiB still to extract .* free"):
+        check_free_space(tmp_path, needed=1 << 60)
+
+
+def test_crc_mismatch_fails_that_sample_only(tmp_path):
+    rng = np.random.default_rng(3)
+    members = sample_members("a", random_sample(rng, 256), compression=None)
+    members += sample_members("b", random_sample(rng, 256), compression=None)
+    archive = write_7z(tmp_path / "x.7z", members)
+    data = bytearray(archive.read_bytes())
+    data[32 + 5 * len(members[0][1]) + 1000] ^= 0xFF  # one byte inside b's first member (stored coder)
+    archive.write_bytes(bytes(data))
+    csv = tmp_path / "train.csv"
+    csv.write_text("Id,Target\na,0\nb,1\n")
+    report = ingest(archive, csv, tmp_path / "s.zarr", SPEC, workers=1)
+    assert report.written == 1
+    assert "CRC mismatch" in report.failed[0]["reason"] and report.failed[0]["id"] == "b"
+
+
+def test_damaged_lzma_stream_keeps_what_was_decoded(tmp_path):
+    rng = np.random.default_rng(4)
+    members = []
+    for k in range(6):  # compressible images, so that LZMA2 really codes them
+        channels = {f: (rng.integers(0, 4, (256, 256)) * 60).astype(np.uint8) for f in FILTERS}
+        members += sample_members(f"s{k}", channels, compression=None)
+    archive = write_7z(tmp_path / "x.7z", members, method="lzma2")
+    data = bytearray(archive.read_bytes())
+    middle = len(data) * 2 // 3
+    data[middle:middle + 64] = bytes(64)
+    archive.write_bytes(bytes(data))
+    csv = tmp_path / "train.csv"
+    csv.write_text("Id,Target\n" + "".join(f"s{k},0\n" for k in range(6)))
+    report = ingest(archive, csv, tmp_path / "s.zarr", SPEC, workers=1)
+    assert report.archive_error is not None and report.exit_code == EXIT_SOME_FAILED
+    assert 0 < report.written < 6 and report.written + len(report.failed) == 6
+
+
+@pytest.mark.parametrize("content", [b"", b"not a 7z archive"])
+def test_unreadable_or_truncated_archive_is_a_clear_error(small_dataset, tmp_path, content):
+    broken = tmp_path / "train_full_size.7z"
+    broken.write_bytes(content or small_dataset.train_archive.read_bytes()[: 100_000])
+    with pytest.raises(ArchiveError, match="train_full_size.7z: not a readable 7z archive"):
+        ingest(broken, small_dataset.train_csv, tmp_path / "s.zarr", SPEC)
+    result = CliRunner().invoke(cli, ["ingest", str(broken), "--csv", str(small_dataset.train_csv),
+                                      "--out", str(tmp_path / "s.zarr")])
+    assert result.exit_code == 1 and "not a readable 7z archive" in result.output
+
+
+def test_empty_archive_fails_every_sample(small_dataset, tmp_path):
+    archive = write_7z(tmp_path / "empty.7z", [])
+    report = ingest(archive, small_dataset.train_csv, tmp_path / "s.zarr", SPEC)
+    assert report.written == 0 and len(report.failed) == 12
+    assert all("not in archive empty.7z" in f["reason"] for f in report.failed)
+
+
+def test_multi_volume_archive(small_dataset, tmp_path):
+    import multivolumefile
+
+    data = small_dataset.train_archive.read_bytes()
+    with multivolumefile.MultiVolume(tmp_path / "train_full_size.7z", mode="wb", volume=len(data) // 3 + 1,
+                                     ext_digits=3) as vol:  # named like 7-Zip's volumes
+        vol.write(data)
+    volumes = volume_paths(tmp_path / "train_full_size.7z.001")
+    assert [v.name for v in volumes] == [f"train_full_size.7z.{k:03d}" for k in (1, 2, 3)]
+    a = ingest(tmp_path / "train_full_size.7z.001", small_dataset.train_csv, tmp_path / "a.zarr", SPEC)
+    b = ingest(small_dataset.train_archive, small_dataset.train_csv, tmp_path / "b.zarr", SPEC)
+    assert a.written == b.written == 12
+    assert_same_arrays(tmp_path / "a.zarr", tmp_path / "b.zarr")
+    report = extract_archives([tmp_path / "train_full_size.7z"], tmp_path / "tiff")
+    assert report.written == 48
+
+
+@pytest.mark.parametrize("row, message", [("x,29", "label 29 is outside 0-27"), ("x,", "empty target"),
+                                          ("x,a b", "label 'a' is not"), ("good00,1", "duplicate id")])
+def test_bad_csv_rows_stop_before_any_work_naming_the_row(bad_archive, tmp_path, row, message):
+    archive, csv, _ = bad_archive
+    bad_csv = tmp_path / "train.csv"
+    bad_csv.write_text(csv.read_text() + row + "\n")
+    result = CliRunner().invoke(cli, ["ingest", str(archive), "--csv", str(bad_csv), "--out", str(tmp_path / "s.zarr")])
+    assert result.exit_code == 1 and "train.csv row 17" in result.output and message in result.output
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_resuming_with_other_settings_is_refused(small_dataset, tmp_path):
+    ingest(small_dataset.train_archive, small_dataset.train_csv, tmp_path / "s.zarr", SPEC)
+    result = CliRunner().invoke(cli, ["ingest", str(small_dataset.train_archive), "--csv", str(small_dataset.train_csv),
+                                      "--out", str(tmp_path / "s.zarr"), "--size", "64", "--levels", "2"])
+    assert result.exit_code == 1 and "was built with size 128" in result.output
