@@ -221,5 +221,46 @@ def ingest(archive, csv_path, out, size, levels, dtype, chunk, codec, workers, s
                        scheduler=scheduler)
 
 
+@cli.command("inspect")
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--montage", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write a PNG grid of RGB composites of the first samples.")
+@click.option("--n", "n_samples", default=16, show_default=True, help="Samples in the montage.")
+@click.option("--level", type=int, default=None, help="Level to show [default: the one nearest 256].")
+@click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
+def inspect_cmd(store, montage, n_samples, level, as_json):
+    """Show a store: samples done/failed/missing, levels, chunking, bytes, channel statistics."""
+    import json
+
+    from .inspect import format_inspection, inspect_store, write_montage
+    from .store import StoreError
+
+    try:
+        info = inspect_store(store)
+        click.echo(json.dumps(info, indent=1) if as_json else format_inspection(info))
+        if montage:
+            click.echo(f"montage: {write_montage(store, montage, n=n_samples, level=level)}")
+    except (StoreError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@cli.command("export-ngff")
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--ids", required=True, help="Comma-separated sample ids to export.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for the <id>.ome.zarr images.")
+def export_ngff_cmd(store, ids, out):
+    """Write chosen samples as OME-Zarr 0.5 multiscale images (napari, OME-Zarr readers)."""
+    from .ngff import export_ngff
+    from .store import StoreError
+
+    try:
+        paths = export_ngff(store, [i.strip() for i in ids.split(",") if i.strip()], out)
+    except (StoreError, KeyError, ValueError) as exc:
+        raise click.ClickException(str(exc).strip('"')) from None
+    for path in paths:
+        click.echo(str(path))
+
+
 def main():
     cli(prog_name="hpa-pipe")

@@ -87,7 +87,7 @@ def _axes_description(spec: StoreSpec) -> dict:
             for s in spec.sizes
         ],
         "scale_unit": "pixel of the top level (sources are 2048² or 3072²: see source_shape)",
-        "channels": [{"label": f, "color": CHANNEL_COLORS[f]} for f in FILTERS],
+        "omero": {"channels": [{"label": f, "color": CHANNEL_COLORS[f]} for f in FILTERS]},
     }
 
 

@@ -1,0 +1,119 @@
+"""``inspect``: what a store holds (done/failed/missing, levels, chunking, bytes on disk,
+channel statistics) and a montage PNG of RGB composites so that a user can see the data."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .labels import FILTERS
+from .store import open_store, read_report
+
+
+def _bytes_under(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
+
+
+def _codec_names(array) -> list[str]:
+    names = []
+    for codec in list(array.metadata.codecs):
+        inner = getattr(codec, "codecs", None)  # the sharding codec wraps the chunk codecs
+        for c in ([codec] if inner is None else list(inner)):
+            desc = type(c).__name__.replace("Codec", "").lower()
+            if hasattr(c, "cname"):
+                desc += f"-{getattr(c.cname, 'value', c.cname)}{c.clevel}"
+            names.append(desc)
+    return names
+
+
+def inspect_store(path: str | Path) -> dict:
+    """A dict describing the store; :func:`format_inspection` prints it."""
+    root = open_store(path)
+    meta = root.attrs["hpa"]
+    done = root["done"][:]
+    report = read_report(path) or {}
+    failed = {f["id"]: f["reason"] for f in report.get("failed", [])}
+    ids = meta["ids"]
+    failed = {i: r for i, r in failed.items() if i in ids and not done[ids.index(i)]}
+    levels = []
+    for name, array in sorted(root["images"].arrays(), key=lambda kv: -int(kv[0])):
+        on_disk = _bytes_under(Path(path) / "images" / name)
+        levels.append({
+            "path": f"images/{name}", "shape": list(array.shape), "dtype": str(array.dtype),
+            "chunks": list(array.chunks), "shards": list(array.shards) if array.shards else None,
+            "codecs": _codec_names(array), "bytes_on_disk": on_disk,
+            "bytes_per_done_sample": on_disk / max(1, int(done.sum())),
+        })
+    info = {
+        "store": str(path), "n_samples": len(ids), "done": int(done.sum()), "failed": len(failed),
+        "missing": len(ids) - int(done.sum()) - len(failed), "has_labels": meta["has_labels"],
+        "levels": levels, "statistics": meta.get("statistics", {}), "failed_samples": failed,
+        "channels": meta["channels"],
+    }
+    if meta["has_labels"]:
+        info["label_counts"] = root["labels"][:][done].sum(0).tolist()
+    return info
+
+
+def format_inspection(info: dict) -> str:
+    lines = [
+        f"store    {info['store']}",
+        f"samples  {info['n_samples']}: {info['done']} done, {info['failed']} failed, {info['missing']} missing"
+        + (" (train: labels)" if info["has_labels"] else " (test: no labels)"),
+        "levels",
+    ]
+    for lv in info["levels"]:
+        lines.append(f"  {lv['path']:<12} {tuple(lv['shape'])} {lv['dtype']} chunks {tuple(lv['chunks'])} "
+                     f"shards {tuple(lv['shards']) if lv['shards'] else '-'} {'+'.join(lv['codecs'])}  "
+                     f"{lv['bytes_on_disk'] / 2**20:.1f} MiB ({lv['bytes_per_done_sample'] / 1024:.0f} KiB/sample)")
+    if info["statistics"]:
+        lines.append("channel statistics (mean / std, channels " + ", ".join(info["channels"]) + ")")
+        for size, st in info["statistics"].items():
+            pairs = "  ".join(f"{m:.1f}/{s:.1f}" for m, s in zip(st["mean"], st["std"]))
+            lines.append(f"  {size:>5}: {pairs}")
+    for sample_id, reason in list(info["failed_samples"].items())[:20]:
+        lines.append(f"  failed {reason}")
+    return "\n".join(lines)
+
+
+def composite(sample: np.ndarray) -> np.ndarray:
+    """``(4, H, W)`` red, green, blue, yellow -> ``(H, W, 3)`` RGB uint8; yellow shows as yellow."""
+    x = sample.astype(np.float32)
+    if sample.dtype == np.uint16:
+        x /= 257.0
+    red, green, blue, yellow = (x[FILTERS.index(f)] for f in FILTERS)
+    rgb = np.stack([red + 0.5 * yellow, green + 0.5 * yellow, blue], axis=-1)
+    return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+def write_montage(path: str | Path, out_png: str | Path, n: int = 16, level: int | None = None,
+                  columns: int = 4) -> Path:
+    """A grid of the first ``n`` done samples as RGB composites, captioned with id and labels."""
+    root = open_store(path)
+    meta = root.attrs["hpa"]
+    sizes = sorted((int(k) for k, _ in root["images"].arrays()), reverse=True)
+    size = level if level is not None else min(sizes, key=lambda s: abs(s - 256))
+    if size not in sizes:
+        raise ValueError(f"no level {size} in {path}; levels are {sizes}")
+    done = np.flatnonzero(root["done"][:])[:n]
+    if done.size == 0:
+        raise ValueError(f"{path}: no sample is done yet, nothing to show")
+    images = root[f"images/{size}"]
+    labels = root["labels"][:] if meta["has_labels"] else None
+    tiles = []
+    for index in done:
+        tile = cv2.cvtColor(composite(images[int(index)]), cv2.COLOR_RGB2BGR)
+        caption = meta["ids"][index][:8]
+        if labels is not None:
+            caption += " " + ",".join(str(c) for c in np.flatnonzero(labels[index]))
+        cv2.putText(tile, caption, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+        tiles.append(tile)
+    while len(tiles) % columns:
+        tiles.append(np.zeros_like(tiles[0]))
+    rows = [np.hstack(tiles[i:i + columns]) for i in range(0, len(tiles), columns)]
+    grid = np.vstack(rows)
+    out_png = Path(out_png)
+    if not cv2.imwrite(str(out_png), grid):
+        raise OSError(f"could not write {out_png}")
+    return out_png

@@ -1,0 +1,80 @@
+"""``export-ngff``: chosen samples of a dataset store as standard OME-Zarr 0.5 images.
+
+The training store stacks samples on a leading axis, which OME-NGFF 0.5 cannot describe
+(design.md); each exported sample is a ``(c, y, x)`` multiscale image with every level of the
+store, channel labels and colours in an ``omero`` block, readable by napari and any OME-Zarr
+reader. Pixel sizes are not known for the HPA images, so the scales are relative: 1 at the top
+level, 2 at the next, and so on (axes carry no unit).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import zarr
+
+from .store import CHANNEL_COLORS, open_store
+
+NGFF_VERSION = "0.5"
+
+
+def _multiscales(name: str, sizes: list[int]) -> list[dict]:
+    top = sizes[0]
+    return [{
+        "name": name,
+        "axes": [
+            {"name": "c", "type": "channel"},
+            {"name": "y", "type": "space"},
+            {"name": "x", "type": "space"},
+        ],
+        "datasets": [
+            {"path": str(k), "coordinateTransformations": [{"type": "scale", "scale": [1.0, top / s, top / s]}]}
+            for k, s in enumerate(sizes)
+        ],
+    }]
+
+
+def _omero(channels: list[str], dtype_max: int) -> dict:
+    return {
+        "channels": [
+            {"label": c, "color": CHANNEL_COLORS[c], "active": True, "coefficient": 1.0, "family": "linear",
+             "inverted": False,
+             "window": {"min": 0, "max": dtype_max, "start": 0, "end": dtype_max}}
+            for c in channels
+        ],
+        "rdefs": {"model": "color", "defaultZ": 0, "defaultT": 0},
+    }
+
+
+def export_ngff(store: str | Path, ids: list[str], out_dir: str | Path) -> list[Path]:
+    """Write ``out_dir/<id>.ome.zarr`` for each id; unknown or not-done ids are errors naming them."""
+    root = open_store(store)
+    meta = root.attrs["hpa"]
+    index_of = {sample_id: i for i, sample_id in enumerate(meta["ids"])}
+    unknown = [i for i in ids if i not in index_of]
+    if unknown:
+        raise KeyError(f"not in {store}: {', '.join(unknown)}")
+    done = root["done"][:]
+    not_done = [i for i in ids if not done[index_of[i]]]
+    if not_done:
+        raise ValueError(f"not written (yet) in {store}: {', '.join(not_done)}")
+    sizes = sorted((int(k) for k, _ in root["images"].arrays()), reverse=True)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for sample_id in ids:
+        target = out_dir / f"{sample_id}.ome.zarr"
+        image = zarr.open_group(str(target), mode="w", zarr_format=3)
+        first = root[f"images/{sizes[0]}"]
+        for k, s in enumerate(sizes):
+            data = root[f"images/{s}"][index_of[sample_id]]
+            chunk = min(256, s)
+            array = image.create_array(str(k), shape=data.shape, dtype=data.dtype, chunks=(1, chunk, chunk),
+                                       dimension_names=("c", "y", "x"))
+            array[:] = data
+        image.attrs["ome"] = {
+            "version": NGFF_VERSION,
+            "multiscales": _multiscales(sample_id, sizes),
+            "omero": _omero(meta["channels"], int(255 if first.dtype == "uint8" else 65535)),
+        }
+        written.append(target)
+    return written

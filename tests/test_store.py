@@ -1,0 +1,97 @@
+"""The store contract of design.md, inspect, montage and the OME-Zarr export."""
+import json
+
+import numpy as np
+import pytest
+import zarr
+from click.testing import CliRunner
+
+from hpa_pipeline.cli import cli
+from hpa_pipeline.ingest import ingest
+from hpa_pipeline.labels import CLASS_NAMES, FILTERS, read_sample_table
+from hpa_pipeline.store import StoreSpec
+
+SPEC = StoreSpec(size=128, levels=3, chunk=64)
+
+
+@pytest.fixture(scope="module")
+def stores(small_dataset, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("stores")
+    d = small_dataset
+    ingest(d.train_archive, d.train_csv, tmp / "train.zarr", SPEC, workers=2)
+    ingest(d.test_archive, d.sample_submission, tmp / "test.zarr", SPEC, workers=2)
+    return d, tmp / "train.zarr", tmp / "test.zarr"
+
+
+def test_layout_follows_design(stores):
+    d, train, test = stores
+    root = zarr.open_group(str(train), mode="r")
+    meta = root.attrs["hpa"]
+    table = read_sample_table(d.train_csv)
+    n = len(table)
+    assert meta["ids"] == list(table.ids) and meta["class_names"] == list(CLASS_NAMES)
+    assert meta["channels"] == list(FILTERS) == ["red", "green", "blue", "yellow"]
+    for s in (128, 64, 32):
+        images = root[f"images/{s}"]
+        assert images.shape == (n, 4, s, s) and images.dtype == np.uint8
+        assert images.shards == (1, 4, s, s)  # one whole sample per shard
+        assert images.metadata.dimension_names == ("sample", "c", "y", "x")
+    assert np.array_equal(root["labels"][:], table.label_matrix()) and root["labels"].dtype == bool
+    assert root["done"][:].all() and root["source_dtype"][:].tolist() == [8] * n
+    assert set(map(tuple, root["source_shape"][:].tolist())) <= {(256, 256), (384, 384)}
+    # each level is the 2x2 mean of the one above
+    top, half = root["images/128"][0].astype(float), root["images/64"][0].astype(float)
+    assert np.abs(top.reshape(4, 64, 2, 64, 2).mean(axis=(2, 4)) - half).max() <= 0.5
+    # NGFF vocabulary for the axes and levels
+    assert [a["type"] for a in meta["axes"]] == ["custom", "channel", "space", "space"]
+    assert [lv["coordinateTransformations"][0]["scale"][-1] for lv in meta["levels"]] == [1.0, 2.0, 4.0]
+    assert [c["label"] for c in meta["omero"]["channels"]] == list(FILTERS)
+    # statistics: per level, per channel, from the pixels
+    stats = meta["statistics"]["64"]
+    pixels = root["images/64"][:].astype(float)
+    assert np.allclose(stats["mean"], pixels.mean(axis=(0, 2, 3)), atol=1e-3)
+    assert np.allclose(stats["std"], pixels.std(axis=(0, 2, 3)), atol=1e-3)
+    test_root = zarr.open_group(str(test), mode="r")
+    assert "labels" not in test_root and test_root.attrs["hpa"]["has_labels"] is False
+    assert test_root.attrs["hpa"]["ids"] == d.test_ids
+
+
+def test_inspect_reports_counts_levels_and_writes_a_montage(stores, tmp_path):
+    _, train, _ = stores
+    png = tmp_path / "m.png"
+    result = CliRunner().invoke(cli, ["inspect", str(train), "--montage", str(png), "--n", "6"])
+    assert result.exit_code == 0, result.output
+    assert "12 done, 0 failed, 0 missing" in result.output
+    assert "images/128" in result.output and "blosc-zstd5" in result.output and "KiB/sample" in result.output
+    import cv2
+
+    grid = cv2.imread(str(png))
+    assert grid.shape == (2 * 128, 4 * 128, 3) and grid.max() > 0  # 6 tiles of level 128, nearest to 256
+    info = json.loads(CliRunner().invoke(cli, ["inspect", str(train), "--json"]).output)
+    assert info["done"] == 12 and len(info["levels"]) == 3 and info["levels"][0]["bytes_on_disk"] > 0
+
+
+def test_inspect_of_a_missing_store_is_a_clear_error(tmp_path):
+    result = CliRunner().invoke(cli, ["inspect", str(tmp_path / "nope.zarr")])
+    assert result.exit_code == 1 and "no dataset store there" in result.output
+
+
+def test_export_ngff_validates_and_reads_back_pixel_identical(stores, tmp_path):
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+    from ome_zarr_models.v05.image import Image
+
+    d, train, _ = stores
+    ids = d.train_ids[:2]
+    result = CliRunner().invoke(cli, ["export-ngff", str(train), "--ids", ",".join(ids), "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    root = zarr.open_group(str(train), mode="r")
+    for k, sample_id in enumerate(ids):
+        path = tmp_path / f"{sample_id}.ome.zarr"
+        Image.from_zarr(zarr.open_group(str(path), mode="r"))  # raises if not valid OME-Zarr 0.5
+        node = list(Reader(parse_url(str(path)))())[0]
+        assert node.metadata["channel_names"] == list(FILTERS)
+        for level, size in enumerate((128, 64, 32)):
+            assert np.array_equal(np.asarray(node.data[level]), root[f"images/{size}"][k])
+    bad = CliRunner().invoke(cli, ["export-ngff", str(train), "--ids", "nope", "--out", str(tmp_path)])
+    assert bad.exit_code == 1 and "not in" in bad.output and "nope" in bad.output
