@@ -12,8 +12,9 @@ DATA ?= data
 OUT  ?= data
 SIZE ?= 1024
 DEMO ?= build/demo
+RECIPE ?= pipelines/ingest.yaml
 
-.PHONY: install test test-fast demo bench clean
+.PHONY: install test test-fast demo ingest bench clean
 
 install: $(STAMP)
 
@@ -30,6 +31,18 @@ test-fast: install
 
 demo: install
 	$(HPA) --config pipelines/demo.yaml synth --out $(DEMO)
+	$(MAKE) --no-print-directory ingest DATA=$(DEMO) OUT=$(DEMO) SIZE=256 RECIPE=pipelines/demo.yaml
+	$(HPA) inspect $(DEMO)/train.zarr --montage $(DEMO)/train_montage.png
+
+# Both archives into train.zarr and test.zarr; resumable (run it again after a crash).
+# Runs both even if the first reports failed samples; exits 3 if either did (see report.json).
+ingest: install
+	rc=0; \
+	$(HPA) --config $(RECIPE) ingest $(DATA)/train_full_size.7z --csv $(DATA)/train.csv \
+		--out $(OUT)/train.zarr --size $(SIZE) || rc=$$?; \
+	$(HPA) --config $(RECIPE) ingest $(DATA)/test_full_size.7z --csv $(DATA)/sample_submission.csv \
+		--out $(OUT)/test.zarr --size $(SIZE) || rc=$$?; \
+	exit $$rc
 
 bench: install
 	$(BIN)/python -m benchmarks $(BENCH)

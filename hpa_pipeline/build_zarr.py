@@ -12,7 +12,7 @@ from .archive import MEMBER_NAME
 from .builder import BuildReport, StoreBuilder
 from .extract import REPORT_NAME as EXTRACT_REPORT
 from .labels import read_sample_table
-from .scheduler import dask_client, run_bounded
+from .scheduler import dask_client, run_bounded, total_threads
 from .store import StoreSpec
 from .tasks import process_sample
 
@@ -60,6 +60,6 @@ def build_zarr(src: str | Path, csv: str | Path, out: str | Path, spec: StoreSpe
             progress(1, len(jobs))
 
     with dask_client(scheduler, workers) as client:
-        in_flight = 2 * max(1, sum(client.nthreads().values()))
+        in_flight = 2 * total_threads(client)
         run_bounded(client, process_sample, jobs, in_flight, on_result, builder.on_error)
     return builder.finish(not_in_csv=sorted(set(files) - set(table.ids)), unknown_files=unknown)

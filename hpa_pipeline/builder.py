@@ -58,7 +58,7 @@ class BuildReport:
 class StoreBuilder:
     """Bookkeeping of one build: pending samples, results, failures, statistics, report."""
 
-    FLUSH_SECONDS = 2.0
+    FLUSH_SECONDS = 1.0
 
     def __init__(self, out: str | Path, table: SampleTable, spec: StoreSpec, command: str, source: str):
         self.out, self.table, self.spec = str(out), table, spec

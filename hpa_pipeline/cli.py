@@ -104,6 +104,9 @@ def _store_options(fn):
         click.option("--chunk", default=256, show_default=True, help="Square inner chunk (one shard per sample)."),
         click.option("--codec", type=click.Choice(["zstd", "lz4", "none"]), default="zstd", show_default=True,
                      help="Blosc compressor of the chunks (lossless)."),
+        click.option("--clevel", default=1, show_default=True,
+                     help="Compression level: zstd 1 is ~0.98x the PNG size at ~300 MB/s a core; 5 saves 1.5%% "
+                          "more at ~35 MB/s."),
         click.option("--workers", default=os.cpu_count() or 1, show_default=True,
                      help="Threads of the local Dask scheduler."),
         click.option("--scheduler", default=None, help="Address of a dask.distributed scheduler to use instead."),
@@ -113,11 +116,11 @@ def _store_options(fn):
     return fn
 
 
-def _store_spec(size, levels, dtype, chunk, codec):
+def _store_spec(size, levels, dtype, chunk, codec, clevel):
     from .store import StoreSpec
 
     try:
-        return StoreSpec(size=size, levels=levels, dtype=dtype, chunk=chunk, codec=codec)
+        return StoreSpec(size=size, levels=levels, dtype=dtype, chunk=chunk, codec=codec, clevel=clevel)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
 
@@ -200,11 +203,11 @@ def extract(archives, out):
 @click.option("--src", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
               help="Folder of <id>_<filter>.tif files (from extract).")
 @_store_options
-def build_zarr_cmd(src, csv_path, out, size, levels, dtype, chunk, codec, workers, scheduler):
+def build_zarr_cmd(src, csv_path, out, size, levels, dtype, chunk, codec, clevel, workers, scheduler):
     """Build the dataset store from a folder of TIFFs (one Dask task per sample), resumably."""
     from .build_zarr import build_zarr
 
-    spec = _store_spec(size, levels, dtype, chunk, codec)
+    spec = _store_spec(size, levels, dtype, chunk, codec, clevel)
     _run_store_command(build_zarr, "build-zarr", src=src, csv=csv_path, out=out, spec=spec, workers=workers,
                        scheduler=scheduler)
 
@@ -212,11 +215,11 @@ def build_zarr_cmd(src, csv_path, out, size, levels, dtype, chunk, codec, worker
 @cli.command()
 @click.argument("archive", type=click.Path(path_type=Path))
 @_store_options
-def ingest(archive, csv_path, out, size, levels, dtype, chunk, codec, workers, scheduler):
+def ingest(archive, csv_path, out, size, levels, dtype, chunk, codec, clevel, workers, scheduler):
     """Build the dataset store straight from a 7z archive: no TIFF on disk, resumably."""
     from .ingest import ingest as run_ingest
 
-    spec = _store_spec(size, levels, dtype, chunk, codec)
+    spec = _store_spec(size, levels, dtype, chunk, codec, clevel)
     _run_store_command(run_ingest, "ingest", archive=archive, csv=csv_path, out=out, spec=spec, workers=workers,
                        scheduler=scheduler)
 

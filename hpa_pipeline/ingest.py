@@ -16,7 +16,7 @@ from pathlib import Path
 from .archive import ArchiveError, Member, list_members, stream_members
 from .builder import BuildReport, StoreBuilder
 from .labels import FILTERS, read_sample_table
-from .scheduler import dask_client, run_bounded
+from .scheduler import dask_client, run_bounded, total_threads
 from .store import StoreSpec
 from .tasks import process_sample
 
@@ -84,7 +84,7 @@ def ingest(archive: str | Path, csv: str | Path, out: str | Path, spec: StoreSpe
     archive_error: list[str] = []
 
     with dask_client(scheduler, workers) as client:
-        in_flight = 2 * max(1, sum(client.nthreads().values()))
+        in_flight = 2 * total_threads(client)
         slots = threading.Semaphore(in_flight + 2)  # samples decoded but not yet submitted or finished
         decoder = threading.Thread(
             target=_decode, name="7z-decoder", daemon=True,

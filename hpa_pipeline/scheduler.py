@@ -51,8 +51,16 @@ def run_bounded(client, fn: Callable, jobs: Iterable, max_in_flight: int,
     for job in jobs:
         while pending.count() >= max_in_flight:
             settle(next(pending))
-        future = client.submit(fn, job, pure=False)
+        # Scatter first: a job may carry ~20 MB of TIFF bytes, which distributed would
+        # otherwise pickle into the task graph (slow, and it warns about large graphs).
+        [data] = client.scatter([job], hash=False)
+        future = client.submit(fn, data, pure=False)
         jobs_of[future.key] = job
         pending.add(future)
     for future in pending:
         settle(future)
+
+
+def total_threads(client) -> int:
+    """Worker threads of the cluster a client is connected to."""
+    return max(1, sum(client.nthreads().values()))

@@ -53,7 +53,7 @@ class StoreSpec:
     dtype: str = "uint8"
     chunk: int = 256
     codec: str = "zstd"
-    clevel: int = 5
+    clevel: int = 1
 
     def __post_init__(self):
         level_sizes(self.size, self.levels)  # raises on sizes that do not halve

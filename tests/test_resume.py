@@ -38,9 +38,13 @@ def command_line(command, d, tiff_dir, out):
 def test_sigkill_then_rerun_equals_an_uninterrupted_run(dataset, tmp_path, command):
     d, reference, tiff_dir = dataset
     out = tmp_path / "killed.zarr"
+    start = time.perf_counter()
+    subprocess.run(command_line(command, d, tiff_dir, tmp_path / "timing.zarr"), capture_output=True, check=True)
+    duration = time.perf_counter() - start
     args = command_line(command, d, tiff_dir, out)
     partial_states = []
-    for delay in (1.5, 2.2, 2.9, 3.6, 4.3):  # after start-up, at different points of the run
+    for fraction in (0.3, 0.45, 0.6, 0.75, 0.9):  # kill at different points of the run
+        delay = fraction * duration
         proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(delay)
         if proc.poll() is None:
