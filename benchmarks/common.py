@@ -60,3 +60,31 @@ def report(name: str, figures: dict) -> dict:
     for key, value in figures.items():
         print(f"   {key}: {value}")
     return record
+
+
+BENCH_DATA = Path(__file__).resolve().parents[1] / "build" / "bench"
+
+
+def synth_data(name: str, **spec_kwargs) -> Path:
+    """A synthetic dataset for benchmarks, made once under ``build/bench/<name>`` and reused."""
+    from hpa_pipeline.synth import SynthSpec, make_dataset
+
+    out = BENCH_DATA / name
+    if not (out / "sample_submission.csv").exists():
+        print(f"   (making {name}: {spec_kwargs})")
+        make_dataset(out, SynthSpec(**spec_kwargs), workers=os.cpu_count() or 1)
+    return out
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def seven_zip_cli() -> str | None:
+    """The 7-Zip command-line program, where one is installed (7zz, 7z or 7za)."""
+    import shutil
+
+    for name in ("7zz", "7z", "7za"):
+        if shutil.which(name):
+            return name
+    return None

@@ -8,13 +8,13 @@ TIFF edge cases (as met in microscopy archives), all read by tifffile with image
   an RGB or multi-page file is refused, since each HPA file holds exactly one filter;
 - a truncated or corrupt file raises :class:`ImageError` naming the member and the cause.
 
-Resampling is an area average computed in float32 (OpenCV ``INTER_AREA``: for integer factors,
-2048→1024 and 3072→1024, it is the exact block mean; other ratios are area-weighted) and rounded
-once per level. Each level below the top is the 2×2 mean of the level above as stored.
+Resampling is an area average (OpenCV ``INTER_AREA``: for integer factors, 2048→1024 and
+3072→1024, it is the exact block mean; other ratios are area-weighted), kept at sub-grey-level
+precision through the halvings and rounded once per level (see :func:`make_levels`).
 
 16-bit sources become ``uint8`` by the linear full-range rule ``round(v / 257)`` (65535 → 255),
-applied after averaging; it keeps intensities comparable across images, unlike per-image
-stretching. ``dtype="uint16"`` keeps the source values (8-bit sources are then stored as-is,
+applied after averaging (so within one grey level of the float result); it keeps intensities
+comparable across images, unlike per-image stretching. ``dtype="uint16"`` keeps the source values (8-bit sources are then stored as-is,
 in a uint16 array).
 """
 from __future__ import annotations
@@ -47,7 +47,7 @@ def read_tiff(source: bytes | str | Path, name: str | None = None) -> np.ndarray
                 raise ImageError(f"{label}: {len(tif.pages)} pages, expected one single-channel image")
             page = tif.pages[0]
             _check_not_truncated(page, tif.filehandle.size, label)
-            image = page.asarray()
+            image = page.asarray(maxworkers=1)  # parallelism comes from the scheduler's tasks
     except ImageError:
         raise
     except Exception as exc:  # tifffile/imagecodecs raise many types for corrupt data
@@ -97,8 +97,11 @@ def check_channels(channels: dict[str, np.ndarray], sample_id: str) -> tuple[tup
 
 
 def area_resize(image: np.ndarray, size: int) -> np.ndarray:
-    """Area-average ``image`` to ``size``×``size`` in float32 (no rounding)."""
-    image = image.astype(np.float32, copy=False)
+    """Area-average ``image`` to ``size``×``size``, keeping its dtype (rounded half up).
+
+    OpenCV's ``INTER_AREA`` on integers is the exact rounded block mean for integer factors
+    and area-weighted otherwise, and about 5x faster than going through float32.
+    """
     if image.shape == (size, size):
         return image
     if size > min(image.shape):
@@ -114,28 +117,46 @@ def level_sizes(size: int, levels: int) -> list[int]:
     return sizes
 
 
-def _to_store_dtype(level: np.ndarray, source_bits: int, dtype: np.dtype) -> np.ndarray:
-    if dtype == np.uint8 and source_bits == 16:
+def _working_precision(image: np.ndarray) -> np.ndarray:
+    """The source in the precision the levels are averaged in.
+
+    8-bit sources become uint16 with 8 fractional bits (``v << 8``, exact), so that OpenCV's
+    fast integer ``INTER_AREA`` keeps 1/256 of a grey level through every halving; 16-bit
+    sources go to float32. Rounding to the store's dtype happens once per level, from this.
+    """
+    if image.dtype == np.uint8:
+        work = np.empty(image.shape, np.uint16)
+        return np.left_shift(image, 8, out=work, dtype=np.uint16)  # one pass, no temporary
+    return image.astype(np.float32)
+
+
+def _to_store(level: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Round a working-precision level to the store's dtype (uint16 sources to uint8: v / 257)."""
+    if level.dtype == np.uint16:  # an 8-bit source with 8 fractional bits
+        return ((level.astype(np.uint32) + 128) >> 8).astype(dtype)
+    if dtype == np.uint8:
         level = level / UINT16_TO_UINT8
-    info = np.iinfo(dtype)
-    return np.clip(np.rint(level), info.min, info.max).astype(dtype)
+    return np.clip(np.rint(level), 0, np.iinfo(dtype).max).astype(dtype)
 
 
 def make_levels(channels: dict[str, np.ndarray], size: int, levels: int, dtype="uint8",
                 sample_id: str = "sample") -> SampleLevels:
-    """All resolution levels of one sample, channels in ``FILTERS`` order."""
+    """All resolution levels of one sample, channels in ``FILTERS`` order.
+
+    Each level is the area average of the source, computed by halving the level above in
+    working precision and rounded once, so every stored level is within one grey level of
+    the exact float area average and of the 2×2 mean of the stored level above.
+    """
     dtype = np.dtype(dtype)
     shape, bits = check_channels(channels, sample_id)
-    out: dict[int, np.ndarray] = {}
     sizes = level_sizes(size, levels)
     try:
-        top = np.stack([area_resize(channels[f], size) for f in FILTERS])
+        work = [area_resize(_working_precision(channels[f]), size) for f in FILTERS]
     except ImageError as exc:
         raise ImageError(f"{sample_id}: {exc}") from None
-    current = _to_store_dtype(top, bits, dtype)
-    out[sizes[0]] = current
-    for s in sizes[1:]:  # exact 2x2 means of the stored level above
-        averaged = np.stack([area_resize(channel, s) for channel in current])
-        current = _to_store_dtype(averaged, 8 * dtype.itemsize, dtype)
-        out[s] = current
+    out = {}
+    for k, s in enumerate(sizes):
+        if k:
+            work = [area_resize(channel, s) for channel in work]
+        out[s] = np.stack([_to_store(channel, dtype) for channel in work])
     return SampleLevels(out, shape, bits)

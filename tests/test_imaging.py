@@ -45,14 +45,11 @@ def test_corrupt_compressed_data_is_an_image_error():
 
 
 def expected_levels(channels, size, levels, scale=1.0):
-    """Independent reference: float block means of the source, rounded once per level."""
+    """Independent reference: float block means of the source at each level size, rounded."""
     out, source = {}, np.stack([channels[f] for f in FILTERS]).astype(np.float64)
-    current = source
-    for k, s in enumerate(level_sizes(size, levels)):
-        f = current.shape[-1] // s
-        current = current.reshape(4, s, f, s, f).mean(axis=(2, 4))
-        current = np.rint(current / scale if k == 0 else current)
-        out[s] = current
+    for s in level_sizes(size, levels):
+        f = source.shape[-1] // s
+        out[s] = np.rint(source.reshape(4, s, f, s, f).mean(axis=(2, 4)) / scale)
     return out
 
 

@@ -39,9 +39,9 @@ def test_layout_follows_design(stores):
     assert np.array_equal(root["labels"][:], table.label_matrix()) and root["labels"].dtype == bool
     assert root["done"][:].all() and root["source_dtype"][:].tolist() == [8] * n
     assert set(map(tuple, root["source_shape"][:].tolist())) <= {(256, 256), (384, 384)}
-    # each level is the 2x2 mean of the one above
+    # each level is the 2x2 mean of the one above, within one grey level
     top, half = root["images/128"][0].astype(float), root["images/64"][0].astype(float)
-    assert np.abs(top.reshape(4, 64, 2, 64, 2).mean(axis=(2, 4)) - half).max() <= 0.5
+    assert np.abs(top.reshape(4, 64, 2, 64, 2).mean(axis=(2, 4)) - half).max() <= 1
     # NGFF vocabulary for the axes and levels
     assert [a["type"] for a in meta["axes"]] == ["custom", "channel", "space", "space"]
     assert [lv["coordinateTransformations"][0]["scale"][-1] for lv in meta["levels"]] == [1.0, 2.0, 4.0]
