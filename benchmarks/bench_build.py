@@ -20,7 +20,7 @@ from hpa_pipeline.store import StoreSpec
 
 from .common import BENCH_DATA, report, synth_data, timer
 
-N_SAMPLES = 64
+N_SAMPLES = 48
 
 
 def kaggle_baseline(files: dict, out: Path, size: int = 1024) -> None:
@@ -32,7 +32,7 @@ def kaggle_baseline(files: dict, out: Path, size: int = 1024) -> None:
 
 
 def run() -> dict:
-    data = synth_data("full64", n_train=N_SAMPLES, n_test=1)
+    data = synth_data("full64", n_train=48, n_test=16)  # shared with bench_store
     tiff = BENCH_DATA / "full64_tiff"
     if not tiff.exists():
         extract_archives([data / "train_full_size.7z"], tiff)
