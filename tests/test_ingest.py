@@ -239,3 +239,26 @@ def test_resuming_with_other_settings_is_refused(small_dataset, tmp_path):
     result = CliRunner().invoke(cli, ["ingest", str(small_dataset.train_archive), "--csv", str(small_dataset.train_csv),
                                       "--out", str(tmp_path / "s.zarr"), "--size", "64", "--levels", "2"])
     assert result.exit_code == 1 and "was built with size 128" in result.output
+
+
+def test_several_solid_blocks_decode_in_parallel_to_the_same_store(small_dataset, tmp_path):
+    """Archives made by 7-Zip hold several solid blocks; py7zr decodes them in parallel threads."""
+    import shutil
+    import subprocess
+
+    import py7zr
+
+    cli = next((c for c in ("7zz", "7z", "7za") if shutil.which(c)), None)
+    if cli is None:
+        pytest.skip("no 7-Zip command line (apt install 7zip) to make a multi-block archive")
+    extract_archives([small_dataset.train_archive], tmp_path / "tiff")
+    (tmp_path / "tiff" / "extract_report.json").unlink()
+    archive = tmp_path / "blocks.7z"
+    subprocess.run([cli, "a", "-t7z", "-m0=lzma2", "-mx=1", "-ms=7f", str(archive), "."], cwd=tmp_path / "tiff",
+                   check=True, stdout=subprocess.DEVNULL)  # 7 files per solid block: samples straddle blocks
+    with py7zr.SevenZipFile(archive) as a:
+        assert a.header.main_streams.unpackinfo.numfolders >= 6
+    a = ingest(archive, small_dataset.train_csv, tmp_path / "a.zarr", SPEC, workers=2)
+    b = ingest(small_dataset.train_archive, small_dataset.train_csv, tmp_path / "b.zarr", SPEC, workers=2)
+    assert a.written == b.written == 12
+    assert_same_arrays(tmp_path / "a.zarr", tmp_path / "b.zarr")
