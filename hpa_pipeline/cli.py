@@ -265,5 +265,116 @@ def export_ngff_cmd(store, ids, out):
         click.echo(str(path))
 
 
+def _train_options(fn):
+    """One option per field of TrainConfig (so a recipe can set any of them by name)."""
+    from dataclasses import MISSING, fields
+
+    from .train import TrainConfig
+
+    helps = {
+        "store": "Train store (from ingest or build-zarr).", "out": "Run folder (checkpoints, metrics, thresholds).",
+        "arch": "se_resnext50_32x4d, se_resnet50, se_resnext101_32x4d, senet154 or se_resnet_tiny.",
+        "backend": "timm or pretrainedmodels (same network, same checkpoint keys).",
+        "weights": "ImageNet weights: a local file, or 'cache' for the torch hub cache. Default: from scratch.",
+        "level": "Store level to train on.", "crop": "Random crop size.",
+        "val_level": "Level for validation, whole images [default: --level].",
+        "fold": "Validation fold (0..folds-1).", "accumulate": "Gradient accumulation steps.",
+        "schedule": "cosine (with warm-up) or onecycle.", "loss": "bce or focal.",
+        "ema": "EMA decay of the weights (e.g. 0.999); 0 = off.", "amp": "bf16, fp16 or none (CUDA only).",
+        "workers": "DataLoader worker processes.", "steps_per_epoch": "Cap on optimizer steps per epoch.",
+        "oversample": "Sample rare classes more often.", "class_weighting": "BCE pos_weight from class frequencies.",
+    }
+    for f in reversed(fields(TrainConfig)):
+        default = f.default if f.default is not MISSING else None
+        name = "--" + f.name.replace("_", "-")
+        if isinstance(default, bool):
+            option = click.option(f"{name}/--no-{f.name.replace('_', '-')}", default=default, show_default=True,
+                                  help=helps.get(f.name, ""))
+        else:
+            kind = {"int | None": int, "str | None": str}.get(str(f.type), type(default) if default is not None else str)
+            option = click.option(name, type=kind, default=default, show_default=default not in (None, ""),
+                                  required=f.name in ("store", "out"), help=helps.get(f.name, ""))
+        fn = option(fn)
+    return fn
+
+
+@cli.command()
+@_train_options
+@click.option("--resume", is_flag=True, help="Continue the run in --out after its last finished epoch.")
+def train(resume, **options):
+    """Train an SENet on one fold of a store (checkpoints every epoch, resumable)."""
+    from tqdm import tqdm
+
+    from .models import ModelError
+    from .store import StoreError
+    from .train import TrainConfig, TrainingDiverged
+    from .train import train as run_training
+
+    try:
+        cfg = TrainConfig.from_dict(options)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    bar = tqdm(unit="step", desc="train", dynamic_ncols=True)
+
+    def progress(info):
+        bar.set_description(f"epoch {info['epoch']}")
+        bar.set_postfix(loss=f"{info['loss']:.4f}", img_s=f"{info['img_s']:.1f}")
+        bar.n = info["step"]
+        bar.refresh()
+
+    try:
+        summary = run_training(cfg, resume=resume, progress=progress)
+    except (StoreError, ModelError, ValueError, FileNotFoundError) as exc:
+        bar.close()
+        raise click.ClickException(str(exc)) from None
+    except TrainingDiverged as exc:
+        bar.close()
+        click.echo(f"stopped: {exc}", err=True)
+        raise SystemExit(4) from None
+    bar.close()
+    click.echo(f"train: best validation macro F1 {summary.get('best_valid_macro_f1', float('nan')):.4f} "
+               f"after {summary.get('step', 0)} steps; run in {cfg.out}")
+
+
+@cli.command()
+@click.option("--store", type=click.Path(path_type=Path), required=True, help="Test store.")
+@click.option("--run", "runs", type=click.Path(exists=True, file_okay=False, path_type=Path), multiple=True,
+              required=True, help="Run folder; repeat to average several (e.g. folds).")
+@click.option("--tta", default=1, show_default=True, help="Test-time views: 1-8 flips/rotations.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="submission.csv")
+@click.option("--batch-size", default=16, show_default=True)
+@click.option("--workers", default=2, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+def predict(store, runs, tta, out, batch_size, workers, device):
+    """Write a Kaggle submission (Id,Predicted) from one or more runs, with TTA and thresholds."""
+    from .predict import SubmissionError, predict as run_predict, write_submission
+    from .store import StoreError
+
+    try:
+        ids, _, labels = run_predict(store, list(runs), tta=tta, batch_size=batch_size, workers=workers,
+                                     device=device)
+        write_submission(out, ids, labels)
+    except (StoreError, SubmissionError, ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"predict: {len(ids)} rows, {labels.sum(1).mean():.2f} labels per row -> {out}")
+
+
+@cli.command()
+@click.option("--submission", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
+@click.option("--labels", "labels_csv", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="Id,Target CSV of the truth (train.csv, or test_labels.csv of synthetic data).")
+def evaluate(submission, labels_csv):
+    """Macro F1 of a submission and the per-class table."""
+    from .labels import LabelError
+    from .predict import SubmissionError, evaluate as run_evaluate
+
+    try:
+        score, table = run_evaluate(submission, labels_csv)
+    except (SubmissionError, LabelError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(table)
+    click.echo(f"evaluate: macro F1 {score:.4f}")
+
+
 def main():
     cli(prog_name="hpa-pipe")

@@ -1,0 +1,149 @@
+"""The streaming crop loader: a PyTorch dataset over one level of a dataset store.
+
+Training items are random crops (``crop``² at any offset) with flips, 90° rotations and mild
+per-channel intensity jitter; validation and prediction items are whole images of the level.
+Everything is normalised per channel with the store's statistics of that level.
+
+How it reads: :class:`.shards.ShardReader` decodes only the inner chunks a crop touches, from
+the shard file directly (several times faster than zarr-python's read path). The reader is
+opened lazily inside each DataLoader worker. Workers start by ``fork`` on Linux: zarr 3
+resets its event loop and thread pool in a forked child (``os.register_at_fork``), and
+fork starts in milliseconds where ``spawn`` re-imports torch in every worker; pass
+``multiprocessing_context="spawn"`` to :func:`make_loader` where fork is unsafe (macOS, or a
+parent that already initialised CUDA). Each worker uses one thread for torch, OpenCV and Blosc,
+so that N workers use N cores.
+
+Randomness is a function of ``(seed, epoch, sample)``, so a run resumed mid-way, or run with
+another number of workers, sees the same crops.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .labels import N_CLASSES
+from .shards import ShardReader
+from .store import open_store
+
+
+class StoreDataset(Dataset):
+    """Items ``(image float32 (4, h, w), labels float32 (28,), sample index)`` of one store level."""
+
+    def __init__(self, store: str, level: int, indices, crop: int | None = None, train: bool = False,
+                 seed: int = 0, jitter: float = 0.1):
+        root = open_store(store)
+        meta = root.attrs["hpa"]
+        if str(level) not in {k for k, _ in root["images"].arrays()}:
+            raise ValueError(f"{store} has no level {level}; levels: {sorted(int(k) for k, _ in root['images'].arrays())}")
+        stats = meta.get("statistics", {}).get(str(level))
+        if not stats:
+            raise ValueError(f"{store}: no channel statistics for level {level} (was the build finished?)")
+        self.store, self.level, self.crop, self.train = str(store), int(level), crop, train
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.mean = np.asarray(stats["mean"], np.float32)[:, None, None]
+        self.inv_std = 1.0 / np.maximum(np.asarray(stats["std"], np.float32), 1e-3)[:, None, None]
+        self.labels = root["labels"][:].astype(np.float32) if meta["has_labels"] else None
+        self.seed, self.epoch, self.jitter = seed, 0, jitter
+        if crop is not None and crop > level:
+            raise ValueError(f"crop {crop} is larger than level {level}")
+        self._reader = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def reader(self) -> ShardReader:
+        if self._reader is None:  # opened in the worker process, never pickled
+            self._reader = ShardReader(self.store, f"images/{self.level}")
+        return self._reader
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_reader"] = None
+        return state
+
+    def __getitem__(self, k: int):
+        index = int(self.indices[k])
+        rng = np.random.default_rng((self.seed, self.epoch, index))
+        if self.train and self.crop is not None:
+            y, x = rng.integers(0, self.level - self.crop + 1, 2)
+            image = self.reader().read(index, int(y), int(x), self.crop, self.crop)
+        else:
+            image = self.reader().read(index)
+        image = (image.astype(np.float32) - self.mean) * self.inv_std
+        if self.train:
+            image = augment(image, rng, self.jitter)
+        labels = self.labels[index] if self.labels is not None else np.zeros(N_CLASSES, np.float32)
+        return torch.from_numpy(np.ascontiguousarray(image)), torch.from_numpy(labels), index
+
+
+def augment(image: np.ndarray, rng: np.random.Generator, jitter: float) -> np.ndarray:
+    """Flips, a 90° rotation and a mild per-channel gain/offset (in normalised units)."""
+    if rng.random() < 0.5:
+        image = image[:, :, ::-1]
+    image = np.rot90(image, int(rng.integers(0, 4)), axes=(1, 2))
+    if jitter:
+        gain = rng.uniform(1 - jitter, 1 + jitter, (image.shape[0], 1, 1)).astype(np.float32)
+        offset = rng.uniform(-jitter, jitter, (image.shape[0], 1, 1)).astype(np.float32)
+        image = image * gain + offset
+    return image
+
+
+class EpochSampler(Sampler):
+    """A permutation of the dataset (or a class-balanced draw) that depends only on seed and epoch.
+
+    ``weights`` (one per item) turns it into sampling with replacement in proportion to them,
+    for oversampling rare classes.
+    """
+
+    def __init__(self, n: int, seed: int = 0, weights: np.ndarray | None = None, shuffle: bool = True):
+        self.n, self.seed, self.epoch, self.weights, self.shuffle = n, seed, 0, weights, shuffle
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        if not self.shuffle:
+            return iter(range(self.n))
+        rng = np.random.default_rng((self.seed, 1_000_003, self.epoch))
+        if self.weights is None:
+            return iter(rng.permutation(self.n).tolist())
+        p = self.weights / self.weights.sum()
+        return iter(rng.choice(self.n, size=self.n, replace=True, p=p).tolist())
+
+
+def rare_class_weights(labels: np.ndarray, power: float = 0.5) -> np.ndarray:
+    """Per-sample weight: the largest inverse class frequency among its labels, to a power."""
+    freq = labels.mean(axis=0).clip(1e-4)
+    per_class = (1.0 / freq) ** power
+    weights = (labels * per_class).max(axis=1)
+    return np.where(weights > 0, weights, per_class.min())
+
+
+def _worker_init(_):
+    import cv2
+    import numcodecs.blosc
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(0)
+    numcodecs.blosc.set_nthreads(1)
+
+
+def make_loader(dataset: StoreDataset, batch_size: int, workers: int, sampler: Sampler | None = None,
+                pin_memory: bool = False, multiprocessing_context: str | None = None,
+                drop_last: bool = False) -> DataLoader:
+    """A DataLoader with the worker settings above (fork on Linux, one thread per worker)."""
+    if workers > 0 and multiprocessing_context is None:
+        multiprocessing_context = "fork" if hasattr(__import__("os"), "fork") else "spawn"
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=pin_memory,
+        drop_last=drop_last, worker_init_fn=_worker_init if workers > 0 else None,
+        multiprocessing_context=multiprocessing_context if workers > 0 else None,
+        persistent_workers=False, prefetch_factor=4 if workers > 0 else None,
+    )

@@ -1,0 +1,151 @@
+"""One way to build any classifier of this project: :func:`create_model` (in the style of timm's).
+
+Architectures (SENet family, Hu et al. 2018) and the two backends users may have:
+
+=========================  ===========================  ==================================
+arch                       pretrainedmodels             timm
+=========================  ===========================  ==================================
+``se_resnext50_32x4d``     ``se_resnext50_32x4d``       ``legacy_seresnext50_32x4d``
+``se_resnet50``            ``se_resnet50``              ``legacy_seresnet50``
+``se_resnext101_32x4d``    ``se_resnext101_32x4d``      ``legacy_seresnext101_32x4d``
+``senet154``               ``senet154``                 ``legacy_senet154``
+``se_resnet_tiny``         -                            SE-ResNet with one basic block a stage
+=========================  ===========================  ==================================
+
+Both backends build the same network with the same state-dict keys, so a checkpoint trained
+with one loads into the other. ``se_resnet_tiny`` (~5 M parameters) exists for CPU tests and
+the demo. Every model takes 4 channels (red, green, blue, yellow), any input size (adaptive
+average pooling: pretrainedmodels' SENet has a fixed 7×7 pool, replaced here) and has 28
+outputs (logits).
+
+Pretrained ImageNet weights never come from the network: ``weights`` is a local file (a state
+dict of the 1000-class, 3-channel model from either backend), or ``"cache"`` to look in the
+user's torch hub cache. The stem is widened to 4 channels by the rule: red, green, blue
+filters copy the RGB filters, yellow gets their mean.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .labels import N_CLASSES
+
+IN_CHANNELS = 4
+
+#: arch -> (pretrainedmodels name, timm name, file names of the ImageNet weights in a torch hub cache)
+ARCHS = {
+    "se_resnext50_32x4d": ("se_resnext50_32x4d", "legacy_seresnext50_32x4d",
+                           ("se_resnext50_32x4d-a260b3a4.pth", "legacy_seresnext50_32x4d-f3651bad.pth")),
+    "se_resnet50": ("se_resnet50", "legacy_seresnet50", ("se_resnet50-ce0d4300.pth",)),
+    "se_resnext101_32x4d": ("se_resnext101_32x4d", "legacy_seresnext101_32x4d",
+                            ("se_resnext101_32x4d-3b2fe3d8.pth",)),
+    "senet154": ("senet154", "legacy_senet154", ("senet154-c7b49a05.pth",)),
+    "se_resnet_tiny": (None, None, ()),
+}
+BACKENDS = ("timm", "pretrainedmodels")
+
+
+class ModelError(ValueError):
+    """An unknown arch or backend, or weights that are missing or do not fit."""
+
+
+def _build(arch: str, backend: str) -> nn.Module:
+    if arch not in ARCHS:
+        raise ModelError(f"unknown arch {arch!r}; choose from {sorted(ARCHS)}")
+    if backend not in BACKENDS:
+        raise ModelError(f"unknown backend {backend!r}; choose from {BACKENDS}")
+    pm_name, timm_name, _ = ARCHS[arch]
+    if arch == "se_resnet_tiny":
+        from timm.models.senet import SENet, SEResNetBlock
+
+        return SENet(SEResNetBlock, layers=(1, 1, 1, 1), groups=1, reduction=16, drop_rate=0.0)
+    if backend == "timm":
+        import timm
+
+        return timm.create_model(timm_name, pretrained=False)
+    import pretrainedmodels  # noqa: F401 - needs `six`, which it does not declare (setup.cfg has it)
+
+    model = pretrainedmodels.__dict__[pm_name](num_classes=1000, pretrained=None)
+    model.avg_pool = nn.AdaptiveAvgPool2d(1)  # the original 7x7 pool fixes the input at 224²
+    return model
+
+
+def _stem_conv(model: nn.Module) -> nn.Conv2d:
+    return model.layer0.conv1
+
+
+def _widen_stem(model: nn.Module, rgb_weight: torch.Tensor | None = None) -> None:
+    """Replace the 3-channel first convolution by a 4-channel one (yellow = mean of RGB)."""
+    old = _stem_conv(model)
+    new = nn.Conv2d(IN_CHANNELS, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False)
+    weight = old.weight.data if rgb_weight is None else rgb_weight
+    with torch.no_grad():
+        new.weight[:, :3] = weight
+        new.weight[:, 3:] = weight.mean(dim=1, keepdim=True)
+    model.layer0.conv1 = new
+
+
+def _replace_head(model: nn.Module, num_classes: int) -> None:
+    model.last_linear = nn.Linear(model.last_linear.in_features, num_classes)
+    if hasattr(model, "num_classes"):
+        model.num_classes = num_classes
+
+
+def find_cached_weights(arch: str) -> Path | None:
+    """The ImageNet weights of ``arch`` in the user's torch hub cache, if downloaded before."""
+    hub = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch")) / "hub" / "checkpoints"
+    for name in ARCHS.get(arch, (None, None, ()))[2]:
+        if (hub / name).exists():
+            return hub / name
+    return None
+
+
+def load_imagenet_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a 1000-class 3-channel state dict (either backend) into a 4-channel model's body."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"weights file {path} not found")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    stem_key = "layer0.conv1.weight"
+    if stem_key not in state:
+        raise ModelError(f"{path}: not SENet weights (no {stem_key})")
+    rgb = state.pop(stem_key)
+    state = {k: v for k, v in state.items() if not k.startswith("last_linear.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith(("last_linear.", "layer0.conv1."))]
+    if missing or unexpected:
+        raise ModelError(f"{path} does not fit this arch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    if rgb.shape[1] == 3:
+        with torch.no_grad():
+            _stem_conv(model).weight[:, :3] = rgb
+            _stem_conv(model).weight[:, 3:] = rgb.mean(dim=1, keepdim=True)
+    elif rgb.shape[1] == IN_CHANNELS:
+        with torch.no_grad():
+            _stem_conv(model).weight.copy_(rgb)
+    else:
+        raise ModelError(f"{path}: stem has {rgb.shape[1]} input channels, expected 3 or 4")
+
+
+def create_model(arch: str = "se_resnext50_32x4d", backend: str = "timm", weights: str | Path | None = None,
+                 num_classes: int = N_CLASSES) -> nn.Module:
+    """A 4-channel, ``num_classes``-output SENet of ``arch`` from ``backend``.
+
+    ``weights``: ``None`` (random init), a path to ImageNet weights, or ``"cache"`` (the torch hub
+    cache; a clear error if they were never downloaded).
+    """
+    model = _build(arch, backend)
+    _widen_stem(model)
+    if weights == "cache":
+        cached = find_cached_weights(arch)
+        if cached is None:
+            raise ModelError(f"no cached ImageNet weights for {arch} (looked for {ARCHS[arch][2]} in the torch "
+                             f"hub cache); pass --weights PATH to a local file, or train from scratch")
+        weights = cached
+    if weights is not None:
+        load_imagenet_weights(model, weights)
+    _replace_head(model, num_classes)
+    return model

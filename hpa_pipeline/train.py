@@ -1,0 +1,368 @@
+"""``train``: an SENet on one fold of a dataset store, readable top to bottom.
+
+A run folder holds everything about a run: ``config.yaml``, ``folds.csv`` (multilabel stratified
+folds of the whole store), ``checkpoints/last.pt`` (and ``best.pt``, by validation macro F1),
+``metrics.csv`` (one row per epoch), ``thresholds.json`` (per-class thresholds searched on the
+validation fold), ``f1_table.txt``, ``curves.png`` and ``per_class_f1.png``.
+
+Checkpoints are written every epoch atomically (temporary file, then rename) with the model,
+optimizer, scheduler, AMP scaler, EMA weights, RNG states, epoch and step; ``resume=True``
+continues after the last finished epoch, and since crops and order depend only on (seed, epoch),
+a run killed and resumed does the same steps as one that was not.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+
+from .data import EpochSampler, StoreDataset, make_loader, rare_class_weights
+from .folds import make_folds
+from .labels import CLASS_NAMES
+from .metrics import f1_table, macro_f1, per_class_f1, predict_labels, search_thresholds
+from .models import create_model
+from .store import open_store
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainConfig:
+    """Every option of a run; ``pipelines/*.yaml`` recipes set them by name."""
+
+    store: str = ""
+    out: str = ""
+    arch: str = "se_resnext50_32x4d"
+    backend: str = "timm"
+    weights: str | None = None  # ImageNet weights file, "cache", or None
+    level: int = 1024  # store level to read
+    crop: int = 512  # random training crop
+    val_level: int | None = None  # level for validation (whole images); default: level
+    folds: int = 5
+    fold: int = 0
+    epochs: int = 20
+    batch_size: int = 32
+    accumulate: int = 1  # gradient accumulation steps
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    schedule: str = "cosine"  # cosine | onecycle
+    loss: str = "bce"  # bce | focal
+    focal_gamma: float = 2.0
+    class_weighting: bool = False  # pos_weight from class frequencies
+    oversample: bool = False  # sample rare classes more often
+    ema: float = 0.0  # EMA decay of the weights, e.g. 0.999; 0 = off
+    amp: str = "bf16"  # bf16 | fp16 | none (CUDA only)
+    channels_last: bool = True
+    compile: bool = False
+    workers: int = 4
+    seed: int = 0
+    device: str = "auto"
+    steps_per_epoch: int | None = None  # cap, for quick runs
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown training options {unknown}")
+        return cls(**values)
+
+
+# --- losses -------------------------------------------------------------------------------
+
+def focal_loss(logits, targets, gamma: float, pos_weight=None):
+    bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none", pos_weight=pos_weight)
+    p_t = torch.exp(-bce)
+    return ((1 - p_t) ** gamma * bce).mean()
+
+
+def make_loss(cfg: TrainConfig, train_labels: np.ndarray, device):
+    pos_weight = None
+    if cfg.class_weighting:
+        freq = train_labels.mean(0).clip(1e-3)
+        pos_weight = torch.tensor(np.sqrt((1 - freq) / freq), dtype=torch.float32, device=device)
+    if cfg.loss == "focal":
+        return lambda logits, y: focal_loss(logits, y, cfg.focal_gamma, pos_weight)
+    if cfg.loss == "bce":
+        return lambda logits, y: F.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight)
+    raise ValueError(f"unknown loss {cfg.loss!r}; choose bce or focal")
+
+
+def make_schedule(cfg: TrainConfig, optimizer, total_steps: int, steps_per_epoch: int):
+    warmup = max(1, int(cfg.warmup_epochs * steps_per_epoch))
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total_steps,
+                                                   pct_start=min(0.5, warmup / total_steps))
+
+    def cosine(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    if cfg.schedule != "cosine":
+        raise ValueError(f"unknown schedule {cfg.schedule!r}; choose cosine or onecycle")
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
+
+
+class EMA:
+    """Exponential moving average of the weights, evaluated instead of the raw weights."""
+
+    def __init__(self, model, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model):
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].mul_(self.decay).add_(v.detach(), alpha=1 - self.decay)
+            else:
+                self.shadow[k].copy_(v)
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast(cfg: TrainConfig, device: torch.device):
+    if device.type != "cuda" or cfg.amp == "none":
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast("cuda", dtype=torch.bfloat16 if cfg.amp == "bf16" else torch.float16)
+
+
+def save_atomic(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_or_make_folds(run: Path, ids: list[str], labels: np.ndarray, k: int, seed: int) -> np.ndarray:
+    path = run / "folds.csv"
+    if path.exists():
+        rows = list(csv.DictReader(path.open()))
+        if [r["Id"] for r in rows] != ids:
+            raise ValueError(f"{path} belongs to another store (ids differ)")
+        return np.array([int(r["fold"]) for r in rows])
+    folds = make_folds(labels, k, seed)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["Id", "fold"])
+        writer.writerows(zip(ids, folds.tolist()))
+    return folds
+
+
+@torch.no_grad()
+def predict_probs(model, loader, device, cfg: TrainConfig, tta: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Sigmoid probabilities ``(n, 28)`` (averaged over ``tta`` flips/rotations) and sample indices."""
+    from .predict import tta_views
+
+    model.eval()
+    probs, indices = [], []
+    for images, _, index in loader:
+        images = images.to(device, non_blocking=True)
+        if cfg.channels_last and device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        total = 0
+        with autocast(cfg, device):
+            for view in tta_views(images, tta):
+                total = total + torch.sigmoid(model(view).float())
+        probs.append((total / tta).cpu().numpy())
+        indices.append(index.numpy())
+    return np.concatenate(probs), np.concatenate(indices)
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+def train(cfg: TrainConfig, resume: bool = False, progress=None) -> dict:
+    """Train one fold; returns the final validation summary. ``progress(dict)`` per step."""
+    run = Path(cfg.out)
+    (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    device = pick_device(cfg.device)
+
+    root = open_store(cfg.store)
+    meta = root.attrs["hpa"]
+    if not meta["has_labels"]:
+        raise ValueError(f"{cfg.store} has no labels: train needs a train store")
+    done = root["done"][:]
+    labels = root["labels"][:].astype(np.float32)
+    folds = load_or_make_folds(run, meta["ids"], labels, cfg.folds, cfg.seed)
+    train_idx = np.flatnonzero((folds != cfg.fold) & done)
+    valid_idx = np.flatnonzero((folds == cfg.fold) & done)
+    (run / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
+
+    train_set = StoreDataset(cfg.store, cfg.level, train_idx, crop=cfg.crop, train=True, seed=cfg.seed)
+    valid_set = StoreDataset(cfg.store, cfg.val_level or cfg.level, valid_idx, train=False, seed=cfg.seed)
+    weights = rare_class_weights(labels[train_idx]) if cfg.oversample else None
+    sampler = EpochSampler(len(train_set), cfg.seed, weights)
+    pin = device.type == "cuda"
+    train_loader = make_loader(train_set, cfg.batch_size, cfg.workers, sampler, pin, drop_last=True)
+    valid_loader = make_loader(valid_set, cfg.batch_size, cfg.workers, None, pin)
+    steps_per_epoch = len(train_loader) // cfg.accumulate
+    if cfg.steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, cfg.steps_per_epoch)
+    if steps_per_epoch < 1:
+        raise ValueError(f"fold {cfg.fold} has {len(train_set)} training samples: fewer than one batch")
+
+    model = create_model(cfg.arch, cfg.backend, cfg.weights).to(device)
+    if cfg.channels_last and device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    schedule = make_schedule(cfg, optimizer, steps_per_epoch * cfg.epochs, steps_per_epoch)
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.amp == "fp16")
+    ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
+    loss_fn = make_loss(cfg, labels[train_idx], device)
+    step_model = torch.compile(model) if cfg.compile else model
+
+    start_epoch, global_step, best = 0, 0, -1.0
+    last = run / "checkpoints" / "last.pt"
+    if resume and last.exists():
+        state = torch.load(last, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        scaler.load_state_dict(state["scaler"])
+        if ema is not None and state.get("ema") is not None:
+            ema.shadow = state["ema"]
+        torch.set_rng_state(state["rng"]["torch"])
+        start_epoch, global_step, best = state["epoch"] + 1, state["step"], state["best"]
+
+    metrics_path = run / "metrics.csv"
+    if start_epoch == 0 and metrics_path.exists():
+        metrics_path.unlink()
+    summary = {}
+    for epoch in range(start_epoch, cfg.epochs):
+        sampler.set_epoch(epoch)
+        train_set.set_epoch(epoch)
+        model.train()
+        seen, loss_sum, started = 0, 0.0, time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        for micro, (images, targets, _) in enumerate(train_loader):
+            if micro // cfg.accumulate >= steps_per_epoch:
+                break
+            images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+            if cfg.channels_last and device.type == "cuda":
+                images = images.contiguous(memory_format=torch.channels_last)
+            with autocast(cfg, device):
+                loss = loss_fn(step_model(images).float(), targets)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"loss is {loss.item()} at epoch {epoch}, step {global_step}; the last good checkpoint "
+                    f"({last if last.exists() else 'none yet'}) is kept. Lower --lr or use --amp bf16/none.")
+            scaler.scale(loss / cfg.accumulate).backward()
+            if (micro + 1) % cfg.accumulate == 0:
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                schedule.step()
+                global_step += 1
+                if ema is not None:
+                    ema.update(model)
+            seen += len(images)
+            loss_sum += loss.item() * len(images)
+            if progress:
+                progress({"epoch": epoch, "step": global_step, "loss": loss.item(),
+                          "img_s": seen / (time.perf_counter() - started)})
+        train_loss, train_img_s = loss_sum / max(seen, 1), seen / (time.perf_counter() - started)
+
+        eval_model = model
+        if ema is not None:
+            eval_model = create_model(cfg.arch, cfg.backend).to(device)
+            eval_model.load_state_dict(ema.shadow)
+        probs, indices = predict_probs(eval_model, valid_loader, device, cfg)
+        truth = labels[indices] > 0.5
+        thresholds = search_thresholds(truth, probs)
+        f1_05 = macro_f1(truth, predict_labels(probs, 0.5))
+        f1_tuned = macro_f1(truth, predict_labels(probs, thresholds))
+        valid_loss = float(F.binary_cross_entropy(torch.from_numpy(probs).clamp(1e-6, 1 - 1e-6),
+                                                  torch.from_numpy(truth.astype(np.float32))))
+        row = {"epoch": epoch, "step": global_step, "lr": schedule.get_last_lr()[0], "train_loss": train_loss,
+               "valid_loss": valid_loss, "valid_macro_f1": f1_05, "valid_macro_f1_tuned": f1_tuned,
+               "train_img_s": train_img_s}
+        _append_row(metrics_path, row)
+        is_best = f1_05 > best
+        best = max(best, f1_05)
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                 "scaler": scaler.state_dict(), "ema": ema.shadow if ema else None, "epoch": epoch,
+                 "step": global_step, "best": best, "config": asdict(cfg),
+                 "rng": {"torch": torch.get_rng_state()}}
+        save_atomic(state, last)
+        weights_for_predict = ema.shadow if ema else model.state_dict()
+        if is_best:
+            save_atomic({"model": weights_for_predict, "config": asdict(cfg), "epoch": epoch}, run / "checkpoints" / "best.pt")
+            tuned = predict_labels(probs, thresholds)
+            _write_json(run / "thresholds.json", {
+                "thresholds": thresholds.tolist(), "class_names": list(CLASS_NAMES), "epoch": epoch,
+                "valid_macro_f1": f1_05, "valid_macro_f1_tuned": f1_tuned, "fold": cfg.fold,
+                "n_valid": int(len(indices)), "per_class_f1": per_class_f1(truth, tuned).tolist()})
+            (run / "f1_table.txt").write_text(f1_table(truth, tuned) + "\n")
+        summary = {**row, "best_valid_macro_f1": best}
+    if (run / "metrics.csv").exists():
+        plot_run(run)
+    return summary or {"best_valid_macro_f1": best, "step": global_step}
+
+
+def _append_row(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def plot_run(run: Path) -> None:
+    """``curves.png`` (loss and macro F1 per epoch) and ``per_class_f1.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    epochs = [int(r["epoch"]) for r in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.plot(epochs, [float(r["train_loss"]) for r in rows], label="train")
+    a.plot(epochs, [float(r["valid_loss"]) for r in rows], label="valid")
+    a.set(xlabel="epoch", ylabel="loss", title="loss")
+    a.legend()
+    b.plot(epochs, [float(r["valid_macro_f1"]) for r in rows], label="threshold 0.5")
+    b.plot(epochs, [float(r["valid_macro_f1_tuned"]) for r in rows], label="tuned thresholds")
+    b.set(xlabel="epoch", ylabel="macro F1", title="validation macro F1")
+    b.legend()
+    fig.tight_layout()
+    fig.savefig(run / "curves.png", dpi=100)
+    plt.close(fig)
+    thresholds = run / "thresholds.json"
+    if thresholds.exists():
+        per_class = json.loads(thresholds.read_text())["per_class_f1"]
+        fig, ax = plt.subplots(figsize=(10, 6))
+        ax.barh(range(len(CLASS_NAMES)), per_class)
+        ax.set_yticks(range(len(CLASS_NAMES)), [f"{i} {n}" for i, n in enumerate(CLASS_NAMES)], fontsize=7)
+        ax.invert_yaxis()
+        ax.set(xlabel="F1 (tuned thresholds, best epoch)", xlim=(0, 1))
+        fig.tight_layout()
+        fig.savefig(run / "per_class_f1.png", dpi=100)
+        plt.close(fig)
