@@ -1,0 +1,166 @@
+"""Metrics, folds, models, the crop loader, and the submission files."""
+import numpy as np
+import pytest
+import torch
+import zarr
+from sklearn.metrics import f1_score
+
+from hpa_pipeline.data import EpochSampler, StoreDataset, make_loader, rare_class_weights
+from hpa_pipeline.folds import make_folds
+from hpa_pipeline.ingest import ingest
+from hpa_pipeline.labels import read_sample_table
+from hpa_pipeline.metrics import macro_f1, per_class_f1, predict_labels, search_thresholds
+from hpa_pipeline.models import ModelError, create_model
+from hpa_pipeline.predict import SubmissionError, evaluate, tta_views, validate_submission, write_submission
+from hpa_pipeline.store import StoreSpec
+
+from .conftest import REAL_TRAIN_CSV, need
+
+
+@pytest.fixture(scope="module")
+def store(small_dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("m") / "train.zarr"
+    ingest(small_dataset.train_archive, small_dataset.train_csv, out, StoreSpec(size=128, levels=2, chunk=32))
+    return str(out)
+
+
+# --- metrics ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", range(5))
+def test_macro_f1_is_sklearns(seed):
+    rng = np.random.default_rng(seed)
+    y = rng.random((300, 28)) < rng.uniform(0.001, 0.4, 28)
+    p = rng.random((300, 28)) < rng.uniform(0.001, 0.4, 28)
+    y[:, 5] = p[:, 5] = False  # a class nobody has: 0, as sklearn with zero_division=0
+    assert macro_f1(y, p) == pytest.approx(f1_score(y, p, average="macro", zero_division=0), abs=1e-12)
+    assert np.allclose(per_class_f1(y, p), f1_score(y, p, average=None, zero_division=0))
+
+
+def test_thresholds_and_the_most_probable_fallback():
+    rng = np.random.default_rng(0)
+    y = rng.random((400, 28)) < 0.2
+    probs = np.clip(y * 0.3 + rng.random((400, 28)) * 0.4, 0, 1)  # positives sit around 0.3-0.7
+    t = search_thresholds(y, probs)
+    assert macro_f1(y, predict_labels(probs, t)) > macro_f1(y, predict_labels(probs, 0.5)) + 0.1
+    none_above = np.full((2, 28), 0.01)
+    none_above[0, 7], none_above[1, 3] = 0.2, 0.3
+    assert predict_labels(none_above, 0.5).nonzero()[1].tolist() == [7, 3]
+
+
+def test_folds_stratify_every_class_on_the_real_labels():
+    labels = read_sample_table(need(REAL_TRAIN_CSV)).label_matrix()
+    folds = make_folds(labels, 5, seed=0)
+    assert set(folds.tolist()) == set(range(5))
+    per_fold = np.stack([labels[folds == k].sum(0) for k in range(5)])
+    expected = labels.sum(0) / 5
+    assert np.all(np.abs(per_fold - expected) <= np.maximum(1.5, 0.05 * expected))  # even rare classes spread
+    assert np.array_equal(folds, make_folds(labels, 5, seed=0))
+
+
+# --- models ----------------------------------------------------------------------------------
+
+def test_both_backends_build_the_same_network_any_size():
+    a, b = create_model("se_resnet50", "timm"), create_model("se_resnet50", "pretrainedmodels")
+    b.load_state_dict(a.state_dict())  # same keys both ways
+    a.eval(), b.eval()
+    for size in (64, 96, 160):  # pretrainedmodels' fixed 7x7 pool is replaced
+        x = torch.randn(2, 4, size, size)
+        with torch.no_grad():
+            out = a(x)
+            assert out.shape == (2, 28) and torch.allclose(out, b(x), atol=1e-5)
+
+
+def test_imagenet_weights_fill_rgb_and_yellow_is_their_mean(tmp_path):
+    import pretrainedmodels
+
+    reference = pretrainedmodels.se_resnet50(num_classes=1000, pretrained=None)
+    torch.save(reference.state_dict(), tmp_path / "w.pth")
+    model = create_model("se_resnet50", "timm", weights=tmp_path / "w.pth")
+    stem, ref = model.layer0.conv1.weight, reference.layer0.conv1.weight
+    assert stem.shape[1] == 4 and torch.equal(stem[:, :3], ref)
+    assert torch.allclose(stem[:, 3], ref.mean(dim=1))
+    assert torch.equal(model.layer1[0].conv1.weight, reference.layer1[0].conv1.weight)
+    assert model.last_linear.out_features == 28
+
+
+def test_missing_weights_are_clear_errors(tmp_path, monkeypatch):
+    with pytest.raises(ModelError, match="not found"):
+        create_model("se_resnet_tiny", weights=tmp_path / "nope.pth")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(ModelError, match="no cached ImageNet weights for se_resnet50"):
+        create_model("se_resnet50", weights="cache")
+    with pytest.raises(ModelError, match="unknown arch"):
+        create_model("resnet18")
+
+
+# --- loader ----------------------------------------------------------------------------------
+
+def test_items_are_the_normalised_store_pixels(store):
+    root = zarr.open_group(store, mode="r")
+    stats = root.attrs["hpa"]["statistics"]["128"]
+    dataset = StoreDataset(store, 128, np.arange(12))
+    image, labels, index = dataset[3]
+    expected = (root["images/128"][3].astype(np.float32) - np.array(stats["mean"])[:, None, None]) \
+        / np.array(stats["std"])[:, None, None]
+    assert image.shape == (4, 128, 128) and torch.allclose(image, torch.from_numpy(expected.astype(np.float32)), atol=1e-4)
+    assert torch.equal(labels, torch.from_numpy(root["labels"][3].astype(np.float32))) and index == 3
+
+
+def test_random_crops_depend_on_seed_epoch_and_sample_only(store):
+    dataset = StoreDataset(store, 128, np.arange(12), crop=64, train=True, seed=1)
+    a, _, _ = dataset[5]
+    assert a.shape == (4, 64, 64) and torch.equal(a, dataset[5][0])
+    dataset.set_epoch(1)
+    assert not torch.equal(a, dataset[5][0])
+    sampler = EpochSampler(12, seed=1)
+    sampler.set_epoch(3)
+    assert list(sampler) == list(sampler) and sorted(sampler) == list(range(12))
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_loader_workers_give_the_same_batches_as_in_process(store, context):
+    dataset = StoreDataset(store, 128, np.arange(12), crop=64, train=True, seed=2)
+    serial = [b[0] for b in make_loader(dataset, 4, 0, EpochSampler(12, 2))]
+    parallel = [b[0] for b in make_loader(dataset, 4, 2, EpochSampler(12, 2), multiprocessing_context=context)]
+    assert len(serial) == 3 and all(torch.equal(s, p) for s, p in zip(serial, parallel))
+
+
+def test_rare_classes_are_oversampled():
+    labels = np.zeros((100, 28))
+    labels[:95, 0] = 1
+    labels[95:, 27] = 1
+    weights = rare_class_weights(labels)
+    draws = list(EpochSampler(100, 0, weights))
+    assert sum(d >= 95 for d in draws) > 15  # 5 % of samples, drawn far more often
+
+
+def test_tta_views_are_the_eight_symmetries():
+    x = torch.arange(16.0).reshape(1, 1, 4, 4)
+    views = list(tta_views(x, 8))
+    assert len({tuple(v.flatten().tolist()) for v in views}) == 8
+
+
+# --- submissions -----------------------------------------------------------------------------
+
+def test_submission_round_trip_and_malformed_rows(tmp_path):
+    ids = ["a", "b", "c"]
+    labels = np.zeros((3, 28), bool)
+    labels[0, [16, 0]] = True
+    labels[1, 5] = labels[2, 27] = True
+    path = write_submission(tmp_path / "s.csv", ids, labels)
+    assert path.read_text().splitlines() == ["Id,Predicted", "a,0 16", "b,5", "c,27"]
+    truth = tmp_path / "t.csv"
+    truth.write_text("Id,Target\na,0 16\nb,5\nc,27\n")
+    assert evaluate(path, truth)[0] == pytest.approx(4 / 28)  # 4 classes present, all right
+    cases = {"Id,Predicted\na,0\nb,28\nc,1\n": "row 2 \\(id b\\): label 28 is outside 0-27",
+             "Id,Predicted\na,0\nzzz,1\nc,1\n": "row 2: id zzz is not in t.csv",
+             "Id,Predicted\na,0\nb,1\n": "1 ids of t.csv missing",
+             "Id,Predicted\na,0\nb,\nc,1\n": "row 2 \\(id b\\): empty target",
+             "Id,Target\na,0\n": "columns are"}
+    for text, message in cases.items():
+        bad = tmp_path / "bad.csv"
+        bad.write_text(text)
+        with pytest.raises(SubmissionError, match=message):
+            evaluate(bad, truth)
+    with pytest.raises(SubmissionError, match="not in the order"):
+        validate_submission(path, ["b", "a", "c"])
