@@ -103,8 +103,10 @@ def make_loss(cfg: TrainConfig, train_labels: np.ndarray, device):
 def make_schedule(cfg: TrainConfig, optimizer, total_steps: int, steps_per_epoch: int):
     warmup = max(1, int(cfg.warmup_epochs * steps_per_epoch))
     if cfg.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total_steps,
-                                                   pct_start=min(0.5, warmup / total_steps))
+        # OneCycleLR needs at least two steps in each phase
+        pct = min(0.5, max(warmup, 2) / max(total_steps, 4))
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=max(total_steps, 4),
+                                                   pct_start=pct)
 
     def cosine(step):
         if step < warmup:
