@@ -33,6 +33,9 @@ demo: install
 	$(HPA) --config pipelines/demo.yaml synth --out $(DEMO)
 	$(MAKE) --no-print-directory ingest DATA=$(DEMO) OUT=$(DEMO) SIZE=256 RECIPE=pipelines/demo.yaml
 	$(HPA) inspect $(DEMO)/train.zarr --montage $(DEMO)/train_montage.png
+	$(HPA) --config pipelines/demo.yaml train --store $(DEMO)/train.zarr --out $(DEMO)/run --resume
+	$(HPA) --config pipelines/demo.yaml predict --store $(DEMO)/test.zarr --run $(DEMO)/run --out $(DEMO)/submission.csv
+	$(HPA) evaluate --submission $(DEMO)/submission.csv --labels $(DEMO)/test_labels.csv
 
 # Both archives into train.zarr and test.zarr; resumable (run it again after a crash).
 # Runs both even if the first reports failed samples; exits 3 if either did (see report.json).

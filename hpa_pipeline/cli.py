@@ -366,14 +366,15 @@ def predict(store, runs, tta, out, batch_size, workers, device):
 def evaluate(submission, labels_csv):
     """Macro F1 of a submission and the per-class table."""
     from .labels import LabelError
-    from .predict import SubmissionError, evaluate as run_evaluate
+    from .predict import SubmissionError, constant_baseline, evaluate as run_evaluate
 
     try:
         score, table = run_evaluate(submission, labels_csv)
     except (SubmissionError, LabelError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(table)
-    click.echo(f"evaluate: macro F1 {score:.4f}")
+    click.echo(f"evaluate: macro F1 {score:.4f} (constant most-frequent-class predictor: "
+               f"{constant_baseline(labels_csv):.4f})")
 
 
 def main():

@@ -137,3 +137,11 @@ def evaluate(submission: str | Path, labels_csv: str | Path) -> tuple[float, str
                               f"e.g. {missing[:3]}")
     truth = truth_table.label_matrix()[[index[i] for i in ids]]
     return macro_f1(truth, predicted), f1_table(truth, predicted)
+
+
+def constant_baseline(labels_csv: str | Path) -> float:
+    """Macro F1 of predicting the most frequent class for every sample: the floor to beat."""
+    truth = read_sample_table(labels_csv).label_matrix()
+    constant = np.zeros_like(truth)
+    constant[:, truth.sum(0).argmax()] = True
+    return macro_f1(truth, constant)
