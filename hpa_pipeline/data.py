@@ -1,8 +1,14 @@
 """The streaming crop loader: a PyTorch dataset over one level of a dataset store.
 
-Training items are random crops (``crop``² at any offset) with flips, 90° rotations and mild
-per-channel intensity jitter; validation and prediction items are whole images of the level.
-Everything is normalised per channel with the store's statistics of that level.
+Training items are random crops (``crop``² at any offset) with a random flip and 90° rotation
+and a mild per-channel intensity jitter, all drawn here and applied with the normalisation;
+validation and prediction items are whole images of the level.
+
+Items stay in the store's integer dtype (uint8: a quarter of the bytes of float32) and in
+reading order until :class:`Normalizer` flips/rotates each item and turns the batch into
+normalised floats on the training device, with the store's per-channel statistics of that
+level. Per-pixel work on the CPU (float conversion, the strided copy of a rotation) was most of
+a crop's cost (benchmarks/bench_loader.py); on a GPU it is free.
 
 How it reads: :class:`.shards.ShardReader` decodes only the inner chunks a crop touches, from
 the shard file directly (several times faster than zarr-python's read path). The reader is
@@ -28,7 +34,12 @@ from .store import open_store
 
 
 class StoreDataset(Dataset):
-    """Items ``(image float32 (4, h, w), labels float32 (28,), sample index)`` of one store level."""
+    """Items ``(image uint8/uint16 (4, h, w), labels float32 (28,), sample index, augmentation (9,))``.
+
+    ``augmentation`` is what :class:`Normalizer` applies: a dihedral code (0-7: rotation by
+    code % 4 quarter turns, then a flip if code >= 4), then per-channel gains and offsets (in
+    normalised units); the identity for evaluation items.
+    """
 
     def __init__(self, store: str, level: int, indices, crop: int | None = None, train: bool = False,
                  seed: int = 0, jitter: float = 0.1):
@@ -41,8 +52,8 @@ class StoreDataset(Dataset):
             raise ValueError(f"{store}: no channel statistics for level {level} (was the build finished?)")
         self.store, self.level, self.crop, self.train = str(store), int(level), crop, train
         self.indices = np.asarray(indices, dtype=np.int64)
-        self.mean = np.asarray(stats["mean"], np.float32)[:, None, None]
-        self.inv_std = 1.0 / np.maximum(np.asarray(stats["std"], np.float32), 1e-3)[:, None, None]
+        self.mean = np.asarray(stats["mean"], np.float32)
+        self.std = np.maximum(np.asarray(stats["std"], np.float32), 1e-3)
         self.labels = root["labels"][:].astype(np.float32) if meta["has_labels"] else None
         self.seed, self.epoch, self.jitter = seed, 0, jitter
         if crop is not None and crop > level:
@@ -73,23 +84,53 @@ class StoreDataset(Dataset):
             image = self.reader().read(index, int(y), int(x), self.crop, self.crop)
         else:
             image = self.reader().read(index)
-        image = (image.astype(np.float32) - self.mean) * self.inv_std
-        if self.train:
-            image = augment(image, rng, self.jitter)
+        augmentation = draw_augmentation(rng, self.jitter) if self.train else IDENTITY
         labels = self.labels[index] if self.labels is not None else np.zeros(N_CLASSES, np.float32)
-        return torch.from_numpy(np.ascontiguousarray(image)), torch.from_numpy(labels), index
+        return torch.from_numpy(image), torch.from_numpy(labels), index, torch.from_numpy(augmentation)
+
+    def normalizer(self) -> Normalizer:
+        return Normalizer(self.mean, self.std)
 
 
-def augment(image: np.ndarray, rng: np.random.Generator, jitter: float) -> np.ndarray:
-    """Flips, a 90° rotation and a mild per-channel gain/offset (in normalised units)."""
-    if rng.random() < 0.5:
-        image = image[:, :, ::-1]
-    image = np.rot90(image, int(rng.integers(0, 4)), axes=(1, 2))
-    if jitter:
-        gain = rng.uniform(1 - jitter, 1 + jitter, (image.shape[0], 1, 1)).astype(np.float32)
-        offset = rng.uniform(-jitter, jitter, (image.shape[0], 1, 1)).astype(np.float32)
-        image = image * gain + offset
-    return image
+IDENTITY = np.array([0, 1, 1, 1, 1, 0, 0, 0, 0], np.float32)
+
+
+def draw_augmentation(rng: np.random.Generator, jitter: float) -> np.ndarray:
+    """``(9,)``: dihedral code 0-7, 4 channel gains in [1-j, 1+j], 4 offsets in [-j, j]."""
+    code = rng.integers(0, 8)
+    gain = rng.uniform(1 - jitter, 1 + jitter, 4)
+    offset = rng.uniform(-jitter, jitter, 4)
+    return np.concatenate([[code], gain, offset]).astype(np.float32)
+
+
+def dihedral(images: torch.Tensor, code: int) -> torch.Tensor:
+    """One of the 8 symmetries of the square: ``code % 4`` quarter turns, then a flip if >= 4."""
+    images = torch.rot90(images, code % 4, dims=(-2, -1))
+    return torch.flip(images, dims=(-1,)) if code >= 4 else images
+
+
+class Normalizer(torch.nn.Module):
+    """Integer batch -> float, normalised per channel, each item flipped/rotated and jittered as
+    its augmentation vector says; runs on the training device."""
+
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(np.asarray(mean), dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("inv_std", 1.0 / torch.as_tensor(np.asarray(std), dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, images: torch.Tensor, augmentation: torch.Tensor | None = None) -> torch.Tensor:
+        x = (images.float() - self.mean) * self.inv_std
+        if augmentation is None:
+            return x
+        codes = augmentation[:, 0].long()
+        if bool((codes != 0).any()):
+            x = x.clone()
+            for code in codes.unique().tolist():
+                if code:
+                    chosen = codes == code
+                    x[chosen] = dihedral(x[chosen], code)
+        gain, offset = augmentation[:, 1:5, None, None], augmentation[:, 5:9, None, None]
+        return x * gain + offset
 
 
 class EpochSampler(Sampler):

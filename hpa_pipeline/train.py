@@ -176,9 +176,10 @@ def predict_probs(model, loader, device, cfg: TrainConfig, tta: int = 1) -> tupl
     from .predict import tta_views
 
     model.eval()
+    normalize = loader.dataset.normalizer().to(device)
     probs, indices = [], []
-    for images, _, index in loader:
-        images = images.to(device, non_blocking=True)
+    for images, _, index, _ in loader:
+        images = normalize(images.to(device, non_blocking=True))
         if cfg.channels_last and device.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
         total = 0
@@ -223,6 +224,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress=None) -> dict:
     if steps_per_epoch < 1:
         raise ValueError(f"fold {cfg.fold} has {len(train_set)} training samples: fewer than one batch")
 
+    normalize = train_set.normalizer().to(device)
     model = create_model(cfg.arch, cfg.backend, cfg.weights).to(device)
     if cfg.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -256,10 +258,11 @@ def train(cfg: TrainConfig, resume: bool = False, progress=None) -> dict:
         model.train()
         seen, loss_sum, started = 0, 0.0, time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        for micro, (images, targets, _) in enumerate(train_loader):
+        for micro, (images, targets, _, augmentation) in enumerate(train_loader):
             if micro // cfg.accumulate >= steps_per_epoch:
                 break
-            images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+            images = normalize(images.to(device, non_blocking=True), augmentation.to(device, non_blocking=True))
+            targets = targets.to(device, non_blocking=True)
             if cfg.channels_last and device.type == "cuda":
                 images = images.contiguous(memory_format=torch.channels_last)
             with autocast(cfg, device):

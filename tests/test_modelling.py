@@ -95,21 +95,36 @@ def test_missing_weights_are_clear_errors(tmp_path, monkeypatch):
 
 # --- loader ----------------------------------------------------------------------------------
 
-def test_items_are_the_normalised_store_pixels(store):
+def test_items_are_the_store_pixels_normalised_on_the_device(store):
     root = zarr.open_group(store, mode="r")
     stats = root.attrs["hpa"]["statistics"]["128"]
     dataset = StoreDataset(store, 128, np.arange(12))
-    image, labels, index = dataset[3]
+    image, labels, index, augmentation = dataset[3]
+    assert image.dtype == torch.uint8 and torch.equal(image, torch.from_numpy(root["images/128"][3]))
+    assert torch.equal(labels, torch.from_numpy(root["labels"][3].astype(np.float32))) and index == 3
+    normalized = dataset.normalizer()(image[None], augmentation[None])[0]
     expected = (root["images/128"][3].astype(np.float32) - np.array(stats["mean"])[:, None, None]) \
         / np.array(stats["std"])[:, None, None]
-    assert image.shape == (4, 128, 128) and torch.allclose(image, torch.from_numpy(expected.astype(np.float32)), atol=1e-4)
-    assert torch.equal(labels, torch.from_numpy(root["labels"][3].astype(np.float32))) and index == 3
+    assert torch.allclose(normalized, torch.from_numpy(expected.astype(np.float32)), atol=1e-4)
+
+
+def test_normalizer_applies_each_items_symmetry_and_jitter():
+    from hpa_pipeline.data import Normalizer, dihedral
+
+    images = torch.randint(0, 255, (8, 4, 16, 16), dtype=torch.uint8)
+    augmentation = torch.zeros(8, 9)
+    augmentation[:, 0] = torch.arange(8)
+    augmentation[:, 1:5], augmentation[:, 5:9] = 2.0, 0.5
+    out = Normalizer([0, 0, 0, 0], [1, 1, 1, 1])(images, augmentation)
+    for k in range(8):
+        assert torch.equal(out[k], dihedral(images[k].float(), k) * 2.0 + 0.5)
+    assert len({tuple(out[k].flatten().tolist()) for k in range(8)}) == 8
 
 
 def test_random_crops_depend_on_seed_epoch_and_sample_only(store):
     dataset = StoreDataset(store, 128, np.arange(12), crop=64, train=True, seed=1)
-    a, _, _ = dataset[5]
-    assert a.shape == (4, 64, 64) and torch.equal(a, dataset[5][0])
+    a, _, _, aug = dataset[5]
+    assert a.shape == (4, 64, 64) and torch.equal(a, dataset[5][0]) and torch.equal(aug, dataset[5][3])
     dataset.set_epoch(1)
     assert not torch.equal(a, dataset[5][0])
     sampler = EpochSampler(12, seed=1)
