@@ -2,7 +2,8 @@
 
 A run folder holds everything about a run: ``config.yaml``, ``folds.csv`` (multilabel stratified
 folds of the whole store), ``checkpoints/last.pt`` (and ``best.pt``, by validation macro F1),
-``metrics.csv`` (one row per epoch), ``thresholds.json`` (per-class thresholds searched on the
+``metrics.csv`` (one row per epoch, also in ``tensorboard/`` when TensorBoard is installed),
+``thresholds.json`` (per-class thresholds searched on the
 validation fold), ``f1_table.txt``, ``curves.png`` and ``per_class_f1.png``.
 
 Checkpoints are written every epoch atomically (temporary file, then rename) with the model,
@@ -251,6 +252,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress=None) -> dict:
     metrics_path = run / "metrics.csv"
     if start_epoch == 0 and metrics_path.exists():
         metrics_path.unlink()
+    board = _tensorboard(run)
     summary = {}
     for epoch in range(start_epoch, cfg.epochs):
         sampler.set_epoch(epoch)
@@ -302,6 +304,11 @@ def train(cfg: TrainConfig, resume: bool = False, progress=None) -> dict:
                "valid_loss": valid_loss, "valid_macro_f1": f1_05, "valid_macro_f1_tuned": f1_tuned,
                "train_img_s": train_img_s}
         _append_row(metrics_path, row)
+        if board is not None:
+            for key, value in row.items():
+                if key not in ("epoch", "step"):
+                    board.add_scalar(key, value, epoch)
+            board.flush()
         is_best = f1_05 > best
         best = max(best, f1_05)
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
@@ -322,6 +329,15 @@ def train(cfg: TrainConfig, resume: bool = False, progress=None) -> dict:
     if (run / "metrics.csv").exists():
         plot_run(run)
     return summary or {"best_valid_macro_f1": best, "step": global_step}
+
+
+def _tensorboard(run: Path):
+    """A TensorBoard writer in ``run/tensorboard`` when the tensorboard package is installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(run / "tensorboard"))
 
 
 def _append_row(path: Path, row: dict) -> None:

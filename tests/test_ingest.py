@@ -262,3 +262,19 @@ def test_several_solid_blocks_decode_in_parallel_to_the_same_store(small_dataset
     b = ingest(small_dataset.train_archive, small_dataset.train_csv, tmp_path / "b.zarr", SPEC, workers=2)
     assert a.written == b.written == 12
     assert_same_arrays(tmp_path / "a.zarr", tmp_path / "b.zarr")
+
+
+def test_scheduler_address_runs_the_tasks_on_a_distributed_cluster(small_dataset, tmp_path):
+    """--scheduler takes any dask.distributed address: here a LocalCluster of two worker processes."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        a = ingest(small_dataset.train_archive, small_dataset.train_csv, tmp_path / "a.zarr", SPEC,
+                   scheduler=cluster.scheduler_address)
+        extract_archives([small_dataset.train_archive], tmp_path / "tiff")
+        b = build_zarr(tmp_path / "tiff", small_dataset.train_csv, tmp_path / "b.zarr", SPEC,
+                       scheduler=cluster.scheduler_address)
+    c = ingest(small_dataset.train_archive, small_dataset.train_csv, tmp_path / "c.zarr", SPEC, workers=1)
+    assert a.written == b.written == c.written == 12
+    assert_same_arrays(tmp_path / "a.zarr", tmp_path / "c.zarr")
+    assert_same_arrays(tmp_path / "b.zarr", tmp_path / "c.zarr")
