@@ -9,7 +9,6 @@ Two comparisons:
 """
 from __future__ import annotations
 
-import io
 import tempfile
 from pathlib import Path
 
