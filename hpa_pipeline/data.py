@@ -76,17 +76,37 @@ class StoreDataset(Dataset):
         state["_reader"] = None
         return state
 
-    def __getitem__(self, k: int):
+    @property
+    def item_size(self) -> int:
+        return self.crop if self.train and self.crop is not None else self.level
+
+    def _fill(self, k: int, out: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
+        """Read item ``k`` into ``out``; returns its labels, sample index and augmentation."""
         index = int(self.indices[k])
         rng = np.random.default_rng((self.seed, self.epoch, index))
         if self.train and self.crop is not None:
             y, x = rng.integers(0, self.level - self.crop + 1, 2)
-            image = self.reader().read(index, int(y), int(x), self.crop, self.crop)
+            self.reader().read(index, int(y), int(x), self.crop, self.crop, out=out)
         else:
-            image = self.reader().read(index)
+            self.reader().read(index, out=out)
         augmentation = draw_augmentation(rng, self.jitter) if self.train else IDENTITY
         labels = self.labels[index] if self.labels is not None else np.zeros(N_CLASSES, np.float32)
+        return labels, index, augmentation
+
+    def __getitem__(self, k: int):
+        image = np.empty((4, self.item_size, self.item_size), self.reader().dtype)
+        labels, index, augmentation = self._fill(k, image)
         return torch.from_numpy(image), torch.from_numpy(labels), index, torch.from_numpy(augmentation)
+
+    def __getitems__(self, ks: list[int]):
+        """A whole batch, each crop decoded straight into its slot: no per-item tensors to stack.
+
+        (PyTorch's DataLoader calls this with the batch's indices when a dataset defines it.)
+        """
+        images = np.empty((len(ks), 4, self.item_size, self.item_size), self.reader().dtype)
+        labels, indices, augmentation = zip(*(self._fill(k, images[j]) for j, k in enumerate(ks)))
+        return (torch.from_numpy(images), torch.from_numpy(np.stack(labels)), torch.tensor(indices),
+                torch.from_numpy(np.stack(augmentation)))
 
     def normalizer(self) -> Normalizer:
         return Normalizer(self.mean, self.std)
@@ -176,6 +196,11 @@ def _worker_init(_):
     numcodecs.blosc.set_nthreads(1)
 
 
+def _already_collated(batch):
+    """``StoreDataset.__getitems__`` returns finished batches."""
+    return batch
+
+
 def make_loader(dataset: StoreDataset, batch_size: int, workers: int, sampler: Sampler | None = None,
                 pin_memory: bool = False, multiprocessing_context: str | None = None,
                 drop_last: bool = False) -> DataLoader:
@@ -184,6 +209,7 @@ def make_loader(dataset: StoreDataset, batch_size: int, workers: int, sampler: S
         multiprocessing_context = "fork" if hasattr(__import__("os"), "fork") else "spawn"
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=pin_memory,
+        collate_fn=_already_collated,
         drop_last=drop_last, worker_init_fn=_worker_init if workers > 0 else None,
         multiprocessing_context=multiprocessing_context if workers > 0 else None,
         persistent_workers=False, prefetch_factor=4 if workers > 0 else None,

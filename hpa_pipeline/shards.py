@@ -103,17 +103,24 @@ class ShardReader:
             self.grid = tuple(s // c for s, c in zip((1,) + tuple(self.shape[1:]), chunk_shape))
             self.n_chunks = int(np.prod(self.grid))
 
-    def read(self, index: int, y: int = 0, x: int = 0, h: int | None = None, w: int | None = None) -> np.ndarray:
-        """``(C, h, w)`` of sample ``index`` from ``(y, x)``; the whole image by default."""
+    def read(self, index: int, y: int = 0, x: int = 0, h: int | None = None, w: int | None = None,
+             out: np.ndarray | None = None) -> np.ndarray:
+        """``(C, h, w)`` of sample ``index`` from ``(y, x)``; the whole image by default.
+
+        ``out``: an array of that shape to fill (a slot of a batch), instead of a new one.
+        """
         h = self.shape[-2] - y if h is None else h
         w = self.shape[-1] - x if w is None else w
+        if out is None:
+            out = np.empty((self.shape[1], h, w), self.dtype)
         if self.layout is None:
-            return self.array[index, :, y:y + h, x:x + w]
+            out[...] = self.array[index, :, y:y + h, x:x + w]
+            return out
         path = Path(self.store, self.name, "c", str(index), *["0"] * (len(self.shape) - 1))
-        out = np.zeros((self.shape[1], h, w), self.dtype)  # missing shard or chunk: fill value 0
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
+            out[...] = 0  # a shard never written reads as the fill value
             return out
         try:
             size = os.fstat(fd).st_size
@@ -125,13 +132,14 @@ class ShardReader:
                     ys, xs = slice(max(y, cy * c), min(y + h, (cy + 1) * c)), slice(max(x, cx * c), min(x + w, (cx + 1) * c))
                     for ch in range(self.shape[1]):
                         offset, nbytes = table[0, ch, cy, cx]
-                        if offset == 2**64 - 1:
+                        target = out[ch, ys.start - y:ys.stop - y, xs.start - x:xs.stop - x]
+                        if offset == 2**64 - 1:  # an empty chunk: the fill value
+                            target[...] = 0
                             continue
                         raw = os.pread(fd, int(nbytes), int(offset))
                         data = self.blosc.decode(raw) if self.blosc is not None else raw
                         block = np.frombuffer(data, self.dtype).reshape(c, c)
-                        out[ch, ys.start - y:ys.stop - y, xs.start - x:xs.stop - x] = \
-                            block[ys.start - cy * c:ys.stop - cy * c, xs.start - cx * c:xs.stop - cx * c]
+                        target[...] = block[ys.start - cy * c:ys.stop - cy * c, xs.start - cx * c:xs.stop - cx * c]
         finally:
             os.close(fd)
         return out
