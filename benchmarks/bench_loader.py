@@ -94,6 +94,10 @@ def run() -> dict:
             figures[f"ours {name}: crops/s with {cores} workers"] = round(many, 1)
             figures[f"ours {name}: ratio per core vs baseline (target >= 8)"] = round(one / baseline, 2)
             figures[f"ours {name}: cores to feed 890 img/s (H200, SE-ResNeXt50, compile)"] = round(890 / one, 1)
+            chunk = LAYOUTS[name].chunk
+            aligned = StoreDataset(str(store), 1024, np.arange(n), crop=CROP, train=True, crop_grid=chunk)
+            one_aligned = crops_per_second(make_loader(aligned, BATCH, 0, _Endless(n)))
+            figures[f"ours {name}, --crop-grid {chunk}: crops/s per core"] = round(one_aligned, 1)
     return report("loader", figures)
 
 

@@ -277,6 +277,7 @@ def _train_options(fn):
         "backend": "timm or pretrainedmodels (same network, same checkpoint keys).",
         "weights": "ImageNet weights: a local file, or 'cache' for the torch hub cache. Default: from scratch.",
         "level": "Store level to train on.", "crop": "Random crop size.",
+        "crop_grid": "Crop origins on this grid (e.g. the store's chunk size: fastest reads); 1 = any offset.",
         "val_level": "Level for validation, whole images [default: --level].",
         "fold": "Validation fold (0..folds-1).", "accumulate": "Gradient accumulation steps.",
         "schedule": "cosine (with warm-up) or onecycle.", "loss": "bce or focal.",

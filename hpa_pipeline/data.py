@@ -1,6 +1,7 @@
 """The streaming crop loader: a PyTorch dataset over one level of a dataset store.
 
-Training items are random crops (``crop``² at any offset) with a random flip and 90° rotation
+Training items are random crops (``crop``² at any offset, or on a ``crop_grid``) with a random
+flip and 90° rotation
 and a mild per-channel intensity jitter, all drawn here and applied with the normalisation;
 validation and prediction items are whole images of the level.
 
@@ -42,7 +43,7 @@ class StoreDataset(Dataset):
     """
 
     def __init__(self, store: str, level: int, indices, crop: int | None = None, train: bool = False,
-                 seed: int = 0, jitter: float = 0.1):
+                 seed: int = 0, jitter: float = 0.1, crop_grid: int = 1):
         root = open_store(store)
         meta = root.attrs["hpa"]
         if str(level) not in {k for k, _ in root["images"].arrays()}:
@@ -55,7 +56,7 @@ class StoreDataset(Dataset):
         self.mean = np.asarray(stats["mean"], np.float32)
         self.std = np.maximum(np.asarray(stats["std"], np.float32), 1e-3)
         self.labels = root["labels"][:].astype(np.float32) if meta["has_labels"] else None
-        self.seed, self.epoch, self.jitter = seed, 0, jitter
+        self.seed, self.epoch, self.jitter, self.crop_grid = seed, 0, jitter, max(1, int(crop_grid))
         if crop is not None and crop > level:
             raise ValueError(f"crop {crop} is larger than level {level}")
         self._reader = None
@@ -85,7 +86,9 @@ class StoreDataset(Dataset):
         index = int(self.indices[k])
         rng = np.random.default_rng((self.seed, self.epoch, index))
         if self.train and self.crop is not None:
-            y, x = rng.integers(0, self.level - self.crop + 1, 2)
+            # crop_grid > 1 snaps the origin to a grid: with the chunk size, a crop decodes
+            # exactly its own area instead of up to (crop + chunk)² (benchmarks/bench_loader.py)
+            y, x = rng.integers(0, (self.level - self.crop) // self.crop_grid + 1, 2) * self.crop_grid
             self.reader().read(index, int(y), int(x), self.crop, self.crop, out=out)
         else:
             self.reader().read(index, out=out)

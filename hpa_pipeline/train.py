@@ -49,6 +49,7 @@ class TrainConfig:
     weights: str | None = None  # ImageNet weights file, "cache", or None
     level: int = 1024  # store level to read
     crop: int = 512  # random training crop
+    crop_grid: int = 1  # crop origins on this grid; the store's chunk size makes reads cheapest
     val_level: int | None = None  # level for validation (whole images); default: level
     folds: int = 5
     fold: int = 0
@@ -212,7 +213,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress=None) -> dict:
     valid_idx = np.flatnonzero((folds == cfg.fold) & done)
     (run / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
 
-    train_set = StoreDataset(cfg.store, cfg.level, train_idx, crop=cfg.crop, train=True, seed=cfg.seed)
+    train_set = StoreDataset(cfg.store, cfg.level, train_idx, crop=cfg.crop, train=True, seed=cfg.seed,
+                             crop_grid=cfg.crop_grid)
     valid_set = StoreDataset(cfg.store, cfg.val_level or cfg.level, valid_idx, train=False, seed=cfg.seed)
     weights = rare_class_weights(labels[train_idx]) if cfg.oversample else None
     sampler = EpochSampler(len(train_set), cfg.seed, weights)

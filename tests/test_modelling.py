@@ -179,3 +179,16 @@ def test_submission_round_trip_and_malformed_rows(tmp_path):
             evaluate(bad, truth)
     with pytest.raises(SubmissionError, match="not in the order"):
         validate_submission(path, ["b", "a", "c"])
+
+
+def test_crop_grid_snaps_crop_origins(store):
+    import zarr as _zarr
+
+    dataset = StoreDataset(store, 128, np.arange(12), crop=64, train=True, seed=3, crop_grid=32)
+    level = _zarr.open_group(store, mode="r")["images/128"]
+    for k in range(12):
+        crop = dataset[k][0].numpy()
+        sample = level[k]
+        origins = [(y, x) for y in range(0, 65, 32) for x in range(0, 65, 32)
+                   if np.array_equal(sample[:, y:y + 64, x:x + 64], crop)]
+        assert origins, f"item {k} is not a crop on the 32-pixel grid"
