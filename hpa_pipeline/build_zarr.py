@@ -34,7 +34,8 @@ def index_tiff_folder(src: str | Path) -> tuple[dict[str, dict[str, Path]], list
 
 
 def build_zarr(src: str | Path, csv: str | Path, out: str | Path, spec: StoreSpec, workers: int = 2,
-               scheduler: str | None = None, progress: Callable[[int, int], None] | None = None) -> BuildReport:
+               scheduler: str | None = None, cluster: str = "threads",
+               progress: Callable[[int, int], None] | None = None) -> BuildReport:
     """Build (or resume) the store at ``out`` from the TIFFs in ``src``, samples in ``csv`` order.
 
     ``progress(advance, total)`` counts samples.
@@ -59,7 +60,7 @@ def build_zarr(src: str | Path, csv: str | Path, out: str | Path, spec: StoreSpe
         if progress:
             progress(1, len(jobs))
 
-    with dask_client(scheduler, workers) as client:
+    with dask_client(scheduler, workers, cluster) as client:
         in_flight = 2 * total_threads(client)
         run_bounded(client, process_sample, jobs, in_flight, on_result, builder.on_error)
     return builder.finish(not_in_csv=sorted(set(files) - set(table.ids)), unknown_files=unknown)

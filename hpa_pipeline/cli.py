@@ -109,6 +109,8 @@ def _store_options(fn):
                           "more at ~35 MB/s."),
         click.option("--workers", default=os.cpu_count() or 1, show_default=True,
                      help="Threads of the local Dask scheduler."),
+        click.option("--cluster", type=click.Choice(["threads", "processes"]), default="threads", show_default=True,
+                     help="Local Dask cluster: threads of this process, or one process per worker."),
         click.option("--scheduler", default=None, help="Address of a dask.distributed scheduler to use instead."),
     ]
     for option in reversed(options):
@@ -203,25 +205,25 @@ def extract(archives, out):
 @click.option("--src", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
               help="Folder of <id>_<filter>.tif files (from extract).")
 @_store_options
-def build_zarr_cmd(src, csv_path, out, size, levels, dtype, chunk, codec, clevel, workers, scheduler):
+def build_zarr_cmd(src, csv_path, out, size, levels, dtype, chunk, codec, clevel, workers, cluster, scheduler):
     """Build the dataset store from a folder of TIFFs (one Dask task per sample), resumably."""
     from .build_zarr import build_zarr
 
     spec = _store_spec(size, levels, dtype, chunk, codec, clevel)
     _run_store_command(build_zarr, "build-zarr", src=src, csv=csv_path, out=out, spec=spec, workers=workers,
-                       scheduler=scheduler)
+                       scheduler=scheduler, cluster=cluster)
 
 
 @cli.command()
 @click.argument("archive", type=click.Path(path_type=Path))
 @_store_options
-def ingest(archive, csv_path, out, size, levels, dtype, chunk, codec, clevel, workers, scheduler):
+def ingest(archive, csv_path, out, size, levels, dtype, chunk, codec, clevel, workers, cluster, scheduler):
     """Build the dataset store straight from a 7z archive: no TIFF on disk, resumably."""
     from .ingest import ingest as run_ingest
 
     spec = _store_spec(size, levels, dtype, chunk, codec, clevel)
     _run_store_command(run_ingest, "ingest", archive=archive, csv=csv_path, out=out, spec=spec, workers=workers,
-                       scheduler=scheduler)
+                       scheduler=scheduler, cluster=cluster)
 
 
 @cli.command("inspect")

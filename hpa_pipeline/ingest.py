@@ -51,7 +51,8 @@ class ArchiveCatalogue:
 
 
 def ingest(archive: str | Path, csv: str | Path, out: str | Path, spec: StoreSpec, workers: int = 2,
-           scheduler: str | None = None, progress: Callable[[int, int], None] | None = None,
+           scheduler: str | None = None, cluster: str = "threads",
+           progress: Callable[[int, int], None] | None = None,
            on_bytes: Callable[[int], None] | None = None) -> BuildReport:
     """Build (or resume) the store at ``out`` from ``archive``; samples in ``csv`` order.
 
@@ -83,7 +84,7 @@ def ingest(archive: str | Path, csv: str | Path, out: str | Path, spec: StoreSpe
     jobs: queue.Queue = queue.Queue()
     archive_error: list[str] = []
 
-    with dask_client(scheduler, workers) as client:
+    with dask_client(scheduler, workers, cluster) as client:
         in_flight = 2 * total_threads(client)
         slots = threading.Semaphore(in_flight + 2)  # samples decoded but not yet submitted or finished
         decoder = threading.Thread(
