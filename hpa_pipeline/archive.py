@@ -30,7 +30,6 @@ import py7zr
 from py7zr.helpers import get_sanitized_output_path
 from py7zr.io import Py7zIO, WriterFactory
 
-from .labels import FILTERS
 
 MEMBER_NAME = re.compile(r"^(?P<id>.+)_(?P<filter>red|green|blue|yellow)\.tiff?$")
 
@@ -219,14 +218,4 @@ def stream_members(path: str | Path, wanted: Callable[[Member], bool], deliver: 
             raise ArchiveError(f"{path}: archive is damaged or truncated ({type(exc).__name__}: {exc})") from None
 
 
-def filters_present(members: list[Member]) -> dict[str, set[str]]:
-    """``{sample_id: {filters}}`` of the image members of a listing."""
-    out: dict[str, set[str]] = {}
-    for m in members:
-        parsed = m.parsed()
-        if parsed and not m.is_dir:
-            out.setdefault(parsed[0], set()).add(parsed[1])
-    return out
-
-
-__all__ = ["FILTERS", "ArchiveError", "Member", "list_members", "open_archive", "stream_members", "volume_paths"]
+__all__ = ["ArchiveError", "Member", "list_members", "open_archive", "stream_members", "volume_paths"]
