@@ -43,7 +43,14 @@ def _load_config(ctx, param, value):
     return value
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class StageOrder(click.Group):
+    """Lists commands in the order of the stages, not alphabetically."""
+
+    def list_commands(self, ctx):
+        return list(self.commands)
+
+
+@click.group(cls=StageOrder, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="hpa-pipe")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False), callback=_load_config,
               is_eager=True, expose_value=False,
@@ -55,7 +62,7 @@ def cli():
     """
 
 
-@cli.command()
+@cli.command(short_help="Synthetic dataset in the competition's format.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder to write the archives and CSV files into.")
 @click.option("--n-train", default=48, show_default=True, help="Training samples.")
@@ -170,7 +177,7 @@ def _run_store_command(fn, desc, **kwargs):
     _finish_build(report)
 
 
-@cli.command()
+@cli.command(short_help="Unpack 7z archives to <id>_<filter>.tif.")
 @click.argument("archives", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for the <id>_<filter>.tif files.")
@@ -201,7 +208,7 @@ def extract(archives, out):
     raise SystemExit(report.exit_code)
 
 
-@cli.command("build-zarr")
+@cli.command("build-zarr", short_help="TIFF folder -> dataset store.")
 @click.option("--src", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
               help="Folder of <id>_<filter>.tif files (from extract).")
 @_store_options
@@ -214,7 +221,7 @@ def build_zarr_cmd(src, csv_path, out, size, levels, dtype, chunk, codec, clevel
                        scheduler=scheduler, cluster=cluster)
 
 
-@cli.command()
+@cli.command(short_help="7z archive -> dataset store, no TIFF on disk.")
 @click.argument("archive", type=click.Path(path_type=Path))
 @_store_options
 def ingest(archive, csv_path, out, size, levels, dtype, chunk, codec, clevel, workers, cluster, scheduler):
@@ -226,7 +233,7 @@ def ingest(archive, csv_path, out, size, levels, dtype, chunk, codec, clevel, wo
                        scheduler=scheduler, cluster=cluster)
 
 
-@cli.command("inspect")
+@cli.command("inspect", short_help="What a store holds; montage PNG.")
 @click.argument("store", type=click.Path(path_type=Path))
 @click.option("--montage", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write a PNG grid of RGB composites of the first samples.")
@@ -249,7 +256,7 @@ def inspect_cmd(store, montage, n_samples, level, as_json):
         raise click.ClickException(str(exc)) from None
 
 
-@cli.command("export-ngff")
+@cli.command("export-ngff", short_help="Samples as OME-Zarr 0.5 images.")
 @click.argument("store", type=click.Path(path_type=Path))
 @click.option("--ids", required=True, help="Comma-separated sample ids to export.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
@@ -301,7 +308,7 @@ def _train_options(fn):
     return fn
 
 
-@cli.command()
+@cli.command(short_help="Train an SENet on one fold (resumable).")
 @_train_options
 @click.option("--resume", is_flag=True, help="Continue the run in --out after its last finished epoch.")
 def train(resume, **options):
@@ -339,7 +346,7 @@ def train(resume, **options):
                f"after {summary.get('step', 0)} steps; run in {cfg.out}")
 
 
-@cli.command()
+@cli.command(short_help="Kaggle submission from runs, TTA, thresholds.")
 @click.option("--store", type=click.Path(path_type=Path), required=True, help="Test store.")
 @click.option("--run", "runs", type=click.Path(exists=True, file_okay=False, path_type=Path), multiple=True,
               required=True, help="Run folder; repeat to average several (e.g. folds).")
@@ -362,7 +369,7 @@ def predict(store, runs, tta, out, batch_size, workers, device):
     click.echo(f"predict: {len(ids)} rows, {labels.sum(1).mean():.2f} labels per row -> {out}")
 
 
-@cli.command()
+@cli.command(short_help="Macro F1 and per-class table of a submission.")
 @click.option("--submission", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
 @click.option("--labels", "labels_csv", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
               help="Id,Target CSV of the truth (train.csv, or test_labels.csv of synthetic data).")
