@@ -7,6 +7,7 @@ store built from synthetic full-size data, with ``WORKERS`` DataLoader workers. 
 share of the GPU's rate the loader sustains (target >= 90 %).
 
     python -m benchmarks gpu            # env: GPU_WORKERS, GPU_STEPS, GPU_COMPILE=1, GPU_LAYOUT=lz4|zstd
+    benchmarks/device_wheels.sh here, then benchmarks/run_gpu.sh on the device tool's machine
 """
 from __future__ import annotations
 
@@ -58,8 +59,9 @@ def run() -> dict:
 
     workers = int(os.environ.get("GPU_WORKERS", max(1, (os.cpu_count() or 2) - 2)))
     layout = os.environ.get("GPU_LAYOUT", "lz4")
-    data = synth_data("full64", n_train=48, n_test=16)
-    tiff = BENCH_DATA / "full64_tiff"
+    # uncompressed TIFFs: the GPU machine has tifffile but not imagecodecs
+    data = synth_data("gpu48_raw", n_train=48, n_test=1, compression="none")
+    tiff = BENCH_DATA / "gpu48_raw_tiff"
     if not tiff.exists():
         extract_archives([data / "train_full_size.7z"], tiff)
     store = BENCH_DATA / f"gpu_{layout}.zarr"
