@@ -37,3 +37,32 @@ def read_archive_members(path: Path) -> list[tuple[str, bytes]]:
         factory = py7zr.io.BytesIOFactory(1 << 30)
         archive.extractall(factory=factory)
         return [(name, factory.get(name).read()) for name in archive.getnames()]
+
+
+def dataset_with_reference(tmp: Path, n: int, seed: int, spec):
+    """A synthetic dataset (512/768 sources), its store built once by ingest, and its TIFFs extracted."""
+    from hpa_pipeline.extract import extract_archives
+    from hpa_pipeline.ingest import ingest
+    from hpa_pipeline.synth import SynthSpec, make_dataset
+
+    d = make_dataset(tmp / "data", SynthSpec(n_train=n, n_test=1, image_sizes=(512, 768), seed=seed), workers=2)
+    reference = tmp / "reference.zarr"
+    assert ingest(d.train_archive, d.train_csv, reference, spec, workers=2).exit_code == 0
+    extract_archives([d.train_archive], tmp / "tiff")
+    return d, reference, tmp / "tiff"
+
+
+def assert_same_stores(a: Path, b: Path, names: list[str], statistics: bool = False) -> None:
+    import zarr
+
+    ga, gb = zarr.open_group(str(a), mode="r"), zarr.open_group(str(b), mode="r")
+    for name in names:
+        assert np.array_equal(ga[name][:], gb[name][:]), name
+    if statistics:
+        assert ga.attrs["hpa"]["statistics"] == gb.attrs["hpa"]["statistics"]
+
+
+def shards_written(store: Path, level: int) -> int:
+    """How many samples have a shard of ``level`` on disk (written in the last step of a task)."""
+    folder = store / "images" / str(level) / "c"
+    return sum(1 for _ in folder.glob("*/0/0/0")) if folder.exists() else 0

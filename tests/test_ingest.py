@@ -15,16 +15,14 @@ from hpa_pipeline.ingest import ingest
 from hpa_pipeline.labels import FILTERS
 from hpa_pipeline.store import StoreSpec
 
-from .helpers import random_sample, tiff_bytes, write_7z
+from .helpers import assert_same_stores, random_sample, tiff_bytes, write_7z
 
 SPEC = StoreSpec(size=128, levels=2, chunk=64)
 ARRAYS = ["images/128", "images/64", "source_shape", "source_dtype", "channel_sums", "done"]
 
 
 def assert_same_arrays(a, b, names=ARRAYS):
-    ga, gb = zarr.open_group(str(a), mode="r"), zarr.open_group(str(b), mode="r")
-    for name in names:
-        assert np.array_equal(ga[name][:], gb[name][:]), name
+    assert_same_stores(a, b, names)
 
 
 def sample_members(sample_id, channels, folder="", compression="zlib"):

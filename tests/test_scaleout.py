@@ -4,16 +4,14 @@ import signal
 import threading
 import time
 
-import numpy as np
 import pytest
-import zarr
 from distributed import Client, LocalCluster
 
 from hpa_pipeline.build_zarr import build_zarr
-from hpa_pipeline.extract import extract_archives
 from hpa_pipeline.ingest import ingest
 from hpa_pipeline.store import StoreSpec
-from hpa_pipeline.synth import SynthSpec, make_dataset
+
+from .helpers import assert_same_stores, dataset_with_reference, shards_written
 
 SPEC = StoreSpec(size=256, levels=2, chunk=128)
 ARRAYS = ["images/256", "images/128", "source_shape", "source_dtype", "channel_sums", "done", "labels"]
@@ -21,17 +19,7 @@ ARRAYS = ["images/256", "images/128", "source_shape", "source_dtype", "channel_s
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("scale")
-    d = make_dataset(tmp / "data", SynthSpec(n_train=40, n_test=1, image_sizes=(512, 768), seed=21), workers=2)
-    reference = tmp / "reference.zarr"
-    assert ingest(d.train_archive, d.train_csv, reference, SPEC, workers=2).exit_code == 0
-    extract_archives([d.train_archive], tmp / "tiff")
-    return d, reference, tmp / "tiff"
-
-
-def shards(store) -> int:
-    level = store / "images" / "128" / "c"
-    return sum(1 for _ in level.glob("*/0/0/0")) if level.exists() else 0
+    return dataset_with_reference(tmp_path_factory.mktemp("scale"), 40, 21, SPEC)
 
 
 @pytest.mark.parametrize("command", ["build-zarr", "ingest"])
@@ -44,10 +32,10 @@ def test_a_worker_killed_mid_run_and_the_store_equals_a_single_process_run(data,
         pids = list(client.run(os.getpid).values())
 
         def kill_one_worker():
-            while shards(out) < 8:
+            while shards_written(out, 128) < 8:
                 time.sleep(0.01)
             os.kill(pids[0], signal.SIGKILL)
-            killed.append(shards(out))
+            killed.append(shards_written(out, 128))
 
         killer = threading.Thread(target=kill_one_worker, daemon=True)
         killer.start()
@@ -58,15 +46,11 @@ def test_a_worker_killed_mid_run_and_the_store_equals_a_single_process_run(data,
         killer.join(timeout=5)
     assert killed and killed[0] < 40, "the worker was not killed mid-run"
     assert report.exit_code == 0 and report.written == 40, report.failed
-    a, b = zarr.open_group(str(reference), mode="r"), zarr.open_group(str(out), mode="r")
-    for name in ARRAYS:
-        assert np.array_equal(a[name][:], b[name][:]), name
-    assert a.attrs["hpa"]["statistics"] == b.attrs["hpa"]["statistics"]
+    assert_same_stores(reference, out, ARRAYS, statistics=True)
 
 
 def test_cluster_processes_option(data, tmp_path):
     d, reference, _ = data
     report = ingest(d.train_archive, d.train_csv, tmp_path / "p.zarr", SPEC, workers=2, cluster="processes")
     assert report.written == 40
-    a, b = zarr.open_group(str(reference), mode="r"), zarr.open_group(str(tmp_path / "p.zarr"), mode="r")
-    assert np.array_equal(a["images/256"][:], b["images/256"][:])
+    assert_same_stores(reference, tmp_path / "p.zarr", ARRAYS)
