@@ -108,6 +108,36 @@ def open_archive(path: str | Path) -> py7zr.SevenZipFile:
         raise ArchiveError(f"{path}: not a readable 7z archive ({type(exc).__name__}: {exc})") from None
 
 
+@dataclass
+class Catalogue:
+    """An archive's listing sorted out, the same way for ``extract`` and ``ingest``."""
+
+    images: dict[str, dict[str, Member]]  # sample id -> filter -> its first member
+    unknown: list[str]  # names that are not <id>_<filter>.tif
+    refused: list[str]  # "name: why" for unsafe members
+    duplicates: list[tuple[Member, Member]]  # (member kept, later member of the same id and filter)
+
+
+def catalogue(members: list[Member]) -> Catalogue:
+    """Sort a listing into HPA images (first of each id and filter), unknown, unsafe and repeated members."""
+    result = Catalogue({}, [], [], [])
+    for m in members:
+        if m.is_dir:
+            continue
+        if reason := m.unsafe_reason():
+            result.refused.append(f"{m.name}: {reason}")
+        elif (parsed := m.parsed()) is None:
+            result.unknown.append(m.name)
+        else:
+            sample_id, filt = parsed
+            seen = result.images.setdefault(sample_id, {})
+            if filt in seen:
+                result.duplicates.append((seen[filt], m))
+            else:
+                seen[filt] = m
+    return result
+
+
 def list_members(path: str | Path) -> list[Member]:
     """The archive's listing, with sizes and CRCs, without decoding anything."""
     with open_archive(path) as archive:
@@ -218,4 +248,4 @@ def stream_members(path: str | Path, wanted: Callable[[Member], bool], deliver: 
             raise ArchiveError(f"{path}: archive is damaged or truncated ({type(exc).__name__}: {exc})") from None
 
 
-__all__ = ["ArchiveError", "Member", "list_members", "open_archive", "stream_members", "volume_paths"]
+__all__ = ["ArchiveError", "Catalogue", "Member", "catalogue", "list_members", "open_archive", "stream_members", "volume_paths"]

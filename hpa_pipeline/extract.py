@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .archive import ArchiveError, Member, list_members, stream_members
+from .archive import ArchiveError, Member, catalogue, list_members, stream_members
 from .builder import EXIT_SOME_FAILED
 
 REPORT_NAME = "extract_report.json"
@@ -65,19 +65,11 @@ class ExtractPlan:
 
 def plan_extract(archive: str | Path, out_dir: Path) -> ExtractPlan:
     """Sort an archive's members into to-write, already-there, refused, unknown and duplicate."""
-    plan = ExtractPlan(str(archive))
-    seen: set[str] = set()
-    for m in list_members(archive):
-        if m.is_dir:
-            continue
-        if reason := m.unsafe_reason():
-            plan.refused.append(f"{m.name}: {reason}")
-        elif m.parsed() is None:
-            plan.unknown.append(m.name)
-        elif m.basename in seen:
-            plan.duplicates.append(m.name)
-        else:
-            seen.add(m.basename)
+    listing = catalogue(list_members(archive))
+    plan = ExtractPlan(str(archive), refused=listing.refused, unknown=listing.unknown,
+                       duplicates=[again.name for _, again in listing.duplicates])
+    for members in listing.images.values():
+        for m in members.values():
             target = out_dir / m.basename
             if target.exists() and target.stat().st_size == m.size:
                 plan.skipped += 1

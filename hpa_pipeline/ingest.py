@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from .archive import ArchiveError, Member, list_members, stream_members
+from .archive import ArchiveError, Member, catalogue, list_members, stream_members
 from .builder import BuildReport, StoreBuilder
 from .labels import FILTERS, read_sample_table
 from .scheduler import dask_client, run_bounded, total_threads
@@ -21,33 +21,6 @@ from .store import StoreSpec
 from .tasks import process_sample
 
 _END = object()
-
-
-class ArchiveCatalogue:
-    """The archive's listing sorted out: image members by id, unknown files, unsafe and duplicate ones."""
-
-    def __init__(self, members: list[Member], ids: set[str]):
-        self.filters: dict[str, dict[str, Member]] = {}
-        self.unknown: list[str] = []
-        self.refused: list[str] = []
-        self.duplicates: dict[str, str] = {}  # id -> message
-        for m in members:
-            if m.is_dir:
-                continue
-            reason = m.unsafe_reason()
-            if reason:
-                self.refused.append(f"{m.name}: {reason}")
-                continue
-            parsed = m.parsed()
-            if parsed is None:
-                self.unknown.append(m.name)
-                continue
-            sample_id, filt = parsed
-            seen = self.filters.setdefault(sample_id, {})
-            if filt in seen:
-                self.duplicates[sample_id] = f"{sample_id}: {filt} appears twice ({seen[filt].name}, {m.name})"
-            seen[filt] = m
-        self.not_in_csv = sorted(set(self.filters) - ids)
 
 
 def ingest(archive: str | Path, csv: str | Path, out: str | Path, spec: StoreSpec, workers: int = 2,
@@ -61,18 +34,20 @@ def ingest(archive: str | Path, csv: str | Path, out: str | Path, spec: StoreSpe
     while decoding fails the samples not yet complete and is recorded in the report.
     """
     table = read_sample_table(csv)
-    catalogue = ArchiveCatalogue(list_members(archive), set(table.ids))
+    listing = catalogue(list_members(archive))
+    repeated = {kept.parsed()[0]: f"{kept.parsed()[0]}: {kept.parsed()[1]} appears twice ({kept.name}, {again.name})"
+                for kept, again in listing.duplicates}
     builder = StoreBuilder(out, table, spec, "ingest", source=str(archive))
     index_of = {sample_id: i for i, sample_id in enumerate(table.ids)}
 
     todo: dict[str, dict[str, Member]] = {}
     for index in builder.pending():
         sample_id = table.ids[index]
-        members = catalogue.filters.get(sample_id)
+        members = listing.images.get(sample_id)
         if not members:
             builder.fail(index, f"{sample_id}: not in archive {Path(archive).name}")
-        elif sample_id in catalogue.duplicates:
-            builder.fail(index, catalogue.duplicates[sample_id])
+        elif sample_id in repeated:
+            builder.fail(index, repeated[sample_id])
         elif missing := [f for f in FILTERS if f not in members]:
             builder.fail(index, f"{sample_id}: missing channel(s) {', '.join(missing)} in the archive")
         else:
@@ -106,8 +81,8 @@ def ingest(archive: str | Path, csv: str | Path, out: str | Path, spec: StoreSpe
         run_bounded(client, process_sample, iter(jobs.get, _END), in_flight, on_result, on_error)
         decoder.join()
 
-    return builder.finish(not_in_csv=catalogue.not_in_csv, unknown_files=catalogue.unknown,
-                          refused=catalogue.refused, archive_error=archive_error[0] if archive_error else None)
+    return builder.finish(not_in_csv=sorted(set(listing.images) - set(table.ids)), unknown_files=listing.unknown,
+                          refused=listing.refused, archive_error=archive_error[0] if archive_error else None)
 
 
 def _decode(archive, wanted_names, todo, builder: StoreBuilder, index_of, jobs: queue.Queue,
