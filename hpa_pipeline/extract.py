@@ -9,13 +9,13 @@ are refused by name and listed in ``extract_report.json``.
 """
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .archive import ArchiveError, Member, catalogue, list_members, stream_members
+from .atomic import SUFFIX, write_bytes, write_json
 from .builder import EXIT_SOME_FAILED
 
 REPORT_NAME = "extract_report.json"
@@ -99,7 +99,7 @@ def extract_archives(archives: list[str | Path], out_dir: str | Path,
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for leftover in out.glob("*.partial"):
+    for leftover in out.glob(f"*{SUFFIX}"):
         leftover.unlink()
     plans = [plan_extract(a, out) for a in archives]
     total = sum(p.bytes_needed for p in plans)
@@ -118,7 +118,7 @@ def extract_archives(archives: list[str | Path], out_dir: str | Path,
             if error is not None:
                 report.failed.append(error)
                 return
-            _write_atomic(out / member.basename, data)
+            write_bytes(out / member.basename, data)
             report.written += 1
             report.bytes_written += len(data)
 
@@ -126,13 +126,5 @@ def extract_archives(archives: list[str | Path], out_dir: str | Path,
             stream_members(plan.archive, lambda m: m.name in wanted, deliver, on_bytes)
         except ArchiveError as exc:
             report.archive_errors.append(str(exc))
-    tmp = out / (REPORT_NAME + ".partial")
-    tmp.write_text(json.dumps(asdict(report), indent=1))
-    tmp.replace(out / REPORT_NAME)
+    write_json(out / REPORT_NAME, asdict(report))
     return report
-
-
-def _write_atomic(target: Path, data: bytes) -> None:
-    tmp = target.with_name(target.name + ".partial")
-    tmp.write_bytes(data)  # no fsync: the rename already makes a killed process leave whole files
-    tmp.replace(target)

@@ -30,6 +30,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
+from .atomic import SUFFIX, write_json
 from .imaging import level_sizes
 from .labels import CLASS_NAMES, FILTERS, N_CLASSES, SampleTable
 from .shards import write_sample_shard
@@ -232,9 +233,7 @@ def open_store(path: str | Path, mode: str = "r") -> zarr.Group:
 def write_report(path: str | Path, report: dict) -> Path:
     """Write ``report.json`` into a local store atomically (temporary name, then rename)."""
     target = Path(path) / REPORT_NAME
-    tmp = target.with_name(target.name + ".partial")
-    tmp.write_text(json.dumps(report, indent=1))
-    tmp.replace(target)
+    write_json(target, report)
     return target
 
 
@@ -246,7 +245,7 @@ def read_report(path: str | Path) -> dict | None:
 def remove_partial_files(path: str | Path) -> int:
     """Delete temporary files that a killed writer left in a local store; returns the count."""
     count = 0
-    for leftover in Path(path).rglob("*.partial"):
+    for leftover in Path(path).rglob(f"*{SUFFIX}"):
         leftover.unlink(missing_ok=True)
         count += 1
     return count

@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from .atomic import replacing, write_json
 from .data import EpochSampler, StoreDataset, make_loader, rare_class_weights
 from .folds import make_folds
 from .labels import CLASS_NAMES
@@ -152,9 +152,8 @@ def autocast(cfg: TrainConfig, device: torch.device):
 
 
 def save_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:  # streamed to disk: a checkpoint can be GBs
+        torch.save(obj, tmp)
 
 
 def load_or_make_folds(run: Path, ids: list[str], labels: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -322,7 +321,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress=None) -> dict:
         if is_best:
             save_atomic({"model": weights_for_predict, "config": asdict(cfg), "epoch": epoch}, run / "checkpoints" / "best.pt")
             tuned = predict_labels(probs, thresholds)
-            _write_json(run / "thresholds.json", {
+            write_json(run / "thresholds.json", {
                 "thresholds": thresholds.tolist(), "class_names": list(CLASS_NAMES), "epoch": epoch,
                 "valid_macro_f1": f1_05, "valid_macro_f1_tuned": f1_tuned, "fold": cfg.fold,
                 "n_valid": int(len(indices)), "per_class_f1": per_class_f1(truth, tuned).tolist()})
@@ -349,12 +348,6 @@ def _append_row(path: Path, row: dict) -> None:
         if new:
             writer.writeheader()
         writer.writerow(row)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
 
 
 def plot_run(run: Path) -> None:
