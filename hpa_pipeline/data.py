@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .labels import N_CLASSES
 from .shards import ShardReader
-from .store import open_store
+from .store import level_arrays, open_store
 
 
 class StoreDataset(Dataset):
@@ -46,8 +46,9 @@ class StoreDataset(Dataset):
                  seed: int = 0, jitter: float = 0.1, crop_grid: int = 1):
         root = open_store(store)
         meta = root.attrs["hpa"]
-        if str(level) not in {k for k, _ in root["images"].arrays()}:
-            raise ValueError(f"{store} has no level {level}; levels: {sorted(int(k) for k, _ in root['images'].arrays())}")
+        levels = list(level_arrays(root))
+        if int(level) not in levels:
+            raise ValueError(f"{store} has no level {level}; levels: {levels}")
         stats = meta.get("statistics", {}).get(str(level))
         if not stats:
             raise ValueError(f"{store}: no channel statistics for level {level} (was the build finished?)")

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 from .labels import FILTERS
-from .store import open_store, read_report
+from .store import level_arrays, open_store, read_report
 
 
 def _bytes_under(path: Path) -> int:
@@ -37,10 +37,10 @@ def inspect_store(path: str | Path) -> dict:
     ids = meta["ids"]
     failed = {i: r for i, r in failed.items() if i in ids and not done[ids.index(i)]}
     levels = []
-    for name, array in sorted(root["images"].arrays(), key=lambda kv: -int(kv[0])):
-        on_disk = _bytes_under(Path(path) / "images" / name)
+    for size, array in level_arrays(root).items():
+        on_disk = _bytes_under(Path(path) / "images" / str(size))
         levels.append({
-            "path": f"images/{name}", "shape": list(array.shape), "dtype": str(array.dtype),
+            "path": f"images/{size}", "shape": list(array.shape), "dtype": str(array.dtype),
             "chunks": list(array.chunks), "shards": list(array.shards) if array.shards else None,
             "codecs": _codec_names(array), "bytes_on_disk": on_disk,
             "bytes_per_done_sample": on_disk / max(1, int(done.sum())),
@@ -92,7 +92,7 @@ def write_montage(path: str | Path, out_png: str | Path, n: int = 16, level: int
     """A grid of the first ``n`` done samples as RGB composites, captioned with id and labels."""
     root = open_store(path)
     meta = root.attrs["hpa"]
-    sizes = sorted((int(k) for k, _ in root["images"].arrays()), reverse=True)
+    sizes = list(level_arrays(root))
     size = level if level is not None else min(sizes, key=lambda s: abs(s - 256))
     if size not in sizes:
         raise ValueError(f"no level {size} in {path}; levels are {sizes}")

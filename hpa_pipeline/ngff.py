@@ -12,7 +12,7 @@ from pathlib import Path
 
 import zarr
 
-from .store import CHANNEL_COLORS, open_store
+from .store import CHANNEL_COLORS, level_arrays, open_store
 
 NGFF_VERSION = "0.5"
 
@@ -57,7 +57,7 @@ def export_ngff(store: str | Path, ids: list[str], out_dir: str | Path) -> list[
     not_done = [i for i in ids if not done[index_of[i]]]
     if not_done:
         raise ValueError(f"not written (yet) in {store}: {', '.join(not_done)}")
-    sizes = sorted((int(k) for k, _ in root["images"].arrays()), reverse=True)
+    sizes = list(level_arrays(root))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []

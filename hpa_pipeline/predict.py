@@ -107,16 +107,22 @@ def read_submission(path: str | Path) -> tuple[list[str], np.ndarray]:
     return list(frame["Id"]), labels
 
 
-def validate_submission(path: str | Path, expected_ids: list[str]) -> None:
-    """Same ids as expected, in the same order, each row well formed."""
-    ids, _ = read_submission(path)
+def check_ids(path: str | Path, ids: list[str], expected_ids, source: str) -> None:
+    """Every id of a submission is one of ``expected_ids`` and none of them is missing."""
     expected = set(expected_ids)
     for row, sample_id in enumerate(ids, start=1):
         if sample_id not in expected:
-            raise SubmissionError(f"{Path(path).name} row {row}: unknown id {sample_id}")
-    if len(ids) != len(expected_ids):
-        missing = [i for i in expected_ids if i not in set(ids)]
-        raise SubmissionError(f"{Path(path).name}: {len(missing)} ids missing, e.g. {missing[:3]}")
+            raise SubmissionError(f"{Path(path).name} row {row}: id {sample_id} is not in {source}")
+    if len(ids) != len(expected):
+        present = set(ids)
+        missing = [i for i in expected_ids if i not in present]
+        raise SubmissionError(f"{Path(path).name}: {len(missing)} ids of {source} missing, e.g. {missing[:3]}")
+
+
+def validate_submission(path: str | Path, expected_ids: list[str]) -> None:
+    """Same ids as expected, in the same order, each row well formed."""
+    ids, _ = read_submission(path)
+    check_ids(path, ids, expected_ids, "the test store")
     if ids != list(expected_ids):
         raise SubmissionError(f"{Path(path).name}: rows are not in the order of the sample submission")
 
@@ -127,14 +133,8 @@ def evaluate(submission: str | Path, labels_csv: str | Path) -> tuple[float, str
     if not truth_table.has_labels:
         raise SubmissionError(f"{labels_csv}: no Target column to score against")
     ids, predicted = read_submission(submission)
+    check_ids(submission, ids, truth_table.ids, Path(labels_csv).name)
     index = {sample_id: i for i, sample_id in enumerate(truth_table.ids)}
-    for row, sample_id in enumerate(ids, start=1):
-        if sample_id not in index:
-            raise SubmissionError(f"{Path(submission).name} row {row}: id {sample_id} is not in {Path(labels_csv).name}")
-    if len(ids) != len(index):
-        missing = [i for i in truth_table.ids if i not in set(ids)]
-        raise SubmissionError(f"{Path(submission).name}: {len(missing)} ids of {Path(labels_csv).name} missing, "
-                              f"e.g. {missing[:3]}")
     truth = truth_table.label_matrix()[[index[i] for i in ids]]
     return macro_f1(truth, predicted), f1_table(truth, predicted)
 

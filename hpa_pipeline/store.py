@@ -219,6 +219,11 @@ class SampleBook:
         return stats
 
 
+def level_arrays(root: zarr.Group) -> dict[int, zarr.Array]:
+    """``{size: images/<size>}`` of a store, largest level first."""
+    return dict(sorted(((int(name), array) for name, array in root["images"].arrays()), reverse=True))
+
+
 def open_store(path: str | Path, mode: str = "r") -> zarr.Group:
     """Open an existing store, with a clear error when ``path`` is not one."""
     try:

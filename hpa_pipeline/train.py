@@ -234,6 +234,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress=None) -> dict:
     schedule = make_schedule(cfg, optimizer, steps_per_epoch * cfg.epochs, steps_per_epoch)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.amp == "fp16")
     ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
+    eval_model = create_model(cfg.arch, cfg.backend).to(device) if ema is not None else model
     loss_fn = make_loss(cfg, labels[train_idx], device)
     step_model = torch.compile(model) if cfg.compile else model
 
@@ -290,9 +291,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress=None) -> dict:
                           "img_s": seen / (time.perf_counter() - started)})
         train_loss, train_img_s = loss_sum / max(seen, 1), seen / (time.perf_counter() - started)
 
-        eval_model = model
-        if ema is not None:
-            eval_model = create_model(cfg.arch, cfg.backend).to(device)
+        if ema is not None:  # validate the averaged weights
             eval_model.load_state_dict(ema.shadow)
         probs, indices = predict_probs(eval_model, valid_loader, device, cfg)
         truth = labels[indices] > 0.5
