@@ -25,6 +25,8 @@ another number of workers, sees the same crops.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -210,7 +212,7 @@ def make_loader(dataset: StoreDataset, batch_size: int, workers: int, sampler: S
                 drop_last: bool = False) -> DataLoader:
     """A DataLoader with the worker settings above (fork on Linux, one thread per worker)."""
     if workers > 0 and multiprocessing_context is None:
-        multiprocessing_context = "fork" if hasattr(__import__("os"), "fork") else "spawn"
+        multiprocessing_context = "fork" if hasattr(os, "fork") else "spawn"
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=pin_memory,
         collate_fn=_already_collated,

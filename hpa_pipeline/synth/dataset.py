@@ -25,6 +25,7 @@ import numpy as np
 import py7zr
 import tifffile
 
+from ..atomic import replacing
 from ..labels import FILTERS, N_CLASSES, REAL_CLASS_COUNTS, REAL_N_SAMPLES, read_sample_table, write_labels_csv
 from .cells import render_sample
 
@@ -161,13 +162,11 @@ def bounded_map(fn: Callable, items: Iterable, workers: int, ahead: int = 2) -> 
 
 def write_archive(path: Path, members: Iterable[tuple[str, bytes]], method: str) -> int:
     """Write members into a new 7z archive at ``path`` (whole or not at all); returns the count."""
-    tmp = path.with_name(path.name + ".partial")
     count = 0
-    with py7zr.SevenZipFile(tmp, "w", filters=ARCHIVE_METHODS[method]) as archive:
+    with replacing(path) as tmp, py7zr.SevenZipFile(tmp, "w", filters=ARCHIVE_METHODS[method]) as archive:
         for name, data in members:
             archive.writestr(data, name)
             count += 1
-    tmp.replace(path)
     return count
 
 
