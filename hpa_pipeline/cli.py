@@ -102,8 +102,8 @@ def _store_options(fn):
     options = [
         click.option("--csv", "csv_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
                      help="train.csv (ids and labels) or sample_submission.csv (ids only); fixes the sample order."),
-        click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
-                     help="The store to create, or to resume."),
+        click.option("--out", metavar="STORE", required=True,
+                     help="The store to create, or to resume: a folder or a URL (s3://bucket/train.zarr)."),
         click.option("--size", default=1024, show_default=True, help="Top level size N (N x N)."),
         click.option("--levels", default=3, show_default=True, help="Levels: N, N/2, ... (3 gives 1024, 512, 256)."),
         click.option("--dtype", type=click.Choice(["uint8", "uint16"]), default="uint8", show_default=True,
@@ -234,7 +234,7 @@ def ingest(archive, csv_path, out, size, levels, dtype, chunk, codec, clevel, wo
 
 
 @cli.command("inspect", short_help="What a store holds; montage PNG.")
-@click.argument("store", type=click.Path(path_type=Path))
+@click.argument("store")
 @click.option("--montage", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write a PNG grid of RGB composites of the first samples.")
 @click.option("--n", "n_samples", default=16, show_default=True, help="Samples in the montage.")
@@ -257,7 +257,7 @@ def inspect_cmd(store, montage, n_samples, level, as_json):
 
 
 @cli.command("export-ngff", short_help="Samples as OME-Zarr 0.5 images.")
-@click.argument("store", type=click.Path(path_type=Path))
+@click.argument("store")
 @click.option("--ids", required=True, help="Comma-separated sample ids to export.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for the <id>.ome.zarr images.")
@@ -281,7 +281,7 @@ def _train_options(fn):
     from .train import TrainConfig
 
     helps = {
-        "store": "Train store (from ingest or build-zarr).", "out": "Run folder (checkpoints, metrics, thresholds).",
+        "store": "Train store (from ingest or build-zarr): a folder or a URL.", "out": "Run folder (checkpoints, metrics, thresholds).",
         "arch": "se_resnext50_32x4d, se_resnet50, se_resnext101_32x4d, senet154 or se_resnet_tiny.",
         "backend": "timm or pretrainedmodels (same network, same checkpoint keys).",
         "weights": "ImageNet weights: a local file, or 'cache' for the torch hub cache. Default: from scratch.",
@@ -347,7 +347,7 @@ def train(resume, **options):
 
 
 @cli.command(short_help="Kaggle submission from runs, TTA, thresholds.")
-@click.option("--store", type=click.Path(path_type=Path), required=True, help="Test store.")
+@click.option("--store", required=True, help="Test store: a folder or a URL.")
 @click.option("--run", "runs", type=click.Path(exists=True, file_okay=False, path_type=Path), multiple=True,
               required=True, help="Run folder; repeat to average several (e.g. folds).")
 @click.option("--tta", default=1, show_default=True, help="Test-time views: 1-8 flips/rotations.")

@@ -8,11 +8,8 @@ import cv2
 import numpy as np
 
 from .labels import FILTERS
+from .locations import bytes_under, join
 from .store import level_arrays, open_store, read_report
-
-
-def _bytes_under(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
 
 
 def _codec_names(array) -> list[str]:
@@ -38,7 +35,7 @@ def inspect_store(path: str | Path) -> dict:
     failed = {i: r for i, r in failed.items() if i in ids and not done[ids.index(i)]}
     levels = []
     for size, array in level_arrays(root).items():
-        on_disk = _bytes_under(Path(path) / "images" / str(size))
+        on_disk = bytes_under(join(path, "images", str(size)))
         levels.append({
             "path": f"images/{size}", "shape": list(array.shape), "dtype": str(array.dtype),
             "chunks": list(array.chunks), "shards": list(array.shards) if array.shards else None,

@@ -9,7 +9,8 @@ shard index that the v3 sharding spec defines: ``(offset, nbytes)`` little-endia
 per inner chunk in C order, then the index's CRC32C (``index_codecs = [bytes, crc32c]``,
 ``index_location = end``, zarr's defaults). The tests read every shard back through zarr.
 
-Remote stores (``s3://`` and other URLs) and other layouts go through zarr itself.
+Remote stores (``s3://`` and other URLs) get the same bytes in one PUT per shard (atomic on
+object stores); reads from them, and other layouts, go through zarr itself.
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ import google_crc32c
 import numpy as np
 import zarr
 from numcodecs import Blosc
+
+from .locations import is_url, join, put_bytes
 
 
 @lru_cache(maxsize=32)
@@ -65,15 +68,28 @@ def encode_shard(shard: np.ndarray, chunk_shape: tuple[int, ...], blosc: Blosc |
     return b"".join(parts)
 
 
+def _metadata_version(store: str, name: str) -> int:
+    """Cache key of an array's layout: the local metadata file's mtime; remote ones are read once."""
+    return 0 if is_url(store) else Path(store, name, "zarr.json").stat().st_mtime_ns
+
+
+def shard_key(name: str, index: int, ndim: int) -> str:
+    """Key of sample ``index``'s shard in array ``name`` (default v3 chunk key encoding)."""
+    return "/".join([name, "c", str(index), *["0"] * (ndim - 1)])
+
+
 def write_sample_shard(store: str, name: str, index: int, image: np.ndarray) -> None:
     """Write ``image`` as sample ``index`` of the sharded array ``name`` (one shard per sample)."""
-    layout = None if "://" in store else _layout(store, name, Path(store, name, "zarr.json").stat().st_mtime_ns)
+    layout = _layout(store, name, _metadata_version(store, name))
     if layout is None:
         zarr.open_array(store, path=name, mode="r+")[index] = image
         return
     chunk_shape, blosc = layout
     data = encode_shard(image[np.newaxis], chunk_shape, blosc)
-    target = Path(store, name, "c", str(index), *["0"] * (image.ndim))
+    if is_url(store):
+        put_bytes(join(store, shard_key(name, index, image.ndim + 1)), data)
+        return
+    target = Path(store, shard_key(name, index, image.ndim + 1))
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f"{target.name}.{uuid.uuid4().hex}.partial")
     tmp.write_bytes(data)
@@ -93,9 +109,7 @@ class ShardReader:
         self.store, self.name = str(store), name
         self.array = zarr.open_array(self.store, path=name, mode="r")
         self.shape, self.dtype = self.array.shape, self.array.dtype
-        layout = None
-        if "://" not in self.store:
-            layout = _layout(self.store, name, Path(self.store, name, "zarr.json").stat().st_mtime_ns)
+        layout = None if is_url(self.store) else _layout(self.store, name, _metadata_version(self.store, name))
         self.layout = layout
         if layout is not None:
             chunk_shape, self.blosc = layout
@@ -116,7 +130,7 @@ class ShardReader:
         if self.layout is None:
             out[...] = self.array[index, :, y:y + h, x:x + w]
             return out
-        path = Path(self.store, self.name, "c", str(index), *["0"] * (len(self.shape) - 1))
+        path = Path(self.store, shard_key(self.name, index, len(self.shape)))
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:

@@ -33,6 +33,7 @@ from zarr.codecs import BloscCodec
 from .atomic import SUFFIX, write_json
 from .imaging import level_sizes
 from .labels import CLASS_NAMES, FILTERS, N_CLASSES, SampleTable
+from .locations import get_bytes, is_url, join, put_bytes
 from .shards import write_sample_shard
 
 FORMAT_VERSION = 1
@@ -235,20 +236,29 @@ def open_store(path: str | Path, mode: str = "r") -> zarr.Group:
     return root
 
 
-def write_report(path: str | Path, report: dict) -> Path:
-    """Write ``report.json`` into a local store atomically (temporary name, then rename)."""
-    target = Path(path) / REPORT_NAME
-    write_json(target, report)
+def write_report(path: str | Path, report: dict) -> str:
+    """Write ``report.json`` into the store atomically (local: temporary name, then rename;
+    URL: one PUT)."""
+    target = join(path, REPORT_NAME)
+    if is_url(path):
+        put_bytes(target, json.dumps(report, indent=1).encode())
+    else:
+        write_json(Path(target), report)
     return target
 
 
 def read_report(path: str | Path) -> dict | None:
-    target = Path(path) / REPORT_NAME
-    return json.loads(target.read_text()) if target.exists() else None
+    data = get_bytes(join(path, REPORT_NAME))
+    return json.loads(data) if data else None
 
 
 def remove_partial_files(path: str | Path) -> int:
-    """Delete temporary files that a killed writer left in a local store; returns the count."""
+    """Delete temporary files that a killed writer left in a local store; returns the count.
+
+    Object stores have none: every object is written in one atomic PUT.
+    """
+    if is_url(path):
+        return 0
     count = 0
     for leftover in Path(path).rglob(f"*{SUFFIX}"):
         leftover.unlink(missing_ok=True)

@@ -1,0 +1,103 @@
+"""Stores on an object store: a real S3 API on localhost (moto's server), reached through s3fs.
+
+build-zarr writes to ``s3://``, the store equals a local build, inspect reads it, a resumed run
+skips what is done, and train and predict read from it.
+"""
+import json
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from hpa_pipeline.cli import cli
+from hpa_pipeline.store import StoreSpec
+
+from .helpers import assert_same_stores, dataset_with_reference
+
+pytest.importorskip("s3fs")
+moto_server = pytest.importorskip("moto.server")
+
+SPEC = StoreSpec(size=128, levels=2, chunk=64)
+STORE_OPTIONS = ["--size", "128", "--levels", "2", "--chunk", "64", "--workers", "2"]
+ARRAYS = ["images/128", "images/64", "source_shape", "source_dtype", "channel_sums", "done", "labels"]
+
+
+@pytest.fixture(scope="module")
+def s3_bucket():
+    """An S3 endpoint on localhost with one bucket; AWS_* variables point s3fs (botocore) at it."""
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    s3fs.S3FileSystem().mkdir("hpa")
+    yield "s3://hpa"
+    server.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return dataset_with_reference(tmp_path_factory.mktemp("s3"), 16, 3, SPEC)
+
+
+def test_build_zarr_to_s3_equals_a_local_build_and_resumes(data, s3_bucket):
+    import s3fs
+
+    d, reference, tiff = data
+    url = f"{s3_bucket}/train.zarr"
+    runner = CliRunner()
+    result = runner.invoke(cli, ["build-zarr", "--src", str(tiff), "--csv", str(d.train_csv), "--out", url,
+                                 *STORE_OPTIONS])
+    assert result.exit_code == 0, result.output
+    assert_same_stores(reference, url, ARRAYS, statistics=True)
+    fs = s3fs.S3FileSystem()
+    report = json.loads(fs.cat_file("hpa/train.zarr/report.json"))
+    assert report["written"] == 16 and report["failed"] == []
+    # one object per sample and level: the shards were PUT whole
+    assert len(fs.find("hpa/train.zarr/images/128/c")) == 16
+
+    again = runner.invoke(cli, ["build-zarr", "--src", str(tiff), "--csv", str(d.train_csv), "--out", url,
+                                *STORE_OPTIONS])
+    assert again.exit_code == 0, again.output
+    assert json.loads(fs.cat_file("hpa/train.zarr/report.json"))["done_before"] == 16
+
+    shown = runner.invoke(cli, ["inspect", url, "--json"])
+    assert shown.exit_code == 0, shown.output
+    info = json.loads(shown.output)
+    assert info["done"] == 16 and info["levels"][0]["bytes_on_disk"] > 0
+
+
+def test_train_and_predict_from_s3(data, s3_bucket, tmp_path):
+    d, _, tiff = data
+    runner = CliRunner()
+    train_url, test_url = f"{s3_bucket}/t/train.zarr", f"{s3_bucket}/t/test.zarr"
+    for archive, csv, url in ((d.train_archive, d.train_csv, train_url),
+                              (d.test_archive, d.sample_submission, test_url)):
+        result = runner.invoke(cli, ["ingest", str(archive), "--csv", str(csv), "--out", url, *STORE_OPTIONS])
+        assert result.exit_code == 0, result.output
+    run = tmp_path / "run"
+    # one worker process: the forked DataLoader worker opens its own s3fs session
+    result = runner.invoke(cli, ["train", "--store", train_url, "--out", str(run), "--arch", "se_resnet_tiny",
+                                 "--level", "64", "--crop", "64", "--folds", "4", "--epochs", "1",
+                                 "--batch-size", "4", "--steps-per-epoch", "2", "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert (run / "checkpoints" / "best.pt").exists()
+    submission = tmp_path / "submission.csv"
+    result = runner.invoke(cli, ["predict", "--store", test_url, "--run", str(run), "--out", str(submission),
+                                 "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    rows = submission.read_text().splitlines()
+    assert rows[0] == "Id,Predicted" and len(rows) == 1 + 1
+    assert np.all([r.split(",")[1] != "" for r in rows[1:]])
