@@ -292,6 +292,7 @@ def _train_options(fn):
         "schedule": "cosine (with warm-up) or onecycle.", "loss": "bce or focal.",
         "ema": "EMA decay of the weights (e.g. 0.999); 0 = off.", "amp": "bf16, fp16 or none (CUDA only).",
         "workers": "DataLoader worker processes.", "steps_per_epoch": "Cap on optimizer steps per epoch.",
+        "sync_bn": "SyncBatchNorm across torchrun processes (CUDA only).",
         "oversample": "Sample rare classes more often.", "class_weighting": "BCE pos_weight from class frequencies.",
     }
     for f in reversed(fields(TrainConfig)):
@@ -324,7 +325,10 @@ def train(resume, **options):
         cfg = TrainConfig.from_dict(options)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    bar = tqdm(unit="step", desc="train", dynamic_ncols=True)
+    from .distributed import ranks_from_env
+
+    main_rank = ranks_from_env().is_main  # under torchrun only rank 0 reports
+    bar = tqdm(unit="step", desc="train", dynamic_ncols=True, disable=not main_rank)
 
     def progress(info):
         bar.set_description(f"epoch {info['epoch']}")
@@ -342,8 +346,9 @@ def train(resume, **options):
         click.echo(f"stopped: {exc}", err=True)
         raise SystemExit(4) from None
     bar.close()
-    click.echo(f"train: best validation macro F1 {summary.get('best_valid_macro_f1', float('nan')):.4f} "
-               f"after {summary.get('step', 0)} steps; run in {cfg.out}")
+    if main_rank:
+            click.echo(f"train: best validation macro F1 {summary.get('best_valid_macro_f1', float('nan')):.4f} "
+                   f"after {summary.get('step', 0)} steps; run in {cfg.out}")
 
 
 @cli.command(short_help="Kaggle submission from runs, TTA, thresholds.")

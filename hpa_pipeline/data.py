@@ -163,26 +163,40 @@ class EpochSampler(Sampler):
     """A permutation of the dataset (or a class-balanced draw) that depends only on seed and epoch.
 
     ``weights`` (one per item) turns it into sampling with replacement in proportion to them,
-    for oversampling rare classes.
+    for oversampling rare classes. With ``world > 1`` (distributed training) every rank draws
+    the same order and keeps whole batches ``rank, rank + world, ...`` of ``batch_size``
+    items; each rank gets the same number of batches, so none waits for another at the end.
     """
 
-    def __init__(self, n: int, seed: int = 0, weights: np.ndarray | None = None, shuffle: bool = True):
+    def __init__(self, n: int, seed: int = 0, weights: np.ndarray | None = None, shuffle: bool = True,
+                 rank: int = 0, world: int = 1, batch_size: int = 1):
         self.n, self.seed, self.epoch, self.weights, self.shuffle = n, seed, 0, weights, shuffle
+        self.rank, self.world, self.batch_size = rank, world, batch_size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.n
+        if self.world == 1:
+            return self.n
+        return (self.n // self.batch_size) // self.world * self.batch_size
 
-    def __iter__(self):
+    def _order(self) -> np.ndarray:
         if not self.shuffle:
-            return iter(range(self.n))
+            return np.arange(self.n)
         rng = np.random.default_rng((self.seed, 1_000_003, self.epoch))
         if self.weights is None:
-            return iter(rng.permutation(self.n).tolist())
+            return rng.permutation(self.n)
         p = self.weights / self.weights.sum()
-        return iter(rng.choice(self.n, size=self.n, replace=True, p=p).tolist())
+        return rng.choice(self.n, size=self.n, replace=True, p=p)
+
+    def __iter__(self):
+        order = self._order()
+        if self.world > 1:
+            b = self.batch_size
+            batches = order[:len(self) * self.world].reshape(-1, self.world, b)
+            order = batches[:, self.rank].ravel()
+        return iter(order.tolist())
 
 
 def rare_class_weights(labels: np.ndarray, power: float = 0.5) -> np.ndarray:

@@ -13,6 +13,7 @@ a run killed and resumed does the same steps as one that was not.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 import yaml
 
 from .atomic import replacing, write_json
+from . import distributed
 from .data import EpochSampler, StoreDataset, make_loader, rare_class_weights
 from .folds import make_folds
 from .labels import CLASS_NAMES
@@ -68,6 +70,7 @@ class TrainConfig:
     amp: str = "bf16"  # bf16 | fp16 | none (CUDA only)
     channels_last: bool = True
     compile: bool = False
+    sync_bn: bool = False  # SyncBatchNorm across processes under torchrun (CUDA only)
     workers: int = 4
     seed: int = 0
     device: str = "auto"
@@ -156,7 +159,8 @@ def save_atomic(obj, path: Path) -> None:
         torch.save(obj, tmp)
 
 
-def load_or_make_folds(run: Path, ids: list[str], labels: np.ndarray, k: int, seed: int) -> np.ndarray:
+def load_or_make_folds(run: Path, ids: list[str], labels: np.ndarray, k: int, seed: int,
+                       write: bool = True) -> np.ndarray:
     path = run / "folds.csv"
     if path.exists():
         rows = list(csv.DictReader(path.open()))
@@ -164,6 +168,8 @@ def load_or_make_folds(run: Path, ids: list[str], labels: np.ndarray, k: int, se
             raise ValueError(f"{path} belongs to another store (ids differ)")
         return np.array([int(r["fold"]) for r in rows])
     folds = make_folds(labels, k, seed)
+    if not write:
+        return folds
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["Id", "fold"])
@@ -195,11 +201,20 @@ def predict_probs(model, loader, device, cfg: TrainConfig, tta: int = 1) -> tupl
 # --- the run ----------------------------------------------------------------------------------
 
 def train(cfg: TrainConfig, resume: bool = False, progress=None) -> dict:
-    """Train one fold; returns the final validation summary. ``progress(dict)`` per step."""
+    """Train one fold; returns the final validation summary. ``progress(dict)`` per step.
+
+    Under ``torchrun`` every process calls this; see :mod:`.distributed` for who does what.
+    """
+    with distributed.start(cfg.device) as (ranks, device):
+        return _train(cfg, resume, progress if ranks.is_main else None, ranks, device)
+
+
+def _train(cfg: TrainConfig, resume: bool, progress, ranks: distributed.Ranks, device: torch.device) -> dict:
     run = Path(cfg.out)
-    (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+    main = ranks.is_main
+    if main:
+        (run / "checkpoints").mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    device = pick_device(cfg.device)
 
     root = open_store(cfg.store)
     meta = root.attrs["hpa"]
@@ -207,16 +222,22 @@ def train(cfg: TrainConfig, resume: bool = False, progress=None) -> dict:
         raise ValueError(f"{cfg.store} has no labels: train needs a train store")
     done = root["done"][:]
     labels = root["labels"][:].astype(np.float32)
-    folds = load_or_make_folds(run, meta["ids"], labels, cfg.folds, cfg.seed)
+    if main:  # the other ranks read the folds rank 0 wrote (or found)
+        load_or_make_folds(run, meta["ids"], labels, cfg.folds, cfg.seed)
+        (run / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
+    distributed.barrier(ranks)
+    folds = load_or_make_folds(run, meta["ids"], labels, cfg.folds, cfg.seed, write=False)
     train_idx = np.flatnonzero((folds != cfg.fold) & done)
     valid_idx = np.flatnonzero((folds == cfg.fold) & done)
-    (run / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
 
     train_set = StoreDataset(cfg.store, cfg.level, train_idx, crop=cfg.crop, train=True, seed=cfg.seed,
                              crop_grid=cfg.crop_grid)
-    valid_set = StoreDataset(cfg.store, cfg.val_level or cfg.level, valid_idx, train=False, seed=cfg.seed)
+    # each rank validates every world-th sample; the predictions are gathered
+    valid_set = StoreDataset(cfg.store, cfg.val_level or cfg.level, valid_idx[ranks.rank::ranks.world],
+                             train=False, seed=cfg.seed)
     weights = rare_class_weights(labels[train_idx]) if cfg.oversample else None
-    sampler = EpochSampler(len(train_set), cfg.seed, weights)
+    sampler = EpochSampler(len(train_set), cfg.seed, weights, rank=ranks.rank, world=ranks.world,
+                           batch_size=cfg.batch_size)
     pin = device.type == "cuda"
     train_loader = make_loader(train_set, cfg.batch_size, cfg.workers, sampler, pin, drop_last=True)
     valid_loader = make_loader(valid_set, cfg.batch_size, cfg.workers, None, pin)
@@ -224,10 +245,15 @@ def train(cfg: TrainConfig, resume: bool = False, progress=None) -> dict:
     if cfg.steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.steps_per_epoch)
     if steps_per_epoch < 1:
-        raise ValueError(f"fold {cfg.fold} has {len(train_set)} training samples: fewer than one batch")
+        raise ValueError(f"fold {cfg.fold} has {len(train_set)} training samples: fewer than one batch "
+                         f"for each of {ranks.world} process(es)")
 
     normalize = train_set.normalizer().to(device)
     model = create_model(cfg.arch, cfg.backend, cfg.weights).to(device)
+    if cfg.sync_bn and ranks.active:
+        if device.type != "cuda":
+            raise ValueError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel)")
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if cfg.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -236,7 +262,6 @@ def train(cfg: TrainConfig, resume: bool = False, progress=None) -> dict:
     ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
     eval_model = create_model(cfg.arch, cfg.backend).to(device) if ema is not None else model
     loss_fn = make_loss(cfg, labels[train_idx], device)
-    step_model = torch.compile(model) if cfg.compile else model
 
     start_epoch, global_step, best = 0, 0, -1.0
     last = run / "checkpoints" / "last.pt"
@@ -250,11 +275,15 @@ def train(cfg: TrainConfig, resume: bool = False, progress=None) -> dict:
             ema.shadow = state["ema"]
         torch.set_rng_state(state["rng"]["torch"])
         start_epoch, global_step, best = state["epoch"] + 1, state["step"], state["best"]
+    # after loading: DDP copies rank 0's weights to every rank when it wraps the model
+    wrapped = torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None) if ranks.active else model
+    step_model = torch.compile(wrapped) if cfg.compile else wrapped
 
     metrics_path = run / "metrics.csv"
-    if start_epoch == 0 and metrics_path.exists():
+    if main and start_epoch == 0 and metrics_path.exists():
         metrics_path.unlink()
-    board = _tensorboard(run)
+    board = _tensorboard(run) if main else None
     summary = {}
     for epoch in range(start_epoch, cfg.epochs):
         sampler.set_epoch(epoch)
@@ -269,14 +298,18 @@ def train(cfg: TrainConfig, resume: bool = False, progress=None) -> dict:
             targets = targets.to(device, non_blocking=True)
             if cfg.channels_last and device.type == "cuda":
                 images = images.contiguous(memory_format=torch.channels_last)
-            with autocast(cfg, device):
+            last_micro = (micro + 1) % cfg.accumulate == 0
+            # DDP averages gradients on the last micro-batch of a step only
+            with _no_sync_unless(wrapped, last_micro or not ranks.active), autocast(cfg, device):
                 loss = loss_fn(step_model(images).float(), targets)
-            if not torch.isfinite(loss):
+            if not distributed.all_finite(loss, ranks):
                 raise TrainingDiverged(
-                    f"loss is {loss.item()} at epoch {epoch}, step {global_step}; the last good checkpoint "
-                    f"({last if last.exists() else 'none yet'}) is kept. Lower --lr or use --amp bf16/none.")
-            scaler.scale(loss / cfg.accumulate).backward()
-            if (micro + 1) % cfg.accumulate == 0:
+                    f"loss is {loss.item()} at epoch {epoch}, step {global_step} (rank {ranks.rank}; stops every rank); "
+                    f"the last good checkpoint ({last if last.exists() else 'none yet'}) is kept. "
+                    f"Lower --lr or use --amp bf16/none.")
+            with _no_sync_unless(wrapped, last_micro or not ranks.active):
+                scaler.scale(loss / cfg.accumulate).backward()
+            if last_micro:
                 scaler.step(optimizer)
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
@@ -288,12 +321,13 @@ def train(cfg: TrainConfig, resume: bool = False, progress=None) -> dict:
             loss_sum += loss.item() * len(images)
             if progress:
                 progress({"epoch": epoch, "step": global_step, "loss": loss.item(),
-                          "img_s": seen / (time.perf_counter() - started)})
+                          "img_s": ranks.world * seen / (time.perf_counter() - started)})
+        loss_sum, seen = distributed.sum_over_ranks([loss_sum, seen], ranks, device)
         train_loss, train_img_s = loss_sum / max(seen, 1), seen / (time.perf_counter() - started)
 
         if ema is not None:  # validate the averaged weights
             eval_model.load_state_dict(ema.shadow)
-        probs, indices = predict_probs(eval_model, valid_loader, device, cfg)
+        probs, indices = distributed.gather_arrays(predict_probs(eval_model, valid_loader, device, cfg), ranks)
         truth = labels[indices] > 0.5
         thresholds = search_thresholds(truth, probs)
         f1_05 = macro_f1(truth, predict_labels(probs, 0.5))
@@ -303,32 +337,46 @@ def train(cfg: TrainConfig, resume: bool = False, progress=None) -> dict:
         row = {"epoch": epoch, "step": global_step, "lr": schedule.get_last_lr()[0], "train_loss": train_loss,
                "valid_loss": valid_loss, "valid_macro_f1": f1_05, "valid_macro_f1_tuned": f1_tuned,
                "train_img_s": train_img_s}
-        _append_row(metrics_path, row)
-        if board is not None:
-            for key, value in row.items():
-                if key not in ("epoch", "step"):
-                    board.add_scalar(key, value, epoch)
-            board.flush()
         is_best = f1_05 > best
         best = max(best, f1_05)
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                 "scaler": scaler.state_dict(), "ema": ema.shadow if ema else None, "epoch": epoch,
-                 "step": global_step, "best": best, "config": asdict(cfg),
-                 "rng": {"torch": torch.get_rng_state()}}
-        save_atomic(state, last)
-        weights_for_predict = ema.shadow if ema else model.state_dict()
-        if is_best:
-            save_atomic({"model": weights_for_predict, "config": asdict(cfg), "epoch": epoch}, run / "checkpoints" / "best.pt")
-            tuned = predict_labels(probs, thresholds)
-            write_json(run / "thresholds.json", {
-                "thresholds": thresholds.tolist(), "class_names": list(CLASS_NAMES), "epoch": epoch,
-                "valid_macro_f1": f1_05, "valid_macro_f1_tuned": f1_tuned, "fold": cfg.fold,
-                "n_valid": int(len(indices)), "per_class_f1": per_class_f1(truth, tuned).tolist()})
-            (run / "f1_table.txt").write_text(f1_table(truth, tuned) + "\n")
+        if main:
+            _write_epoch(run, cfg, row, board, is_best, truth, probs, thresholds, indices, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                "scaler": scaler.state_dict(), "ema": ema.shadow if ema else None, "epoch": epoch,
+                "step": global_step, "best": best, "config": asdict(cfg),
+                "rng": {"torch": torch.get_rng_state()}})
+        distributed.barrier(ranks)  # no rank runs ahead of a checkpoint it may have to resume from
         summary = {**row, "best_valid_macro_f1": best}
-    if (run / "metrics.csv").exists():
+    if main and metrics_path.exists():
         plot_run(run)
     return summary or {"best_valid_macro_f1": best, "step": global_step}
+
+
+def _no_sync_unless(model, sync: bool):
+    """DDP's ``no_sync()`` (skip the gradient all-reduce) unless ``sync``."""
+    return contextlib.nullcontext() if sync else model.no_sync()
+
+
+def _write_epoch(run: Path, cfg: TrainConfig, row: dict, board, is_best: bool, truth, probs, thresholds,
+                 indices, state: dict) -> None:
+    """Rank 0's end of an epoch: metrics row, ``last.pt``, and on a new best ``best.pt`` and thresholds."""
+    _append_row(run / "metrics.csv", row)
+    if board is not None:
+        for key, value in row.items():
+            if key not in ("epoch", "step"):
+                board.add_scalar(key, value, row["epoch"])
+        board.flush()
+    save_atomic(state, run / "checkpoints" / "last.pt")
+    if is_best:
+        weights_for_predict = state["ema"] if state["ema"] is not None else state["model"]
+        save_atomic({"model": weights_for_predict, "config": asdict(cfg), "epoch": row["epoch"]},
+                    run / "checkpoints" / "best.pt")
+        tuned = predict_labels(probs, thresholds)
+        write_json(run / "thresholds.json", {
+            "thresholds": thresholds.tolist(), "class_names": list(CLASS_NAMES), "epoch": row["epoch"],
+            "valid_macro_f1": row["valid_macro_f1"], "valid_macro_f1_tuned": row["valid_macro_f1_tuned"],
+            "fold": cfg.fold, "n_valid": int(len(indices)), "per_class_f1": per_class_f1(truth, tuned).tolist()})
+        (run / "f1_table.txt").write_text(f1_table(truth, tuned) + "\n")
 
 
 def _tensorboard(run: Path):
