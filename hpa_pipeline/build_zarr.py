@@ -12,7 +12,7 @@ from .archive import MEMBER_NAME
 from .builder import BuildReport, StoreBuilder
 from .extract import REPORT_NAME as EXTRACT_REPORT
 from .labels import read_sample_table
-from .scheduler import dask_client, run_bounded, total_threads
+from .scheduler import dask_client, in_flight_limit, run_bounded
 from .store import StoreSpec
 from .tasks import process_sample
 
@@ -35,10 +35,12 @@ def index_tiff_folder(src: str | Path) -> tuple[dict[str, dict[str, Path]], list
 
 def build_zarr(src: str | Path, csv: str | Path, out: str | Path, spec: StoreSpec, workers: int = 2,
                scheduler: str | None = None, cluster: str = "threads",
-               progress: Callable[[int, int], None] | None = None) -> BuildReport:
+               progress: Callable[[int, int], None] | None = None,
+               on_cluster: Callable[[dict], None] | None = None) -> BuildReport:
     """Build (or resume) the store at ``out`` from the TIFFs in ``src``, samples in ``csv`` order.
 
-    ``progress(advance, total)`` counts samples.
+    ``progress(advance, total)`` counts samples; ``on_cluster(info)`` gets the Dask cluster's
+    dashboard link and worker counts once it is up (see :func:`.scheduler.describe`).
     """
     table = read_sample_table(csv)
     files, unknown = index_tiff_folder(src)
@@ -60,7 +62,6 @@ def build_zarr(src: str | Path, csv: str | Path, out: str | Path, spec: StoreSpe
         if progress:
             progress(1, len(jobs))
 
-    with dask_client(scheduler, workers, cluster) as client:
-        in_flight = 2 * total_threads(client)
-        run_bounded(client, process_sample, jobs, in_flight, on_result, builder.on_error)
+    with dask_client(scheduler, workers, cluster, on_cluster) as client:
+        run_bounded(client, process_sample, jobs, in_flight_limit(client), on_result, builder.on_error)
     return builder.finish(not_in_csv=sorted(set(files) - set(table.ids)), unknown_files=unknown)

@@ -116,8 +116,9 @@ def _store_options(fn):
                           "more at ~35 MB/s."),
         click.option("--workers", default=os.cpu_count() or 1, show_default=True,
                      help="Threads of the local Dask scheduler."),
-        click.option("--cluster", type=click.Choice(["threads", "processes"]), default="threads", show_default=True,
-                     help="Local Dask cluster: threads of this process, or one process per worker."),
+        click.option("--cluster", default="threads", show_default=True, metavar="threads|processes|RECIPE.yaml",
+                     help="Local Dask cluster (threads of this process, or one process per worker), or a "
+                          "SLURM/PBS/Kubernetes cluster recipe (pipelines/cluster-*.yaml)."),
         click.option("--scheduler", default=None, help="Address of a dask.distributed scheduler to use instead."),
     ]
     for option in reversed(options):
@@ -162,15 +163,22 @@ class _SampleBar:
         self.bar.close()
 
 
+def _print_cluster(info: dict) -> None:
+    dashboard = f"; dashboard {info['dashboard']}" if info["dashboard"] else " (no dashboard: bokeh not installed)"
+    click.echo(f"dask: {info['workers']} worker(s), {info['threads']} thread(s) at {info['scheduler']}{dashboard}",
+               err=True)
+
+
 def _run_store_command(fn, desc, **kwargs):
     from .archive import ArchiveError
     from .labels import LabelError
+    from .scheduler import ClusterError
     from .store import StoreError
 
     bar = _SampleBar(desc)
     try:
-        report = fn(progress=bar, **kwargs)
-    except (LabelError, StoreError, ArchiveError, FileNotFoundError) as exc:
+        report = fn(progress=bar, on_cluster=_print_cluster, **kwargs)
+    except (LabelError, StoreError, ArchiveError, ClusterError, FileNotFoundError) as exc:
         bar.close()
         raise click.ClickException(str(exc)) from None
     bar.close()

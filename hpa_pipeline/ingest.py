@@ -16,7 +16,7 @@ from pathlib import Path
 from .archive import ArchiveError, Member, catalogue, list_members, stream_members
 from .builder import BuildReport, StoreBuilder
 from .labels import FILTERS, read_sample_table
-from .scheduler import dask_client, run_bounded, total_threads
+from .scheduler import dask_client, in_flight_limit, run_bounded
 from .store import StoreSpec
 from .tasks import process_sample
 
@@ -26,10 +26,12 @@ _END = object()
 def ingest(archive: str | Path, csv: str | Path, out: str | Path, spec: StoreSpec, workers: int = 2,
            scheduler: str | None = None, cluster: str = "threads",
            progress: Callable[[int, int], None] | None = None,
-           on_bytes: Callable[[int], None] | None = None) -> BuildReport:
+           on_bytes: Callable[[int], None] | None = None,
+           on_cluster: Callable[[dict], None] | None = None) -> BuildReport:
     """Build (or resume) the store at ``out`` from ``archive``; samples in ``csv`` order.
 
-    ``progress(advance, total)`` counts samples; ``on_bytes(n)`` counts decoded bytes.
+    ``progress(advance, total)`` counts samples; ``on_bytes(n)`` counts decoded bytes;
+    ``on_cluster(info)`` gets the Dask dashboard link and worker counts once the cluster is up.
     Raises :class:`ArchiveError` only when the archive cannot be opened at all; damage found
     while decoding fails the samples not yet complete and is recorded in the report.
     """
@@ -59,9 +61,11 @@ def ingest(archive: str | Path, csv: str | Path, out: str | Path, spec: StoreSpe
     jobs: queue.Queue = queue.Queue()
     archive_error: list[str] = []
 
-    with dask_client(scheduler, workers, cluster) as client:
-        in_flight = 2 * total_threads(client)
-        slots = threading.Semaphore(in_flight + 2)  # samples decoded but not yet submitted or finished
+    with dask_client(scheduler, workers, cluster, on_cluster) as client:
+        in_flight = in_flight_limit(client)
+        # samples decoded but not yet finished; sized for the workers there at the start (one
+        # decoder thread feeds about 4-8 cores: more workers joining later would wait on it anyway)
+        slots = threading.Semaphore(in_flight() + 2)
         decoder = threading.Thread(
             target=_decode, name="7z-decoder", daemon=True,
             args=(archive, wanted_names, todo, builder, index_of, jobs, slots, archive_error, on_bytes),

@@ -7,12 +7,26 @@ Where the tasks run (``dask_client``):
   threads scale, and TIFF bytes are handed over without copies);
 - ``cluster="processes"``: a ``LocalCluster`` of ``workers`` single-threaded processes, each
   restarted by its nanny if it dies;
+- ``cluster="pipelines/cluster-slurm.yaml"``: a cluster described by a recipe (below): a
+  ``dask-jobqueue`` SLURM or PBS cluster, or a Dask Kubernetes operator cluster;
 - ``scheduler="tcp://host:8786"``: any running ``dask.distributed`` scheduler.
 
 At most ``max_in_flight`` tasks are submitted at once, so memory stays bounded whatever the
 dataset size: the job iterator is only advanced when a slot frees up. A task whose worker
 died (or whose scattered input was lost with it) is submitted again, up to ``retries`` times,
 from the job the coordinator still holds; tasks are idempotent (each writes its own shards).
+
+A cluster recipe is a small YAML file::
+
+    kind: slurm            # slurm | pbs (dask-jobqueue) | kubernetes (dask-kubernetes operator)
+    workers: 8             # jobs (slurm, pbs) or worker pods (kubernetes) to start
+    options:               # keyword arguments of SLURMCluster / PBSCluster / make_cluster_spec
+      cores: 4
+      memory: 16GB
+
+The options are the engine's own, documented by dask-jobqueue and dask-kubernetes; nothing
+is renamed. The store must be reachable from the workers: a shared file system path, or an
+object-store URL (``s3://...``).
 """
 from __future__ import annotations
 
@@ -20,27 +34,123 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
-CLUSTERS = ("threads", "processes")
+LOCAL_CLUSTERS = ("threads", "processes")
+RECIPE_KINDS = {  # kind: (module, class, extra to install)
+    "slurm": ("dask_jobqueue", "SLURMCluster", "hpa-pipeline[jobqueue]"),
+    "pbs": ("dask_jobqueue", "PBSCluster", "hpa-pipeline[jobqueue]"),
+    "kubernetes": ("dask_kubernetes.operator", "KubeCluster", "hpa-pipeline[kubernetes]"),
+}
+
+
+class ClusterError(ValueError):
+    """A cluster choice or recipe that cannot be used; says why."""
+
+
+def read_cluster_recipe(path: str | Path) -> dict:
+    """The ``kind``, ``workers`` and ``options`` of a cluster recipe, checked."""
+    import yaml
+
+    try:
+        recipe = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ClusterError(f"cannot read cluster recipe {path}: {exc}") from None
+    kind = recipe.get("kind")
+    if kind not in RECIPE_KINDS:
+        raise ClusterError(f"{path}: kind must be one of {sorted(RECIPE_KINDS)}, not {kind!r}")
+    workers = recipe.get("workers", 1)
+    if not isinstance(workers, int) or workers < 1:
+        raise ClusterError(f"{path}: workers must be a positive integer, not {workers!r}")
+    options = recipe.get("options") or {}
+    if not isinstance(options, dict):
+        raise ClusterError(f"{path}: options must be a mapping of {RECIPE_KINDS[kind][1]} arguments")
+    unknown = sorted(set(recipe) - {"kind", "workers", "options"})
+    if unknown:
+        raise ClusterError(f"{path}: unknown keys {unknown}; engine arguments go under options:")
+    return {"kind": kind, "workers": workers, "options": options}
+
+
+def _engine(kind: str):
+    import importlib
+
+    module, name, extra = RECIPE_KINDS[kind]
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ImportError:
+        raise ClusterError(f"a {kind} cluster needs {module.split('.')[0]}: pip install '{extra}'") from None
+
+
+def kubernetes_spec(recipe: dict) -> dict:
+    """The DaskCluster resource a Kubernetes recipe describes (made without contacting a cluster)."""
+    from dask_kubernetes.operator import make_cluster_spec
+
+    options = {"name": "hpa-pipeline", **recipe["options"], "n_workers": recipe["workers"]}
+    return make_cluster_spec(**options)
+
+
+def cluster_from_recipe(recipe: dict):
+    """Start the cluster of a recipe and ask for its workers (they join as the queue starts them)."""
+    engine = _engine(recipe["kind"])
+    if recipe["kind"] == "kubernetes":
+        return engine(custom_cluster_spec=kubernetes_spec(recipe))
+    cluster = engine(**recipe["options"])
+    cluster.scale(jobs=recipe["workers"])
+    return cluster
 
 
 @contextlib.contextmanager
-def dask_client(scheduler: str | None = None, workers: int = 2, cluster: str = "threads") -> Iterator:
-    """A ``distributed.Client``: connected to ``scheduler`` or to a local cluster of ``cluster`` kind."""
+def dask_client(scheduler: str | None = None, workers: int = 2, cluster: str = "threads",
+                on_cluster: Callable[[dict], None] | None = None) -> Iterator:
+    """A ``distributed.Client``: connected to ``scheduler``, to a local cluster (``threads`` or
+    ``processes``), or to the cluster a recipe file describes.
+
+    It yields once the first worker has joined (a batch queue may take a while to start one);
+    ``on_cluster(describe(client))`` then gets the dashboard link and worker counts.
+    """
     from distributed import Client, LocalCluster
 
     logging.getLogger("distributed").setLevel(logging.ERROR)
     if scheduler:
         with Client(scheduler) as client:
-            yield client
+            yield _ready(client, on_cluster)
         return
-    if cluster not in CLUSTERS:
-        raise ValueError(f"unknown cluster {cluster!r}; choose from {CLUSTERS}")
-    processes = cluster == "processes"
-    with LocalCluster(n_workers=max(1, workers) if processes else 1,
-                      threads_per_worker=1 if processes else max(1, workers),
-                      processes=processes, dashboard_address=None) as local, Client(local) as client:
-        yield client
+    if cluster in LOCAL_CLUSTERS:
+        processes = cluster == "processes"
+        local = LocalCluster(n_workers=max(1, workers) if processes else 1,
+                             threads_per_worker=1 if processes else max(1, workers),
+                             processes=processes, dashboard_address=_dashboard_address())
+    elif Path(cluster).suffix in (".yaml", ".yml"):
+        local = cluster_from_recipe(read_cluster_recipe(cluster))
+    else:
+        raise ClusterError(f"unknown cluster {cluster!r}: threads, processes, or a recipe .yaml "
+                           f"(see pipelines/cluster-*.yaml)")
+    with local, Client(local) as client:
+        yield _ready(client, on_cluster)
+
+
+def _ready(client, on_cluster):
+    client.wait_for_workers(1)
+    if on_cluster:
+        on_cluster(describe(client))
+    return client
+
+
+def _dashboard_address() -> str | None:
+    """Dask's default dashboard port (or the next free one) when bokeh is installed, else none."""
+    try:
+        import bokeh  # noqa: F401
+    except ImportError:
+        return None
+    return ":8787"
+
+
+def describe(client) -> dict:
+    """Scheduler address, dashboard link (or None), worker and thread counts, for the CLI to print."""
+    info = client.scheduler_info()
+    link = client.dashboard_link if "dashboard" in info.get("services", {}) else None
+    return {"scheduler": client.scheduler.address, "dashboard": link,
+            "workers": len(info.get("workers", {})), "threads": total_threads(client)}
 
 
 def _is_lost_worker(exc: BaseException) -> bool:
@@ -51,14 +161,29 @@ def _is_lost_worker(exc: BaseException) -> bool:
     return isinstance(exc, (KilledWorker, FutureCancelledError, OSError)) or "lost" in str(exc).lower()
 
 
-def run_bounded(client, fn: Callable, jobs: Iterable, max_in_flight: int,
+def in_flight_limit(client, per_thread: int = 2, every_seconds: float = 1.0) -> Callable[[], int]:
+    """``per_thread`` tasks per worker thread, recounted at most once a second: workers of a
+    batch-queue cluster keep joining (and leaving) during a run."""
+    cache = {"at": -float("inf"), "limit": per_thread}
+
+    def limit() -> int:
+        if time.monotonic() - cache["at"] > every_seconds:
+            cache["at"], cache["limit"] = time.monotonic(), per_thread * total_threads(client)
+        return cache["limit"]
+    return limit
+
+
+def run_bounded(client, fn: Callable, jobs: Iterable, max_in_flight: int | Callable[[], int],
                 on_result: Callable, on_error: Callable, retries: int = 2) -> None:
-    """Submit ``fn(job)`` for each job, at most ``max_in_flight`` pending; results in completion order.
+    """Submit ``fn(job)`` for each job, at most ``max_in_flight`` pending (a number, or a function
+    giving the current limit); results in completion order.
 
     ``on_result(result)`` gets each task's return value; ``on_error(job, exc)`` gets a task that
     raised, or whose workers died more than ``retries`` times.
     """
     from distributed import as_completed
+
+    limit = max_in_flight if callable(max_in_flight) else (lambda: max_in_flight)
 
     pending = as_completed(with_results=False)
     jobs_of: dict = {}
@@ -94,7 +219,7 @@ def run_bounded(client, fn: Callable, jobs: Iterable, max_in_flight: int,
         on_result(result)
 
     for job in jobs:
-        while pending.count() >= max_in_flight:
+        while pending.count() >= limit():
             settle(next(pending))
         submit(job, 0)
     while pending.count():
