@@ -92,6 +92,13 @@ def all_finite(loss: torch.Tensor, ranks: Ranks) -> bool:
     return bool(ok.item())
 
 
+def broadcast_buffers(model: torch.nn.Module, ranks: Ranks) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank."""
+    if ranks.active:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, 0)
+
+
 def sum_over_ranks(values: list[float], ranks: Ranks, device: torch.device) -> list[float]:
     """Element-wise sum of a few numbers over the ranks (e.g. loss sums and sample counts)."""
     if not ranks.active:

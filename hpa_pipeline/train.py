@@ -67,6 +67,8 @@ class TrainConfig:
     class_weighting: bool = False  # pos_weight from class frequencies
     oversample: bool = False  # sample rare classes more often
     ema: float = 0.0  # EMA decay of the weights, e.g. 0.999; 0 = off
+    swa_epochs: int = 0  # SWA: average the weights of the last N epochs; 0 = off
+    swa_bn_batches: int = 50  # training batches to recompute BatchNorm statistics of the SWA weights
     amp: str = "bf16"  # bf16 | fp16 | none (CUDA only)
     channels_last: bool = True
     compile: bool = False
@@ -83,6 +85,12 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training options {unknown}")
         return cls(**values)
+
+    def __post_init__(self):
+        if self.ema > 0 and self.swa_epochs > 0:
+            raise ValueError("choose one weight average: --ema or --swa-epochs, not both")
+        if not 0 <= self.swa_epochs <= self.epochs:
+            raise ValueError(f"--swa-epochs must be between 0 and --epochs ({self.epochs})")
 
 
 # --- losses -------------------------------------------------------------------------------
@@ -138,6 +146,50 @@ class EMA:
                 self.shadow[k].mul_(self.decay).add_(v.detach(), alpha=1 - self.decay)
             else:
                 self.shadow[k].copy_(v)
+
+
+class SWA:
+    """Stochastic weight averaging: the equal-weight mean of the weights at the end of each of
+    the last ``swa_epochs`` epochs (what the competition's 3rd-place solution averaged). The
+    averaged BatchNorm running statistics do not belong to the averaged weights, so they are
+    recomputed on training batches (:func:`recompute_batchnorm`) before the average is used.
+    """
+
+    def __init__(self):
+        self.shadow: dict | None = None
+        self.n = 0
+
+    @torch.no_grad()
+    def update(self, model):
+        state = model.state_dict()
+        if self.shadow is None:
+            self.shadow = {k: v.detach().clone() for k, v in state.items()}
+        else:
+            for k, v in state.items():
+                if v.dtype.is_floating_point:
+                    self.shadow[k].add_(v.detach() - self.shadow[k], alpha=1 / (self.n + 1))
+                else:
+                    self.shadow[k].copy_(v)
+        self.n += 1
+
+
+@torch.no_grad()
+def recompute_batchnorm(model, loader, normalize, device, max_batches: int) -> None:
+    """Fresh BatchNorm running statistics for ``model`` from up to ``max_batches`` training
+    batches (``torch.optim.swa_utils.update_bn``, on this loader's uint8 batches)."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = {m: m.momentum for m in norms}
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches seen
+    model.train()
+    for i, (images, _, _, augmentation) in enumerate(loader):
+        if i >= max_batches:
+            break
+        model(normalize(images.to(device, non_blocking=True), augmentation.to(device, non_blocking=True)))
+    for m, momentum in momenta.items():
+        m.momentum = momentum
+    model.eval()
 
 
 # --- helpers --------------------------------------------------------------------------------
@@ -260,7 +312,9 @@ def _train(cfg: TrainConfig, resume: bool, progress, ranks: distributed.Ranks, d
     schedule = make_schedule(cfg, optimizer, steps_per_epoch * cfg.epochs, steps_per_epoch)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.amp == "fp16")
     ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
-    eval_model = create_model(cfg.arch, cfg.backend).to(device) if ema is not None else model
+    swa = SWA() if cfg.swa_epochs > 0 else None
+    averaging = ema is not None or swa is not None
+    eval_model = create_model(cfg.arch, cfg.backend).to(device) if averaging else model
     loss_fn = make_loss(cfg, labels[train_idx], device)
 
     start_epoch, global_step, best = 0, 0, -1.0
@@ -273,6 +327,8 @@ def _train(cfg: TrainConfig, resume: bool, progress, ranks: distributed.Ranks, d
         scaler.load_state_dict(state["scaler"])
         if ema is not None and state.get("ema") is not None:
             ema.shadow = state["ema"]
+        if swa is not None and state.get("swa") is not None:
+            swa.shadow, swa.n = state["swa"]["shadow"], state["swa"]["n"]
         torch.set_rng_state(state["rng"]["torch"])
         start_epoch, global_step, best = state["epoch"] + 1, state["step"], state["best"]
     # after loading: DDP copies rank 0's weights to every rank when it wraps the model
@@ -327,6 +383,13 @@ def _train(cfg: TrainConfig, resume: bool, progress, ranks: distributed.Ranks, d
 
         if ema is not None:  # validate the averaged weights
             eval_model.load_state_dict(ema.shadow)
+        if swa is not None and epoch >= cfg.epochs - cfg.swa_epochs:
+            swa.update(model)
+            eval_model.load_state_dict(swa.shadow)
+            recompute_batchnorm(eval_model, train_loader, normalize, device, cfg.swa_bn_batches)
+            distributed.broadcast_buffers(eval_model, ranks)  # every rank validates with rank 0's statistics
+        elif swa is not None:
+            eval_model.load_state_dict(model.state_dict())
         probs, indices = distributed.gather_arrays(predict_probs(eval_model, valid_loader, device, cfg), ranks)
         truth = labels[indices] > 0.5
         thresholds = search_thresholds(truth, probs)
@@ -340,9 +403,10 @@ def _train(cfg: TrainConfig, resume: bool, progress, ranks: distributed.Ranks, d
         is_best = f1_05 > best
         best = max(best, f1_05)
         if main:
-            _write_epoch(run, cfg, row, board, is_best, truth, probs, thresholds, indices, {
+            _write_epoch(run, cfg, row, board, is_best, truth, probs, thresholds, indices, eval_model.state_dict(), {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                "scaler": scaler.state_dict(), "ema": ema.shadow if ema else None, "epoch": epoch,
+                "scaler": scaler.state_dict(), "ema": ema.shadow if ema else None,
+                "swa": {"shadow": swa.shadow, "n": swa.n} if swa and swa.n else None, "epoch": epoch,
                 "step": global_step, "best": best, "config": asdict(cfg),
                 "rng": {"torch": torch.get_rng_state()}})
         distributed.barrier(ranks)  # no rank runs ahead of a checkpoint it may have to resume from
@@ -358,8 +422,9 @@ def _no_sync_unless(model, sync: bool):
 
 
 def _write_epoch(run: Path, cfg: TrainConfig, row: dict, board, is_best: bool, truth, probs, thresholds,
-                 indices, state: dict) -> None:
-    """Rank 0's end of an epoch: metrics row, ``last.pt``, and on a new best ``best.pt`` and thresholds."""
+                 indices, weights_for_predict: dict, state: dict) -> None:
+    """Rank 0's end of an epoch: metrics row, ``last.pt``, and on a new best ``best.pt`` (the
+    validated weights: averaged ones with EMA or SWA) and thresholds."""
     _append_row(run / "metrics.csv", row)
     if board is not None:
         for key, value in row.items():
@@ -368,7 +433,6 @@ def _write_epoch(run: Path, cfg: TrainConfig, row: dict, board, is_best: bool, t
         board.flush()
     save_atomic(state, run / "checkpoints" / "last.pt")
     if is_best:
-        weights_for_predict = state["ema"] if state["ema"] is not None else state["model"]
         save_atomic({"model": weights_for_predict, "config": asdict(cfg), "epoch": row["epoch"]},
                     run / "checkpoints" / "best.pt")
         tuned = predict_labels(probs, thresholds)

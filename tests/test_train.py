@@ -114,3 +114,37 @@ def test_sigkill_then_resume_ends_like_an_uninterrupted_run(four_class_store, tm
     for key in a["model"]:
         assert torch.allclose(a["model"][key].float(), b["model"][key].float(), atol=1e-6), key
     assert len((killed / "metrics.csv").read_text().splitlines()) == 5  # header + 4 epochs, none twice
+
+
+def test_swa_is_the_equal_weight_mean_of_the_epochs_it_averages():
+    from hpa_pipeline.train import SWA
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    swa, snapshots = SWA(), []
+    for value in (1.0, 2.0, 6.0):
+        for p in model.parameters():
+            p.data.fill_(value)
+        snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
+        swa.update(model)
+    assert swa.n == 3
+    for key, averaged in swa.shadow.items():
+        if averaged.dtype.is_floating_point:
+            assert torch.allclose(averaged, sum(s[key] for s in snapshots) / 3), key
+
+
+def test_swa_run_validates_and_saves_the_averaged_weights(four_class_store, tmp_path):
+    _, store, _ = four_class_store
+    run = tmp_path / "run"
+    train(tiny_config(store, run, epochs=3, swa_epochs=2, swa_bn_batches=3))
+    last = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    assert last["swa"]["n"] == 2  # epochs 1 and 2
+    best = torch.load(run / "checkpoints" / "best.pt", weights_only=False)
+    if best["epoch"] == 2:  # the SWA weights, with BatchNorm statistics recomputed for them
+        name = next(k for k in best["model"] if k.endswith("conv1.weight"))
+        assert torch.equal(best["model"][name], last["swa"]["shadow"][name])
+        stats = next(k for k in best["model"] if k.endswith("running_var"))
+        assert not torch.equal(best["model"][stats], last["swa"]["shadow"][stats])
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 4 and "nan" not in "".join(rows)
+    with pytest.raises(ValueError, match="--ema or --swa-epochs"):
+        tiny_config(store, run, ema=0.9, swa_epochs=1)

@@ -1,0 +1,119 @@
+"""Capacity plan for the full dataset, from per-core figures measured here.
+
+Measures, on the same 48 full-size synthetic samples (2048/3072 mix, deflate TIFFs):
+
+- build-zarr per-core rate at top sizes 512, 1024 and 2048 (3 levels each), all cores;
+- the same at 1024 with one thread: the baseline of this benchmark, so the ratio is the
+  parallel efficiency (how well the per-core rate carries to more cores);
+- store bytes per sample at each size, and the worst-case memory (3072² 16-bit sources, the
+  ``ingest`` command line with 1 and 2 worker threads: a fixed part plus a cost per thread);
+- py7zr's LZMA2 decode rate (bytes of TIFF out per second) on the ingest benchmark's archive:
+  the floor of ``ingest`` and ``extract``, one stream per solid block.
+
+Then it prints the plan (wall time, core-hours, peak memory, disk) for the 31,072 + 11,702
+samples of the competition on a 2-core machine, a 16-core machine and a cluster, from these
+figures and the archives' known sizes. The README's "Scale-out" section keeps the latest plan.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from hpa_pipeline.build_zarr import build_zarr
+from hpa_pipeline.extract import extract_archives
+from hpa_pipeline.store import StoreSpec
+
+from .bench_ingest import decode_floor, lzma2_archive
+from .bench_memory import rss_trace
+from .common import BENCH_DATA, folder_bytes, report, synth_data, timer
+
+N_SAMPLES = 48
+SIZES = (512, 1024, 2048)
+FULL = {"train": 31_072, "test": 11_702}
+TIFF_GB = {"train": 460 * 189 / 267, "test": 460 * 78 / 267}  # unpacked, split in the archives' ratio
+MACHINES = (("2-core machine", 1, 2), ("16-core machine", 1, 16), ("cluster: 8 workers x 16 cores", 8, 16))
+
+
+def measure_build(tiff: Path, csv: Path, size: int, threads: int) -> dict:
+    with tempfile.TemporaryDirectory(dir=BENCH_DATA) as tmp:
+        with timer() as t:
+            result = build_zarr(tiff, csv, Path(tmp) / "s.zarr", StoreSpec(size=size), workers=threads)
+        assert result.exit_code == 0, result.failed
+        store_bytes = folder_bytes(Path(tmp) / "s.zarr")
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"per_core": N_SAMPLES / t() / threads, "mb_per_sample": store_bytes / N_SAMPLES / 1e6}
+
+
+def measure_memory(size: int) -> dict:
+    """Worst-case memory (3072² 16-bit sources): peak RSS of ``ingest`` with 1 and 2 worker threads;
+    the difference is the cost of one more thread, the rest is the fixed part."""
+    data = synth_data("mem16_8", n_train=8, n_test=1, image_sizes=(3072,), bit_depth=16)  # as bench_memory
+    peaks = []
+    for threads in (1, 2):
+        with tempfile.TemporaryDirectory(dir=BENCH_DATA) as tmp:
+            peaks.append(max(rss_trace([sys.executable, "-m", "hpa_pipeline", "ingest",
+                                        str(data / "train_full_size.7z"), "--csv", str(data / "train.csv"),
+                                        "--out", str(Path(tmp) / "s.zarr"), "--size", str(size),
+                                        "--workers", str(threads)])) / 2**30)
+    per_thread = max(0.0, peaks[1] - peaks[0])
+    return {"fixed_gib": peaks[0] - per_thread, "per_thread_gib": per_thread}
+
+
+def plan(rates: dict, decode_mb_s: float) -> list[str]:
+    """Markdown rows: size, machine, build-zarr wall, ingest wall, core-hours, memory, disk."""
+    samples = sum(FULL.values())
+    decode_h = {split: gb * 1e3 / decode_mb_s / 3600 for split, gb in TIFF_GB.items()}
+    rows = []
+    for size, m in rates.items():
+        core_h = samples / m["per_core"] / 3600
+        disk_gb = samples * m["mb_per_sample"] / 1e3
+        for name, nodes, cores in MACHINES:
+            threads = nodes * cores
+            build_h = core_h / threads
+            # ingest: one decoder thread per archive on the coordinator; build work on the rest.
+            # Both archives at once (two commands) when the machine has the cores for it.
+            ingest_h = max(max(decode_h.values()) if threads >= 8 else sum(decode_h.values()),
+                           core_h / max(1, threads - (2 if threads >= 8 else 1)))
+            memory = m["fixed_gib"] + m["per_thread_gib"] * cores
+            read_gb_s = sum(TIFF_GB.values()) / (build_h * 3600)  # what build-zarr must read from disk
+            rows.append(f"| {size} | {name} | {build_h:.2f} h (reads {read_gb_s:.2f} GB/s) | {ingest_h:.2f} h | {core_h:.1f} | "
+                        f"{memory:.1f} GiB{' per node' if nodes > 1 else ''} | {disk_gb:.0f} GB |")
+    return rows
+
+
+def run() -> dict:
+    data = synth_data("full64", n_train=48, n_test=16)  # shared with bench_build and bench_store
+    tiff = BENCH_DATA / "full64_tiff"
+    if not tiff.exists():
+        extract_archives([data / "train_full_size.7z"], tiff)
+    cores = os.cpu_count() or 1
+    single = measure_build(tiff, data / "train.csv", 1024, 1)
+    rates = {size: {**measure_build(tiff, data / "train.csv", size, cores), **measure_memory(size)}
+             for size in SIZES}
+    archive, _ = lzma2_archive()
+    floor_s, decoded = decode_floor(archive)
+    decode_mb_s = decoded / 1e6 / floor_s
+    figures = {
+        "samples": f"{N_SAMPLES} full-size (2048/3072), deflate TIFFs",
+        "baseline: build-zarr 1024, 1 thread, samples/s": round(single["per_core"], 2),
+        f"ours: build-zarr 1024, {cores} threads, samples/s per core": round(rates[1024]["per_core"], 2),
+        "parallel efficiency (per-core rate, all cores / 1 thread)": round(rates[1024]["per_core"] / single["per_core"], 2),
+    }
+    for size, m in rates.items():
+        figures[f"size {size}: samples/s per core, MB per sample, GiB fixed + per thread (16-bit 3072²)"] = [
+            round(m["per_core"], 2), round(m["mb_per_sample"], 2), round(m["fixed_gib"], 2),
+            round(m["per_thread_gib"], 2)]
+    figures["py7zr LZMA2 decode, MB/s of TIFF out (one stream)"] = round(decode_mb_s, 1)
+    figures["plan"] = plan(rates, decode_mb_s)
+    record = report("capacity", figures)
+    print("\n| top size | machine | build-zarr (TIFFs on disk) | ingest (from the archives) | core-hours "
+          "| peak memory | store on disk |\n|---|---|---|---|---|---|---|")
+    print("\n".join(figures["plan"]))
+    return record
+
+
+if __name__ == "__main__":
+    run()
