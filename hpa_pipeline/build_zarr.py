@@ -36,7 +36,7 @@ def index_tiff_folder(src: str | Path) -> tuple[dict[str, dict[str, Path]], list
 def build_zarr(src: str | Path, csv: str | Path, out: str | Path, spec: StoreSpec, workers: int = 2,
                scheduler: str | None = None, cluster: str = "threads",
                progress: Callable[[int, int], None] | None = None,
-               on_cluster: Callable[[dict], None] | None = None) -> BuildReport:
+               on_cluster: Callable[[dict], None] | None = None, threads_per_worker: int = 1) -> BuildReport:
     """Build (or resume) the store at ``out`` from the TIFFs in ``src``, samples in ``csv`` order.
 
     ``progress(advance, total)`` counts samples; ``on_cluster(info)`` gets the Dask cluster's
@@ -62,6 +62,6 @@ def build_zarr(src: str | Path, csv: str | Path, out: str | Path, spec: StoreSpe
         if progress:
             progress(1, len(jobs))
 
-    with dask_client(scheduler, workers, cluster, on_cluster) as client:
+    with dask_client(scheduler, workers, cluster, on_cluster, threads_per_worker) as client:
         run_bounded(client, process_sample, jobs, in_flight_limit(client), on_result, builder.on_error)
     return builder.finish(not_in_csv=sorted(set(files) - set(table.ids)), unknown_files=unknown)

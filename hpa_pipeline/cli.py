@@ -115,7 +115,10 @@ def _store_options(fn):
                      help="Compression level: zstd 1 is ~0.98x the PNG size at ~300 MB/s a core; 5 saves 1.5%% "
                           "more at ~35 MB/s."),
         click.option("--workers", default=os.cpu_count() or 1, show_default=True,
-                     help="Threads of the local Dask scheduler."),
+                     help="Threads of the local Dask cluster (--cluster threads), or its worker processes "
+                          "(--cluster processes)."),
+        click.option("--threads-per-worker", default=1, show_default=True,
+                     help="Threads in each worker process of --cluster processes."),
         click.option("--cluster", default="threads", show_default=True, metavar="threads|processes|RECIPE.yaml",
                      help="Local Dask cluster (threads of this process, or one process per worker), or a "
                           "SLURM/PBS/Kubernetes cluster recipe (pipelines/cluster-*.yaml)."),
@@ -220,25 +223,27 @@ def extract(archives, out):
 @click.option("--src", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
               help="Folder of <id>_<filter>.tif files (from extract).")
 @_store_options
-def build_zarr_cmd(src, csv_path, out, size, levels, dtype, chunk, codec, clevel, workers, cluster, scheduler):
+def build_zarr_cmd(src, csv_path, out, size, levels, dtype, chunk, codec, clevel, workers, threads_per_worker,
+                   cluster, scheduler):
     """Build the dataset store from a folder of TIFFs (one Dask task per sample), resumably."""
     from .build_zarr import build_zarr
 
     spec = _store_spec(size, levels, dtype, chunk, codec, clevel)
     _run_store_command(build_zarr, "build-zarr", src=src, csv=csv_path, out=out, spec=spec, workers=workers,
-                       scheduler=scheduler, cluster=cluster)
+                       threads_per_worker=threads_per_worker, scheduler=scheduler, cluster=cluster)
 
 
 @cli.command(short_help="7z archive -> dataset store, no TIFF on disk.")
 @click.argument("archive", type=click.Path(path_type=Path))
 @_store_options
-def ingest(archive, csv_path, out, size, levels, dtype, chunk, codec, clevel, workers, cluster, scheduler):
+def ingest(archive, csv_path, out, size, levels, dtype, chunk, codec, clevel, workers, threads_per_worker,
+           cluster, scheduler):
     """Build the dataset store straight from a 7z archive: no TIFF on disk, resumably."""
     from .ingest import ingest as run_ingest
 
     spec = _store_spec(size, levels, dtype, chunk, codec, clevel)
     _run_store_command(run_ingest, "ingest", archive=archive, csv=csv_path, out=out, spec=spec, workers=workers,
-                       scheduler=scheduler, cluster=cluster)
+                       threads_per_worker=threads_per_worker, scheduler=scheduler, cluster=cluster)
 
 
 @cli.command("inspect", short_help="What a store holds; montage PNG.")

@@ -27,7 +27,7 @@ def ingest(archive: str | Path, csv: str | Path, out: str | Path, spec: StoreSpe
            scheduler: str | None = None, cluster: str = "threads",
            progress: Callable[[int, int], None] | None = None,
            on_bytes: Callable[[int], None] | None = None,
-           on_cluster: Callable[[dict], None] | None = None) -> BuildReport:
+           on_cluster: Callable[[dict], None] | None = None, threads_per_worker: int = 1) -> BuildReport:
     """Build (or resume) the store at ``out`` from ``archive``; samples in ``csv`` order.
 
     ``progress(advance, total)`` counts samples; ``on_bytes(n)`` counts decoded bytes;
@@ -61,7 +61,7 @@ def ingest(archive: str | Path, csv: str | Path, out: str | Path, spec: StoreSpe
     jobs: queue.Queue = queue.Queue()
     archive_error: list[str] = []
 
-    with dask_client(scheduler, workers, cluster, on_cluster) as client:
+    with dask_client(scheduler, workers, cluster, on_cluster, threads_per_worker) as client:
         in_flight = in_flight_limit(client)
         # samples decoded but not yet finished; sized for the workers there at the start (one
         # decoder thread feeds about 4-8 cores: more workers joining later would wait on it anyway)

@@ -5,8 +5,8 @@ Where the tasks run (``dask_client``):
 - ``cluster="threads"`` (default): an in-process ``distributed`` cluster with ``workers``
   threads (Dask's local scheduler; TIFF decoding, OpenCV and Blosc release the GIL, so
   threads scale, and TIFF bytes are handed over without copies);
-- ``cluster="processes"``: a ``LocalCluster`` of ``workers`` single-threaded processes, each
-  restarted by its nanny if it dies;
+- ``cluster="processes"``: a ``LocalCluster`` of ``workers`` processes with
+  ``threads_per_worker`` threads each (1 by default), each restarted by its nanny if it dies;
 - ``cluster="pipelines/cluster-slurm.yaml"``: a cluster described by a recipe (below): a
   ``dask-jobqueue`` SLURM or PBS cluster, or a Dask Kubernetes operator cluster;
 - ``scheduler="tcp://host:8786"``: any running ``dask.distributed`` scheduler.
@@ -101,7 +101,7 @@ def cluster_from_recipe(recipe: dict):
 
 @contextlib.contextmanager
 def dask_client(scheduler: str | None = None, workers: int = 2, cluster: str = "threads",
-                on_cluster: Callable[[dict], None] | None = None) -> Iterator:
+                on_cluster: Callable[[dict], None] | None = None, threads_per_worker: int = 1) -> Iterator:
     """A ``distributed.Client``: connected to ``scheduler``, to a local cluster (``threads`` or
     ``processes``), or to the cluster a recipe file describes.
 
@@ -118,7 +118,7 @@ def dask_client(scheduler: str | None = None, workers: int = 2, cluster: str = "
     if cluster in LOCAL_CLUSTERS:
         processes = cluster == "processes"
         local = LocalCluster(n_workers=max(1, workers) if processes else 1,
-                             threads_per_worker=1 if processes else max(1, workers),
+                             threads_per_worker=max(1, threads_per_worker) if processes else max(1, workers),
                              processes=processes, dashboard_address=_dashboard_address())
     elif Path(cluster).suffix in (".yaml", ".yml"):
         local = cluster_from_recipe(read_cluster_recipe(cluster))

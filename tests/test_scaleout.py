@@ -1,13 +1,16 @@
 """Dask clusters: build-zarr and ingest on a LocalCluster of worker processes, one of them killed mid-run."""
 import os
+import re
 import signal
 import threading
 import time
 
 import pytest
+from click.testing import CliRunner
 from distributed import Client, LocalCluster
 
 from hpa_pipeline.build_zarr import build_zarr
+from hpa_pipeline.cli import cli
 from hpa_pipeline.ingest import ingest
 from hpa_pipeline.store import StoreSpec
 
@@ -49,8 +52,14 @@ def test_a_worker_killed_mid_run_and_the_store_equals_a_single_process_run(data,
     assert_same_stores(reference, out, ARRAYS, statistics=True)
 
 
-def test_cluster_processes_option(data, tmp_path):
+def test_cluster_processes_option_prints_the_cluster_and_its_dashboard(data, tmp_path):
     d, reference, _ = data
-    report = ingest(d.train_archive, d.train_csv, tmp_path / "p.zarr", SPEC, workers=2, cluster="processes")
-    assert report.written == 40
+    result = CliRunner().invoke(cli, ["ingest", str(d.train_archive), "--csv", str(d.train_csv),
+                                      "--out", str(tmp_path / "p.zarr"), "--size", "256", "--levels", "2",
+                                      "--chunk", "128", "--cluster", "processes", "--workers", "2",
+                                      "--threads-per-worker", "2"])
+    assert result.exit_code == 0, result.output
+    assert "dask: 2 worker(s), 4 thread(s) at tcp://" in result.output
+    assert re.search(r"dashboard http://[^ ]+/status", result.output), result.output
+    assert "| 40/40" in result.output  # the progress bar, fed by the distributed futures
     assert_same_stores(reference, tmp_path / "p.zarr", ARRAYS)
