@@ -300,6 +300,8 @@ def _train_options(fn):
         "weights": "ImageNet weights: a local file, or 'cache' for the torch hub cache. Default: from scratch.",
         "level": "Store level to train on.", "crop": "Random crop size.",
         "crop_grid": "Crop origins on this grid (e.g. the store's chunk size: fastest reads); 1 = any offset.",
+        "stream": "Read whole shards in streaming order with a shuffle buffer (for s3:// and other remote stores).",
+        "stream_buffer": "Whole images held per loader worker when streaming.",
         "val_level": "Level for validation, whole images [default: --level].",
         "fold": "Validation fold (0..folds-1).", "accumulate": "Gradient accumulation steps.",
         "schedule": "cosine (with warm-up) or onecycle.", "loss": "bce or focal.",

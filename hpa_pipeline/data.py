@@ -84,20 +84,29 @@ class StoreDataset(Dataset):
     def item_size(self) -> int:
         return self.crop if self.train and self.crop is not None else self.level
 
-    def _fill(self, k: int, out: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
-        """Read item ``k`` into ``out``; returns its labels, sample index and augmentation."""
-        index = int(self.indices[k])
+    def draw(self, index: int) -> tuple[int, int, np.ndarray]:
+        """Crop origin ``(y, x)`` and augmentation of sample ``index`` this epoch."""
         rng = np.random.default_rng((self.seed, self.epoch, index))
+        y = x = 0
         if self.train and self.crop is not None:
             # crop_grid > 1 snaps the origin to a grid: with the chunk size, a crop decodes
             # exactly its own area instead of up to (crop + chunk)² (benchmarks/bench_loader.py)
             y, x = rng.integers(0, (self.level - self.crop) // self.crop_grid + 1, 2) * self.crop_grid
-            self.reader().read(index, int(y), int(x), self.crop, self.crop, out=out)
+        augmentation = draw_augmentation(rng, self.jitter) if self.train else IDENTITY
+        return int(y), int(x), augmentation
+
+    def labels_of(self, index: int) -> np.ndarray:
+        return self.labels[index] if self.labels is not None else np.zeros(N_CLASSES, np.float32)
+
+    def _fill(self, k: int, out: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
+        """Read item ``k`` into ``out``; returns its labels, sample index and augmentation."""
+        index = int(self.indices[k])
+        y, x, augmentation = self.draw(index)
+        if self.train and self.crop is not None:
+            self.reader().read(index, y, x, self.crop, self.crop, out=out)
         else:
             self.reader().read(index, out=out)
-        augmentation = draw_augmentation(rng, self.jitter) if self.train else IDENTITY
-        labels = self.labels[index] if self.labels is not None else np.zeros(N_CLASSES, np.float32)
-        return labels, index, augmentation
+        return self.labels_of(index), index, augmentation
 
     def __getitem__(self, k: int):
         image = np.empty((4, self.item_size, self.item_size), self.reader().dtype)

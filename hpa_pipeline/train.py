@@ -34,6 +34,7 @@ from .labels import CLASS_NAMES
 from .metrics import f1_table, macro_f1, per_class_f1, predict_labels, search_thresholds
 from .models import create_model
 from .store import open_store
+from .streaming import ShardStream, make_stream_loader
 
 
 class TrainingDiverged(RuntimeError):
@@ -52,6 +53,8 @@ class TrainConfig:
     level: int = 1024  # store level to read
     crop: int = 512  # random training crop
     crop_grid: int = 1  # crop origins on this grid; the store's chunk size makes reads cheapest
+    stream: bool = False  # read whole shards in streaming order with a shuffle buffer (remote stores)
+    stream_buffer: int = 16  # whole images held per loader worker when streaming
     val_level: int | None = None  # level for validation (whole images); default: level
     folds: int = 5
     fold: int = 0
@@ -87,6 +90,8 @@ class TrainConfig:
         return cls(**values)
 
     def __post_init__(self):
+        if self.stream and self.oversample:
+            raise ValueError("--stream reads every sample once per epoch; it cannot --oversample")
         if self.ema > 0 and self.swa_epochs > 0:
             raise ValueError("choose one weight average: --ema or --swa-epochs, not both")
         if not 0 <= self.swa_epochs <= self.epochs:
@@ -287,11 +292,16 @@ def _train(cfg: TrainConfig, resume: bool, progress, ranks: distributed.Ranks, d
     # each rank validates every world-th sample; the predictions are gathered
     valid_set = StoreDataset(cfg.store, cfg.val_level or cfg.level, valid_idx[ranks.rank::ranks.world],
                              train=False, seed=cfg.seed)
-    weights = rare_class_weights(labels[train_idx]) if cfg.oversample else None
-    sampler = EpochSampler(len(train_set), cfg.seed, weights, rank=ranks.rank, world=ranks.world,
-                           batch_size=cfg.batch_size)
     pin = device.type == "cuda"
-    train_loader = make_loader(train_set, cfg.batch_size, cfg.workers, sampler, pin, drop_last=True)
+    sampler = None
+    if cfg.stream:  # whole shards in streaming order: one request per sample (remote stores)
+        stream = ShardStream(train_set, cfg.stream_buffer, rank=ranks.rank, world=ranks.world)
+        train_loader = make_stream_loader(stream, cfg.batch_size, cfg.workers, pin)
+    else:
+        weights = rare_class_weights(labels[train_idx]) if cfg.oversample else None
+        sampler = EpochSampler(len(train_set), cfg.seed, weights, rank=ranks.rank, world=ranks.world,
+                               batch_size=cfg.batch_size)
+        train_loader = make_loader(train_set, cfg.batch_size, cfg.workers, sampler, pin, drop_last=True)
     valid_loader = make_loader(valid_set, cfg.batch_size, cfg.workers, None, pin)
     steps_per_epoch = len(train_loader) // cfg.accumulate
     if cfg.steps_per_epoch:
@@ -342,7 +352,8 @@ def _train(cfg: TrainConfig, resume: bool, progress, ranks: distributed.Ranks, d
     board = _tensorboard(run) if main else None
     summary = {}
     for epoch in range(start_epoch, cfg.epochs):
-        sampler.set_epoch(epoch)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
         train_set.set_epoch(epoch)
         model.train()
         seen, loss_sum, started = 0, 0.0, time.perf_counter()

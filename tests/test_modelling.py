@@ -192,3 +192,33 @@ def test_crop_grid_snaps_crop_origins(store):
         origins = [(y, x) for y in range(0, 65, 32) for x in range(0, 65, 32)
                    if np.array_equal(sample[:, y:y + 64, x:x + 64], crop)]
         assert origins, f"item {k} is not a crop on the 32-pixel grid"
+
+
+def test_shard_stream_gives_each_sample_its_usual_crop_once(store):
+    """Streaming order changes the order only: every sample once, with StoreDataset's crop."""
+    from hpa_pipeline.data import StoreDataset
+    from hpa_pipeline.streaming import ShardStream, make_stream_loader
+
+    n = 11  # odd: one sample is left over when dealt to two ranks
+    dataset = StoreDataset(store, 64, np.arange(n), crop=32, train=True, seed=5)
+    reference = {}
+    for k in range(n):
+        image, _, index, augmentation = dataset[k]
+        reference[index] = (image, augmentation)
+    for workers in (0, 2):
+        seen = {}
+        for rank in (0, 1):
+            stream = ShardStream(dataset, buffer=3, rank=rank, world=2)
+            stream.set_epoch(0)
+            for images, _, indices, augmentation in make_stream_loader(stream, 1, workers):
+                index = int(indices[0])
+                assert index not in seen, "a sample came twice"
+                seen[index] = rank
+                assert torch.equal(images[0], reference[index][0]) and torch.equal(augmentation[0], reference[index][1])
+        assert len(seen) == n - n % 2  # each rank the same count; an odd sample out waits for the next epoch
+    stream = ShardStream(dataset, buffer=3)
+    orders = []
+    for epoch in (0, 1):
+        stream.set_epoch(epoch)
+        orders.append([int(i) for _, _, i, _ in stream])
+    assert sorted(orders[0]) == sorted(orders[1]) == list(range(n)) and orders[0] != orders[1]

@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from hpa_pipeline.cli import cli
@@ -94,6 +95,13 @@ def test_train_and_predict_from_s3(data, s3_bucket, tmp_path):
                                  "--batch-size", "4", "--steps-per-epoch", "2", "--workers", "1"])
     assert result.exit_code == 0, result.output
     assert (run / "checkpoints" / "best.pt").exists()
+    # streaming order: one GET per sample's shard, shuffled in a buffer
+    streamed = tmp_path / "streamed"
+    result = runner.invoke(cli, ["train", "--store", train_url, "--out", str(streamed), "--arch", "se_resnet_tiny",
+                                 "--level", "64", "--crop", "64", "--folds", "4", "--epochs", "1",
+                                 "--batch-size", "4", "--workers", "1", "--stream", "--stream-buffer", "4"])
+    assert result.exit_code == 0, result.output
+    assert torch.load(streamed / "checkpoints" / "last.pt", weights_only=False)["step"] >= 2
     submission = tmp_path / "submission.csv"
     result = runner.invoke(cli, ["predict", "--store", test_url, "--run", str(run), "--out", str(submission),
                                  "--workers", "0"])
