@@ -18,7 +18,8 @@ resets its event loop and thread pool in a forked child (``os.register_at_fork``
 fork starts in milliseconds where ``spawn`` re-imports torch in every worker; pass
 ``multiprocessing_context="spawn"`` to :func:`make_loader` where fork is unsafe (macOS, or a
 parent that already initialised CUDA). Each worker uses one thread for torch, OpenCV and Blosc,
-so that N workers use N cores.
+so that N workers use N cores. For stores behind a URL, :mod:`.streaming` reads whole shards
+in streaming order instead (one request per sample).
 
 Randomness is a function of ``(seed, epoch, sample)``, so a run resumed mid-way, or run with
 another number of workers, sees the same crops.
