@@ -56,17 +56,22 @@ def ranks_from_env() -> Ranks:
     return Ranks(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
 
 
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto``: this process's GPU if there is one, else the CPU; otherwise the named device
+    (``cuda`` without an index means GPU ``local_rank``)."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+    return device
+
+
 @contextlib.contextmanager
 def start(device_name: str) -> Iterator[tuple[Ranks, torch.device]]:
     """Join the process group (if launched by torchrun) and pick this rank's device."""
     ranks = ranks_from_env()
-    cuda = torch.cuda.is_available() and device_name in ("auto", "cuda")
-    if device_name == "auto":
-        device = torch.device("cuda", ranks.local_rank) if cuda else torch.device("cpu")
-    elif device_name == "cuda":
-        device = torch.device("cuda", ranks.local_rank)
-    else:
-        device = torch.device(device_name)
+    device = pick_device(device_name, ranks.local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not ranks.active:

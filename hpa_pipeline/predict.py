@@ -55,7 +55,8 @@ def predict(store: str | Path, runs: list[str | Path], tta: int = 1, batch_size:
     the runs' thresholds. Samples not done in the store are an error: a submission needs all.
     """
     from .data import StoreDataset, make_loader
-    from .train import TrainConfig, pick_device, predict_probs
+    from .distributed import pick_device
+    from .train import TrainConfig, predict_probs
 
     root = open_store(store)
     meta = root.attrs["hpa"]

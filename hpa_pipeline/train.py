@@ -199,12 +199,6 @@ def recompute_batchnorm(model, loader, normalize, device, max_batches: int) -> N
 
 # --- helpers --------------------------------------------------------------------------------
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def autocast(cfg: TrainConfig, device: torch.device):
     if device.type != "cuda" or cfg.amp == "none":
         return torch.autocast(device.type, enabled=False)
@@ -367,14 +361,14 @@ def _train(cfg: TrainConfig, resume: bool, progress, ranks: distributed.Ranks, d
                 images = images.contiguous(memory_format=torch.channels_last)
             last_micro = (micro + 1) % cfg.accumulate == 0
             # DDP averages gradients on the last micro-batch of a step only
-            with _no_sync_unless(wrapped, last_micro or not ranks.active), autocast(cfg, device):
-                loss = loss_fn(step_model(images).float(), targets)
-            if not distributed.all_finite(loss, ranks):
-                raise TrainingDiverged(
-                    f"loss is {loss.item()} at epoch {epoch}, step {global_step} (rank {ranks.rank}; stops every rank); "
-                    f"the last good checkpoint ({last if last.exists() else 'none yet'}) is kept. "
-                    f"Lower --lr or use --amp bf16/none.")
             with _no_sync_unless(wrapped, last_micro or not ranks.active):
+                with autocast(cfg, device):
+                    loss = loss_fn(step_model(images).float(), targets)
+                if not distributed.all_finite(loss, ranks):
+                    raise TrainingDiverged(
+                        f"loss is {loss.item()} at epoch {epoch}, step {global_step} (rank {ranks.rank}; stops "
+                        f"every rank); the last good checkpoint ({last if last.exists() else 'none yet'}) is kept. "
+                        f"Lower --lr or use --amp bf16/none.")
                 scaler.scale(loss / cfg.accumulate).backward()
             if last_micro:
                 scaler.step(optimizer)
