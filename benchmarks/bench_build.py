@@ -15,10 +15,9 @@ from pathlib import Path
 from PIL import Image
 
 from hpa_pipeline.build_zarr import build_zarr, index_tiff_folder
-from hpa_pipeline.extract import extract_archives
 from hpa_pipeline.store import StoreSpec
 
-from .common import BENCH_DATA, report, synth_data, timer
+from .common import BENCH_DATA, full_size_tiffs, report, timer
 
 N_SAMPLES = 48
 
@@ -32,10 +31,7 @@ def kaggle_baseline(files: dict, out: Path, size: int = 1024) -> None:
 
 
 def run() -> dict:
-    data = synth_data("full64", n_train=48, n_test=16)  # shared with bench_store
-    tiff = BENCH_DATA / "full64_tiff"
-    if not tiff.exists():
-        extract_archives([data / "train_full_size.7z"], tiff)
+    data, tiff = full_size_tiffs()
     files, _ = index_tiff_folder(tiff)
     cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory(dir=BENCH_DATA) as tmp:

@@ -23,12 +23,11 @@ import tempfile
 from pathlib import Path
 
 from hpa_pipeline.build_zarr import build_zarr
-from hpa_pipeline.extract import extract_archives
 from hpa_pipeline.store import StoreSpec
 
 from .bench_ingest import decode_floor, lzma2_archive
 from .bench_memory import rss_trace
-from .common import BENCH_DATA, folder_bytes, report, synth_data, timer
+from .common import BENCH_DATA, folder_bytes, full_size_tiffs, report, synth_data, timer
 
 N_SAMPLES = 48
 SIZES = (512, 1024, 2048)
@@ -85,10 +84,7 @@ def plan(rates: dict, decode_mb_s: float) -> list[str]:
 
 
 def run() -> dict:
-    data = synth_data("full64", n_train=48, n_test=16)  # shared with bench_build and bench_store
-    tiff = BENCH_DATA / "full64_tiff"
-    if not tiff.exists():
-        extract_archives([data / "train_full_size.7z"], tiff)
+    data, tiff = full_size_tiffs()
     cores = os.cpu_count() or 1
     single = measure_build(tiff, data / "train.csv", 1024, 1)
     rates = {size: {**measure_build(tiff, data / "train.csv", size, cores), **measure_memory(size)}

@@ -20,11 +20,10 @@ from PIL import Image
 
 from hpa_pipeline.build_zarr import build_zarr
 from hpa_pipeline.data import StoreDataset, make_loader
-from hpa_pipeline.extract import extract_archives
 from hpa_pipeline.labels import FILTERS
 from hpa_pipeline.store import StoreSpec
 
-from .common import BENCH_DATA, report, synth_data, timer
+from .common import BENCH_DATA, full_size_tiffs, report, timer
 
 LAYOUTS = {"zstd-1, 256² chunks": StoreSpec(codec="zstd", clevel=1, chunk=256),
            "lz4, 256² chunks": StoreSpec(codec="lz4", clevel=5, chunk=256),
@@ -63,10 +62,7 @@ def crops_per_second(loader) -> float:
 
 
 def run() -> dict:
-    data = synth_data("full64", n_train=48, n_test=16)
-    tiff = BENCH_DATA / "full64_tiff"
-    if not tiff.exists():
-        extract_archives([data / "train_full_size.7z"], tiff)
+    data, tiff = full_size_tiffs()
     cores = os.cpu_count() or 1
     figures = {"crop": f"{CROP}² from the 1024 level, batches of {BATCH}, flips/rot90/jitter, normalised"}
     with tempfile.TemporaryDirectory(dir=BENCH_DATA) as tmp:

@@ -15,11 +15,10 @@ import numpy as np
 
 from hpa_pipeline.build_zarr import build_zarr
 from hpa_pipeline.data import StoreDataset, make_loader
-from hpa_pipeline.extract import extract_archives
 from hpa_pipeline.store import StoreSpec
 from hpa_pipeline.streaming import ShardStream, make_stream_loader
 
-from .common import BENCH_DATA, report, synth_data, timer
+from .common import full_size_tiffs, report, timer
 
 CROP, BATCH, N_SAMPLES = 512, 8, 48
 
@@ -47,10 +46,7 @@ def crops_per_second(loader) -> float:
 
 
 def run() -> dict:
-    data = synth_data("full64", n_train=48, n_test=16)
-    tiff = BENCH_DATA / "full64_tiff"
-    if not tiff.exists():
-        extract_archives([data / "train_full_size.7z"], tiff)
+    data, tiff = full_size_tiffs()
     server = s3_endpoint()
     try:
         url = "s3://bench/train.zarr"

@@ -17,11 +17,10 @@ import numpy as np
 from numcodecs import Blosc
 
 from hpa_pipeline.build_zarr import build_zarr
-from hpa_pipeline.extract import extract_archives
 from hpa_pipeline.labels import FILTERS
 from hpa_pipeline.store import StoreSpec
 
-from .common import BENCH_DATA, folder_bytes, report, synth_data
+from .common import BENCH_DATA, folder_bytes, full_size_tiffs, report
 
 REAL_PNG = Path(__file__).resolve().parents[2] / "shared" / "data" / "hpa-real-png"
 CODECS = {"zstd-1": ("zstd", 1), "zstd-5": ("zstd", 5), "lz4-5": ("lz4", 5)}
@@ -50,10 +49,7 @@ def real_png_figures() -> dict:
 
 
 def synthetic_figures() -> dict:
-    data = synth_data("full64", n_train=48, n_test=16)
-    tiff = BENCH_DATA / "full64_tiff"
-    if not tiff.exists():
-        extract_archives([data / "train_full_size.7z"], tiff)
+    data, tiff = full_size_tiffs()
     out = {}
     with tempfile.TemporaryDirectory(dir=BENCH_DATA) as tmp:
         for name, (cname, clevel) in CODECS.items():

@@ -76,6 +76,18 @@ def synth_data(name: str, **spec_kwargs) -> Path:
     return out
 
 
+def full_size_tiffs() -> tuple[Path, Path]:
+    """The benchmarks' shared full-size dataset (48 + 16 samples, 2048/3072, deflate TIFFs) and
+    its train TIFFs extracted once: ``(dataset folder, TIFF folder)``."""
+    from hpa_pipeline.extract import extract_archives
+
+    data = synth_data("full64", n_train=48, n_test=16)
+    tiff = BENCH_DATA / "full64_tiff"
+    if not tiff.exists():
+        extract_archives([data / "train_full_size.7z"], tiff)
+    return data, tiff
+
+
 def folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 

@@ -167,7 +167,8 @@ class _SampleBar:
 
 
 def _print_cluster(info: dict) -> None:
-    dashboard = f"; dashboard {info['dashboard']}" if info["dashboard"] else " (no dashboard: bokeh not installed)"
+    dashboard = (f"; dashboard {info['dashboard']}" if info["dashboard"] else
+                 " (no dashboard: it comes with --cluster processes, a recipe or --scheduler, and needs bokeh)")
     click.echo(f"dask: {info['workers']} worker(s), {info['threads']} thread(s) at {info['scheduler']}{dashboard}",
                err=True)
 
