@@ -1,14 +1,20 @@
 """Stores on an object store: a real S3 API on localhost (moto's server), reached through s3fs.
 
 build-zarr writes to ``s3://``, the store equals a local build, inspect reads it, a resumed run
-skips what is done, and train and predict read from it.
+skips what is done, a run killed mid-way resumes to the same store, and train and predict read
+from it.
 """
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 import torch
+import zarr
 from click.testing import CliRunner
 
 from hpa_pipeline.cli import cli
@@ -109,3 +115,30 @@ def test_train_and_predict_from_s3(data, s3_bucket, tmp_path):
     rows = submission.read_text().splitlines()
     assert rows[0] == "Id,Predicted" and len(rows) == 1 + 1
     assert np.all([r.split(",")[1] != "" for r in rows[1:]])
+
+
+def test_build_zarr_to_s3_killed_mid_run_resumes_to_the_same_store(data, s3_bucket):
+    """SIGKILL while shards are being PUT, then the same command again: the store equals a local build."""
+    import s3fs
+
+    d, reference, tiff = data
+    url = f"{s3_bucket}/killed.zarr"
+    args = [sys.executable, "-m", "hpa_pipeline", "build-zarr", "--src", str(tiff), "--csv", str(d.train_csv),
+            "--out", url, *STORE_OPTIONS]
+    fs = s3fs.S3FileSystem()
+
+    def shards_on_s3() -> int:
+        fs.invalidate_cache()
+        return len(fs.find("hpa/killed.zarr/images/64/c")) if fs.exists("hpa/killed.zarr/images/64/c") else 0
+
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while proc.poll() is None and shards_on_s3() < 4:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = int(zarr.open_group(url, mode="r")["done"][:].sum())
+    assert done < 16, "the kill came after the run had finished"
+    final = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert final.returncode == 0, final.stderr[-2000:]
+    assert "16/16 samples done" in final.stdout
+    assert_same_stores(reference, url, ARRAYS, statistics=True)
