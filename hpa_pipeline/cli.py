@@ -129,13 +129,17 @@ def _store_options(fn):
     return fn
 
 
-def _store_spec(size, levels, dtype, chunk, codec, clevel):
+def _store_arguments(options: dict) -> dict:
+    """The ``_store_options`` as keyword arguments of ``build_zarr`` and ``ingest``: the layout
+    options become one ``StoreSpec``, the others pass through."""
     from .store import StoreSpec
 
+    layout = {name: options.pop(name) for name in ("size", "levels", "dtype", "chunk", "codec", "clevel")}
     try:
-        return StoreSpec(size=size, levels=levels, dtype=dtype, chunk=chunk, codec=codec, clevel=clevel)
+        spec = StoreSpec(**layout)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    return {"spec": spec, "csv": options.pop("csv_path"), **options}
 
 
 def _finish_build(report) -> None:
@@ -224,27 +228,21 @@ def extract(archives, out):
 @click.option("--src", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
               help="Folder of <id>_<filter>.tif files (from extract).")
 @_store_options
-def build_zarr_cmd(src, csv_path, out, size, levels, dtype, chunk, codec, clevel, workers, threads_per_worker,
-                   cluster, scheduler):
+def build_zarr_cmd(src, **options):
     """Build the dataset store from a folder of TIFFs (one Dask task per sample), resumably."""
     from .build_zarr import build_zarr
 
-    spec = _store_spec(size, levels, dtype, chunk, codec, clevel)
-    _run_store_command(build_zarr, "build-zarr", src=src, csv=csv_path, out=out, spec=spec, workers=workers,
-                       threads_per_worker=threads_per_worker, scheduler=scheduler, cluster=cluster)
+    _run_store_command(build_zarr, "build-zarr", src=src, **_store_arguments(options))
 
 
 @cli.command(short_help="7z archive -> dataset store, no TIFF on disk.")
 @click.argument("archive", type=click.Path(path_type=Path))
 @_store_options
-def ingest(archive, csv_path, out, size, levels, dtype, chunk, codec, clevel, workers, threads_per_worker,
-           cluster, scheduler):
+def ingest(archive, **options):
     """Build the dataset store straight from a 7z archive: no TIFF on disk, resumably."""
     from .ingest import ingest as run_ingest
 
-    spec = _store_spec(size, levels, dtype, chunk, codec, clevel)
-    _run_store_command(run_ingest, "ingest", archive=archive, csv=csv_path, out=out, spec=spec, workers=workers,
-                       threads_per_worker=threads_per_worker, scheduler=scheduler, cluster=cluster)
+    _run_store_command(run_ingest, "ingest", archive=archive, **_store_arguments(options))
 
 
 @cli.command("inspect", short_help="What a store holds; montage PNG.")
