@@ -23,11 +23,12 @@ from hpa_pipeline.data import StoreDataset, make_loader
 from hpa_pipeline.labels import FILTERS
 from hpa_pipeline.store import StoreSpec
 
-from .common import BENCH_DATA, full_size_tiffs, report, timer
+from .common import BENCH_DATA, folder_bytes, full_size_tiffs, report, timer
 
 LAYOUTS = {"zstd-1, 256² chunks": StoreSpec(codec="zstd", clevel=1, chunk=256),
            "lz4, 256² chunks": StoreSpec(codec="lz4", clevel=5, chunk=256),
-           "lz4, 128² chunks": StoreSpec(codec="lz4", clevel=5, chunk=128)}
+           "lz4, 128² chunks": StoreSpec(codec="lz4", clevel=5, chunk=128),
+           "none, 256² chunks": StoreSpec(codec="none", chunk=256)}
 CROP, BATCH, N_BATCHES = 512, 32, 12
 
 
@@ -83,6 +84,7 @@ def run() -> dict:
             PngDataset(png, ids, stats["mean"], stats["std"]), BATCH, sampler=_Endless(n)))
         figures["baseline: PIL + 4 PNGs, 1 process: crops/s"] = round(baseline, 1)
         for name, store in stores.items():
+            figures[f"ours {name}: MB per sample at 1024"] = round(folder_bytes(store / "images" / "1024") / n / 1e6, 2)
             dataset = StoreDataset(str(store), 1024, np.arange(n), crop=CROP, train=True)
             one = crops_per_second(make_loader(dataset, BATCH, 0, _Endless(n)))
             many = crops_per_second(make_loader(dataset, BATCH, cores, _Endless(n)))

@@ -110,7 +110,8 @@ def _store_options(fn):
                      help="uint8 maps 16-bit sources by round(v/257); uint16 keeps source values."),
         click.option("--chunk", default=256, show_default=True, help="Square inner chunk (one shard per sample)."),
         click.option("--codec", type=click.Choice(["zstd", "lz4", "none"]), default="zstd", show_default=True,
-                     help="Blosc compressor of the chunks (lossless)."),
+                     help="Blosc compressor of the chunks (lossless); none: uncompressed, the fastest "
+                          "training crops (4 MB a sample at 1024)."),
         click.option("--clevel", default=1, show_default=True,
                      help="Compression level: zstd 1 is ~0.98x the PNG size at ~300 MB/s a core; 5 saves 1.5%% "
                           "more at ~35 MB/s."),
