@@ -33,3 +33,20 @@ def test_rewriting_a_shard_replaces_it_whole(tmp_path):
     write_sample_shard(str(tmp_path), "a", 1, np.full((4, 64, 64), 9, np.uint8))
     array = zarr.open_array(str(tmp_path / "a"), mode="r")
     assert (array[1] == 9).all() and (array[0] == 0).all()
+
+
+@pytest.mark.parametrize("compressors", [None, [BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle")]])
+def test_shard_reader_regions_equal_zarrs(tmp_path, compressors):
+    """The loader's reader (only the chunks a region touches) against zarr, uncompressed and lz4."""
+    from hpa_pipeline.shards import ShardReader
+
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 255, (2, 4, 128, 128)).astype("uint8")
+    zarr.create_array(str(tmp_path / "a"), shape=images.shape, dtype="uint8", chunks=(1, 1, 32, 32),
+                      shards=(1, 4, 128, 128), compressors=compressors, fill_value=0)
+    write_sample_shard(str(tmp_path), "a", 0, images[0])  # sample 1 never written: reads as fill
+    reader = ShardReader(str(tmp_path), "a")
+    assert reader.layout is not None  # the direct path, not zarr's
+    for y, x, h, w in ((0, 0, 128, 128), (7, 50, 64, 64), (96, 96, 32, 32), (31, 1, 33, 90)):
+        assert np.array_equal(reader.read(0, y, x, h, w), images[0, :, y:y + h, x:x + w])
+        assert not reader.read(1, y, x, h, w).any()
