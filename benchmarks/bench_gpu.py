@@ -6,7 +6,7 @@ already on the GPU (the upper bound), "loader" reads random crops from the 1024 
 store built from synthetic full-size data, with ``WORKERS`` DataLoader workers. The ratio is the
 share of the GPU's rate the loader sustains (target >= 90 %).
 
-    python -m benchmarks gpu            # env: GPU_WORKERS, GPU_STEPS, GPU_COMPILE=1, GPU_LAYOUT=lz4|zstd
+    python -m benchmarks gpu            # env: GPU_WORKERS, GPU_STEPS, GPU_COMPILE=1, GPU_LAYOUT=none|lz4|zstd
     benchmarks/device_wheels.sh here, then benchmarks/run_gpu.sh on the device tool's machine
 """
 from __future__ import annotations
@@ -58,7 +58,7 @@ def run() -> dict:
     from hpa_pipeline.store import StoreSpec
 
     workers = int(os.environ.get("GPU_WORKERS", max(1, (os.cpu_count() or 2) - 2)))
-    layout = os.environ.get("GPU_LAYOUT", "lz4")
+    layout = os.environ.get("GPU_LAYOUT", "none")  # the fastest training store (bench_loader)
     # uncompressed TIFFs: the GPU machine has tifffile but not imagecodecs
     data = synth_data("gpu48_raw", n_train=48, n_test=1, compression="none")
     tiff = BENCH_DATA / "gpu48_raw_tiff"

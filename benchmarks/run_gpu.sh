@@ -7,5 +7,6 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv
 GPU_STEPS=${GPU_STEPS:-40} python3 -m benchmarks gpu
+cp benchmarks/results/gpu.json "${OUT:-/tmp}/gpu_eager.json" 2>/dev/null || true
 GPU_COMPILE=1 GPU_STEPS=${GPU_STEPS:-40} python3 -m benchmarks gpu
-cp benchmarks/results/gpu.json "${OUT:-/tmp}/gpu.json" 2>/dev/null || true
+cp benchmarks/results/gpu.json "${OUT:-/tmp}/gpu_compile.json" 2>/dev/null || true
