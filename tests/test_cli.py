@@ -53,3 +53,20 @@ def test_bad_recipe_is_a_clear_error(tmp_path):
 def test_synth_rejects_bad_sizes(tmp_path):
     result = CliRunner().invoke(cli, ["synth", "--out", str(tmp_path), "--image-sizes", "250"])
     assert result.exit_code == 2 and "multiples of 4" in result.output
+
+
+def test_every_option_recipe_names_real_options_of_its_commands():
+    """pipelines/*.yaml (the --config recipes, not the cluster-*.yaml ones): each key is an option
+    of its command, so a typo in a recipe cannot be silently ignored."""
+    from pathlib import Path
+
+    import yaml
+
+    recipes = [p for p in (Path(__file__).resolve().parents[1] / "pipelines").glob("*.yaml")
+               if not p.name.startswith("cluster-")]
+    assert {p.name for p in recipes} >= {"demo.yaml", "ingest.yaml", "train.yaml"}
+    for path in recipes:
+        for command, options in yaml.safe_load(path.read_text()).items():
+            known = {p.name for p in cli.commands[command.replace("_", "-")].params}
+            unknown = {k.replace("-", "_") for k in options} - known
+            assert not unknown, f"{path.name}: {command} has no options {unknown}"
