@@ -231,16 +231,19 @@ def _already_collated(batch):
     return batch
 
 
+def worker_options(workers: int, multiprocessing_context: str | None = None, prefetch_factor: int = 4) -> dict:
+    """DataLoader arguments for ``workers`` worker processes with the settings above (fork on
+    Linux, one thread per worker); shared by :func:`make_loader` and the streaming loader."""
+    if workers == 0:
+        return {"num_workers": 0}
+    return {"num_workers": workers, "worker_init_fn": _worker_init, "prefetch_factor": prefetch_factor,
+            "multiprocessing_context": multiprocessing_context or ("fork" if hasattr(os, "fork") else "spawn")}
+
+
 def make_loader(dataset: StoreDataset, batch_size: int, workers: int, sampler: Sampler | None = None,
                 pin_memory: bool = False, multiprocessing_context: str | None = None,
                 drop_last: bool = False) -> DataLoader:
-    """A DataLoader with the worker settings above (fork on Linux, one thread per worker)."""
-    if workers > 0 and multiprocessing_context is None:
-        multiprocessing_context = "fork" if hasattr(os, "fork") else "spawn"
-    return DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=pin_memory,
-        collate_fn=_already_collated,
-        drop_last=drop_last, worker_init_fn=_worker_init if workers > 0 else None,
-        multiprocessing_context=multiprocessing_context if workers > 0 else None,
-        persistent_workers=False, prefetch_factor=4 if workers > 0 else None,
-    )
+    """A DataLoader over a :class:`StoreDataset`, whose ``__getitems__`` makes whole batches."""
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, pin_memory=pin_memory,
+                      collate_fn=_already_collated, drop_last=drop_last,
+                      **worker_options(workers, multiprocessing_context))

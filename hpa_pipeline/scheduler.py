@@ -176,17 +176,15 @@ def in_flight_limit(client, per_thread: int = 2, every_seconds: float = 1.0) -> 
     return limit
 
 
-def run_bounded(client, fn: Callable, jobs: Iterable, max_in_flight: int | Callable[[], int],
+def run_bounded(client, fn: Callable, jobs: Iterable, max_in_flight: Callable[[], int],
                 on_result: Callable, on_error: Callable, retries: int = 2) -> None:
-    """Submit ``fn(job)`` for each job, at most ``max_in_flight`` pending (a number, or a function
-    giving the current limit); results in completion order.
+    """Submit ``fn(job)`` for each job, at most ``max_in_flight()`` pending (the current limit,
+    e.g. :func:`in_flight_limit`); results in completion order.
 
     ``on_result(result)`` gets each task's return value; ``on_error(job, exc)`` gets a task that
     raised, or whose workers died more than ``retries`` times.
     """
     from distributed import as_completed
-
-    limit = max_in_flight if callable(max_in_flight) else (lambda: max_in_flight)
 
     pending = as_completed(with_results=False)
     jobs_of: dict = {}
@@ -222,7 +220,7 @@ def run_bounded(client, fn: Callable, jobs: Iterable, max_in_flight: int | Calla
         on_result(result)
 
     for job in jobs:
-        while pending.count() >= limit():
+        while pending.count() >= max_in_flight():
             settle(next(pending))
         submit(job, 0)
     while pending.count():

@@ -16,13 +16,11 @@ makes its own batches, so up to ``batch_size - 1`` items per worker are left out
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
-from .data import StoreDataset, _worker_init
+from .data import StoreDataset, worker_options
 
 
 class ShardStream(IterableDataset):
@@ -70,8 +68,5 @@ class ShardStream(IterableDataset):
 
 def make_stream_loader(stream: ShardStream, batch_size: int, workers: int, pin_memory: bool = False) -> DataLoader:
     """A DataLoader over a :class:`ShardStream` (fork workers, one thread each, like make_loader)."""
-    return DataLoader(stream, batch_size=batch_size, num_workers=workers, pin_memory=pin_memory,
-                      collate_fn=default_collate, drop_last=True,
-                      worker_init_fn=_worker_init if workers > 0 else None,
-                      multiprocessing_context=("fork" if hasattr(os, "fork") else "spawn") if workers > 0 else None,
-                      prefetch_factor=2 if workers > 0 else None)
+    return DataLoader(stream, batch_size=batch_size, pin_memory=pin_memory, collate_fn=default_collate,
+                      drop_last=True, **worker_options(workers, prefetch_factor=2))
