@@ -23,11 +23,12 @@ import tempfile
 from pathlib import Path
 
 from hpa_pipeline.build_zarr import build_zarr
+from hpa_pipeline.locations import bytes_under
 from hpa_pipeline.store import StoreSpec
 
 from .bench_ingest import decode_floor, lzma2_archive
 from .bench_memory import rss_trace
-from .common import BENCH_DATA, folder_bytes, full_size_tiffs, report, synth_data, timer
+from .common import BENCH_DATA, full_size_tiffs, report, synth_data, timer
 
 N_SAMPLES = 48
 SIZES = (512, 1024, 2048)
@@ -41,7 +42,7 @@ def measure_build(tiff: Path, csv: Path, size: int, threads: int) -> dict:
         with timer() as t:
             result = build_zarr(tiff, csv, Path(tmp) / "s.zarr", StoreSpec(size=size), workers=threads)
         assert result.exit_code == 0, result.failed
-        store_bytes = folder_bytes(Path(tmp) / "s.zarr")
+        store_bytes = bytes_under(Path(tmp) / "s.zarr")
         shutil.rmtree(tmp, ignore_errors=True)
     return {"per_core": N_SAMPLES / t() / threads, "mb_per_sample": store_bytes / N_SAMPLES / 1e6}
 

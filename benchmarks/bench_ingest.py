@@ -19,9 +19,10 @@ from hpa_pipeline.archive import stream_members
 from hpa_pipeline.build_zarr import build_zarr
 from hpa_pipeline.extract import extract_archives
 from hpa_pipeline.ingest import ingest
+from hpa_pipeline.locations import bytes_under
 from hpa_pipeline.store import StoreSpec
 
-from .common import BENCH_DATA, folder_bytes, report, seven_zip_cli, synth_data, timer
+from .common import BENCH_DATA, report, seven_zip_cli, synth_data, timer
 
 N_SAMPLES = 32
 
@@ -84,7 +85,7 @@ def run() -> dict:
         with timer() as t_build:
             b = build_zarr(tmp / "tiff", csv, tmp / "build.zarr", StoreSpec(), workers=cores)
         assert a.exit_code == b.exit_code == 0
-        store_bytes, tiff_bytes = folder_bytes(tmp / "ingest.zarr"), folder_bytes(tmp / "tiff")
+        store_bytes, tiff_bytes = bytes_under(tmp / "ingest.zarr"), bytes_under(tmp / "tiff")
     figures.update({
         f"ingest ({cores} threads), s": round(t_ingest(), 1),
         "ingest / floor (target <= 1.15)": round(t_ingest() / floor_s, 3),

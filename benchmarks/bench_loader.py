@@ -21,9 +21,10 @@ from PIL import Image
 from hpa_pipeline.build_zarr import build_zarr
 from hpa_pipeline.data import StoreDataset, make_loader
 from hpa_pipeline.labels import FILTERS
+from hpa_pipeline.locations import bytes_under
 from hpa_pipeline.store import StoreSpec
 
-from .common import BENCH_DATA, folder_bytes, full_size_tiffs, report, timer
+from .common import BENCH_DATA, full_size_tiffs, report, timer
 
 LAYOUTS = {"zstd-1, 256² chunks": StoreSpec(codec="zstd", clevel=1, chunk=256),
            "lz4, 256² chunks": StoreSpec(codec="lz4", clevel=5, chunk=256),
@@ -84,7 +85,7 @@ def run() -> dict:
             PngDataset(png, ids, stats["mean"], stats["std"]), BATCH, sampler=_Endless(n)))
         figures["baseline: PIL + 4 PNGs, 1 process: crops/s"] = round(baseline, 1)
         for name, store in stores.items():
-            figures[f"ours {name}: MB per sample at 1024"] = round(folder_bytes(store / "images" / "1024") / n / 1e6, 2)
+            figures[f"ours {name}: MB per sample at 1024"] = round(bytes_under(store / "images" / "1024") / n / 1e6, 2)
             dataset = StoreDataset(str(store), 1024, np.arange(n), crop=CROP, train=True)
             one = crops_per_second(make_loader(dataset, BATCH, 0, _Endless(n)))
             many = crops_per_second(make_loader(dataset, BATCH, cores, _Endless(n)))

@@ -18,9 +18,10 @@ from numcodecs import Blosc
 
 from hpa_pipeline.build_zarr import build_zarr
 from hpa_pipeline.labels import FILTERS
+from hpa_pipeline.locations import bytes_under
 from hpa_pipeline.store import StoreSpec
 
-from .common import BENCH_DATA, folder_bytes, full_size_tiffs, report
+from .common import BENCH_DATA, full_size_tiffs, report
 
 REAL_PNG = Path(__file__).resolve().parents[2] / "shared" / "data" / "hpa-real-png"
 CODECS = {"zstd-1": ("zstd", 1), "zstd-5": ("zstd", 5), "lz4-5": ("lz4", 5)}
@@ -56,7 +57,7 @@ def synthetic_figures() -> dict:
             store = Path(tmp) / f"{name}.zarr"
             build_zarr(tiff, data / "train.csv", store, StoreSpec(codec=cname, clevel=clevel))
             for size in (1024, 512):
-                per_sample = folder_bytes(store / "images" / str(size)) / 48
+                per_sample = bytes_under(store / "images" / str(size)) / 48
                 if name == "zstd-1":
                     import zarr
 

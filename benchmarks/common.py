@@ -88,10 +88,6 @@ def full_size_tiffs() -> tuple[Path, Path]:
     return data, tiff
 
 
-def folder_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
-
-
 def seven_zip_cli() -> str | None:
     """The 7-Zip command-line program, where one is installed (7zz, 7z or 7za)."""
     import shutil
