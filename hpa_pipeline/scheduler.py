@@ -115,8 +115,12 @@ def dask_client(scheduler: str | None = None, workers: int = 2, cluster: str = "
         with Client(scheduler) as client:
             yield _ready(client, on_cluster)
         return
+    serves_dashboard = True
     if cluster in LOCAL_CLUSTERS:
         processes = cluster == "processes"
+        # without a dashboard, distributed still answers on its HTTP port (health, metrics) and
+        # lists it as "dashboard": the link would be a 404, so say there is none
+        serves_dashboard = processes
         local = LocalCluster(n_workers=max(1, workers) if processes else 1,
                              threads_per_worker=max(1, threads_per_worker) if processes else max(1, workers),
                              processes=processes, dashboard_address=_dashboard_address() if processes else None)
@@ -126,13 +130,13 @@ def dask_client(scheduler: str | None = None, workers: int = 2, cluster: str = "
         raise ClusterError(f"unknown cluster {cluster!r}: threads, processes, or a recipe .yaml "
                            f"(see pipelines/cluster-*.yaml)")
     with local, Client(local) as client:
-        yield _ready(client, on_cluster)
+        yield _ready(client, on_cluster, serves_dashboard)
 
 
-def _ready(client, on_cluster):
+def _ready(client, on_cluster, serves_dashboard: bool = True):
     client.wait_for_workers(1)
     if on_cluster:
-        on_cluster(describe(client))
+        on_cluster(describe(client, serves_dashboard))
     return client
 
 
@@ -148,10 +152,10 @@ def _dashboard_address() -> str | None:
     return ":8787"
 
 
-def describe(client) -> dict:
+def describe(client, serves_dashboard: bool = True) -> dict:
     """Scheduler address, dashboard link (or None), worker and thread counts, for the CLI to print."""
     info = client.scheduler_info()
-    link = client.dashboard_link if "dashboard" in info.get("services", {}) else None
+    link = client.dashboard_link if serves_dashboard and "dashboard" in info.get("services", {}) else None
     return {"scheduler": client.scheduler.address, "dashboard": link,
             "workers": len(info.get("workers", {})), "threads": total_threads(client)}
 

@@ -63,3 +63,13 @@ def test_cluster_processes_option_prints_the_cluster_and_its_dashboard(data, tmp
     assert re.search(r"dashboard http://[^ ]+/status", result.output), result.output
     assert "| 40/40" in result.output  # the progress bar, fed by the distributed futures
     assert_same_stores(reference, tmp_path / "p.zarr", ARRAYS)
+
+
+def test_the_threads_cluster_reports_no_dashboard_link():
+    """It starts none (1.5 s saved); distributed's bare HTTP port would give a 404 link."""
+    from hpa_pipeline.scheduler import dask_client
+
+    infos = []
+    with dask_client(workers=2, cluster="threads", on_cluster=infos.append):
+        pass
+    assert infos and infos[0]["dashboard"] is None and infos[0]["threads"] == 2
