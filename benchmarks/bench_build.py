@@ -14,8 +14,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from hpa_pipeline.build_zarr import build_zarr, index_tiff_folder
-from hpa_pipeline.store import StoreSpec
+from hpa_pipeline.prep.build_zarr import build_zarr, index_tiff_folder
+from hpa_pipeline.contract.store import StoreSpec
 
 from .common import BENCH_DATA, full_size_tiffs, report, timer
 

@@ -22,9 +22,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from hpa_pipeline.build_zarr import build_zarr
-from hpa_pipeline.locations import bytes_under
-from hpa_pipeline.store import StoreSpec
+from hpa_pipeline.prep.build_zarr import build_zarr
+from hpa_pipeline.contract.locations import bytes_under
+from hpa_pipeline.contract.store import StoreSpec
 
 from .bench_ingest import decode_floor, lzma2_archive
 from .bench_memory import rss_trace

@@ -51,11 +51,11 @@ def run() -> dict:
     if not torch.cuda.is_available():
         print("bench gpu: no CUDA device here; run it on a GPU machine")
         return {}
-    from hpa_pipeline.build_zarr import build_zarr
-    from hpa_pipeline.data import StoreDataset, make_loader
-    from hpa_pipeline.extract import extract_archives
-    from hpa_pipeline.models import create_model
-    from hpa_pipeline.store import StoreSpec
+    from hpa_pipeline.prep.build_zarr import build_zarr
+    from hpa_pipeline.model.data import StoreDataset, make_loader
+    from hpa_pipeline.prep.extract import extract_archives
+    from hpa_pipeline.model.models import create_model
+    from hpa_pipeline.contract.store import StoreSpec
 
     workers = int(os.environ.get("GPU_WORKERS", max(1, (os.cpu_count() or 2) - 2)))
     layout = os.environ.get("GPU_LAYOUT", "none")  # the fastest training store (bench_loader)

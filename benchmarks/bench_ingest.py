@@ -15,12 +15,12 @@ from pathlib import Path
 
 import py7zr
 
-from hpa_pipeline.archive import stream_members
-from hpa_pipeline.build_zarr import build_zarr
-from hpa_pipeline.extract import extract_archives
-from hpa_pipeline.ingest import ingest
-from hpa_pipeline.locations import bytes_under
-from hpa_pipeline.store import StoreSpec
+from hpa_pipeline.prep.archive import stream_members
+from hpa_pipeline.prep.build_zarr import build_zarr
+from hpa_pipeline.prep.extract import extract_archives
+from hpa_pipeline.prep.ingest import ingest
+from hpa_pipeline.contract.locations import bytes_under
+from hpa_pipeline.contract.store import StoreSpec
 
 from .common import BENCH_DATA, report, seven_zip_cli, synth_data, timer
 

@@ -18,11 +18,11 @@ import torch
 import zarr
 from PIL import Image
 
-from hpa_pipeline.build_zarr import build_zarr
-from hpa_pipeline.data import StoreDataset, make_loader
-from hpa_pipeline.labels import FILTERS
-from hpa_pipeline.locations import bytes_under
-from hpa_pipeline.store import StoreSpec
+from hpa_pipeline.prep.build_zarr import build_zarr
+from hpa_pipeline.model.data import StoreDataset, make_loader
+from hpa_pipeline.contract.labels import FILTERS
+from hpa_pipeline.contract.locations import bytes_under
+from hpa_pipeline.contract.store import StoreSpec
 
 from .common import BENCH_DATA, full_size_tiffs, report, timer
 

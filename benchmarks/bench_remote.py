@@ -13,10 +13,10 @@ import os
 
 import numpy as np
 
-from hpa_pipeline.build_zarr import build_zarr
-from hpa_pipeline.data import StoreDataset, make_loader
-from hpa_pipeline.store import StoreSpec
-from hpa_pipeline.streaming import ShardStream, make_stream_loader
+from hpa_pipeline.prep.build_zarr import build_zarr
+from hpa_pipeline.model.data import StoreDataset, make_loader
+from hpa_pipeline.contract.store import StoreSpec
+from hpa_pipeline.model.streaming import ShardStream, make_stream_loader
 
 from .common import full_size_tiffs, report, timer
 

@@ -16,10 +16,10 @@ import cv2
 import numpy as np
 from numcodecs import Blosc
 
-from hpa_pipeline.build_zarr import build_zarr
-from hpa_pipeline.labels import FILTERS
-from hpa_pipeline.locations import bytes_under
-from hpa_pipeline.store import StoreSpec
+from hpa_pipeline.prep.build_zarr import build_zarr
+from hpa_pipeline.contract.labels import FILTERS
+from hpa_pipeline.contract.locations import bytes_under
+from hpa_pipeline.contract.store import StoreSpec
 
 from .common import BENCH_DATA, full_size_tiffs, report
 

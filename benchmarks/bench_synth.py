@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tempfile
 
-from hpa_pipeline.synth import SynthSpec, make_dataset
+from hpa_pipeline.prep.synth import SynthSpec, make_dataset
 
 from .common import report, timer
 

@@ -67,7 +67,7 @@ BENCH_DATA = Path(__file__).resolve().parents[1] / "build" / "bench"
 
 def synth_data(name: str, **spec_kwargs) -> Path:
     """A synthetic dataset for benchmarks, made once under ``build/bench/<name>`` and reused."""
-    from hpa_pipeline.synth import SynthSpec, make_dataset
+    from hpa_pipeline.prep.synth import SynthSpec, make_dataset
 
     out = BENCH_DATA / name
     if not (out / "sample_submission.csv").exists():
@@ -79,7 +79,7 @@ def synth_data(name: str, **spec_kwargs) -> Path:
 def full_size_tiffs() -> tuple[Path, Path]:
     """The benchmarks' shared full-size dataset (48 + 16 samples, 2048/3072, deflate TIFFs) and
     its train TIFFs extracted once: ``(dataset folder, TIFF folder)``."""
-    from hpa_pipeline.extract import extract_archives
+    from hpa_pipeline.prep.extract import extract_archives
 
     data = synth_data("full64", n_train=48, n_test=16)
     tiff = BENCH_DATA / "full64_tiff"

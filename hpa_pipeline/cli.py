@@ -84,7 +84,7 @@ def synth(out_dir, n_train, n_test, image_sizes, bit_depth, compression, archive
     """Write a synthetic dataset in the competition's on-disk format."""
     from tqdm import tqdm
 
-    from .synth import SynthSpec, make_dataset
+    from .prep.synth import SynthSpec, make_dataset
 
     if labels_csv is None and DEFAULT_LABELS_CSV.exists():
         labels_csv = DEFAULT_LABELS_CSV
@@ -133,7 +133,7 @@ def _store_options(fn):
 def _store_arguments(options: dict) -> dict:
     """The ``_store_options`` as keyword arguments of ``build_zarr`` and ``ingest``: the layout
     options become one ``StoreSpec``, the others pass through."""
-    from .store import StoreSpec
+    from .contract.store import StoreSpec
 
     layout = {name: options.pop(name) for name in ("size", "levels", "dtype", "chunk", "codec", "clevel")}
     try:
@@ -179,10 +179,10 @@ def _print_cluster(info: dict) -> None:
 
 
 def _run_store_command(fn, desc, **kwargs):
-    from .archive import ArchiveError
-    from .labels import LabelError
-    from .scheduler import ClusterError
-    from .store import StoreError
+    from .prep.archive import ArchiveError
+    from .contract.labels import LabelError
+    from .prep.scheduler import ClusterError
+    from .contract.store import StoreError
 
     bar = _SampleBar(desc)
     try:
@@ -202,8 +202,8 @@ def extract(archives, out):
     """Unpack 7z archives (or .7z.001 volumes) to DIR/<id>_<filter>.tif, resumably."""
     from tqdm import tqdm
 
-    from .archive import ArchiveError
-    from .extract import DiskSpaceError, extract_archives
+    from .prep.archive import ArchiveError
+    from .prep.extract import DiskSpaceError, extract_archives
 
     bar = tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc="extract", dynamic_ncols=True)
 
@@ -231,7 +231,7 @@ def extract(archives, out):
 @_store_options
 def build_zarr_cmd(src, **options):
     """Build the dataset store from a folder of TIFFs (one Dask task per sample), resumably."""
-    from .build_zarr import build_zarr
+    from .prep.build_zarr import build_zarr
 
     _run_store_command(build_zarr, "build-zarr", src=src, **_store_arguments(options))
 
@@ -241,7 +241,7 @@ def build_zarr_cmd(src, **options):
 @_store_options
 def ingest(archive, **options):
     """Build the dataset store straight from a 7z archive: no TIFF on disk, resumably."""
-    from .ingest import ingest as run_ingest
+    from .prep.ingest import ingest as run_ingest
 
     _run_store_command(run_ingest, "ingest", archive=archive, **_store_arguments(options))
 
@@ -257,8 +257,8 @@ def inspect_cmd(store, montage, n_samples, level, as_json):
     """Show a store: samples done/failed/missing, levels, chunking, bytes, channel statistics."""
     import json
 
-    from .inspect import format_inspection, inspect_store, write_montage
-    from .store import StoreError
+    from .prep.inspect import format_inspection, inspect_store, write_montage
+    from .contract.store import StoreError
 
     try:
         info = inspect_store(store)
@@ -276,8 +276,8 @@ def inspect_cmd(store, montage, n_samples, level, as_json):
               help="Folder for the <id>.ome.zarr images.")
 def export_ngff_cmd(store, ids, out):
     """Write chosen samples as OME-Zarr 0.5 multiscale images (napari, OME-Zarr readers)."""
-    from .ngff import export_ngff
-    from .store import StoreError
+    from .prep.ngff import export_ngff
+    from .contract.store import StoreError
 
     try:
         paths = export_ngff(store, [i.strip() for i in ids.split(",") if i.strip()], out)
@@ -288,40 +288,23 @@ def export_ngff_cmd(store, ids, out):
 
 
 def _train_options(fn):
-    """One option per field of TrainConfig (so a recipe can set any of them by name)."""
+    """One option per field of TrainConfig (so a recipe can set any of them by name), with the
+    help text of the field's metadata; the config module does not import torch."""
     from dataclasses import MISSING, fields
 
-    from .train import TrainConfig
+    from .model.config import TrainConfig
 
-    helps = {
-        "store": "Train store (from ingest or build-zarr): a folder or a URL.", "out": "Run folder (checkpoints, metrics, thresholds).",
-        "arch": "se_resnext50_32x4d, se_resnet50, se_resnext101_32x4d, senet154 or se_resnet_tiny.",
-        "backend": "timm or pretrainedmodels (same network, same checkpoint keys).",
-        "weights": "ImageNet weights: a local file, or 'cache' for the torch hub cache. Default: from scratch.",
-        "level": "Store level to train on.", "crop": "Random crop size.",
-        "crop_grid": "Crop origins on this grid (e.g. the store's chunk size: fastest reads); 1 = any offset.",
-        "stream": "Read whole shards in streaming order with a shuffle buffer (for s3:// and other remote stores).",
-        "stream_buffer": "Whole images held per loader worker when streaming.",
-        "val_level": "Level for validation, whole images [default: --level].",
-        "fold": "Validation fold (0..folds-1).", "accumulate": "Gradient accumulation steps.",
-        "schedule": "cosine (with warm-up) or onecycle.", "loss": "bce or focal.",
-        "ema": "EMA decay of the weights (e.g. 0.999); 0 = off.",
-        "swa_epochs": "SWA: average the weights of the last N epochs (BatchNorm recomputed); 0 = off.",
-        "swa_bn_batches": "Training batches used to recompute BatchNorm statistics of the SWA weights.", "amp": "bf16, fp16 or none (CUDA only).",
-        "workers": "DataLoader worker processes.", "steps_per_epoch": "Cap on optimizer steps per epoch.",
-        "sync_bn": "SyncBatchNorm across torchrun processes (CUDA only).",
-        "oversample": "Sample rare classes more often.", "class_weighting": "BCE pos_weight from class frequencies.",
-    }
     for f in reversed(fields(TrainConfig)):
         default = f.default if f.default is not MISSING else None
         name = "--" + f.name.replace("_", "-")
+        help_text = f.metadata.get("help", "")
         if isinstance(default, bool):
             option = click.option(f"{name}/--no-{f.name.replace('_', '-')}", default=default, show_default=True,
-                                  help=helps.get(f.name, ""))
+                                  help=help_text)
         else:
             kind = {"int | None": int, "str | None": str}.get(str(f.type), type(default) if default is not None else str)
             option = click.option(name, type=kind, default=default, show_default=default not in (None, ""),
-                                  required=f.name in ("store", "out"), help=helps.get(f.name, ""))
+                                  required=f.name in ("store", "out"), help=help_text)
         fn = option(fn)
     return fn
 
@@ -333,16 +316,17 @@ def train(resume, **options):
     """Train an SENet on one fold of a store (checkpoints every epoch, resumable)."""
     from tqdm import tqdm
 
-    from .models import ModelError
-    from .store import StoreError
-    from .train import TrainConfig, TrainingDiverged
-    from .train import train as run_training
+    from .model.models import ModelError
+    from .contract.store import StoreError
+    from .model.config import TrainConfig
+    from .model.train import TrainingDiverged
+    from .model.train import train as run_training
 
     try:
         cfg = TrainConfig.from_dict(options)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    from .distributed import ranks_from_env
+    from .model.distributed import ranks_from_env
 
     main_rank = ranks_from_env().is_main  # under torchrun only rank 0 reports
     bar = tqdm(unit="step", desc="train", dynamic_ncols=True, disable=not main_rank)
@@ -379,8 +363,9 @@ def train(resume, **options):
 @click.option("--device", default="auto", show_default=True)
 def predict(store, runs, tta, out, batch_size, workers, device):
     """Write a Kaggle submission (Id,Predicted) from one or more runs, with TTA and thresholds."""
-    from .predict import SubmissionError, predict as run_predict, write_submission
-    from .store import StoreError
+    from .model.inference import predict as run_predict
+    from .model.submission import SubmissionError, write_submission
+    from .contract.store import StoreError
 
     try:
         ids, _, labels = run_predict(store, list(runs), tta=tta, batch_size=batch_size, workers=workers,
@@ -397,8 +382,8 @@ def predict(store, runs, tta, out, batch_size, workers, device):
               help="Id,Target CSV of the truth (train.csv, or test_labels.csv of synthetic data).")
 def evaluate(submission, labels_csv):
     """Macro F1 of a submission and the per-class table."""
-    from .labels import LabelError
-    from .predict import SubmissionError, constant_baseline, evaluate as run_evaluate
+    from .contract.labels import LabelError
+    from .model.submission import SubmissionError, constant_baseline, evaluate as run_evaluate
 
     try:
         score, table = run_evaluate(submission, labels_csv)

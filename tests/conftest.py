@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from hpa_pipeline.synth import SynthSpec, make_dataset
+from hpa_pipeline.prep.synth import SynthSpec, make_dataset
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 REAL_TRAIN_CSV = SHARED_DATA / "kaggle" / "train.csv"

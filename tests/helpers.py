@@ -8,7 +8,7 @@ import numpy as np
 import py7zr
 import tifffile
 
-from hpa_pipeline.labels import FILTERS
+from hpa_pipeline.contract.labels import FILTERS
 
 
 def tiff_bytes(image: np.ndarray, compression=None, tile=None) -> bytes:
@@ -41,9 +41,9 @@ def read_archive_members(path: Path) -> list[tuple[str, bytes]]:
 
 def dataset_with_reference(tmp: Path, n: int, seed: int, spec):
     """A synthetic dataset (512/768 sources), its store built once by ingest, and its TIFFs extracted."""
-    from hpa_pipeline.extract import extract_archives
-    from hpa_pipeline.ingest import ingest
-    from hpa_pipeline.synth import SynthSpec, make_dataset
+    from hpa_pipeline.prep.extract import extract_archives
+    from hpa_pipeline.prep.ingest import ingest
+    from hpa_pipeline.prep.synth import SynthSpec, make_dataset
 
     d = make_dataset(tmp / "data", SynthSpec(n_train=n, n_test=1, image_sizes=(512, 768), seed=seed), workers=2)
     reference = tmp / "reference.zarr"

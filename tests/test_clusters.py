@@ -15,8 +15,8 @@ import pytest
 from click.testing import CliRunner
 
 from hpa_pipeline.cli import cli
-from hpa_pipeline.scheduler import ClusterError, kubernetes_spec, read_cluster_recipe
-from hpa_pipeline.store import StoreSpec
+from hpa_pipeline.prep.scheduler import ClusterError, kubernetes_spec, read_cluster_recipe
+from hpa_pipeline.contract.store import StoreSpec
 
 from .helpers import assert_same_stores, dataset_with_reference
 

@@ -11,10 +11,10 @@ import time
 import pytest
 import torch
 
-from hpa_pipeline.data import EpochSampler
-from hpa_pipeline.ingest import ingest
-from hpa_pipeline.store import StoreSpec
-from hpa_pipeline.synth import SynthSpec, make_dataset
+from hpa_pipeline.model.data import EpochSampler
+from hpa_pipeline.prep.ingest import ingest
+from hpa_pipeline.contract.store import StoreSpec
+from hpa_pipeline.prep.synth import SynthSpec, make_dataset
 
 # per-process batch 4: two processes, or one process accumulating two micro-batches of 4;
 # BatchNorm sees 4 samples at a time in both (no SyncBatchNorm on CPU)
@@ -56,7 +56,7 @@ def one_process_run(store, tmp_path_factory):
 
 def parameters(run) -> dict[str, torch.Tensor]:
     """The trainable weights of ``last.pt`` (BatchNorm running statistics are per process)."""
-    from hpa_pipeline.models import create_model
+    from hpa_pipeline.model.models import create_model
 
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
     names = {name for name, _ in create_model("se_resnet_tiny").named_parameters()}

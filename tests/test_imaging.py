@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from hpa_pipeline.imaging import ImageError, area_resize, level_sizes, make_levels, read_tiff
-from hpa_pipeline.labels import FILTERS
+from hpa_pipeline.prep.imaging import ImageError, area_resize, level_sizes, make_levels, read_tiff
+from hpa_pipeline.contract.labels import FILTERS
 
 from .helpers import random_sample, tiff_bytes
 

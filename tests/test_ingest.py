@@ -6,14 +6,14 @@ import pytest
 import zarr
 from click.testing import CliRunner
 
-from hpa_pipeline.archive import ArchiveError, list_members, volume_paths
-from hpa_pipeline.build_zarr import build_zarr
-from hpa_pipeline.builder import EXIT_SOME_FAILED
+from hpa_pipeline.prep.archive import ArchiveError, list_members, volume_paths
+from hpa_pipeline.prep.build_zarr import build_zarr
+from hpa_pipeline.prep.builder import EXIT_SOME_FAILED
 from hpa_pipeline.cli import cli
-from hpa_pipeline.extract import DiskSpaceError, check_free_space, extract_archives
-from hpa_pipeline.ingest import ingest
-from hpa_pipeline.labels import FILTERS
-from hpa_pipeline.store import StoreSpec
+from hpa_pipeline.prep.extract import DiskSpaceError, check_free_space, extract_archives
+from hpa_pipeline.prep.ingest import ingest
+from hpa_pipeline.contract.labels import FILTERS
+from hpa_pipeline.contract.store import StoreSpec
 
 from .helpers import assert_same_stores, random_sample, tiff_bytes, write_7z
 

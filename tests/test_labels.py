@@ -1,6 +1,6 @@
 import pytest
 
-from hpa_pipeline.labels import (
+from hpa_pipeline.contract.labels import (
     CLASS_NAMES, FILTERS, N_CLASSES, REAL_CLASS_COUNTS, LabelError, format_target, parse_target,
     read_sample_table,
 )

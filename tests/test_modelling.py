@@ -5,14 +5,15 @@ import torch
 import zarr
 from sklearn.metrics import f1_score
 
-from hpa_pipeline.data import EpochSampler, StoreDataset, make_loader, rare_class_weights
-from hpa_pipeline.folds import make_folds
-from hpa_pipeline.ingest import ingest
-from hpa_pipeline.labels import read_sample_table
-from hpa_pipeline.metrics import macro_f1, per_class_f1, predict_labels, search_thresholds
-from hpa_pipeline.models import ModelError, create_model
-from hpa_pipeline.predict import SubmissionError, evaluate, tta_views, validate_submission, write_submission
-from hpa_pipeline.store import StoreSpec
+from hpa_pipeline.model.data import EpochSampler, StoreDataset, make_loader, rare_class_weights
+from hpa_pipeline.model.folds import make_folds
+from hpa_pipeline.prep.ingest import ingest
+from hpa_pipeline.contract.labels import read_sample_table
+from hpa_pipeline.model.metrics import macro_f1, per_class_f1, predict_labels, search_thresholds
+from hpa_pipeline.model.models import ModelError, create_model
+from hpa_pipeline.model.inference import tta_views
+from hpa_pipeline.model.submission import SubmissionError, evaluate, validate_submission, write_submission
+from hpa_pipeline.contract.store import StoreSpec
 
 from .conftest import REAL_TRAIN_CSV, need
 
@@ -109,7 +110,7 @@ def test_items_are_the_store_pixels_normalised_on_the_device(store):
 
 
 def test_normalizer_applies_each_items_symmetry_and_jitter():
-    from hpa_pipeline.data import Normalizer, dihedral
+    from hpa_pipeline.model.data import Normalizer, dihedral
 
     images = torch.randint(0, 255, (8, 4, 16, 16), dtype=torch.uint8)
     augmentation = torch.zeros(8, 9)
@@ -196,8 +197,8 @@ def test_crop_grid_snaps_crop_origins(store):
 
 def test_shard_stream_gives_each_sample_its_usual_crop_once(store):
     """Streaming order changes the order only: every sample once, with StoreDataset's crop."""
-    from hpa_pipeline.data import StoreDataset
-    from hpa_pipeline.streaming import ShardStream, make_stream_loader
+    from hpa_pipeline.model.data import StoreDataset
+    from hpa_pipeline.model.streaming import ShardStream, make_stream_loader
 
     n = 11  # odd: one sample is left over when dealt to two ranks
     dataset = StoreDataset(store, 64, np.arange(n), crop=32, train=True, seed=5)

@@ -18,7 +18,7 @@ import zarr
 from click.testing import CliRunner
 
 from hpa_pipeline.cli import cli
-from hpa_pipeline.store import StoreSpec
+from hpa_pipeline.contract.store import StoreSpec
 
 from .helpers import assert_same_stores, dataset_with_reference
 

@@ -8,7 +8,7 @@ import time
 import pytest
 import zarr
 
-from hpa_pipeline.store import StoreSpec
+from hpa_pipeline.contract.store import StoreSpec
 
 from .helpers import assert_same_stores, dataset_with_reference, shards_written
 

@@ -9,10 +9,10 @@ import pytest
 from click.testing import CliRunner
 from distributed import Client, LocalCluster
 
-from hpa_pipeline.build_zarr import build_zarr
+from hpa_pipeline.prep.build_zarr import build_zarr
 from hpa_pipeline.cli import cli
-from hpa_pipeline.ingest import ingest
-from hpa_pipeline.store import StoreSpec
+from hpa_pipeline.prep.ingest import ingest
+from hpa_pipeline.contract.store import StoreSpec
 
 from .helpers import assert_same_stores, dataset_with_reference, shards_written
 
@@ -67,7 +67,7 @@ def test_cluster_processes_option_prints_the_cluster_and_its_dashboard(data, tmp
 
 def test_the_threads_cluster_reports_no_dashboard_link():
     """It starts none (1.5 s saved); distributed's bare HTTP port would give a 404 link."""
-    from hpa_pipeline.scheduler import dask_client
+    from hpa_pipeline.prep.scheduler import dask_client
 
     infos = []
     with dask_client(workers=2, cluster="threads", on_cluster=infos.append):

@@ -3,7 +3,7 @@ import pytest
 import zarr
 from zarr.codecs import BloscCodec
 
-from hpa_pipeline.shards import write_sample_shard
+from hpa_pipeline.contract.shards import write_sample_shard
 
 
 @pytest.mark.parametrize("compressors", [None, [BloscCodec(cname="zstd", clevel=1, shuffle="noshuffle")],
@@ -38,7 +38,7 @@ def test_rewriting_a_shard_replaces_it_whole(tmp_path):
 @pytest.mark.parametrize("compressors", [None, [BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle")]])
 def test_shard_reader_regions_equal_zarrs(tmp_path, compressors):
     """The loader's reader (only the chunks a region touches) against zarr, uncompressed and lz4."""
-    from hpa_pipeline.shards import ShardReader
+    from hpa_pipeline.contract.shards import ShardReader
 
     rng = np.random.default_rng(1)
     images = rng.integers(0, 255, (2, 4, 128, 128)).astype("uint8")

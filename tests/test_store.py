@@ -7,9 +7,9 @@ import zarr
 from click.testing import CliRunner
 
 from hpa_pipeline.cli import cli
-from hpa_pipeline.ingest import ingest
-from hpa_pipeline.labels import CLASS_NAMES, FILTERS, read_sample_table
-from hpa_pipeline.store import StoreSpec
+from hpa_pipeline.prep.ingest import ingest
+from hpa_pipeline.contract.labels import CLASS_NAMES, FILTERS, read_sample_table
+from hpa_pipeline.contract.store import StoreSpec
 
 SPEC = StoreSpec(size=128, levels=3, chunk=64)
 

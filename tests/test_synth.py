@@ -7,10 +7,10 @@ import py7zr
 import pytest
 import tifffile
 
-from hpa_pipeline.labels import FILTERS, read_sample_table
-from hpa_pipeline.synth import SynthSpec, make_dataset
-from hpa_pipeline.synth.cells import PATTERNS, render_canvas, render_sample
-from hpa_pipeline.synth.dataset import draw_label_sets
+from hpa_pipeline.contract.labels import FILTERS, read_sample_table
+from hpa_pipeline.prep.synth import SynthSpec, make_dataset
+from hpa_pipeline.prep.synth.cells import PATTERNS, render_canvas, render_sample
+from hpa_pipeline.prep.synth.dataset import draw_label_sets
 
 from .conftest import REAL_PNG_DIR, REAL_TRAIN_CSV, need
 

@@ -12,10 +12,10 @@ import torch
 from click.testing import CliRunner
 
 from hpa_pipeline.cli import cli
-from hpa_pipeline.ingest import ingest
-from hpa_pipeline.store import StoreSpec
-from hpa_pipeline.synth import SynthSpec, make_dataset
-from hpa_pipeline.train import TrainConfig, TrainingDiverged, train
+from hpa_pipeline.prep.ingest import ingest
+from hpa_pipeline.contract.store import StoreSpec
+from hpa_pipeline.prep.synth import SynthSpec, make_dataset
+from hpa_pipeline.model.train import TrainConfig, TrainingDiverged, train
 
 FOUR_CLASSES = [0, 2, 21, 23]  # nucleoplasm, nucleoli, plasma membrane, mitochondria
 
@@ -70,7 +70,7 @@ def test_run_folder_holds_everything(four_class_store, tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(four_class_store, tmp_path, monkeypatch):
-    import hpa_pipeline.train as train_module
+    import hpa_pipeline.model.train as train_module
 
     _, store, _ = four_class_store
     calls = {"n": 0}
@@ -117,7 +117,7 @@ def test_sigkill_then_resume_ends_like_an_uninterrupted_run(four_class_store, tm
 
 
 def test_swa_is_the_equal_weight_mean_of_the_epochs_it_averages():
-    from hpa_pipeline.train import SWA
+    from hpa_pipeline.model.train import SWA
 
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
     swa, snapshots = SWA(), []

@@ -7,9 +7,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .labels import FILTERS
-from .locations import bytes_under, join
-from .store import level_arrays, open_store, read_report
+from ..contract.labels import FILTERS
+from ..contract.locations import bytes_under, join
+from ..contract.store import level_arrays, open_store, read_report
 
 
 def _codec_names(array) -> list[str]:

@@ -25,8 +25,8 @@ import numpy as np
 import py7zr
 import tifffile
 
-from ..atomic import replacing
-from ..labels import FILTERS, N_CLASSES, REAL_CLASS_COUNTS, REAL_N_SAMPLES, read_sample_table, write_labels_csv
+from ...contract.atomic import replacing
+from ...contract.labels import FILTERS, N_CLASSES, REAL_CLASS_COUNTS, REAL_N_SAMPLES, read_sample_table, write_labels_csv
 from .cells import render_sample
 
 #: TIFF compressions that ``--compression`` offers, as tifffile names them.

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .imaging import ImageError, make_levels, read_tiff
-from .store import channel_sums, write_levels
+from ..contract.store import channel_sums, write_levels
 
 
 @dataclass

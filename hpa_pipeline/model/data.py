@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .labels import N_CLASSES
-from .shards import ShardReader
-from .store import level_arrays, open_store
+from ..contract.labels import N_CLASSES
+from ..contract.shards import ShardReader
+from ..contract.store import level_arrays, open_store
 
 
 class StoreDataset(Dataset):

@@ -18,7 +18,7 @@ import csv
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -26,76 +26,21 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from .atomic import replacing, write_json
+from ..contract.atomic import replacing, write_json
 from . import distributed
 from .data import EpochSampler, StoreDataset, make_loader, rare_class_weights
+from .config import TrainConfig
 from .folds import make_folds
-from .labels import CLASS_NAMES
+from ..contract.labels import CLASS_NAMES
 from .metrics import f1_table, macro_f1, per_class_f1, predict_labels, search_thresholds
 from .models import create_model
-from .store import open_store
+from ..contract.store import open_store
+from .inference import autocast, predict_probs
 from .streaming import ShardStream, make_stream_loader
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-@dataclass
-class TrainConfig:
-    """Every option of a run; ``pipelines/*.yaml`` recipes set them by name."""
-
-    store: str = ""
-    out: str = ""
-    arch: str = "se_resnext50_32x4d"
-    backend: str = "timm"
-    weights: str | None = None  # ImageNet weights file, "cache", or None
-    level: int = 1024  # store level to read
-    crop: int = 512  # random training crop
-    crop_grid: int = 1  # crop origins on this grid; the store's chunk size makes reads cheapest
-    stream: bool = False  # read whole shards in streaming order with a shuffle buffer (remote stores)
-    stream_buffer: int = 16  # whole images held per loader worker when streaming
-    val_level: int | None = None  # level for validation (whole images); default: level
-    folds: int = 5
-    fold: int = 0
-    epochs: int = 20
-    batch_size: int = 32
-    accumulate: int = 1  # gradient accumulation steps
-    lr: float = 3e-4
-    weight_decay: float = 1e-4
-    warmup_epochs: float = 1.0
-    schedule: str = "cosine"  # cosine | onecycle
-    loss: str = "bce"  # bce | focal
-    focal_gamma: float = 2.0
-    class_weighting: bool = False  # pos_weight from class frequencies
-    oversample: bool = False  # sample rare classes more often
-    ema: float = 0.0  # EMA decay of the weights, e.g. 0.999; 0 = off
-    swa_epochs: int = 0  # SWA: average the weights of the last N epochs; 0 = off
-    swa_bn_batches: int = 50  # training batches to recompute BatchNorm statistics of the SWA weights
-    amp: str = "bf16"  # bf16 | fp16 | none (CUDA only)
-    channels_last: bool = True
-    compile: bool = False
-    sync_bn: bool = False  # SyncBatchNorm across processes under torchrun (CUDA only)
-    workers: int = 4
-    seed: int = 0
-    device: str = "auto"
-    steps_per_epoch: int | None = None  # cap, for quick runs
-
-    @classmethod
-    def from_dict(cls, values: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown training options {unknown}")
-        return cls(**values)
-
-    def __post_init__(self):
-        if self.stream and self.oversample:
-            raise ValueError("--stream reads every sample once per epoch; it cannot --oversample")
-        if self.ema > 0 and self.swa_epochs > 0:
-            raise ValueError("choose one weight average: --ema or --swa-epochs, not both")
-        if not 0 <= self.swa_epochs <= self.epochs:
-            raise ValueError(f"--swa-epochs must be between 0 and --epochs ({self.epochs})")
 
 
 # --- losses -------------------------------------------------------------------------------
@@ -199,12 +144,6 @@ def recompute_batchnorm(model, loader, normalize, device, max_batches: int) -> N
 
 # --- helpers --------------------------------------------------------------------------------
 
-def autocast(cfg: TrainConfig, device: torch.device):
-    if device.type != "cuda" or cfg.amp == "none":
-        return torch.autocast(device.type, enabled=False)
-    return torch.autocast("cuda", dtype=torch.bfloat16 if cfg.amp == "bf16" else torch.float16)
-
-
 def save_atomic(obj, path: Path) -> None:
     with replacing(path) as tmp:  # streamed to disk: a checkpoint can be GBs
         torch.save(obj, tmp)
@@ -226,27 +165,6 @@ def load_or_make_folds(run: Path, ids: list[str], labels: np.ndarray, k: int, se
         writer.writerow(["Id", "fold"])
         writer.writerows(zip(ids, folds.tolist()))
     return folds
-
-
-@torch.no_grad()
-def predict_probs(model, loader, device, cfg: TrainConfig, tta: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Sigmoid probabilities ``(n, 28)`` (averaged over ``tta`` flips/rotations) and sample indices."""
-    from .predict import tta_views
-
-    model.eval()
-    normalize = loader.dataset.normalizer().to(device)
-    probs, indices = [], []
-    for images, _, index, _ in loader:
-        images = normalize(images.to(device, non_blocking=True))
-        if cfg.channels_last and device.type == "cuda":
-            images = images.contiguous(memory_format=torch.channels_last)
-        total = 0
-        with autocast(cfg, device):
-            for view in tta_views(images, tta):
-                total = total + torch.sigmoid(model(view).float())
-        probs.append((total / tta).cpu().numpy())
-        indices.append(index.numpy())
-    return np.concatenate(probs), np.concatenate(indices)
 
 
 # --- the run ----------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .labels import CLASS_NAMES
+from ..contract.labels import CLASS_NAMES
 
 
 def per_class_f1(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:

@@ -10,12 +10,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .labels import SampleTable
-from .store import SampleBook, StoreSpec, create_store, remove_partial_files, write_report
+from ..contract.labels import SampleTable
+from ..contract.store import SampleBook, StoreSpec, create_store, remove_partial_files, write_report
+from .exit_status import EXIT_SOME_FAILED
 from .tasks import SampleJob, SampleResult
-
-#: Exit status of build-zarr / ingest / extract when some samples or files failed (documented).
-EXIT_SOME_FAILED = 3
 
 
 @dataclass

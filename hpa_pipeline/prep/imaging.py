@@ -27,7 +27,8 @@ import cv2
 import numpy as np
 import tifffile
 
-from .labels import FILTERS
+from ..contract.labels import FILTERS
+from ..contract.store import level_sizes  # noqa: F401 - re-exported: levels are part of the store contract
 
 SUPPORTED_DTYPES = (np.uint8, np.uint16)
 UINT16_TO_UINT8 = 257.0
@@ -108,13 +109,6 @@ def area_resize(image: np.ndarray, size: int) -> np.ndarray:
         raise ImageError(f"cannot downsample a {image.shape[0]}x{image.shape[1]} image up to {size}")
     return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
 
-
-def level_sizes(size: int, levels: int) -> list[int]:
-    """``[size, size/2, ...]``, ``levels`` long; each must stay an integer."""
-    sizes = [size >> k for k in range(levels)]
-    if levels < 1 or any(s << k != size for k, s in enumerate(sizes)) or sizes[-1] < 1:
-        raise ValueError(f"size {size} cannot be halved {levels - 1} times into whole pixels")
-    return sizes
 
 
 def _working_precision(image: np.ndarray) -> np.ndarray:

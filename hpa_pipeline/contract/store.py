@@ -31,7 +31,6 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from .atomic import SUFFIX, write_json
-from .imaging import level_sizes
 from .labels import CLASS_NAMES, FILTERS, N_CLASSES, SampleTable
 from .locations import get_bytes, is_url, join, put_bytes
 from .shards import write_sample_shard
@@ -40,6 +39,14 @@ FORMAT_VERSION = 1
 CHANNEL_COLORS = {"red": "FF0000", "green": "00FF00", "blue": "0000FF", "yellow": "FFFF00"}
 SMALL_CHUNK = 4096  # samples per chunk of the per-sample arrays
 REPORT_NAME = "report.json"
+
+
+def level_sizes(size: int, levels: int) -> list[int]:
+    """``[size, size/2, ...]``, ``levels`` long; each must stay an integer."""
+    sizes = [size >> k for k in range(levels)]
+    if levels < 1 or any(s << k != size for k, s in enumerate(sizes)) or sizes[-1] < 1:
+        raise ValueError(f"size {size} cannot be halved {levels - 1} times into whole pixels")
+    return sizes
 
 
 class StoreError(ValueError):

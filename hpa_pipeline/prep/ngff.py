@@ -12,7 +12,7 @@ from pathlib import Path
 
 import zarr
 
-from .store import CHANNEL_COLORS, level_arrays, open_store
+from ..contract.store import CHANNEL_COLORS, level_arrays, open_store
 
 NGFF_VERSION = "0.5"
 

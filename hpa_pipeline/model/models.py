@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .labels import N_CLASSES
+from ..contract.labels import N_CLASSES
 
 IN_CHANNELS = 4
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from .archive import ArchiveError, Member, catalogue, list_members, stream_members
 from .builder import BuildReport, StoreBuilder
-from .labels import FILTERS, read_sample_table
+from ..contract.labels import FILTERS, read_sample_table
 from .scheduler import dask_client, in_flight_limit, run_bounded
-from .store import StoreSpec
+from ..contract.store import StoreSpec
 from .tasks import process_sample
 
 _END = object()

@@ -11,9 +11,9 @@ from pathlib import Path
 from .archive import MEMBER_NAME
 from .builder import BuildReport, StoreBuilder
 from .extract import REPORT_NAME as EXTRACT_REPORT
-from .labels import read_sample_table
+from ..contract.labels import read_sample_table
 from .scheduler import dask_client, in_flight_limit, run_bounded
-from .store import StoreSpec
+from ..contract.store import StoreSpec
 from .tasks import process_sample
 
 

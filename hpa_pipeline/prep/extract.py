@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .archive import ArchiveError, Member, catalogue, list_members, stream_members
-from .atomic import SUFFIX, write_bytes, write_json
-from .builder import EXIT_SOME_FAILED
+from ..contract.atomic import SUFFIX, write_bytes, write_json
+from .exit_status import EXIT_SOME_FAILED
 
 REPORT_NAME = "extract_report.json"
 

@@ -1,0 +1,11 @@
+"""The contract between preprocessing and modelling (``../shared/design.md``).
+
+- :mod:`.labels`: the 28 classes, the four filters in channel order, strict CSV parsing.
+- :mod:`.store`: the dataset store's layout (levels, arrays, attributes, statistics, done flags,
+  report) and opening it.
+- :mod:`.shards`: whole-sample shards in Zarr v3's sharding format, written and read directly.
+- :mod:`.locations`: local folders and fsspec URLs (``s3://...``).
+- :mod:`.atomic`: write-to-temporary-then-rename, so nothing is ever half-written.
+
+Needs zarr and numpy, never torch, OpenCV or Dask.
+"""

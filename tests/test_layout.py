@@ -1,0 +1,95 @@
+"""The two halves stay apart: ``prep`` never imports torch or ``model``; ``model`` reads data only
+through the store contract; commands import only their own half (design.md, issue 9)."""
+import ast
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import hpa_pipeline
+
+PACKAGE = Path(hpa_pipeline.__file__).parent
+
+
+def modules_of(half: str) -> list[str]:
+    names = [f"hpa_pipeline.{half}"]
+    for info in pkgutil.walk_packages([str(PACKAGE / half)], prefix=f"hpa_pipeline.{half}."):
+        names.append(info.name)
+    return names
+
+
+def import_with_blocked(modules: list[str], blocked: list[str]) -> subprocess.CompletedProcess:
+    """Import ``modules`` in a fresh interpreter where importing any of ``blocked`` fails."""
+    code = "\n".join([
+        "import sys",
+        *[f"sys.modules[{name!r}] = None" for name in blocked],
+        *[f"import {name}" for name in modules],
+    ])
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+def test_prep_and_contract_import_without_torch_or_model():
+    modules = modules_of("contract") + modules_of("prep")
+    assert "hpa_pipeline.prep.ingest" in modules and "hpa_pipeline.prep.synth.cells" in modules
+    result = import_with_blocked(modules, ["torch", "torchvision", "timm", "pretrainedmodels", "hpa_pipeline.model"])
+    assert result.returncode == 0, result.stderr
+
+
+def test_model_imports_without_prep():
+    modules = modules_of("model")
+    assert "hpa_pipeline.model.train" in modules
+    result = import_with_blocked(modules, ["hpa_pipeline.prep", "tifffile", "py7zr", "dask", "distributed"])
+    assert result.returncode == 0, result.stderr
+
+
+def relative_imports(path: Path) -> set[str]:
+    """Absolute names of the hpa_pipeline modules that ``path`` imports (any form, any place)."""
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    package = parts[:-1] if parts[-1] != "__init__" else parts[:-1]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = list(package[:len(package) - node.level + 1]) if node.level else []
+            found.add(".".join(base + ([node.module] if node.module else [])))
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return {name for name in found if name.startswith("hpa_pipeline")}
+
+
+@pytest.mark.parametrize("half, forbidden", [("prep", ("hpa_pipeline.model",)),
+                                             ("model", ("hpa_pipeline.prep",)),
+                                             ("contract", ("hpa_pipeline.model", "hpa_pipeline.prep"))])
+def test_no_module_imports_the_other_half_even_lazily(half, forbidden):
+    """Also catches imports inside functions, which the import test above cannot see."""
+    offenders = {str(path.relative_to(PACKAGE)): sorted(n for n in relative_imports(path) if n.startswith(forbidden))
+                 for path in (PACKAGE / half).rglob("*.py")}
+    assert not {k: v for k, v in offenders.items() if v}
+
+
+@pytest.mark.parametrize("args", [["--help"], ["evaluate", "--help"], ["build-zarr", "--help"],
+                                  ["ingest", "--help"], ["inspect", "--help"], ["extract", "--help"],
+                                  ["train", "--help"], ["predict", "--help"]])
+def test_commands_start_without_torch(args):
+    """The CLI module and every command's --help load no torch (train's options come from the
+    torch-free TrainConfig)."""
+    code = ("import sys\nfrom hpa_pipeline.cli import cli\n"
+            f"try:\n    cli.main({args!r}, prog_name='hpa-pipe')\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "Usage: hpa-pipe" in result.stdout
+
+
+def test_evaluate_runs_without_torch(tmp_path):
+    truth = tmp_path / "truth.csv"
+    truth.write_text("Id,Target\na,0 1\nb,2\n")
+    submission = tmp_path / "sub.csv"
+    submission.write_text("Id,Predicted\na,0 1\nb,3\n")
+    code = ("import sys\nsys.modules['torch'] = None\nfrom hpa_pipeline.cli import cli\n"
+            f"cli.main(['evaluate', '--submission', {str(submission)!r}, '--labels', {str(truth)!r}], "
+            "prog_name='hpa-pipe', standalone_mode=False)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "macro F1" in result.stdout
