@@ -93,3 +93,16 @@ def test_evaluate_runs_without_torch(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "macro F1" in result.stdout
+
+
+def test_prep_extra_installs_no_torch():
+    """``pip install 'hpa-pipeline[prep]'`` (what a Dask worker image needs) brings no modelling stack."""
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(PACKAGE.parent / "setup.cfg")
+    core = cfg["options"]["install_requires"].split()
+    prep = cfg["options.extras_require"]["prep"].split()
+    heavy = ("torch", "torchvision", "timm", "pretrainedmodels")
+    assert not [r for r in core + prep if r.split(">")[0].split("=")[0].split("[")[0] in heavy]
+    assert "hpa-pipeline[prep,train]" in cfg["options.extras_require"]["all"]
