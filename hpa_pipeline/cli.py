@@ -311,14 +311,17 @@ def _train_options(fn):
 
 @cli.command(short_help="Train an SENet on one fold (resumable).")
 @_train_options
-@click.option("--resume", is_flag=True, help="Continue the run in --out after its last finished epoch.")
-def train(resume, **options):
+@click.option("--resume", is_flag=True,
+              help="Continue the run in --out after its last finished epoch, with its saved options.")
+@click.pass_context
+def train(ctx, resume, **options):
     """Train an SENet on one fold of a store (checkpoints every epoch, resumable)."""
     from tqdm import tqdm
 
-    from .model.models import ModelError
     from .contract.store import StoreError
     from .model.config import TrainConfig
+    from .model.distributed import ranks_from_env
+    from .model.models import ModelError
     from .model.train import TrainingDiverged
     from .model.train import train as run_training
 
@@ -326,19 +329,26 @@ def train(resume, **options):
         cfg = TrainConfig.from_dict(options)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    from .model.distributed import ranks_from_env
-
+    # options from the command line or a recipe; on --resume they must agree with the saved run
+    given = {name for name in options
+             if ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None)}
     main_rank = ranks_from_env().is_main  # under torchrun only rank 0 reports
     bar = tqdm(unit="step", desc="train", dynamic_ncols=True, disable=not main_rank)
 
     def progress(info):
-        bar.set_description(f"epoch {info['epoch']}")
-        bar.set_postfix(loss=f"{info['loss']:.4f}", img_s=f"{info['img_s']:.1f}")
+        if info["phase"] == "resumed":
+            bar.write(f"resuming {cfg.out} at epoch {info['epoch'] + 1}/{info['epochs']} (step {info['step']})")
+            return
+        if bar.total != info["steps"] or bar.desc.split()[0] != info["phase"]:
+            bar.reset(total=info["steps"])
+        bar.set_description(f"{info['phase']} epoch {info['epoch']}/{info['epochs']}")
+        if info["phase"] == "train":
+            bar.set_postfix(loss=f"{info['loss']:.4f}", img_s=f"{info['img_s']:.1f}")
         bar.n = info["step"]
         bar.refresh()
 
     try:
-        summary = run_training(cfg, resume=resume, progress=progress)
+        summary = run_training(cfg, resume=resume, progress=progress, given=given)
     except (StoreError, ModelError, ValueError, FileNotFoundError) as exc:
         bar.close()
         raise click.ClickException(str(exc)) from None
@@ -348,7 +358,7 @@ def train(resume, **options):
         raise SystemExit(4) from None
     bar.close()
     if main_rank:
-            click.echo(f"train: best validation macro F1 {summary.get('best_valid_macro_f1', float('nan')):.4f} "
+        click.echo(f"train: best validation macro F1 {summary.get('best_valid_macro_f1', float('nan')):.4f} "
                    f"after {summary.get('step', 0)} steps; run in {cfg.out}")
 
 

@@ -18,7 +18,8 @@ from hpa_pipeline.prep.synth import SynthSpec, make_dataset
 
 # per-process batch 4: two processes, or one process accumulating two micro-batches of 4;
 # BatchNorm sees 4 samples at a time in both (no SyncBatchNorm on CPU)
-OPTIONS = dict(arch="se_resnet_tiny", level=32, crop=32, folds=4, fold=0, epochs=3, batch_size=4, lr=2e-3,
+# (no dropout: each rank draws its own dropout masks, so only dropout-free runs can match bit for bit)
+OPTIONS = dict(arch="se_resnet_tiny", drop_rate=0.0, level=32, crop=32, folds=4, fold=0, epochs=3, batch_size=4, lr=2e-3,
                warmup_epochs=0.5, workers=0, seed=3, amp="none", device="cpu")
 
 

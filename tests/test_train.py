@@ -76,14 +76,18 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(four_class_store, t
     calls = {"n": 0}
     real = train_module.make_loss
 
-    def loss_that_breaks(cfg, labels, device):
-        inner = real(cfg, labels, device)
+    class LossThatBreaks(torch.nn.Module):
+        def __init__(self, *args):
+            super().__init__()
+            self.inner = real(*args)
 
-        def loss(logits, y):
+        def forward(self, logits, y):
             calls["n"] += 1
-            value = inner(logits, y)
+            value = self.inner(logits, y)
             return value * float("nan") if calls["n"] > 8 else value
-        return loss
+
+    def loss_that_breaks(*args):
+        return LossThatBreaks(*args)
 
     monkeypatch.setattr(train_module, "make_loss", loss_that_breaks)
     with pytest.raises(TrainingDiverged, match="loss is nan at epoch 1.*last good checkpoint"):
@@ -117,19 +121,18 @@ def test_sigkill_then_resume_ends_like_an_uninterrupted_run(four_class_store, tm
 
 
 def test_swa_is_the_equal_weight_mean_of_the_epochs_it_averages():
-    from hpa_pipeline.model.train import SWA
+    from hpa_pipeline.model.averaging import make_average
 
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
-    swa, snapshots = SWA(), []
+    swa, snapshots = make_average(model, ema=0, swa_epochs=3), []
     for value in (1.0, 2.0, 6.0):
         for p in model.parameters():
             p.data.fill_(value)
-        snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
-        swa.update(model)
-    assert swa.n == 3
-    for key, averaged in swa.shadow.items():
-        if averaged.dtype.is_floating_point:
-            assert torch.allclose(averaged, sum(s[key] for s in snapshots) / 3), key
+        snapshots.append({k: v.clone() for k, v in model.named_parameters()})
+        swa.update_parameters(model)
+    assert int(swa.n_averaged) == 3
+    for key, averaged in swa.module.named_parameters():
+        assert torch.allclose(averaged, sum(s[key] for s in snapshots) / 3), key
 
 
 def test_swa_run_validates_and_saves_the_averaged_weights(four_class_store, tmp_path):
@@ -137,13 +140,13 @@ def test_swa_run_validates_and_saves_the_averaged_weights(four_class_store, tmp_
     run = tmp_path / "run"
     train(tiny_config(store, run, epochs=3, swa_epochs=2, swa_bn_batches=3))
     last = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
-    assert last["swa"]["n"] == 2  # epochs 1 and 2
+    assert int(last["average"]["n_averaged"]) == 2  # epochs 1 and 2
     best = torch.load(run / "checkpoints" / "best.pt", weights_only=False)
     if best["epoch"] == 2:  # the SWA weights, with BatchNorm statistics recomputed for them
         name = next(k for k in best["model"] if k.endswith("conv1.weight"))
-        assert torch.equal(best["model"][name], last["swa"]["shadow"][name])
+        assert torch.equal(best["model"][name], last["average"][f"module.{name}"])
         stats = next(k for k in best["model"] if k.endswith("running_var"))
-        assert not torch.equal(best["model"][stats], last["swa"]["shadow"][stats])
+        assert not torch.equal(best["model"][stats], last["model"][stats])
     rows = (run / "metrics.csv").read_text().splitlines()
     assert len(rows) == 4 and "nan" not in "".join(rows)
     with pytest.raises(ValueError, match="--ema or --swa-epochs"):

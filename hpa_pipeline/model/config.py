@@ -10,9 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 
-def option(default, help: str):
-    """A dataclass field with its command-line help."""
-    return field(default=default, metadata={"help": help})
+ARCHS = ("se_resnext50_32x4d", "se_resnet50", "se_resnext101_32x4d", "senet154", "se_resnet_tiny")
+BACKENDS = ("timm", "pretrainedmodels")
+
+
+def option(default, help: str, choices: tuple | None = None):
+    """A dataclass field with its command-line help (and its fixed set of values, if any)."""
+    return field(default=default, metadata={"help": help, "choices": choices})
 
 
 @dataclass
@@ -20,43 +24,50 @@ class TrainConfig:
     """Every option of a run; ``pipelines/*.yaml`` recipes set them by name."""
 
     store: str = option("", "Train store (from ingest or build-zarr): a folder or a URL.")
-    out: str = option("", "Run folder (checkpoints, metrics, thresholds).")
-    arch: str = option("se_resnext50_32x4d",
-                       "se_resnext50_32x4d, se_resnet50, se_resnext101_32x4d, senet154 or se_resnet_tiny.")
-    backend: str = option("timm", "timm or pretrainedmodels (same network, same checkpoint keys).")
-    weights: str | None = option(None, "ImageNet weights: a local file, or 'cache' for the torch hub cache. "
-                                       "Default: from scratch.")
-    level: int = option(1024, "Store level to train on.")
-    crop: int = option(512, "Random crop size.")
+    out: str = option("", "Run folder (checkpoints, metrics, thresholds); a new one, or the one to --resume.")
+    arch: str = option("se_resnext50_32x4d", "SENet architecture (se_resnet_tiny: for CPU tests and the demo).",
+                       ARCHS)
+    backend: str = option("timm", "Library that builds it: the same network and checkpoint keys either way.",
+                          BACKENDS)
+    weights: str | None = option(None, "ImageNet weights: a local .pth/.safetensors file, 'cache' (the torch hub "
+                                       "and Hugging Face caches), or 'none' for random initialisation.")
+    drop_rate: float = option(0.2, "Dropout before the classifier, the same for both backends.")
+    level: int = option(1024, "Store level to train on; validation and predict use it too (whole images).")
+    crop: int = option(512, "Random training crop size (pixels of --level).")
     crop_grid: int = option(1, "Crop origins on this grid (e.g. the store's chunk size: fastest reads); "
                                "1 = any offset.")
     stream: bool = option(False, "Read whole shards in streaming order with a shuffle buffer "
                                  "(for s3:// and other remote stores).")
     stream_buffer: int = option(16, "Whole images held per loader worker when streaming.")
-    val_level: int | None = option(None, "Level for validation, whole images [default: --level].")
-    folds: int = option(5, "")
+    val_level: int | None = option(None, "Level for validation and predict, whole images [default: --level, the "
+                                         "scale the model trained at].")
+    folds: int = option(5, "Number of multilabel stratified folds of the store.")
     fold: int = option(0, "Validation fold (0..folds-1).")
-    epochs: int = option(20, "")
-    batch_size: int = option(32, "")
+    epochs: int = option(20, "Training epochs.")
+    epoch_size: int | None = option(None, "Samples per epoch [default: the training fold]; more than the fold "
+                                          "draws with replacement.")
+    batch_size: int = option(32, "Images per step and process.")
     accumulate: int = option(1, "Gradient accumulation steps.")
-    lr: float = option(3e-4, "")
-    weight_decay: float = option(1e-4, "")
-    warmup_epochs: float = option(1.0, "")
-    schedule: str = option("cosine", "cosine (with warm-up) or onecycle.")
-    loss: str = option("bce", "bce or focal.")
-    focal_gamma: float = option(2.0, "")
-    class_weighting: bool = option(False, "BCE pos_weight from class frequencies.")
+    lr: float = option(3e-4, "Peak learning rate (AdamW).")
+    weight_decay: float = option(1e-4, "AdamW weight decay.")
+    warmup_epochs: float = option(1.0, "Linear warm-up, in epochs, before the cosine decay.")
+    schedule: str = option("cosine", "Learning-rate schedule: linear warm-up then cosine, or one-cycle.",
+                           ("cosine", "onecycle"))
+    loss: str = option("bce", "Binary cross-entropy, or focal loss (validation loss is the same function).",
+                       ("bce", "focal"))
+    focal_gamma: float = option(2.0, "Focusing exponent of the focal loss.")
+    class_weighting: bool = option(False, "Weight each class's positives by sqrt((1-f)/f) of its frequency f.")
     oversample: bool = option(False, "Sample rare classes more often.")
     ema: float = option(0.0, "EMA decay of the weights (e.g. 0.999); 0 = off.")
     swa_epochs: int = option(0, "SWA: average the weights of the last N epochs (BatchNorm recomputed); 0 = off.")
     swa_bn_batches: int = option(50, "Training batches used to recompute BatchNorm statistics of the SWA weights.")
-    amp: str = option("bf16", "bf16, fp16 or none (CUDA only).")
-    channels_last: bool = option(True, "")
-    compile: bool = option(False, "")
+    amp: str = option("bf16", "Mixed precision on CUDA (ignored on the CPU).", ("bf16", "fp16", "none"))
+    channels_last: bool = option(True, "channels_last memory format on CUDA.")
+    compile: bool = option(False, "torch.compile the training step (model and loss).")
     sync_bn: bool = option(False, "SyncBatchNorm across torchrun processes (CUDA only).")
-    workers: int = option(4, "DataLoader worker processes.")
-    seed: int = option(0, "")
-    device: str = option("auto", "")
+    workers: int = option(4, "DataLoader worker processes (each reads and decodes crops on one core).")
+    seed: int = option(0, "Seed of folds, crops, order and initialisation: same seed, same run.")
+    device: str = option("auto", "auto (a GPU if there is one), cpu, cuda or cuda:N.")
     steps_per_epoch: int | None = option(None, "Cap on optimizer steps per epoch.")
 
     @classmethod
@@ -68,6 +79,26 @@ class TrainConfig:
         return cls(**values)
 
     def __post_init__(self):
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise ValueError(f"--{f.name.replace('_', '-')} {getattr(self, f.name)!r} is not one of {choices}")
+        if not 0 <= self.fold < self.folds or self.folds < 2:
+            raise ValueError(f"--fold must be between 0 and --folds - 1 ({self.folds - 1}), with --folds >= 2; "
+                             f"got --fold {self.fold} --folds {self.folds}")
+        for name in ("epochs", "batch_size", "accumulate", "level", "crop", "crop_grid", "stream_buffer"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.epoch_size is not None and self.epoch_size < 1:
+            raise ValueError(f"--epoch-size must be at least 1, got {self.epoch_size}")
+        if self.stream and self.epoch_size is not None:
+            raise ValueError("--stream reads every sample once per epoch; it cannot use --epoch-size")
+        if self.crop > self.level:
+            raise ValueError(f"--crop {self.crop} is larger than --level {self.level}")
+        if not 0 <= self.drop_rate < 1 or not 0 <= self.ema < 1:
+            raise ValueError("--drop-rate and --ema must be in [0, 1)")
+        if self.workers < 0:
+            raise ValueError(f"--workers must be 0 (read in the training process) or more, got {self.workers}")
         if self.stream and self.oversample:
             raise ValueError("--stream reads every sample once per epoch; it cannot --oversample")
         if self.ema > 0 and self.swa_epochs > 0:

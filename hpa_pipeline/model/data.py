@@ -85,9 +85,9 @@ class StoreDataset(Dataset):
     def item_size(self) -> int:
         return self.crop if self.train and self.crop is not None else self.level
 
-    def draw(self, index: int) -> tuple[int, int, np.ndarray]:
-        """Crop origin ``(y, x)`` and augmentation of sample ``index`` this epoch."""
-        rng = np.random.default_rng((self.seed, self.epoch, index))
+    def draw(self, index: int, epoch: int | None = None) -> tuple[int, int, np.ndarray]:
+        """Crop origin ``(y, x)`` and augmentation of sample ``index`` in ``epoch`` (default: this one)."""
+        rng = np.random.default_rng((self.seed, self.epoch if epoch is None else epoch, index))
         y = x = 0
         if self.train and self.crop is not None:
             # crop_grid > 1 snaps the origin to a grid: with the chunk size, a crop decodes
@@ -99,28 +99,34 @@ class StoreDataset(Dataset):
     def labels_of(self, index: int) -> np.ndarray:
         return self.labels[index] if self.labels is not None else np.zeros(N_CLASSES, np.float32)
 
-    def _fill(self, k: int, out: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
-        """Read item ``k`` into ``out``; returns its labels, sample index and augmentation."""
+    def _fill(self, item, out: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
+        """Read ``item`` into ``out``; returns its labels, sample index and augmentation.
+
+        ``item`` is a position in the dataset, or ``(epoch, position)`` from a sampler that
+        tags its draws (:class:`EpochSampler` with ``tag_epoch``): then the epoch travels with
+        the item, and workers that live for the whole run need no ``set_epoch``.
+        """
+        epoch, k = item if isinstance(item, tuple) else (self.epoch, item)
         index = int(self.indices[k])
-        y, x, augmentation = self.draw(index)
+        y, x, augmentation = self.draw(index, epoch)
         if self.train and self.crop is not None:
             self.reader().read(index, y, x, self.crop, self.crop, out=out)
         else:
             self.reader().read(index, out=out)
         return self.labels_of(index), index, augmentation
 
-    def __getitem__(self, k: int):
+    def __getitem__(self, item):
         image = np.empty((4, self.item_size, self.item_size), self.reader().dtype)
-        labels, index, augmentation = self._fill(k, image)
+        labels, index, augmentation = self._fill(item, image)
         return torch.from_numpy(image), torch.from_numpy(labels), index, torch.from_numpy(augmentation)
 
-    def __getitems__(self, ks: list[int]):
+    def __getitems__(self, items: list):
         """A whole batch, each crop decoded straight into its slot: no per-item tensors to stack.
 
         (PyTorch's DataLoader calls this with the batch's indices when a dataset defines it.)
         """
-        images = np.empty((len(ks), 4, self.item_size, self.item_size), self.reader().dtype)
-        labels, indices, augmentation = zip(*(self._fill(k, images[j]) for j, k in enumerate(ks)))
+        images = np.empty((len(items), 4, self.item_size, self.item_size), self.reader().dtype)
+        labels, indices, augmentation = zip(*(self._fill(item, images[j]) for j, item in enumerate(items)))
         return (torch.from_numpy(images), torch.from_numpy(np.stack(labels)), torch.tensor(indices),
                 torch.from_numpy(np.stack(augmentation)))
 
@@ -147,24 +153,36 @@ def dihedral(images: torch.Tensor, code: int) -> torch.Tensor:
 
 class Normalizer(torch.nn.Module):
     """Integer batch -> float, normalised per channel, each item flipped/rotated and jittered as
-    its augmentation vector says; runs on the training device."""
+    its augmentation vector says; runs on the training device.
+
+    The symmetries are one ``gather`` with a per-item pixel permutation (8 index maps made once
+    per image size and device), so a batch of mixed codes needs no host-device synchronisation
+    (no ``unique()``, boolean masks or ``.tolist()`` on the device) and one kernel, not one per code.
+    """
 
     def __init__(self, mean, std):
         super().__init__()
         self.register_buffer("mean", torch.as_tensor(np.asarray(mean), dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("inv_std", 1.0 / torch.as_tensor(np.asarray(std), dtype=torch.float32).view(1, -1, 1, 1))
+        self._maps: dict = {}
+
+    def _dihedral_maps(self, size: int, device) -> torch.Tensor:
+        """``(8, size*size)``: for each code, the source pixel of each output pixel."""
+        key = (size, str(device))
+        if key not in self._maps:
+            pixels = torch.arange(size * size, device=device).view(size, size)
+            self._maps[key] = torch.stack([dihedral(pixels, code).reshape(-1) for code in range(8)])
+        return self._maps[key]
 
     def forward(self, images: torch.Tensor, augmentation: torch.Tensor | None = None) -> torch.Tensor:
-        x = (images.float() - self.mean) * self.inv_std
         if augmentation is None:
-            return x
-        codes = augmentation[:, 0].long()
-        if bool((codes != 0).any()):
-            x = x.clone()
-            for code in codes.unique().tolist():
-                if code:
-                    chosen = codes == code
-                    x[chosen] = dihedral(x[chosen], code)
+            return (images.float() - self.mean) * self.inv_std
+        n, c, h, w = images.shape
+        if h != w:
+            raise ValueError(f"augmented items must be square, got {h}x{w}")
+        index = self._dihedral_maps(h, images.device)[augmentation[:, 0].long()]  # (n, h*w)
+        turned = torch.gather(images.reshape(n, c, h * w), 2, index[:, None, :].expand(n, c, h * w))
+        x = (turned.view(n, c, h, w).float() - self.mean) * self.inv_std
         gain, offset = augmentation[:, 1:5, None, None], augmentation[:, 5:9, None, None]
         return x * gain + offset
 
@@ -173,32 +191,39 @@ class EpochSampler(Sampler):
     """A permutation of the dataset (or a class-balanced draw) that depends only on seed and epoch.
 
     ``weights`` (one per item) turns it into sampling with replacement in proportion to them,
-    for oversampling rare classes. With ``world > 1`` (distributed training) every rank draws
-    the same order and keeps whole batches ``rank, rank + world, ...`` of ``batch_size``
-    items; each rank gets the same number of batches, so none waits for another at the end.
+    for oversampling rare classes. ``draws`` sets the epoch's size (``--epoch-size``): fewer
+    than the dataset takes the start of the permutation, more draws with replacement. With
+    ``world > 1`` (distributed training) every rank draws the same order and keeps whole
+    batches ``rank, rank + world, ...`` of ``batch_size`` items; each rank gets the same number
+    of batches, so none waits for another at the end. ``tag_epoch`` yields ``(epoch, k)``
+    pairs, so that loader workers that live for the whole run know each item's epoch.
     """
 
     def __init__(self, n: int, seed: int = 0, weights: np.ndarray | None = None, shuffle: bool = True,
-                 rank: int = 0, world: int = 1, batch_size: int = 1):
+                 rank: int = 0, world: int = 1, batch_size: int = 1, draws: int | None = None,
+                 tag_epoch: bool = False):
         self.n, self.seed, self.epoch, self.weights, self.shuffle = n, seed, 0, weights, shuffle
         self.rank, self.world, self.batch_size = rank, world, batch_size
+        self.draws, self.tag_epoch = draws or n, tag_epoch
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
         if self.world == 1:
-            return self.n
-        return (self.n // self.batch_size) // self.world * self.batch_size
+            return self.draws
+        return (self.draws // self.batch_size) // self.world * self.batch_size
 
     def _order(self) -> np.ndarray:
         if not self.shuffle:
-            return np.arange(self.n)
+            return np.arange(self.n)[:self.draws]
         rng = np.random.default_rng((self.seed, 1_000_003, self.epoch))
-        if self.weights is None:
-            return rng.permutation(self.n)
-        p = self.weights / self.weights.sum()
-        return rng.choice(self.n, size=self.n, replace=True, p=p)
+        if self.weights is not None:
+            p = self.weights / self.weights.sum()
+            return rng.choice(self.n, size=self.draws, replace=True, p=p)
+        if self.draws <= self.n:
+            return rng.permutation(self.n)[:self.draws]
+        return rng.integers(0, self.n, self.draws)
 
     def __iter__(self):
         order = self._order()
@@ -206,6 +231,8 @@ class EpochSampler(Sampler):
             b = self.batch_size
             batches = order[:len(self) * self.world].reshape(-1, self.world, b)
             order = batches[:, self.rank].ravel()
+        if self.tag_epoch:
+            return iter([(self.epoch, k) for k in order.tolist()])
         return iter(order.tolist())
 
 
@@ -242,8 +269,13 @@ def worker_options(workers: int, multiprocessing_context: str | None = None, pre
 
 def make_loader(dataset: StoreDataset, batch_size: int, workers: int, sampler: Sampler | None = None,
                 pin_memory: bool = False, multiprocessing_context: str | None = None,
-                drop_last: bool = False) -> DataLoader:
-    """A DataLoader over a :class:`StoreDataset`, whose ``__getitems__`` makes whole batches."""
+                drop_last: bool = False, persistent: bool = False) -> DataLoader:
+    """A DataLoader over a :class:`StoreDataset`, whose ``__getitems__`` makes whole batches.
+
+    ``persistent`` keeps the worker processes for the whole run (no fork per epoch or per
+    validation pass); give it a sampler with ``tag_epoch`` so that workers see each epoch.
+    """
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, pin_memory=pin_memory,
                       collate_fn=_already_collated, drop_last=drop_last,
+                      persistent_workers=persistent and workers > 0,
                       **worker_options(workers, multiprocessing_context))

@@ -1,78 +1,118 @@
 """Inference: a run's weights, sigmoid probabilities with test-time augmentation, and ``predict``.
 
 ``train`` (validation every epoch) and ``predict`` (the submission) share :func:`predict_probs`,
-so a model is always evaluated the same way.
+so a model is always evaluated the same way: whole images of the run's validation level (its
+training level unless ``--val-level`` said otherwise), normalised with the *training* store's
+channel statistics that the run saved. A test store's own statistics are never used, so a
+sample's prediction does not depend on which other samples share its store.
 """
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from ..contract.store import open_store
 from .config import TrainConfig
+from .data import Normalizer, dihedral
 from .metrics import predict_labels
 from .models import create_model
+from .run_folder import RunError, RunFolder, read_config
 
 
 def tta_views(images: torch.Tensor, n: int):
-    """The first ``n`` of the 8 dihedral views (identity, flips, 90° rotations) of a batch."""
+    """The first ``n`` of the 8 dihedral views (identity, rotations, then flipped) of a batch."""
     if not 1 <= n <= 8:
         raise ValueError("tta must be between 1 and 8")
-    for k in range(n):
-        view = torch.rot90(images, k % 4, dims=(2, 3))
-        yield torch.flip(view, dims=(3,)) if k >= 4 else view
+    for code in range(n):
+        yield dihedral(images, code)
 
 
-def autocast(cfg: TrainConfig, device: torch.device):
-    if device.type != "cuda" or cfg.amp == "none":
+def autocast(amp: str, device: torch.device):
+    """bf16 or fp16 autocast on CUDA; nothing elsewhere or with ``amp='none'``."""
+    if device.type != "cuda" or amp == "none":
         return torch.autocast(device.type, enabled=False)
-    return torch.autocast("cuda", dtype=torch.bfloat16 if cfg.amp == "bf16" else torch.float16)
+    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
 @torch.no_grad()
-def predict_probs(model, loader, device, cfg: TrainConfig, tta: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Sigmoid probabilities ``(n, 28)`` (averaged over ``tta`` flips/rotations) and sample indices."""
+def predict_probs(model, loader, normalize: Normalizer, device, amp: str = "none", channels_last: bool = False,
+                  tta: int = 1, loss_fn=None, progress=None) -> tuple[np.ndarray, np.ndarray, float | None]:
+    """Sigmoid probabilities ``(n, 28)`` averaged over ``tta`` views, the sample indices, and the
+    mean of ``loss_fn`` over the un-augmented view (None without ``loss_fn``).
+
+    ``progress(batches_done)`` after each batch. The loss stays on the device until the end.
+    """
     model.eval()
-    normalize = loader.dataset.normalizer().to(device)
     probs, indices = [], []
-    for images, _, index, _ in loader:
+    loss_sum, seen = torch.zeros((), device=device), 0
+    for batch, (images, targets, index, _) in enumerate(loader):
         images = normalize(images.to(device, non_blocking=True))
-        if cfg.channels_last and device.type == "cuda":
+        if channels_last and device.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
         total = 0
-        with autocast(cfg, device):
-            for view in tta_views(images, tta):
-                total = total + torch.sigmoid(model(view).float())
+        with autocast(amp, device):
+            for code, view in enumerate(tta_views(images, tta)):
+                logits = model(view).float()
+                if code == 0 and loss_fn is not None:
+                    loss_sum += loss_fn(logits, targets.to(device, non_blocking=True)) * len(images)
+                total = total + torch.sigmoid(logits)
         probs.append((total / tta).cpu().numpy())
         indices.append(index.numpy())
-    return np.concatenate(probs), np.concatenate(indices)
+        seen += len(images)
+        if progress:
+            progress(batch + 1)
+    loss = float(loss_sum) / max(seen, 1) if loss_fn is not None else None
+    return np.concatenate(probs), np.concatenate(indices), loss
 
 
+@dataclass
+class TrainedRun:
+    """What ``predict`` needs of a run: the weights to predict with and how it saw images."""
 
-def load_run(run: str | Path, device) -> tuple[torch.nn.Module, dict, np.ndarray]:
-    """The best weights of a run, its config and its per-class thresholds."""
-    run = Path(run)
-    best = run / "checkpoints" / "best.pt"
-    if not best.exists():
-        raise FileNotFoundError(f"{run}: no checkpoints/best.pt (has this run finished an epoch?)")
-    cfg = yaml.safe_load((run / "config.yaml").read_text())
-    state = torch.load(best, map_location=device, weights_only=False)
-    model = create_model(cfg["arch"], cfg["backend"]).to(device)
+    path: Path
+    model: torch.nn.Module
+    config: TrainConfig
+    thresholds: np.ndarray
+    normalization: dict  # {"level", "mean", "std"}: channel statistics of the training store's level
+
+    @property
+    def level(self) -> int:
+        """The level it was validated on (and its thresholds tuned on): its training level by default."""
+        return self.config.val_level or self.config.level
+
+    def normalizer(self) -> Normalizer:
+        return Normalizer(self.normalization["mean"], self.normalization["std"])
+
+
+def load_run(path: str | Path, device) -> TrainedRun:
+    """The best weights of a run, its options, thresholds and training normalisation."""
+    run = RunFolder(Path(path))
+    if not run.best.exists():
+        raise RunError(f"{run.path}: no checkpoints/best.pt (has this run finished an epoch?)")
+    cfg, normalization = read_config(run.config)
+    if normalization is None:
+        raise RunError(f"{run.path} was trained before runs saved their normalisation statistics; "
+                       f"retrain it to predict with it")
+    state = torch.load(run.best, map_location=device, weights_only=False)
+    model = create_model(cfg.arch, cfg.backend, drop_rate=cfg.drop_rate).to(device)
     model.load_state_dict(state["model"])
-    thresholds = np.array(json.loads((run / "thresholds.json").read_text())["thresholds"])
-    return model, cfg, thresholds
+    thresholds = np.array(json.loads(run.thresholds.read_text())["thresholds"])
+    return TrainedRun(run.path, model, cfg, thresholds, normalization)
 
 
 def predict(store: str | Path, runs: list[str | Path], tta: int = 1, batch_size: int = 16, workers: int = 2,
-            device: str = "auto", level: int | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
+            device: str = "auto", level: int | None = None,
+            progress=None) -> tuple[list[str], np.ndarray, np.ndarray]:
     """``(ids, mean probabilities (n, 28), predicted labels (n, 28) bool)`` over the whole store.
 
-    Probabilities are averaged over runs (e.g. folds) and TTA views; thresholds are the mean of
-    the runs' thresholds. Samples not done in the store are an error: a submission needs all.
+    Each run predicts at its own validation level (``level`` overrides) with its own training
+    statistics; probabilities are averaged over runs (e.g. folds) and TTA views; thresholds are
+    the mean of the runs' thresholds. Samples not done in the store are an error: a submission
+    needs all. ``progress(done, total)`` counts batches over all runs.
     """
     from .data import StoreDataset, make_loader
     from .distributed import pick_device
@@ -85,16 +125,21 @@ def predict(store: str | Path, runs: list[str | Path], tta: int = 1, batch_size:
         raise ValueError(f"{store}: {int((~done).sum())} samples not written (e.g. {missing}); "
                          f"finish the ingest (see report.json) before predicting")
     dev = pick_device(device)
+    trained = [load_run(run, dev) for run in runs]
+    loaders = [make_loader(StoreDataset(str(store), level or run.level, np.arange(len(done))), batch_size, workers)
+               for run in trained]
+    total_batches, finished = sum(len(loader) for loader in loaders), 0
     total, thresholds = 0.0, []
-    for run in runs:
-        model, cfg, run_thresholds = load_run(run, dev)
-        config = TrainConfig.from_dict({k: v for k, v in cfg.items()})
-        dataset = StoreDataset(str(store), level or config.val_level or config.level, np.arange(len(done)))
-        loader = make_loader(dataset, batch_size, workers)
-        probs, indices = predict_probs(model, loader, dev, config, tta=tta)
-        order = np.argsort(indices)
-        total = total + probs[order]
-        thresholds.append(run_thresholds)
+    for run, loader in zip(trained, loaders):
+        def step(batches, offset=finished):
+            if progress:
+                progress(offset + batches, total_batches)
+
+        probs, indices, _ = predict_probs(run.model, loader, run.normalizer().to(dev), dev, run.config.amp,
+                                          run.config.channels_last, tta=tta, progress=step)
+        finished += len(loader)
+        total = total + probs[np.argsort(indices)]
+        thresholds.append(run.thresholds)
     probs = total / len(runs)
     labels = predict_labels(probs, np.mean(thresholds, axis=0))
     return list(meta["ids"]), probs, labels

@@ -18,10 +18,17 @@ the demo. Every model takes 4 channels (red, green, blue, yellow), any input siz
 average pooling: pretrainedmodels' SENet has a fixed 7×7 pool, replaced here) and has 28
 outputs (logits).
 
+Both backends get the same dropout before the classifier (``drop_rate``; timm's legacy SENets
+default to 0.2 and pretrainedmodels' SE-ResNeXts to none, so it is set explicitly), so "the
+same network" holds in training too.
+
 Pretrained ImageNet weights never come from the network: ``weights`` is a local file (a state
-dict of the 1000-class, 3-channel model from either backend), or ``"cache"`` to look in the
-user's torch hub cache. The stem is widened to 4 channels by the rule: red, green, blue
-filters copy the RGB filters, yellow gets their mean.
+dict of the 1000-class, 3-channel model from either backend; ``.pth`` or ``.safetensors``),
+``"cache"`` to look where timm and pretrainedmodels keep downloads (the torch hub folder,
+``torch.hub.get_dir()``, which honours ``TORCH_HOME``; and the Hugging Face cache, which honours
+``HF_HOME``), or ``None``/``"none"``/``"scratch"`` for random initialisation. The stem is
+widened to 4 channels by the rule: red, green, blue filters copy the RGB filters, yellow gets
+their mean (timm's own ``in_chans=4`` adaptation would tile R, G, B, R instead).
 """
 from __future__ import annotations
 
@@ -34,25 +41,29 @@ from torch import nn
 from ..contract.labels import N_CLASSES
 
 IN_CHANNELS = 4
+DEFAULT_DROP_RATE = 0.2
 
-#: arch -> (pretrainedmodels name, timm name, file names of the ImageNet weights in a torch hub cache)
+#: arch -> (pretrainedmodels name, timm name, file names of its ImageNet weights in the torch hub
+#: folder: pretrainedmodels' first, then timm's release file)
 ARCHS = {
     "se_resnext50_32x4d": ("se_resnext50_32x4d", "legacy_seresnext50_32x4d",
-                           ("se_resnext50_32x4d-a260b3a4.pth", "legacy_seresnext50_32x4d-f3651bad.pth")),
+                           ("se_resnext50_32x4d-a260b3a4.pth", "legacy_se_resnext50_32x4d-f3651bad.pth")),
     "se_resnet50": ("se_resnet50", "legacy_seresnet50", ("se_resnet50-ce0d4300.pth",)),
     "se_resnext101_32x4d": ("se_resnext101_32x4d", "legacy_seresnext101_32x4d",
-                            ("se_resnext101_32x4d-3b2fe3d8.pth",)),
-    "senet154": ("senet154", "legacy_senet154", ("senet154-c7b49a05.pth",)),
+                            ("se_resnext101_32x4d-3b2fe3d8.pth", "legacy_se_resnext101_32x4d-37725eac.pth")),
+    "senet154": ("senet154", "legacy_senet154", ("senet154-c7b49a05.pth", "legacy_senet154-e9eb9fe6.pth")),
     "se_resnet_tiny": (None, None, ()),
 }
 BACKENDS = ("timm", "pretrainedmodels")
+SCRATCH = (None, "", "none", "scratch")
 
 
 class ModelError(ValueError):
     """An unknown arch or backend, or weights that are missing or do not fit."""
 
 
-def _build(arch: str, backend: str) -> nn.Module:
+def _build(arch: str, backend: str, num_classes: int, drop_rate: float) -> nn.Module:
+    """A randomly initialised 4-channel network with a ``num_classes`` head."""
     if arch not in ARCHS:
         raise ModelError(f"unknown arch {arch!r}; choose from {sorted(ARCHS)}")
     if backend not in BACKENDS:
@@ -61,15 +72,21 @@ def _build(arch: str, backend: str) -> nn.Module:
     if arch == "se_resnet_tiny":
         from timm.models.senet import SENet, SEResNetBlock
 
-        return SENet(SEResNetBlock, layers=(1, 1, 1, 1), groups=1, reduction=16, drop_rate=0.0)
+        return SENet(SEResNetBlock, layers=(1, 1, 1, 1), groups=1, reduction=16, drop_rate=drop_rate,
+                     in_chans=IN_CHANNELS, num_classes=num_classes)
     if backend == "timm":
         import timm
 
-        return timm.create_model(timm_name, pretrained=False)
+        return timm.create_model(timm_name, pretrained=False, in_chans=IN_CHANNELS, num_classes=num_classes,
+                                 drop_rate=drop_rate)
     import pretrainedmodels  # noqa: F401 - needs `six`, which it does not declare (setup.cfg has it)
 
+    # pretrainedmodels has no in_chans, num_classes of its own choosing or adaptive pooling
     model = pretrainedmodels.__dict__[pm_name](num_classes=1000, pretrained=None)
     model.avg_pool = nn.AdaptiveAvgPool2d(1)  # the original 7x7 pool fixes the input at 224²
+    model.dropout = nn.Dropout(drop_rate) if drop_rate > 0 else None
+    _widen_stem(model)
+    _replace_head(model, num_classes)
     return model
 
 
@@ -95,21 +112,47 @@ def _replace_head(model: nn.Module, num_classes: int) -> None:
 
 
 def find_cached_weights(arch: str) -> Path | None:
-    """The ImageNet weights of ``arch`` in the user's torch hub cache, if downloaded before."""
-    hub = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch")) / "hub" / "checkpoints"
-    for name in ARCHS.get(arch, (None, None, ()))[2]:
+    """The ImageNet weights of ``arch`` where timm or pretrainedmodels left a download, if any:
+    the torch hub folder (``torch.hub.get_dir()/checkpoints``), then the Hugging Face cache
+    (``timm/<timm name>.in1k``, where timm 0.9+ downloads to). Never touches the network."""
+    hub = Path(torch.hub.get_dir()) / "checkpoints"
+    pm_name, timm_name, file_names = ARCHS.get(arch, (None, None, ()))
+    for name in file_names:
         if (hub / name).exists():
             return hub / name
+    if timm_name is None:
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    for file_name in ("model.safetensors", "pytorch_model.bin"):
+        found = try_to_load_from_cache(f"timm/{timm_name}.in1k", file_name)
+        if isinstance(found, str):
+            return Path(found)
     return None
+
+
+def _read_state_dict(path: Path) -> dict:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip and format errors of a file that is not weights
+        raise ModelError(f"{path} is not a PyTorch weights file ({type(exc).__name__})") from None
+    if not isinstance(state, dict):
+        raise ModelError(f"{path} holds a {type(state).__name__}, not a state dict")
+    return state.get("state_dict", state)
 
 
 def load_imagenet_weights(model: nn.Module, path: str | Path) -> None:
     """Load a 1000-class 3-channel state dict (either backend) into a 4-channel model's body."""
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
         raise ModelError(f"weights file {path} not found")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    state = dict(_read_state_dict(path))
     stem_key = "layer0.conv1.weight"
     if stem_key not in state:
         raise ModelError(f"{path}: not SENet weights (no {stem_key})")
@@ -131,21 +174,34 @@ def load_imagenet_weights(model: nn.Module, path: str | Path) -> None:
 
 
 def create_model(arch: str = "se_resnext50_32x4d", backend: str = "timm", weights: str | Path | None = None,
-                 num_classes: int = N_CLASSES) -> nn.Module:
+                 num_classes: int = N_CLASSES, drop_rate: float = DEFAULT_DROP_RATE) -> nn.Module:
     """A 4-channel, ``num_classes``-output SENet of ``arch`` from ``backend``.
 
-    ``weights``: ``None`` (random init), a path to ImageNet weights, or ``"cache"`` (the torch hub
-    cache; a clear error if they were never downloaded).
+    ``weights``: ``None``/``"none"``/``"scratch"`` (random init), a path to ImageNet weights, or
+    ``"cache"`` (a clear error if they were never downloaded).
     """
-    model = _build(arch, backend)
-    _widen_stem(model)
+    model = _build(arch, backend, num_classes, drop_rate)
+    path = resolve_weights(arch, weights)
+    if path is not None:
+        load_imagenet_weights(model, path)
+    return model
+
+
+def resolve_weights(arch: str, weights: str | Path | None) -> Path | None:
+    """The weights file that ``--weights`` names, checked before any work starts."""
+    if weights in SCRATCH or (isinstance(weights, str) and weights.lower() in SCRATCH):
+        return None
     if weights == "cache":
+        if arch not in ARCHS:
+            raise ModelError(f"unknown arch {arch!r}; choose from {sorted(ARCHS)}")
         cached = find_cached_weights(arch)
         if cached is None:
-            raise ModelError(f"no cached ImageNet weights for {arch} (looked for {ARCHS[arch][2]} in the torch "
-                             f"hub cache); pass --weights PATH to a local file, or train from scratch")
-        weights = cached
-    if weights is not None:
-        load_imagenet_weights(model, weights)
-    _replace_head(model, num_classes)
-    return model
+            raise ModelError(f"no cached ImageNet weights for {arch} (looked for {ARCHS[arch][2]} in "
+                             f"{Path(torch.hub.get_dir()) / 'checkpoints'} and timm/{ARCHS[arch][1]}.in1k in the "
+                             f"Hugging Face cache); pass --weights PATH to a local file, or --weights none")
+        return cached
+    path = Path(weights)
+    if not path.is_file():
+        raise ModelError(f"weights file {path} not found (use --weights none to train from scratch, "
+                         f"or --weights cache)")
+    return path

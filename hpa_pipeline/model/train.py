@@ -1,208 +1,181 @@
 """``train``: an SENet on one fold of a dataset store, readable top to bottom.
 
-A run folder holds everything about a run: ``config.yaml``, ``folds.csv`` (multilabel stratified
-folds of the whole store), ``checkpoints/last.pt`` (and ``best.pt``, by validation macro F1),
-``metrics.csv`` (one row per epoch, also in ``tensorboard/`` when TensorBoard is installed),
-``thresholds.json`` (per-class thresholds searched on the
-validation fold), ``f1_table.txt``, ``curves.png`` and ``per_class_f1.png``.
+:func:`train` reads in one screen: check everything and plan the run (nothing is written until
+every option, the store, the level, the fold and the weights are known to be good), build the
+data and the :class:`TrainState`, resume from ``checkpoints/last.pt`` if asked, then for each
+epoch: :func:`train_one_epoch`, :func:`validate`, :func:`write_epoch`.
 
-Checkpoints are written every epoch atomically (temporary file, then rename) with the model,
-optimizer, scheduler, AMP scaler, EMA weights, RNG states, epoch and step; ``resume=True``
-continues after the last finished epoch, and since crops and order depend only on (seed, epoch),
-a run killed and resumed does the same steps as one that was not.
+The run folder (:mod:`.run_folder`) holds everything about a run. Checkpoints are written every
+epoch atomically, in an order that a kill at any point leaves consistent: ``best.pt`` and
+``thresholds.json`` (on a new best), then the ``metrics.csv`` row, then ``last.pt``; a resume
+cuts ``metrics.csv`` and TensorBoard back to the epoch of ``last.pt`` and redoes the rest.
+``last.pt`` holds the whole :class:`TrainState` (model, optimizer, schedule, scaler, weight
+average, every random generator: CPU, CUDA, NumPy, Python) through one symmetric
+``state_dict()``/``load_state_dict()``; crops and order depend only on (seed, epoch, sample),
+so a run killed and resumed does the same steps as one that was not.
+
+The step loop never waits for the GPU: the running loss stays on the device and is read (and
+checked for NaN/inf, on every rank together under torchrun) every ``log_every`` steps and at
+the end of the epoch; the augmentation runs without synchronisation (:class:`.data.Normalizer`).
 """
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
-import math
+import random
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-import yaml
 
 from ..contract.atomic import replacing, write_json
-from . import distributed
-from .data import EpochSampler, StoreDataset, make_loader, rare_class_weights
-from .config import TrainConfig
-from .folds import make_folds
 from ..contract.labels import CLASS_NAMES
-from .metrics import f1_table, macro_f1, per_class_f1, predict_labels, search_thresholds
-from .models import create_model
 from ..contract.store import open_store
+from . import distributed
+from .averaging import make_average, recompute_batchnorm
+from .config import TrainConfig
+from .data import EpochSampler, Normalizer, StoreDataset, make_loader, rare_class_weights
 from .inference import autocast, predict_probs
+from .losses import make_loss
+from .metrics import crossfit_macro_f1, f1_table, macro_f1, per_class_f1, predict_labels, search_thresholds
+from .models import create_model, resolve_weights
+from .run_folder import (RunError, RunFolder, append_metrics, config_for_run, cut_metrics, plan_folds,
+                         write_config, write_folds)
 from .streaming import ShardStream, make_stream_loader
+
+#: steps between reads of the running loss (progress bar, NaN check); each read waits for the GPU
+LOG_EVERY = 25
+#: steps at the start of an epoch left out of the steady-state images/s
+WARMUP_STEPS = 5
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-# --- losses -------------------------------------------------------------------------------
-
-def focal_loss(logits, targets, gamma: float, pos_weight=None):
-    bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none", pos_weight=pos_weight)
-    p_t = torch.exp(-bce)
-    return ((1 - p_t) ** gamma * bce).mean()
+def fault_point(name: str) -> None:
+    """Where a kill would leave the run folder in a new state; tests replace this to crash here."""
 
 
-def make_loss(cfg: TrainConfig, train_labels: np.ndarray, device):
-    pos_weight = None
-    if cfg.class_weighting:
-        freq = train_labels.mean(0).clip(1e-3)
-        pos_weight = torch.tensor(np.sqrt((1 - freq) / freq), dtype=torch.float32, device=device)
-    if cfg.loss == "focal":
-        return lambda logits, y: focal_loss(logits, y, cfg.focal_gamma, pos_weight)
-    if cfg.loss == "bce":
-        return lambda logits, y: F.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight)
-    raise ValueError(f"unknown loss {cfg.loss!r}; choose bce or focal")
+# --- the run -------------------------------------------------------------------------------------
 
+def train(cfg: TrainConfig, resume: bool = False, progress=None, given: set[str] | None = None) -> dict:
+    """Train one fold; returns the last epoch's metrics with ``best_valid_macro_f1``.
 
-def make_schedule(cfg: TrainConfig, optimizer, total_steps: int, steps_per_epoch: int):
-    warmup = max(1, int(cfg.warmup_epochs * steps_per_epoch))
-    if cfg.schedule == "onecycle":
-        # OneCycleLR needs at least two steps in each phase
-        pct = min(0.5, max(warmup, 2) / max(total_steps, 4))
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=max(total_steps, 4),
-                                                   pct_start=pct)
-
-    def cosine(step):
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    if cfg.schedule != "cosine":
-        raise ValueError(f"unknown schedule {cfg.schedule!r}; choose cosine or onecycle")
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
-
-
-class EMA:
-    """Exponential moving average of the weights, evaluated instead of the raw weights."""
-
-    def __init__(self, model, decay: float):
-        self.decay = decay
-        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-    @torch.no_grad()
-    def update(self, model):
-        for k, v in model.state_dict().items():
-            if v.dtype.is_floating_point:
-                self.shadow[k].mul_(self.decay).add_(v.detach(), alpha=1 - self.decay)
-            else:
-                self.shadow[k].copy_(v)
-
-
-class SWA:
-    """Stochastic weight averaging: the equal-weight mean of the weights at the end of each of
-    the last ``swa_epochs`` epochs (what the competition's 3rd-place solution averaged). The
-    averaged BatchNorm running statistics do not belong to the averaged weights, so they are
-    recomputed on training batches (:func:`recompute_batchnorm`) before the average is used.
+    ``progress(dict)`` is called every few steps and during validation. On ``resume`` the run's
+    saved options are used; ``given`` names the options the user gave (default: all of ``cfg``),
+    which must agree with them. Under ``torchrun`` every process calls this; see
+    :mod:`.distributed` for who does what.
     """
-
-    def __init__(self):
-        self.shadow: dict | None = None
-        self.n = 0
-
-    @torch.no_grad()
-    def update(self, model):
-        state = model.state_dict()
-        if self.shadow is None:
-            self.shadow = {k: v.detach().clone() for k, v in state.items()}
-        else:
-            for k, v in state.items():
-                if v.dtype.is_floating_point:
-                    self.shadow[k].add_(v.detach() - self.shadow[k], alpha=1 / (self.n + 1))
-                else:
-                    self.shadow[k].copy_(v)
-        self.n += 1
-
-
-@torch.no_grad()
-def recompute_batchnorm(model, loader, normalize, device, max_batches: int) -> None:
-    """Fresh BatchNorm running statistics for ``model`` from up to ``max_batches`` training
-    batches (``torch.optim.swa_utils.update_bn``, on this loader's uint8 batches)."""
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    momenta = {m: m.momentum for m in norms}
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over the batches seen
-    model.train()
-    for i, (images, _, _, augmentation) in enumerate(loader):
-        if i >= max_batches:
-            break
-        model(normalize(images.to(device, non_blocking=True), augmentation.to(device, non_blocking=True)))
-    for m, momentum in momenta.items():
-        m.momentum = momentum
-    model.eval()
-
-
-# --- helpers --------------------------------------------------------------------------------
-
-def save_atomic(obj, path: Path) -> None:
-    with replacing(path) as tmp:  # streamed to disk: a checkpoint can be GBs
-        torch.save(obj, tmp)
-
-
-def load_or_make_folds(run: Path, ids: list[str], labels: np.ndarray, k: int, seed: int,
-                       write: bool = True) -> np.ndarray:
-    path = run / "folds.csv"
-    if path.exists():
-        rows = list(csv.DictReader(path.open()))
-        if [r["Id"] for r in rows] != ids:
-            raise ValueError(f"{path} belongs to another store (ids differ)")
-        return np.array([int(r["fold"]) for r in rows])
-    folds = make_folds(labels, k, seed)
-    if not write:
-        return folds
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["Id", "fold"])
-        writer.writerows(zip(ids, folds.tolist()))
-    return folds
-
-
-# --- the run ----------------------------------------------------------------------------------
-
-def train(cfg: TrainConfig, resume: bool = False, progress=None) -> dict:
-    """Train one fold; returns the final validation summary. ``progress(dict)`` per step.
-
-    Under ``torchrun`` every process calls this; see :mod:`.distributed` for who does what.
-    """
+    run = RunFolder(Path(cfg.out))
+    cfg = config_for_run(run, cfg, resume, given)
     with distributed.start(cfg.device) as (ranks, device):
-        return _train(cfg, resume, progress if ranks.is_main else None, ranks, device)
+        return _train(cfg, run, progress if ranks.is_main else None, ranks, device)
 
 
-def _train(cfg: TrainConfig, resume: bool, progress, ranks: distributed.Ranks, device: torch.device) -> dict:
-    run = Path(cfg.out)
-    main = ranks.is_main
-    if main:
-        (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+def _train(cfg: TrainConfig, run: RunFolder, progress, ranks: distributed.Ranks, device: torch.device) -> dict:
+    started = time.perf_counter()
+    plan = plan_run(cfg, run)  # every check; nothing written yet
     torch.manual_seed(cfg.seed)
+    data = make_data(cfg, plan, ranks, device)
+    state = make_state(cfg, plan, data, device)
+    if run.last.exists():
+        state.load_state_dict(torch.load(run.last, map_location=device, weights_only=False))
+    if ranks.is_main:
+        prepare_run_folder(run, cfg, plan, state)
+    distributed.barrier(ranks)
+    step = make_step(cfg, state.model, data.loss_fn, ranks, device)
+    board = _tensorboard(run, state.epoch + 1) if ranks.is_main else None
+    summary = {"best_valid_macro_f1": state.best, "step": state.step}
+    startup_s = time.perf_counter() - started
+    if progress and state.epoch >= 0:
+        progress({"phase": "resumed", "epoch": state.epoch + 1, "epochs": cfg.epochs, "step": state.step})
+    for epoch in range(state.epoch + 1, cfg.epochs):
+        speed = train_one_epoch(cfg, epoch, state, step, data, ranks, device, progress)
+        evaluation = validate(cfg, epoch, state, data, ranks, device, progress)
+        row = {"epoch": epoch, "step": state.step, "lr": state.schedule.get_last_lr()[0],
+               "train_loss": speed.pop("train_loss"), **evaluation.scores, **speed, "startup_s": round(startup_s, 3)}
+        state.epoch, is_best = epoch, evaluation.scores["valid_macro_f1"] > state.best
+        state.best = max(state.best, evaluation.scores["valid_macro_f1"])
+        if ranks.is_main:
+            write_epoch(run, cfg, plan, state, row, evaluation, is_best, board)
+        distributed.barrier(ranks)  # no rank runs ahead of a checkpoint it may have to resume from
+        summary, startup_s = {**row, "best_valid_macro_f1": state.best}, 0.0
+    if ranks.is_main and run.metrics.exists():
+        plot_run(run)
+    return summary
 
+
+# --- planning: everything checked before anything is written --------------------------------
+
+@dataclass
+class Plan:
+    """What the checks found: the store's ids and labels, the folds, the normalisation."""
+
+    ids: list[str]
+    labels: np.ndarray  # (n, 28) float32
+    folds: np.ndarray  # (n,) fold of each sample
+    train_idx: np.ndarray
+    valid_idx: np.ndarray
+    normalization: dict  # {"level", "mean", "std"}: the training level's channel statistics
+
+
+def plan_run(cfg: TrainConfig, run: RunFolder) -> Plan:
+    """Check the store, its labels and levels, the fold, the weights and the run folder; raise a
+    clear error on the first problem, before anything is written."""
     root = open_store(cfg.store)
     meta = root.attrs["hpa"]
     if not meta["has_labels"]:
-        raise ValueError(f"{cfg.store} has no labels: train needs a train store")
+        raise RunError(f"{cfg.store} has no labels: train needs a train store")
+    stats = meta.get("statistics", {})
+    for name, level in (("--level", cfg.level), ("--val-level", cfg.val_level or cfg.level)):
+        if str(level) not in stats:
+            raise RunError(f"{cfg.store} has no level {level} with statistics ({name}); levels: {sorted(map(int, stats))}")
+    resolve_weights(cfg.arch, cfg.weights)  # a missing weights file fails now, not after set-up
     done = root["done"][:]
     labels = root["labels"][:].astype(np.float32)
-    if main:  # the other ranks read the folds rank 0 wrote (or found)
-        load_or_make_folds(run, meta["ids"], labels, cfg.folds, cfg.seed)
-        (run / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
-    distributed.barrier(ranks)
-    folds = load_or_make_folds(run, meta["ids"], labels, cfg.folds, cfg.seed, write=False)
+    folds = plan_folds(run, meta["ids"], labels, cfg.folds, cfg.seed)
     train_idx = np.flatnonzero((folds != cfg.fold) & done)
     valid_idx = np.flatnonzero((folds == cfg.fold) & done)
+    if len(valid_idx) == 0:
+        raise RunError(f"fold {cfg.fold} of {cfg.store} has no finished samples to validate on")
+    level_stats = stats[str(cfg.level)]
+    return Plan(list(meta["ids"]), labels, folds, train_idx, valid_idx,
+                {"level": cfg.level, "mean": list(level_stats["mean"]), "std": list(level_stats["std"])})
 
-    train_set = StoreDataset(cfg.store, cfg.level, train_idx, crop=cfg.crop, train=True, seed=cfg.seed,
+
+def prepare_run_folder(run: RunFolder, cfg: TrainConfig, plan: Plan, state: TrainState) -> None:
+    """Rank 0, after every check: the config and folds, and metrics cut back to ``last.pt``."""
+    (run.path / "checkpoints").mkdir(parents=True, exist_ok=True)
+    write_config(run, cfg, plan.normalization)
+    if not run.folds.exists():
+        write_folds(run, plan.ids, plan.folds)
+    if state.epoch < 0:
+        run.metrics.unlink(missing_ok=True)
+    cut_metrics(run, state.epoch)
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+@dataclass
+class Data:
+    train_set: StoreDataset
+    train_loader: torch.utils.data.DataLoader
+    valid_loader: torch.utils.data.DataLoader
+    sampler: EpochSampler | None
+    normalize: Normalizer  # the training level's statistics, for training and validation alike
+    loss_fn: torch.nn.Module
+    steps_per_epoch: int
+
+
+def make_data(cfg: TrainConfig, plan: Plan, ranks: distributed.Ranks, device: torch.device) -> Data:
+    """Loaders whose workers live for the whole run (the epoch travels with each item)."""
+    train_set = StoreDataset(cfg.store, cfg.level, plan.train_idx, crop=cfg.crop, train=True, seed=cfg.seed,
                              crop_grid=cfg.crop_grid)
     # each rank validates every world-th sample; the predictions are gathered
-    valid_set = StoreDataset(cfg.store, cfg.val_level or cfg.level, valid_idx[ranks.rank::ranks.world],
+    valid_set = StoreDataset(cfg.store, cfg.val_level or cfg.level, plan.valid_idx[ranks.rank::ranks.world],
                              train=False, seed=cfg.seed)
     pin = device.type == "cuda"
     sampler = None
@@ -210,209 +183,322 @@ def _train(cfg: TrainConfig, resume: bool, progress, ranks: distributed.Ranks, d
         stream = ShardStream(train_set, cfg.stream_buffer, rank=ranks.rank, world=ranks.world)
         train_loader = make_stream_loader(stream, cfg.batch_size, cfg.workers, pin)
     else:
-        weights = rare_class_weights(labels[train_idx]) if cfg.oversample else None
+        weights = rare_class_weights(plan.labels[plan.train_idx]) if cfg.oversample else None
         sampler = EpochSampler(len(train_set), cfg.seed, weights, rank=ranks.rank, world=ranks.world,
-                               batch_size=cfg.batch_size)
-        train_loader = make_loader(train_set, cfg.batch_size, cfg.workers, sampler, pin, drop_last=True)
-    valid_loader = make_loader(valid_set, cfg.batch_size, cfg.workers, None, pin)
-    steps_per_epoch = len(train_loader) // cfg.accumulate
+                               batch_size=cfg.batch_size, draws=cfg.epoch_size, tag_epoch=True)
+        train_loader = make_loader(train_set, cfg.batch_size, cfg.workers, sampler, pin, drop_last=True,
+                                   persistent=True)
+    valid_loader = make_loader(valid_set, cfg.batch_size, cfg.workers, None, pin, persistent=True)
+    steps = len(train_loader) // cfg.accumulate
     if cfg.steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, cfg.steps_per_epoch)
-    if steps_per_epoch < 1:
-        raise ValueError(f"fold {cfg.fold} has {len(train_set)} training samples: fewer than one batch "
-                         f"for each of {ranks.world} process(es)")
+        steps = min(steps, cfg.steps_per_epoch)
+    if steps < 1:
+        raise RunError(f"fold {cfg.fold} has {len(train_set)} training samples: fewer than one batch "
+                       f"for each of {ranks.world} process(es)")
+    normalize = Normalizer(plan.normalization["mean"], np.maximum(plan.normalization["std"], 1e-3)).to(device)
+    loss_fn = make_loss(cfg.loss, cfg.focal_gamma, cfg.class_weighting, plan.labels[plan.train_idx]).to(device)
+    return Data(train_set, train_loader, valid_loader, sampler, normalize, loss_fn, steps)
 
-    normalize = train_set.normalizer().to(device)
-    model = create_model(cfg.arch, cfg.backend, cfg.weights).to(device)
-    if cfg.sync_bn and ranks.active:
+
+# --- the training state ---------------------------------------------------------------------------
+
+def make_schedule(cfg: TrainConfig, optimizer, total_steps: int, steps_per_epoch: int):
+    """Linear warm-up then cosine decay to 0 (``SequentialLR``), or ``OneCycleLR``."""
+    warmup = max(1, int(cfg.warmup_epochs * steps_per_epoch))
+    if cfg.schedule == "onecycle":
+        # OneCycleLR needs at least two steps in each phase
+        pct = min(0.5, max(warmup, 2) / max(total_steps, 4))
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=max(total_steps, 4),
+                                                   pct_start=pct)
+    warm = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1 / warmup, total_iters=warmup)
+    decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps - warmup))
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [warm, decay], milestones=[warmup])
+
+
+def rng_states() -> dict:
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    if states.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
+
+
+class TrainState:
+    """Everything a checkpoint holds. ``state_dict()`` and ``load_state_dict()`` are written side
+    by side and are each other's inverse, so nothing is saved without being restored."""
+
+    def __init__(self, model, optimizer, schedule, scaler, average, averaging: str | None):
+        self.model, self.optimizer, self.schedule, self.scaler = model, optimizer, schedule, scaler
+        self.average, self.averaging = average, averaging  # averaging: "ema", "swa" or None
+        self.epoch, self.step, self.best = -1, 0, -1.0  # epoch: the last finished one
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "schedule": self.schedule.state_dict(), "scaler": self.scaler.state_dict(),
+                "average": self.average.state_dict() if self.average is not None else None,
+                "epoch": self.epoch, "step": self.step, "best": self.best, "rng": rng_states()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.average is not None:
+            self.average.load_state_dict(state["average"])
+        self.epoch, self.step, self.best = state["epoch"], state["step"], state["best"]
+        set_rng_states(state["rng"])
+
+    def eval_model(self) -> torch.nn.Module:
+        """The weights validation and ``best.pt`` use: the average's, once it has averaged any."""
+        if self.average is None or int(self.average.n_averaged) == 0:
+            return self.model
+        return self.average.module
+
+
+def make_state(cfg: TrainConfig, plan: Plan, data: Data, device: torch.device) -> TrainState:
+    model = create_model(cfg.arch, cfg.backend, cfg.weights, drop_rate=cfg.drop_rate).to(device)
+    if cfg.sync_bn and distributed.ranks_from_env().active:
         if device.type != "cuda":
-            raise ValueError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel)")
+            raise RunError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel)")
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if cfg.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    schedule = make_schedule(cfg, optimizer, steps_per_epoch * cfg.epochs, steps_per_epoch)
+    schedule = make_schedule(cfg, optimizer, data.steps_per_epoch * cfg.epochs, data.steps_per_epoch)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.amp == "fp16")
-    ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
-    swa = SWA() if cfg.swa_epochs > 0 else None
-    averaging = ema is not None or swa is not None
-    eval_model = create_model(cfg.arch, cfg.backend).to(device) if averaging else model
-    loss_fn = make_loss(cfg, labels[train_idx], device)
-
-    start_epoch, global_step, best = 0, 0, -1.0
-    last = run / "checkpoints" / "last.pt"
-    if resume and last.exists():
-        state = torch.load(last, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        scaler.load_state_dict(state["scaler"])
-        if ema is not None and state.get("ema") is not None:
-            ema.shadow = state["ema"]
-        if swa is not None and state.get("swa") is not None:
-            swa.shadow, swa.n = state["swa"]["shadow"], state["swa"]["n"]
-        torch.set_rng_state(state["rng"]["torch"])
-        start_epoch, global_step, best = state["epoch"] + 1, state["step"], state["best"]
-    # after loading: DDP copies rank 0's weights to every rank when it wraps the model
-    wrapped = torch.nn.parallel.DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None) if ranks.active else model
-    step_model = torch.compile(wrapped) if cfg.compile else wrapped
-
-    metrics_path = run / "metrics.csv"
-    if main and start_epoch == 0 and metrics_path.exists():
-        metrics_path.unlink()
-    board = _tensorboard(run) if main else None
-    summary = {}
-    for epoch in range(start_epoch, cfg.epochs):
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        train_set.set_epoch(epoch)
-        model.train()
-        seen, loss_sum, started = 0, 0.0, time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        for micro, (images, targets, _, augmentation) in enumerate(train_loader):
-            if micro // cfg.accumulate >= steps_per_epoch:
-                break
-            images = normalize(images.to(device, non_blocking=True), augmentation.to(device, non_blocking=True))
-            targets = targets.to(device, non_blocking=True)
-            if cfg.channels_last and device.type == "cuda":
-                images = images.contiguous(memory_format=torch.channels_last)
-            last_micro = (micro + 1) % cfg.accumulate == 0
-            # DDP averages gradients on the last micro-batch of a step only
-            with _no_sync_unless(wrapped, last_micro or not ranks.active):
-                with autocast(cfg, device):
-                    loss = loss_fn(step_model(images).float(), targets)
-                if not distributed.all_finite(loss, ranks):
-                    raise TrainingDiverged(
-                        f"loss is {loss.item()} at epoch {epoch}, step {global_step} (rank {ranks.rank}; stops "
-                        f"every rank); the last good checkpoint ({last if last.exists() else 'none yet'}) is kept. "
-                        f"Lower --lr or use --amp bf16/none.")
-                scaler.scale(loss / cfg.accumulate).backward()
-            if last_micro:
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                schedule.step()
-                global_step += 1
-                if ema is not None:
-                    ema.update(model)
-            seen += len(images)
-            loss_sum += loss.item() * len(images)
-            if progress:
-                progress({"epoch": epoch, "step": global_step, "loss": loss.item(),
-                          "img_s": ranks.world * seen / (time.perf_counter() - started)})
-        loss_sum, seen = distributed.sum_over_ranks([loss_sum, seen], ranks, device)
-        train_loss, train_img_s = loss_sum / max(seen, 1), seen / (time.perf_counter() - started)
-
-        if ema is not None:  # validate the averaged weights
-            eval_model.load_state_dict(ema.shadow)
-        if swa is not None and epoch >= cfg.epochs - cfg.swa_epochs:
-            swa.update(model)
-            eval_model.load_state_dict(swa.shadow)
-            recompute_batchnorm(eval_model, train_loader, normalize, device, cfg.swa_bn_batches)
-            distributed.broadcast_buffers(eval_model, ranks)  # every rank validates with rank 0's statistics
-        elif swa is not None:
-            eval_model.load_state_dict(model.state_dict())
-        probs, indices = distributed.gather_arrays(predict_probs(eval_model, valid_loader, device, cfg), ranks)
-        truth = labels[indices] > 0.5
-        thresholds = search_thresholds(truth, probs)
-        f1_05 = macro_f1(truth, predict_labels(probs, 0.5))
-        f1_tuned = macro_f1(truth, predict_labels(probs, thresholds))
-        valid_loss = float(F.binary_cross_entropy(torch.from_numpy(probs).clamp(1e-6, 1 - 1e-6),
-                                                  torch.from_numpy(truth.astype(np.float32))))
-        row = {"epoch": epoch, "step": global_step, "lr": schedule.get_last_lr()[0], "train_loss": train_loss,
-               "valid_loss": valid_loss, "valid_macro_f1": f1_05, "valid_macro_f1_tuned": f1_tuned,
-               "train_img_s": train_img_s}
-        is_best = f1_05 > best
-        best = max(best, f1_05)
-        if main:
-            _write_epoch(run, cfg, row, board, is_best, truth, probs, thresholds, indices, eval_model.state_dict(), {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                "scaler": scaler.state_dict(), "ema": ema.shadow if ema else None,
-                "swa": {"shadow": swa.shadow, "n": swa.n} if swa and swa.n else None, "epoch": epoch,
-                "step": global_step, "best": best, "config": asdict(cfg),
-                "rng": {"torch": torch.get_rng_state()}})
-        distributed.barrier(ranks)  # no rank runs ahead of a checkpoint it may have to resume from
-        summary = {**row, "best_valid_macro_f1": best}
-    if main and metrics_path.exists():
-        plot_run(run)
-    return summary or {"best_valid_macro_f1": best, "step": global_step}
+    averaging = "ema" if cfg.ema > 0 else "swa" if cfg.swa_epochs > 0 else None
+    return TrainState(model, optimizer, schedule, scaler, make_average(model, cfg.ema, cfg.swa_epochs), averaging)
 
 
-def _no_sync_unless(model, sync: bool):
+# --- one epoch ----------------------------------------------------------------------------------
+
+class LossOfBatch(torch.nn.Module):
+    """The whole forward step, ``loss(model(images), targets)``: what DDP wraps and
+    ``--compile`` compiles."""
+
+    def __init__(self, model, loss_fn):
+        super().__init__()
+        self.model, self.loss_fn = model, loss_fn
+
+    def forward(self, images, targets):
+        return self.loss_fn(self.model(images).float(), targets)
+
+
+def make_step(cfg: TrainConfig, model, loss_fn, ranks: distributed.Ranks, device: torch.device):
+    """The training step module: DDP around it under torchrun (after weights are loaded: DDP
+    copies rank 0's to every rank), then ``torch.compile`` with ``--compile``."""
+    step = LossOfBatch(model, loss_fn)
+    if ranks.active:
+        step = torch.nn.parallel.DistributedDataParallel(
+            step, device_ids=[device.index] if device.type == "cuda" else None)
+    return torch.compile(step) if cfg.compile else step
+
+
+def _no_sync_unless(step, sync: bool):
     """DDP's ``no_sync()`` (skip the gradient all-reduce) unless ``sync``."""
-    return contextlib.nullcontext() if sync else model.no_sync()
+    ddp = getattr(step, "_orig_mod", step)
+    return contextlib.nullcontext() if sync or not hasattr(ddp, "no_sync") else ddp.no_sync()
 
 
-def _write_epoch(run: Path, cfg: TrainConfig, row: dict, board, is_best: bool, truth, probs, thresholds,
-                 indices, weights_for_predict: dict, state: dict) -> None:
-    """Rank 0's end of an epoch: metrics row, ``last.pt``, and on a new best ``best.pt`` (the
-    validated weights: averaged ones with EMA or SWA) and thresholds."""
-    _append_row(run / "metrics.csv", row)
+def train_one_epoch(cfg: TrainConfig, epoch: int, state: TrainState, step, data: Data, ranks, device,
+                    progress) -> dict:
+    """One epoch of optimizer steps; returns its loss and honest speed figures."""
+    if data.sampler is not None:
+        data.sampler.set_epoch(epoch)
+    data.train_set.set_epoch(epoch)  # streaming and in-process (workers=0) reading
+    state.model.train()
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed-size crops: pick the fastest kernels once
+    loss_sum, seen, steady = torch.zeros((), device=device), 0, None
+    started = time.perf_counter()
+    state.optimizer.zero_grad(set_to_none=True)
+    for micro, (images, targets, _, augmentation) in enumerate(data.train_loader):
+        step_in_epoch = micro // cfg.accumulate
+        if step_in_epoch >= data.steps_per_epoch:
+            break
+        images = data.normalize(images.to(device, non_blocking=True), augmentation.to(device, non_blocking=True))
+        targets = targets.to(device, non_blocking=True)
+        if cfg.channels_last and device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        last_micro = (micro + 1) % cfg.accumulate == 0
+        with _no_sync_unless(step, last_micro or not ranks.active):  # DDP averages on the last micro-batch
+            with autocast(cfg.amp, device):
+                loss = step(images, targets)
+            state.scaler.scale(loss / cfg.accumulate).backward()
+        loss_sum += loss.detach() * len(images)
+        seen += len(images)
+        if last_micro:
+            optimizer_step(state)
+            done = step_in_epoch + 1
+            if done == WARMUP_STEPS or done % LOG_EVERY == 0 or done == data.steps_per_epoch:
+                mean = check_finite(loss_sum / seen, epoch, state, ranks)  # waits for the GPU here only
+                if done == WARMUP_STEPS:
+                    steady = (time.perf_counter(), seen)
+                if progress:
+                    progress({"phase": "train", "epoch": epoch + 1, "epochs": cfg.epochs, "step": done,
+                              "steps": data.steps_per_epoch, "loss": mean,
+                              "img_s": ranks.world * seen / (time.perf_counter() - started)})
+    mean_loss = check_finite(loss_sum / max(seen, 1), epoch, state, ranks)
+    ended = time.perf_counter()
+    loss_total, seen_total = distributed.sum_over_ranks([mean_loss * seen, seen], ranks, device)
+    if steady is not None and seen > steady[1]:
+        img_s = ranks.world * (seen - steady[1]) / (ended - steady[0])
+    else:  # too short an epoch for a steady state
+        img_s = ranks.world * seen / (ended - started)
+    return {"train_loss": loss_total / max(seen_total, 1), "train_img_s": round(img_s, 2),
+            "train_s": round(ended - started, 3)}
+
+
+def optimizer_step(state: TrainState) -> None:
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    state.optimizer.zero_grad(set_to_none=True)
+    state.schedule.step()
+    state.step += 1
+    if state.averaging == "ema":  # after every step; SWA averages at the end of epochs (validate)
+        state.average.update_parameters(state.model)
+
+
+def check_finite(mean_loss: torch.Tensor, epoch: int, state: TrainState, ranks) -> float:
+    """The running mean loss as a number; every rank stops together when any is not finite."""
+    if not distributed.all_finite(mean_loss, ranks):
+        raise TrainingDiverged(
+            f"loss is {float(mean_loss)} at epoch {epoch}, step {state.step} (rank {ranks.rank}; stops every "
+            f"rank); the last good checkpoint is kept. Lower --lr or use --amp bf16/none.")
+    return float(mean_loss)
+
+
+# --- validation -----------------------------------------------------------------------------------
+
+@dataclass
+class Evaluation:
+    scores: dict
+    truth: np.ndarray
+    probs: np.ndarray
+    thresholds: np.ndarray
+
+
+def validate(cfg: TrainConfig, epoch: int, state: TrainState, data: Data, ranks, device, progress) -> Evaluation:
+    """Whole images of the validation fold (training level by default), with the training loss
+    and three macro F1 figures: at 0.5, tuned out of sample (cross-fit), tuned in sample."""
+    started = time.perf_counter()
+    if state.averaging == "swa" and epoch >= cfg.epochs - cfg.swa_epochs:  # the last N epochs' weights
+        state.average.update_parameters(state.model)
+        recompute_batchnorm(state.average.module, data.train_loader, data.normalize, device, cfg.swa_bn_batches)
+        distributed.broadcast_buffers(state.average.module, ranks)  # every rank validates with rank 0's statistics
+    total = len(data.valid_loader)
+
+    def step(done):
+        if progress:
+            progress({"phase": "valid", "epoch": epoch + 1, "epochs": cfg.epochs, "step": done, "steps": total})
+
+    probs, indices, loss = predict_probs(state.eval_model(), data.valid_loader, data.normalize, device, cfg.amp,
+                                         cfg.channels_last, loss_fn=data.loss_fn, progress=step)
+    loss_total, count = distributed.sum_over_ranks([loss * len(indices), len(indices)], ranks, device)
+    probs, indices = distributed.gather_arrays((probs, indices), ranks)
+    truth = data.train_set.labels[indices] > 0.5
+    thresholds = search_thresholds(truth, probs)
+    scores = {"valid_loss": loss_total / max(count, 1),
+              "valid_macro_f1": macro_f1(truth, predict_labels(probs, 0.5)),
+              "valid_macro_f1_tuned_crossfit": crossfit_macro_f1(truth, probs, cfg.seed),
+              "valid_macro_f1_tuned_in_sample": macro_f1(truth, predict_labels(probs, thresholds)),
+              "valid_s": round(time.perf_counter() - started, 3)}
+    return Evaluation(scores, truth, probs, thresholds)
+
+
+# --- writing ----------------------------------------------------------------------------------------
+
+def write_epoch(run: RunFolder, cfg: TrainConfig, plan: Plan, state: TrainState, row: dict,
+                evaluation: Evaluation, is_best: bool, board) -> None:
+    """Rank 0's end of an epoch, in kill-safe order: best.pt and thresholds (on a new best), the
+    metrics row, then last.pt."""
+    started = time.perf_counter()
+    if is_best:
+        save_atomic({"model": state.eval_model().state_dict(), "config": asdict(cfg), "epoch": row["epoch"],
+                     "normalization": plan.normalization}, run.best)
+        tuned = predict_labels(evaluation.probs, evaluation.thresholds)
+        write_json(run.thresholds, {
+            "thresholds": evaluation.thresholds.tolist(), "class_names": list(CLASS_NAMES), "epoch": row["epoch"],
+            "level": cfg.val_level or cfg.level, "fold": cfg.fold, "n_valid": int(len(evaluation.truth)),
+            **{k: v for k, v in row.items() if k.startswith("valid_macro_f1")},
+            "support": evaluation.truth.sum(0).astype(int).tolist(),
+            "per_class_f1": per_class_f1(evaluation.truth, tuned).tolist()})
+        (run.path / "f1_table.txt").write_text(f1_table(evaluation.truth, tuned) + "\n")
+    fault_point("after_best")
+    row = {**row, "checkpoint_s": round(time.perf_counter() - started, 3)}
+    append_metrics(run, row)
     if board is not None:
         for key, value in row.items():
             if key not in ("epoch", "step"):
                 board.add_scalar(key, value, row["epoch"])
         board.flush()
-    save_atomic(state, run / "checkpoints" / "last.pt")
-    if is_best:
-        save_atomic({"model": weights_for_predict, "config": asdict(cfg), "epoch": row["epoch"]},
-                    run / "checkpoints" / "best.pt")
-        tuned = predict_labels(probs, thresholds)
-        write_json(run / "thresholds.json", {
-            "thresholds": thresholds.tolist(), "class_names": list(CLASS_NAMES), "epoch": row["epoch"],
-            "valid_macro_f1": row["valid_macro_f1"], "valid_macro_f1_tuned": row["valid_macro_f1_tuned"],
-            "fold": cfg.fold, "n_valid": int(len(indices)), "per_class_f1": per_class_f1(truth, tuned).tolist()})
-        (run / "f1_table.txt").write_text(f1_table(truth, tuned) + "\n")
+    fault_point("after_metrics")
+    save_atomic(state.state_dict(), run.last)
+    fault_point("after_last")
 
 
-def _tensorboard(run: Path):
-    """A TensorBoard writer in ``run/tensorboard`` when the tensorboard package is installed."""
+def save_atomic(obj, path: Path) -> None:
+    with replacing(path) as tmp:  # streamed to disk: a checkpoint can be GBs
+        torch.save(obj, tmp)
+
+
+def _tensorboard(run: RunFolder, first_epoch: int):
+    """A TensorBoard writer in ``run/tensorboard`` when the tensorboard package is installed;
+    ``purge_step`` drops events a killed run wrote after its last checkpoint."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         return None
-    return SummaryWriter(str(run / "tensorboard"))
+    return SummaryWriter(str(run.path / "tensorboard"), purge_step=first_epoch if first_epoch > 0 else None)
 
 
-def _append_row(path: Path, row: dict) -> None:
-    new = not path.exists()
-    with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
-
-
-def plot_run(run: Path) -> None:
+def plot_run(run: RunFolder) -> None:
     """``curves.png`` (loss and macro F1 per epoch) and ``per_class_f1.png``."""
+    import csv
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    rows = list(csv.DictReader((run / "metrics.csv").open()))
-    epochs = [int(r["epoch"]) for r in rows]
+    rows = list(csv.DictReader(run.metrics.open()))
+    epochs = [int(r["epoch"]) + 1 for r in rows]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    a.plot(epochs, [float(r["train_loss"]) for r in rows], label="train")
-    a.plot(epochs, [float(r["valid_loss"]) for r in rows], label="valid")
-    a.set(xlabel="epoch", ylabel="loss", title="loss")
+    a.plot(epochs, [float(r["train_loss"]) for r in rows], label="train (augmented crops)")
+    a.plot(epochs, [float(r["valid_loss"]) for r in rows], label="validation (whole images)")
+    a.set(xlabel="epoch", ylabel="training loss function", title="loss (the same function on both)")
     a.legend()
     b.plot(epochs, [float(r["valid_macro_f1"]) for r in rows], label="threshold 0.5")
-    b.plot(epochs, [float(r["valid_macro_f1_tuned"]) for r in rows], label="tuned thresholds")
+    b.plot(epochs, [float(r["valid_macro_f1_tuned_crossfit"]) for r in rows], label="tuned, out of sample")
+    b.plot(epochs, [float(r["valid_macro_f1_tuned_in_sample"]) for r in rows], ":", label="tuned, in sample")
     b.set(xlabel="epoch", ylabel="macro F1", title="validation macro F1")
     b.legend()
+    for axis in (a, b):
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
-    fig.savefig(run / "curves.png", dpi=100)
+    fig.savefig(run.path / "curves.png", dpi=100)
     plt.close(fig)
-    thresholds = run / "thresholds.json"
-    if thresholds.exists():
-        per_class = json.loads(thresholds.read_text())["per_class_f1"]
+    if run.thresholds.exists():
+        result = json.loads(run.thresholds.read_text())
+        per_class, support = result["per_class_f1"], result.get("support", [1] * len(CLASS_NAMES))
         fig, ax = plt.subplots(figsize=(10, 6))
-        ax.barh(range(len(CLASS_NAMES)), per_class)
-        ax.set_yticks(range(len(CLASS_NAMES)), [f"{i} {n}" for i, n in enumerate(CLASS_NAMES)], fontsize=7)
+        scored = [s > 0 for s in support]
+        ax.barh(range(len(CLASS_NAMES)), per_class, color=["C0" if s else "none" for s in scored])
+        for c, has_samples in enumerate(scored):
+            if not has_samples:
+                ax.text(0.01, c, "no validation samples", va="center", fontsize=7, color="grey")
+        ax.set_yticks(range(len(CLASS_NAMES)), [f"{i} {n} ({s})" for i, (n, s) in enumerate(zip(CLASS_NAMES, support))],
+                      fontsize=7)
         ax.invert_yaxis()
-        ax.set(xlabel="F1 (tuned thresholds, best epoch)", xlim=(0, 1))
+        ax.set(xlabel=f"F1 (tuned thresholds, best epoch {result['epoch'] + 1}); (n) = validation samples",
+               xlim=(0, 1))
         fig.tight_layout()
-        fig.savefig(run / "per_class_f1.png", dpi=100)
+        fig.savefig(run.path / "per_class_f1.png", dpi=100)
         plt.close(fig)

@@ -1,0 +1,160 @@
+"""A run folder: everything about one training run, and the rules for reusing one.
+
+::
+
+    runs/f0/
+      config.yaml          every option of the run, and the channel statistics it normalised with
+      folds.csv            Id,fold: multilabel stratified folds of the whole store
+      metrics.csv          one row per finished epoch (TensorBoard too, when installed)
+      thresholds.json      per-class thresholds of the best epoch and its honest figures
+      f1_table.txt         per-class F1 of the best epoch
+      curves.png, per_class_f1.png
+      checkpoints/last.pt  the whole training state (resume); best.pt: the weights to predict with
+
+Rules (each checked before anything is written, so a failed command leaves the folder as it
+was): a new run may not start in a folder that holds one (``--resume`` continues it); a resumed
+run takes its saved options, and options given again that differ are an error listing them
+(only :data:`FREE_ON_RESUME` may change); ``folds.csv`` must belong to the same store, number of
+folds and seed.
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from ..contract.atomic import replacing
+from .config import TrainConfig
+from .folds import make_folds
+
+#: options that change how a run is executed, not what it computes; a resume may change them
+FREE_ON_RESUME = ("store", "out", "workers", "device")
+
+
+class RunError(ValueError):
+    """A run folder that cannot be used as asked; says why and what to do."""
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    path: Path
+
+    @property
+    def last(self) -> Path:
+        return self.path / "checkpoints" / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.path / "checkpoints" / "best.pt"
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def folds(self) -> Path:
+        return self.path / "folds.csv"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.csv"
+
+    @property
+    def thresholds(self) -> Path:
+        return self.path / "thresholds.json"
+
+    def check_writable(self) -> None:
+        if self.path.exists() and not self.path.is_dir():
+            raise RunError(f"--out {self.path} is a file, not a run folder")
+
+
+def read_config(path: Path) -> tuple[TrainConfig, dict | None]:
+    """A run's ``config.yaml``: its options and the normalisation it trained with (None for runs
+    written before it was saved)."""
+    if not path.exists():
+        raise RunError(f"{path.parent}: no config.yaml (is this a run folder?)")
+    values = yaml.safe_load(path.read_text()) or {}
+    normalization = values.pop("normalization", None)
+    known = {f.name for f in fields(TrainConfig)}
+    return TrainConfig.from_dict({k: v for k, v in values.items() if k in known}), normalization
+
+
+def write_config(run: RunFolder, cfg: TrainConfig, normalization: dict) -> None:
+    with replacing(run.config) as tmp:
+        tmp.write_text(yaml.safe_dump({**asdict(cfg), "normalization": normalization}, sort_keys=False))
+
+
+def config_for_run(run: RunFolder, cfg: TrainConfig, resume: bool, given: set[str] | None = None) -> TrainConfig:
+    """The options a run goes on with.
+
+    A new run: ``cfg``, refused when the folder already holds a run. A resumed run: the saved
+    options, with the :data:`FREE_ON_RESUME` ones taken from ``cfg``; any other option in
+    ``given`` (default: every option) that differs from the saved value is an error naming
+    each difference.
+    """
+    run.check_writable()
+    if not resume:
+        if run.last.exists() or run.best.exists():
+            raise RunError(f"{run.path} already holds a run (checkpoints/); continue it with --resume, "
+                           f"or choose another --out")
+        return cfg
+    if not run.config.exists():
+        return cfg  # nothing to resume yet: a new run
+    saved, _ = read_config(run.config)
+    given = {f.name for f in fields(TrainConfig)} if given is None else set(given)
+    differences = [f"--{name.replace('_', '-')}: saved {getattr(saved, name)!r}, given {getattr(cfg, name)!r}"
+                   for name in sorted(given - set(FREE_ON_RESUME)) if getattr(saved, name) != getattr(cfg, name)]
+    if differences:
+        raise RunError(f"--resume continues {run.path} with its saved options; these differ:\n  "
+                       + "\n  ".join(differences)
+                       + "\n(leave them out to resume, or start a new run in another --out)")
+    return TrainConfig(**{**asdict(saved), **{name: getattr(cfg, name) for name in FREE_ON_RESUME}})
+
+
+def plan_folds(run: RunFolder, ids: list[str], labels: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """The run's fold of each sample: read from ``folds.csv`` when it exists (it must match the
+    store's ids, ``k`` and the seed of the saved config), else made; nothing is written here."""
+    if not run.folds.exists():
+        return make_folds(labels, k, seed)
+    rows = list(csv.DictReader(run.folds.open()))
+    if [r["Id"] for r in rows] != list(ids):
+        raise RunError(f"{run.folds} belongs to another store (ids differ); use another --out")
+    folds = np.array([int(r["fold"]) for r in rows])
+    saved_seed = read_config(run.config)[0].seed if run.config.exists() else seed
+    if int(folds.max()) + 1 != k or saved_seed != seed:
+        raise RunError(f"{run.folds} was made with --folds {int(folds.max()) + 1} --seed {saved_seed}, "
+                       f"not --folds {k} --seed {seed}; use another --out")
+    return folds
+
+
+def write_folds(run: RunFolder, ids: list[str], folds: np.ndarray) -> None:
+    with replacing(run.folds) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["Id", "fold"])
+        writer.writerows(zip(ids, folds.tolist()))
+
+
+def append_metrics(run: RunFolder, row: dict) -> None:
+    new = not run.metrics.exists()
+    with run.metrics.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def cut_metrics(run: RunFolder, last_epoch: int) -> None:
+    """Drop rows after ``last_epoch`` (written by a run killed before its checkpoint)."""
+    if not run.metrics.exists():
+        return
+    rows = list(csv.DictReader(run.metrics.open()))
+    kept = [r for r in rows if int(r["epoch"]) <= last_epoch]
+    if len(kept) == len(rows):
+        return
+    with replacing(run.metrics) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(kept)

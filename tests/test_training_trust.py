@@ -1,0 +1,314 @@
+"""Trustworthy training (issue 10): every number a real run reports is right, a run resumes
+exactly, and a failed command leaves the run folder as it was."""
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+import hpa_pipeline.model.train as train_module
+from hpa_pipeline.cli import cli
+from hpa_pipeline.contract.store import StoreSpec
+from hpa_pipeline.model.data import Normalizer, StoreDataset, make_loader
+from hpa_pipeline.model.inference import load_run, predict, predict_probs
+from hpa_pipeline.model.losses import MultilabelLoss, make_loss
+from hpa_pipeline.model.metrics import crossfit_macro_f1, macro_f1, per_class_f1, predict_labels, search_thresholds
+from hpa_pipeline.model.models import ModelError, create_model, find_cached_weights
+from hpa_pipeline.model.run_folder import RunError
+from hpa_pipeline.model.train import TrainConfig, train
+from hpa_pipeline.prep.ingest import ingest
+from hpa_pipeline.prep.synth import SynthSpec, make_dataset
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("trust")
+    d = make_dataset(tmp / "data", SynthSpec(n_train=40, n_test=8, image_sizes=(256,), seed=11), workers=2)
+    spec = StoreSpec(size=128, levels=2, chunk=64)
+    assert ingest(d.train_archive, d.train_csv, tmp / "train.zarr", spec).exit_code == 0
+    assert ingest(d.test_archive, d.sample_submission, tmp / "test.zarr", spec).exit_code == 0
+    return d, tmp
+
+
+def config(data, out, **overrides):
+    _, tmp = data
+    values = dict(store=str(tmp / "train.zarr"), out=str(out), arch="se_resnet_tiny", level=64, crop=48, folds=4,
+                  fold=0, epochs=3, batch_size=8, lr=2e-3, warmup_epochs=0.5, workers=0, seed=0)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def finished_run(data, tmp_path_factory):
+    run = tmp_path_factory.mktemp("finished") / "run"
+    train(config(data, run, epochs=2))
+    return run
+
+
+def snapshot(run):
+    """Every file of a run folder and its bytes."""
+    return {p.relative_to(run): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+# --- numbers ---------------------------------------------------------------------------------------
+
+def test_predict_normalises_with_the_training_statistics_not_the_test_stores(data, finished_run, tmp_path):
+    d, tmp = data
+    ids = [line.split(",")[0] for line in d.sample_submission.read_text().splitlines()[1:]]
+    few = tmp_path / "few.csv"
+    few.write_text("Id,Predicted\n" + "".join(f"{i},0\n" for i in ids[:2]))
+    other = tmp_path / "few.zarr"
+    ingest(d.test_archive, few, other, StoreSpec(size=128, levels=2, chunk=64))
+    all_ids, all_probs, _ = predict(tmp / "test.zarr", [finished_run], workers=0, device="cpu")
+    few_ids, few_probs, _ = predict(other, [finished_run], workers=0, device="cpu")
+    assert few_ids == all_ids[:2]
+    np.testing.assert_allclose(few_probs, all_probs[:2], rtol=0, atol=1e-6)
+    saved = yaml.safe_load((finished_run / "config.yaml").read_text())["normalization"]
+    store_stats = json.loads((tmp / "train.zarr" / "zarr.json").read_text())["attributes"]["hpa"]["statistics"]["64"]
+    assert saved["level"] == 64 and saved["mean"] == store_stats["mean"]
+    assert torch.load(finished_run / "checkpoints" / "best.pt", weights_only=False)["normalization"] == saved
+
+
+def test_validation_and_predict_use_the_training_level_by_default(data, finished_run, monkeypatch):
+    _, tmp = data
+    assert json.loads((finished_run / "thresholds.json").read_text())["level"] == 64
+    levels = []
+    real_init = StoreDataset.__init__
+
+    def spy(self, store, level, *args, **kwargs):
+        levels.append(level)
+        real_init(self, store, level, *args, **kwargs)
+
+    monkeypatch.setattr(StoreDataset, "__init__", spy)
+    predict(tmp / "test.zarr", [finished_run], workers=0, device="cpu")
+    assert levels == [64]  # the store has 128 and 64; the run trained on 64
+    recipe = yaml.safe_load(open("pipelines/train.yaml"))["train"]
+    assert recipe.get("val_level") in (None, recipe["level"])
+
+
+def test_threshold_search_applies_the_empty_row_rule():
+    """Class 0's low-probability positives are recovered by the empty-row rule, so its threshold
+    can exclude the negatives at 0.3; a search that ignores the rule keeps it below 0.2."""
+    probs = np.full((30, 28), 0.01)
+    truth = np.zeros((30, 28), bool)
+    probs[:10, 0], truth[:10, 0] = 0.2, True  # positives only the fallback finds
+    probs[10:20, 0], probs[10:20, 1], truth[10:20, 1] = 0.3, 0.9, True  # negatives of class 0
+    probs[20:, 0], truth[20:, 0] = 0.8, True
+    t = search_thresholds(truth, probs)
+    assert t[0] >= 0.3
+    assert per_class_f1(truth, predict_labels(probs, t))[:2].tolist() == [1.0, 1.0]
+
+
+def test_crossfit_f1_is_out_of_sample_and_below_the_in_sample_figure_on_noise():
+    rng = np.random.default_rng(0)
+    truth = rng.random((400, 28)) < 0.05
+    probs = rng.random((400, 28))  # no signal: tuning can only fit noise
+    in_sample = macro_f1(truth, predict_labels(probs, search_thresholds(truth, probs)))
+    chance = macro_f1(truth, np.ones_like(truth))  # labelling everything: the best noise allows
+    crossfit = crossfit_macro_f1(truth, probs)
+    assert in_sample > chance + 0.02  # the in-sample search "finds" signal in noise
+    assert crossfit < in_sample - 0.02 and crossfit < chance + 0.005
+
+
+def test_metrics_name_the_in_sample_figure(finished_run):
+    header = (finished_run / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"valid_macro_f1", "valid_macro_f1_tuned_crossfit", "valid_macro_f1_tuned_in_sample"} <= set(header)
+    assert "valid_macro_f1_tuned" not in header
+
+
+def test_focal_loss_with_class_weighting_matches_a_hand_computation():
+    logits = torch.tensor([[2.0, -1.0, 0.5], [-0.5, 1.5, -2.0]])
+    targets = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    weight = np.array([3.0, 0.5, 2.0], np.float32)
+    x, y = logits.numpy().astype(np.float64), targets.numpy()
+    p = 1 / (1 + np.exp(-x))
+    p_t = np.where(y == 1, p, 1 - p)
+    expected = (np.where(y == 1, weight, 1.0) * (1 - p_t) ** 2 * -np.log(p_t)).mean()
+    got = MultilabelLoss("focal", 2.0, weight)(logits, targets)
+    assert float(got) == pytest.approx(expected, rel=1e-5)
+    bce = (np.where(y == 1, weight, 1.0) * -np.log(p_t)).mean()
+    assert float(MultilabelLoss("bce", 2.0, weight)(logits, targets)) == pytest.approx(bce, rel=1e-5)
+
+
+def test_validation_loss_is_the_training_loss(data, tmp_path):
+    _, tmp = data
+    run = tmp_path / "run"
+    cfg = config(data, run, epochs=1, loss="focal", class_weighting=True)
+    train(cfg)
+    row = next(csv.DictReader((run / "metrics.csv").open()))
+    trained = load_run(run, torch.device("cpu"))
+    folds = np.array([int(r["fold"]) for r in csv.DictReader((run / "folds.csv").open())])
+    labels = StoreDataset(str(tmp / "train.zarr"), 64, []).labels
+    loss_fn = make_loss("focal", 2.0, True, labels[folds != 0])
+    loader = make_loader(StoreDataset(str(tmp / "train.zarr"), 64, np.flatnonzero(folds == 0)), 8, 0)
+    _, _, loss = predict_probs(trained.model, loader, trained.normalizer(), torch.device("cpu"), loss_fn=loss_fn)
+    assert float(row["valid_loss"]) == pytest.approx(loss, rel=1e-4)
+
+
+# --- steering a run -------------------------------------------------------------------------------
+
+def test_weights_none_and_scratch_mean_random_initialisation():
+    for value in (None, "none", "scratch", "", "None"):
+        assert create_model("se_resnet_tiny", weights=value).last_linear.out_features == 28
+
+
+def test_weights_cache_finds_the_real_file_names(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    assert find_cached_weights("se_resnext50_32x4d") is None
+    timm_file = tmp_path / "torch" / "hub" / "checkpoints" / "legacy_se_resnext50_32x4d-f3651bad.pth"
+    timm_file.parent.mkdir(parents=True)
+    timm_file.write_bytes(b"x")
+    assert find_cached_weights("se_resnext50_32x4d") == timm_file
+    repo = tmp_path / "hf" / "models--timm--legacy_seresnet50.in1k"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    (repo / "snapshots" / "abc123" / "model.safetensors").write_bytes(b"x")
+    assert find_cached_weights("se_resnet50") == repo / "snapshots" / "abc123" / "model.safetensors"
+
+
+def test_weights_that_are_not_weights_are_a_clear_error(tmp_path):
+    bad = tmp_path / "labels.csv"
+    bad.write_text("Id,Target\na,1\n")
+    with pytest.raises(ModelError, match="labels.csv is not a PyTorch weights file"):
+        create_model("se_resnet_tiny", weights=bad)
+
+
+def test_weights_none_on_the_command_line_beats_a_recipe_with_cache(data, tmp_path):
+    _, tmp = data
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("train:\n  weights: cache\n  arch: se_resnet50\n")
+    args = ["--config", str(recipe), "train", "--store", str(tmp / "train.zarr"), "--out", str(tmp_path / "run"),
+            "--arch", "se_resnet_tiny", "--level", "64", "--crop", "48", "--epochs", "1", "--batch-size", "8",
+            "--workers", "0", "--steps-per-epoch", "1", "--weights", "none"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["weights"] == "none"
+
+
+def test_both_backends_apply_the_same_dropout_in_training():
+    a = create_model("se_resnet50", "timm", drop_rate=0.5)
+    b = create_model("se_resnet50", "pretrainedmodels", drop_rate=0.5)
+    b.load_state_dict(a.state_dict())
+    a.train(), b.train()
+    x = torch.randn(2, 4, 64, 64)
+    torch.manual_seed(0)
+    out_a = a(x)
+    torch.manual_seed(0)
+    out_b = b(x)
+    torch.testing.assert_close(out_a, out_b)
+
+
+def test_resume_takes_the_saved_options_and_refuses_changed_ones(data, tmp_path, monkeypatch):
+    _, tmp = data
+    run = tmp_path / "run"
+
+    def crash(name):
+        if name == "after_last":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "fault_point", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(data, run, ema=0.9))  # stops after epoch 0's checkpoint
+    monkeypatch.undo()
+    base = ["train", "--store", str(tmp / "train.zarr"), "--out", str(run), "--resume", "--workers", "0"]
+    result = CliRunner().invoke(cli, base + ["--arch", "se_resnet50", "--ema", "0.5"])
+    assert result.exit_code == 1
+    assert "--arch: saved 'se_resnet_tiny', given 'se_resnet50'" in result.output
+    assert "--ema: saved 0.9, given 0.5" in result.output
+    result = CliRunner().invoke(cli, base)  # no options: the saved ones, EMA included
+    assert result.exit_code == 0, result.output
+    assert "resuming" in result.output and "epoch 2/3" in result.output
+    assert yaml.safe_load((run / "config.yaml").read_text())["ema"] == 0.9
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=False)["average"] is not None
+
+
+def test_a_failed_command_leaves_the_run_folder_as_it_was(data, finished_run):
+    _, tmp = data
+    before = snapshot(finished_run)
+    store = str(tmp / "train.zarr")
+    attempts = [
+        (["--out", str(finished_run), "--level", "64", "--crop", "112"], "larger than --level 64"),
+        (["--out", str(finished_run), "--fold", "7", "--folds", "5"], "--fold must be between 0 and"),
+        (["--out", str(finished_run), "--resume", "--level", "32", "--crop", "32"], "--level: saved 64, given 32"),
+        (["--out", str(finished_run.parent / "fresh"), "--level", "32", "--crop", "32"], "has no level 32"),
+        (["--out", str(finished_run), "--arch", "se_resnet50"], "already holds a run"),
+        (["--out", str(finished_run), "--weights", str(tmp / "missing.pth"), "--resume"], "--weights: saved"),
+        (["--out", str(finished_run), "--resume", "--folds", "5"], "--folds: saved 4, given 5"),
+    ]
+    for extra, message in attempts:
+        result = CliRunner().invoke(cli, ["train", "--store", store, "--arch", "se_resnet_tiny", "--folds", "4",
+                                          "--level", "64", "--crop", "48", "--workers", "0", *extra])
+        assert result.exit_code in (1, 2), (extra, result.output)
+        assert message in result.output, (extra, result.output)
+        assert "Traceback" not in result.output
+    assert snapshot(finished_run) == before
+    assert not (finished_run.parent / "fresh").exists()
+
+
+def test_folds_made_with_other_options_are_not_reused(data, finished_run, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "folds.csv").write_bytes((finished_run / "folds.csv").read_bytes())
+    with pytest.raises(RunError, match="made with --folds 4 --seed 0, not --folds 5 --seed 0"):
+        train(config(data, other, folds=5))
+
+
+def test_the_training_state_round_trips_every_generator(data, finished_run):
+    state = torch.load(finished_run / "checkpoints" / "last.pt", weights_only=False)
+    assert set(state["rng"]) == {"torch", "cuda", "numpy", "python"}
+    cfg = config(data, finished_run)
+    plan = train_module.plan_run(cfg, train_module.RunFolder(finished_run))
+    loaded = train_module.make_state(cfg, plan, train_module.make_data(cfg, plan, train_module.distributed.Ranks(),
+                                                                       torch.device("cpu")), torch.device("cpu"))
+    loaded.load_state_dict(state)
+    again = loaded.state_dict()
+    assert again["epoch"] == state["epoch"] and again["step"] == state["step"]
+    for key, value in state["model"].items():
+        assert torch.equal(again["model"][key], value), key
+    assert torch.equal(again["rng"]["torch"], state["rng"]["torch"])
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data, tmp_path_factory):
+    run = tmp_path_factory.mktemp("whole") / "run"
+    train(config(data, run, steps_per_epoch=2))
+    return run
+
+
+@pytest.mark.parametrize("point", ["after_best", "after_metrics", "after_last"])
+def test_a_kill_at_each_write_point_resumes_to_the_uninterrupted_run(data, uninterrupted, tmp_path, monkeypatch,
+                                                                     point):
+    run = tmp_path / "run"
+    calls = {"n": 0}
+
+    def crash(name):
+        if name == point:
+            calls["n"] += 1
+            if calls["n"] == 2:  # in epoch 1 of 3
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "fault_point", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(data, run, steps_per_epoch=2))
+    monkeypatch.undo()
+    train(config(data, run, steps_per_epoch=2), resume=True)
+    a = torch.load(uninterrupted / "checkpoints" / "last.pt", weights_only=False)
+    b = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    assert a["epoch"] == b["epoch"] == 2 and a["step"] == b["step"]
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=1e-6, msg=key)
+    epochs = [int(r["epoch"]) for r in csv.DictReader((run / "metrics.csv").open())]
+    assert epochs == [0, 1, 2]
+    keep = ("train_loss", "valid_loss", "valid_macro_f1")
+    rows = [[r[k] for k in keep] for r in csv.DictReader((run / "metrics.csv").open())]
+    assert rows == [[r[k] for k in keep] for r in csv.DictReader((uninterrupted / "metrics.csv").open())]
+    assert (run / "thresholds.json").read_text() == (uninterrupted / "thresholds.json").read_text()
