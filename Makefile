@@ -14,7 +14,7 @@ SIZE ?= 1024
 DEMO ?= build/demo
 RECIPE ?= pipelines/ingest.yaml
 
-.PHONY: install test test-fast demo ingest bench clean
+.PHONY: install test test-fast demo ingest bench bench-gpu clean
 
 install: $(STAMP)
 
@@ -49,6 +49,11 @@ ingest: install
 
 bench: install
 	$(BIN)/python -m benchmarks $(BENCH)
+
+# Every GPU figure (benchmarks/bench_gpu.py) on a CUDA machine; works without the venv on a bare
+# GPU image with the wheels of benchmarks/device_wheels.sh in .whl/. Exit 2 where there is no GPU.
+bench-gpu:
+	bash benchmarks/run_gpu.sh
 
 clean:
 	rm -rf $(VENV) build .pytest_cache *.egg-info

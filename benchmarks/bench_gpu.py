@@ -1,98 +1,228 @@
-"""GPU training throughput: SE-ResNeXt50 on 512² crops fed by our loader vs fed from memory.
+"""GPU training throughput: is the GPU ever kept waiting? One run, eager and compiled.
 
-Runs on any CUDA machine (prints why and stops elsewhere). Both runs use the same model, bf16
-autocast, channels_last and the same training step; "memory" draws batches from a uint8 tensor
-already on the GPU (the upper bound), "loader" reads random crops from the 1024 level of a
-store built from synthetic full-size data, with ``WORKERS`` DataLoader workers. The ratio is the
-share of the GPU's rate the loader sustains (target >= 90 %).
+``make bench-gpu`` (or ``bash benchmarks/run_gpu.sh``) on any CUDA machine, no network needed;
+on a machine without CUDA it stops at once with a message and exit status 2. It builds its own
+synthetic store (48 full-size samples, uncompressed TIFFs -> a ``--codec none`` store at 1024,
+512, 256) and measures, SE-ResNeXt50, 512² crops of the 1024 level, bf16, channels_last, focal
+loss, the dihedral/jitter augmentation and normalisation on the device, batch 64:
 
-    python -m benchmarks gpu            # env: GPU_WORKERS, GPU_STEPS, GPU_COMPILE=1, GPU_LAYOUT=none|lz4|zstd
-    benchmarks/device_wheels.sh here, then benchmarks/run_gpu.sh on the device tool's machine
+1. the memory-fed step rate: batches drawn from a uint8 tensor already on the GPU (the reference);
+2. the loader-fed rate: the same step fed by :class:`hpa_pipeline.model.feed.BatchFeed`
+   (persistent workers, shared pinned slots, side-stream copies);
+3. ``hpa-pipe train`` itself (the real ``train()`` with ``pipelines/train.yaml``'s options,
+   weights from scratch, batch 64, ``--epoch-size`` for at least 200 steps in one epoch): its
+   steady-state images/s, and its start-up, validation and checkpoint times projected to the
+   real data (24,900 training and 6,200 validation samples per fold);
+4. the feed alone (no training): images/s and the CPU cores it used (workers and this process).
+
+Each of 1-3 eager and with ``torch.compile``. Targets (issue 11): loader-fed >= 0.97 of
+memory-fed; ``train`` steady state >= 0.95 of memory-fed; epoch overheads <= 5 % of an epoch at
+the real size. Environment: GPU_STEPS (default 60), GPU_TRAIN_STEPS (220), GPU_WORKERS (default:
+chosen from the measured per-worker and step rates), GPU_MODES (eager,compile).
+
+``GPU_DRY_RUN=1`` runs every part on the CPU with the tiny SE-ResNet, 256² crops and a few
+steps: it checks the benchmark's own code on a machine without a GPU (figures meaningless).
 """
 from __future__ import annotations
 
+import math
 import os
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from .common import BENCH_DATA, report, synth_data
 
-STEPS = int(os.environ.get("GPU_STEPS", 60))
-BATCH, CROP = 64, 512
+DRY_RUN = os.environ.get("GPU_DRY_RUN") == "1"
+STEPS = int(os.environ.get("GPU_STEPS", 3 if DRY_RUN else 60))
+TRAIN_STEPS = int(os.environ.get("GPU_TRAIN_STEPS", 4 if DRY_RUN else 220))
+BATCH, CROP, LEVEL, N = (8, 128, 256, 48) if DRY_RUN else (64, 512, 1024, 48)
+ARCH = "se_resnet_tiny" if DRY_RUN else "se_resnext50_32x4d"
+DEVICE = "cpu" if DRY_RUN else "cuda"
+REAL_TRAIN, REAL_VALID = 24_900, 6_200
+WARMUP = 2 if DRY_RUN else 8
 
 
-def _train_steps(model, batches, normalize, steps: int) -> float:
+def sync() -> None:
+    import torch
+
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def workers_for(step_rate: float, per_worker_rate: float, cores: int) -> int:
+    """Workers that deliver 1.3x the step rate, leaving a core for the training process."""
+    return int(max(1, min(cores - 1, math.ceil(1.3 * step_rate / max(per_worker_rate, 1e-6)))))
+
+
+def _store() -> Path:
+    from hpa_pipeline.contract.store import StoreSpec
+    from hpa_pipeline.prep.build_zarr import build_zarr
+    from hpa_pipeline.prep.extract import extract_archives
+
+    # uncompressed TIFFs: the GPU machine has tifffile but not imagecodecs
+    name = "gpu48_dry" if DRY_RUN else "gpu48_raw"
+    data = synth_data(name, n_train=N, n_test=1, compression="none", **({"image_sizes": (512,)} if DRY_RUN else {}))
+    tiff = BENCH_DATA / f"{name}_tiff"
+    if not tiff.exists():
+        extract_archives([data / "train_full_size.7z"], tiff)
+    store = BENCH_DATA / f"{name}_none.zarr"
+    if not (store / "report.json").exists():
+        build_zarr(tiff, data / "train.csv", store, StoreSpec(size=LEVEL, codec="none"))
+    return store
+
+
+def _step_module(compiled: bool, labels: np.ndarray):
+    import torch
+
+    from hpa_pipeline.model.losses import make_loss
+    from hpa_pipeline.model.models import create_model
+    from hpa_pipeline.model.train import LossOfBatch
+
+    model = create_model(ARCH).to(DEVICE).to(memory_format=torch.channels_last).train()
+    step = LossOfBatch(model, make_loss("focal", 2.0, False, labels).to(DEVICE))
+    return model, torch.compile(step) if compiled else step
+
+
+def _timed_steps(model, step, batches, normalize, steps: int) -> float:
+    """Images/s of ``steps`` optimizer steps after WARMUP, syncing only at the ends."""
+    import torch
+
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    targets = torch.zeros(BATCH, 28, device="cuda")
     done, start = 0, None
-    for step, (images, augmentation) in enumerate(batches):
-        if step == 5:  # warm-up (cudnn autotune, compile) excluded
-            torch.cuda.synchronize()
+    for k, (images, targets, augmentation) in enumerate(batches):
+        if k == WARMUP:
+            sync()
             start = time.perf_counter()
-        images = normalize(images.cuda(non_blocking=True), augmentation.cuda(non_blocking=True))
-        images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = F.binary_cross_entropy_with_logits(model(images).float(), targets)
+        x = normalize(images, augmentation).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=DEVICE == "cuda"):
+            loss = step(x, targets)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if step >= 5:
+        if k >= WARMUP:
             done += len(images)
-        if step + 1 >= steps + 5:
+        if k + 1 >= steps + WARMUP:
             break
-    torch.cuda.synchronize()
+    sync()
     return done / (time.perf_counter() - start)
 
 
+def _endless(n: int):
+    rng = np.random.default_rng(0)
+    epoch = 0
+    while True:
+        epoch += 1
+        for k in rng.permutation(n):
+            yield (epoch, int(k))
+
+
+def _feed_alone(feed, batches: int) -> dict:
+    import psutil
+    import torch
+
+    me = psutil.Process()
+    stream = feed.batches(_endless(N))
+    for _ in range(WARMUP):
+        next(stream)
+    workers = [psutil.Process(p.pid) for p in feed._processes]
+    cpu0 = sum(sum(w.cpu_times()[:2]) for w in workers) + sum(me.cpu_times()[:2])
+    sync()
+    start = time.perf_counter()
+    seen = sum(len(next(stream)[0]) for _ in range(batches))
+    sync()
+    wall = time.perf_counter() - start
+    cpu1 = sum(sum(w.cpu_times()[:2]) for w in workers) + sum(me.cpu_times()[:2])
+    stream.close()
+    return {"img_s": round(seen / wall, 1), "cores_used": round((cpu1 - cpu0) / wall, 2)}
+
+
+def _train_itself(store: Path, compiled: bool, workers: int) -> dict:
+    import csv
+
+    import yaml
+
+    from hpa_pipeline.model.config import TrainConfig
+    from hpa_pipeline.model.train import train
+
+    recipe = yaml.safe_load((Path(__file__).parents[1] / "pipelines" / "train.yaml").read_text())["train"]
+    with tempfile.TemporaryDirectory(dir=BENCH_DATA) as tmp:
+        dry = {"arch": ARCH, "level": LEVEL, "crop": CROP, "device": "cpu"} if DRY_RUN else {}
+        cfg = TrainConfig(**{**recipe, "store": str(store), "out": str(Path(tmp) / "run"), "weights": "none",
+                             "batch_size": BATCH, "epochs": 1, "epoch_size": BATCH * TRAIN_STEPS,
+                             "compile": compiled, "workers": workers, **dry})
+        train(cfg)
+        row = next(csv.DictReader((Path(tmp) / "run" / "metrics.csv").open()))
+        n_valid = sum(1 for r in csv.DictReader((Path(tmp) / "run" / "folds.csv").open()) if r["fold"] == "0")
+    img_s, valid_s = float(row["train_img_s"]), float(row["valid_s"])
+    epoch_s = REAL_TRAIN / img_s
+    overhead_s = valid_s * REAL_VALID / max(n_valid, 1) + float(row["checkpoint_s"]) + float(row["startup_s"]) / recipe["epochs"]
+    return {"steady_img_s": img_s, "startup_s": float(row["startup_s"]), "valid_s": valid_s, "n_valid": n_valid,
+            "checkpoint_s": float(row["checkpoint_s"]), "real_epoch_train_s": round(epoch_s, 1),
+            "real_overhead_s": round(overhead_s, 1), "real_overhead_share": round(overhead_s / (epoch_s + overhead_s), 3)}
+
+
 def run() -> dict:
-    if not torch.cuda.is_available():
-        print("bench gpu: no CUDA device here; run it on a GPU machine")
-        return {}
-    from hpa_pipeline.prep.build_zarr import build_zarr
-    from hpa_pipeline.model.data import StoreDataset, make_loader
-    from hpa_pipeline.prep.extract import extract_archives
-    from hpa_pipeline.model.models import create_model
-    from hpa_pipeline.contract.store import StoreSpec
+    import torch
 
-    workers = int(os.environ.get("GPU_WORKERS", max(1, (os.cpu_count() or 2) - 2)))
-    layout = os.environ.get("GPU_LAYOUT", "none")  # the fastest training store (bench_loader)
-    # uncompressed TIFFs: the GPU machine has tifffile but not imagecodecs
-    data = synth_data("gpu48_raw", n_train=48, n_test=1, compression="none")
-    tiff = BENCH_DATA / "gpu48_raw_tiff"
-    if not tiff.exists():
-        extract_archives([data / "train_full_size.7z"], tiff)
-    store = BENCH_DATA / f"gpu_{layout}.zarr"
-    if not store.exists():
-        build_zarr(tiff, data / "train.csv", store, StoreSpec(codec=layout, clevel=1 if layout == "zstd" else 5))
-    dataset = StoreDataset(str(store), 1024, np.arange(48), crop=CROP, train=True)
-    normalize = dataset.normalizer().cuda()
-    model = create_model("se_resnext50_32x4d").cuda().to(memory_format=torch.channels_last)
-    if os.environ.get("GPU_COMPILE") == "1":
-        model = torch.compile(model)
-    model.train()
+    if not torch.cuda.is_available() and not DRY_RUN:
+        print("bench gpu: no CUDA device on this machine. Run `make bench-gpu` (or bash benchmarks/run_gpu.sh) "
+              "on a GPU machine; nothing was measured.", file=sys.stderr)
+        raise SystemExit(2)
+    from hpa_pipeline.model.data import StoreDataset
+    from hpa_pipeline.model.feed import BatchFeed
 
-    fixed = torch.randint(0, 255, (BATCH, 4, CROP, CROP), dtype=torch.uint8, device="cuda")
-    identity = torch.tensor([0, 1, 1, 1, 1, 0, 0, 0, 0], dtype=torch.float32).repeat(BATCH, 1)
-    memory_rate = _train_steps(model, iter(lambda: (fixed, identity), None), normalize, STEPS)
+    torch.backends.cudnn.benchmark = True
+    store = _store()
+    dataset = StoreDataset(str(store), LEVEL, np.arange(N), crop=CROP, train=True)
+    normalize = dataset.normalizer().to(DEVICE)
+    labels = dataset.labels
+    cores = os.cpu_count() or 2
+    start = time.perf_counter()
+    dataset.__getitems__(list(range(BATCH)))
+    per_worker = BATCH / (time.perf_counter() - start)  # one worker's crops/s, measured in-process
 
-    class Endless(torch.utils.data.Sampler):
-        def __iter__(self):
-            rng = np.random.default_rng(0)
-            while True:
-                yield int(rng.integers(0, 48))
-
-    loader = make_loader(dataset, BATCH, workers, Endless(), pin_memory=True)
-    loader_rate = _train_steps(model, ((b[0], b[3]) for b in loader), normalize, STEPS)
-    return report("gpu", {
-        "device": torch.cuda.get_device_name(), "model": "se_resnext50_32x4d, bf16, channels_last"
-        + (", torch.compile" if os.environ.get("GPU_COMPILE") == "1" else ""),
-        "fed from GPU memory: img/s": round(memory_rate, 1),
-        f"fed by the loader ({layout}, {workers} workers): img/s": round(loader_rate, 1),
-        "loader / memory (target >= 0.9)": round(loader_rate / memory_rate, 3),
-    })
+    figures = {"device": "CPU dry run (figures meaningless)" if DRY_RUN else torch.cuda.get_device_name(),
+               "cores": cores, "torch": torch.__version__,
+               "model": f"{ARCH}, bf16, channels_last, focal loss, batch {BATCH}, {CROP}² crops of {LEVEL}",
+               "one worker, in-process: crops/s": round(per_worker, 1)}
+    fixed = torch.randint(0, 255, (BATCH, 4, CROP, CROP), dtype=torch.uint8, device=DEVICE)
+    targets = torch.zeros(BATCH, 28, device=DEVICE)
+    codes = torch.tensor(np.stack([dataset.draw(k % N)[2] for k in range(BATCH)]), device=DEVICE)
+    modes = os.environ.get("GPU_MODES", "eager" if DRY_RUN else "eager,compile").split(",")
+    for mode in modes:
+        compiled = mode == "compile"
+        model, step = _step_module(compiled, labels)
+        memory = _timed_steps(model, step, iter(lambda: (fixed, targets, codes), None), normalize, STEPS)
+        workers = int(os.environ.get("GPU_WORKERS") or workers_for(memory, per_worker, cores))
+        feed = BatchFeed(dataset, BATCH, workers, torch.device(DEVICE))
+        try:
+            fed = _timed_steps(model, step, ((b[0], b[1], b[3]) for b in feed.batches(_endless(N))), normalize,
+                               STEPS)
+            alone = _feed_alone(feed, STEPS)
+        finally:
+            feed.close()
+        del model, step
+        if DEVICE == "cuda":
+            torch.cuda.empty_cache()
+        itself = _train_itself(store, compiled, workers)
+        figures.update({
+            f"{mode}: memory-fed img/s": round(memory, 1),
+            f"{mode}: workers (chosen from the rates unless GPU_WORKERS)": workers,
+            f"{mode}: loader-fed img/s (BatchFeed)": round(fed, 1),
+            f"{mode}: loader-fed / memory-fed (target >= 0.97)": round(fed / memory, 3),
+            f"{mode}: feed alone img/s, CPU cores used": f"{alone['img_s']}, {alone['cores_used']}",
+            f"{mode}: hpa-pipe train steady img/s ({TRAIN_STEPS} steps)": itself["steady_img_s"],
+            f"{mode}: hpa-pipe train / memory-fed (target >= 0.95)": round(itself["steady_img_s"] / memory, 3),
+            f"{mode}: hpa-pipe train start-up, validation ({itself['n_valid']} images), checkpoint s":
+                f"{itself['startup_s']}, {itself['valid_s']}, {itself['checkpoint_s']}",
+            f"{mode}: projected real epoch: training s, overheads s, overhead share (target <= 0.05)":
+                f"{itself['real_epoch_train_s']}, {itself['real_overhead_s']}, {itself['real_overhead_share']}",
+        })
+    return report("gpu_dry_run" if DRY_RUN else "gpu", figures)
 
 
 if __name__ == "__main__":

@@ -150,10 +150,40 @@ class ShardReader:
                         if offset == 2**64 - 1:  # an empty chunk: the fill value
                             target[...] = 0
                             continue
+                        rows = slice(ys.start - cy * c, ys.stop - cy * c)
+                        columns = slice(xs.start - cx * c, xs.stop - cx * c)
+                        if self.blosc is None and _read_into(fd, int(offset), c, self.dtype.itemsize, rows, columns,
+                                                             target):
+                            continue
                         raw = os.pread(fd, int(nbytes), int(offset))
                         data = self.blosc.decode(raw) if self.blosc is not None else raw
                         block = np.frombuffer(data, self.dtype).reshape(c, c)
-                        target[...] = block[ys.start - cy * c:ys.stop - cy * c, xs.start - cx * c:xs.stop - cx * c]
+                        target[...] = block[rows, columns]
         finally:
             os.close(fd)
         return out
+
+
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") and "SC_IOV_MAX" in os.sysconf_names else 1024
+_SKIP = bytearray(1 << 16)  # where preadv drops the bytes of columns outside the region
+
+
+def _read_into(fd: int, offset: int, c: int, itemsize: int, rows: slice, columns: slice, target: np.ndarray) -> bool:
+    """Read rows/columns of an uncompressed ``c x c`` chunk straight into ``target`` (one
+    ``preadv``: each row's part lands in its place, the columns outside go to a scratch buffer),
+    so a crop is copied once, from the file into the batch. False where ``preadv`` cannot
+    (no ``os.preadv``, too many rows, a non-contiguous target row): the caller reads the chunk."""
+    n_rows = rows.stop - rows.start
+    skip = (c - (columns.stop - columns.start)) * itemsize
+    if not hasattr(os, "preadv") or 2 * n_rows - 1 > _IOV_MAX or skip > len(_SKIP) or not target.flags.writeable \
+            or target.strides[-1] != itemsize:
+        return False
+    buffers = []
+    view = target.view(np.uint8)
+    for r in range(n_rows):
+        if r and skip:
+            buffers.append(memoryview(_SKIP)[:skip])
+        buffers.append(view[r])
+    start = offset + (rows.start * c + columns.start) * itemsize
+    wanted = n_rows * (columns.stop - columns.start) * itemsize + (n_rows - 1) * skip
+    return os.preadv(fd, buffers, start) == wanted

@@ -1,26 +1,30 @@
 """Weight averages that are evaluated instead of the raw weights: EMA and SWA.
 
-Both are PyTorch's ``torch.optim.swa_utils.AveragedModel``:
-
-- EMA (``--ema 0.999``): ``get_ema_multi_avg_fn(decay)`` after every optimizer step, buffers
-  (BatchNorm running statistics) averaged too (``use_buffers=True``), as timm's ModelEma does.
+- EMA (``--ema 0.999``): timm's ``ModelEmaV3`` after every optimizer step, buffers (BatchNorm
+  running statistics) averaged too. Not PyTorch's ``AveragedModel`` with
+  ``get_ema_multi_avg_fn``: its ``update_parameters`` reads its step counter from the device
+  (``bool(n_averaged == 0)``), a host-device synchronisation in every step; ModelEmaV3 takes
+  the step from the caller and updates with one foreach ``lerp_``.
 - SWA (``--swa-epochs N``): the equal-weight mean of the weights at the end of each of the last
   N epochs (what the competition's 3rd-place solution averaged). Averaged BatchNorm statistics
   do not belong to the averaged weights, so ``swa_utils.update_bn`` recomputes them on
-  training batches before the average is evaluated.
+  training batches before the average is evaluated. This is PyTorch's
+  ``torch.optim.swa_utils.AveragedModel`` (updated once an epoch) with ``update_bn``.
 """
 from __future__ import annotations
 
 from itertools import islice
 
 import torch
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
+from timm.utils import ModelEmaV3
+from torch.optim.swa_utils import AveragedModel, update_bn
 
 
-def make_average(model: torch.nn.Module, ema: float, swa_epochs: int) -> AveragedModel | None:
-    """The run's weight average, or None when it evaluates the raw weights."""
+def make_average(model: torch.nn.Module, ema: float, swa_epochs: int) -> torch.nn.Module | None:
+    """The run's weight average (``.module`` is the averaged network), or None when it
+    evaluates the raw weights."""
     if ema > 0:
-        return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema), use_buffers=True)
+        return ModelEmaV3(model, decay=ema)
     if swa_epochs > 0:
         return AveragedModel(model)
     return None

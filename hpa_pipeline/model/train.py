@@ -37,6 +37,7 @@ from . import distributed
 from .averaging import make_average, recompute_batchnorm
 from .config import TrainConfig
 from .data import EpochSampler, Normalizer, StoreDataset, make_loader, rare_class_weights
+from .feed import BatchFeed
 from .inference import autocast, predict_probs
 from .losses import make_loss
 from .metrics import crossfit_macro_f1, f1_table, macro_f1, per_class_f1, predict_labels, search_thresholds
@@ -79,30 +80,31 @@ def _train(cfg: TrainConfig, run: RunFolder, progress, ranks: distributed.Ranks,
     started = time.perf_counter()
     plan = plan_run(cfg, run)  # every check; nothing written yet
     torch.manual_seed(cfg.seed)
-    data = make_data(cfg, plan, ranks, device)
-    state = make_state(cfg, plan, data, device)
-    if run.last.exists():
-        state.load_state_dict(torch.load(run.last, map_location=device, weights_only=False))
-    if ranks.is_main:
-        prepare_run_folder(run, cfg, plan, state)
-    distributed.barrier(ranks)
-    step = make_step(cfg, state.model, data.loss_fn, ranks, device)
-    board = _tensorboard(run, state.epoch + 1) if ranks.is_main else None
-    summary = {"best_valid_macro_f1": state.best, "step": state.step}
-    startup_s = time.perf_counter() - started
-    if progress and state.epoch >= 0:
-        progress({"phase": "resumed", "epoch": state.epoch + 1, "epochs": cfg.epochs, "step": state.step})
-    for epoch in range(state.epoch + 1, cfg.epochs):
-        speed = train_one_epoch(cfg, epoch, state, step, data, ranks, device, progress)
-        evaluation = validate(cfg, epoch, state, data, ranks, device, progress)
-        row = {"epoch": epoch, "step": state.step, "lr": state.schedule.get_last_lr()[0],
-               "train_loss": speed.pop("train_loss"), **evaluation.scores, **speed, "startup_s": round(startup_s, 3)}
-        state.epoch, is_best = epoch, evaluation.scores["valid_macro_f1"] > state.best
-        state.best = max(state.best, evaluation.scores["valid_macro_f1"])
+    with make_data(cfg, plan, ranks, device) as data:  # loader workers live until the run ends
+        state = make_state(cfg, plan, data, device)
+        if run.last.exists():
+            state.load_state_dict(torch.load(run.last, map_location=device, weights_only=False))
         if ranks.is_main:
-            write_epoch(run, cfg, plan, state, row, evaluation, is_best, board)
-        distributed.barrier(ranks)  # no rank runs ahead of a checkpoint it may have to resume from
-        summary, startup_s = {**row, "best_valid_macro_f1": state.best}, 0.0
+            prepare_run_folder(run, cfg, plan, state)
+        distributed.barrier(ranks)
+        step = make_step(cfg, state.model, data.loss_fn, ranks, device)
+        board = _tensorboard(run, state.epoch + 1) if ranks.is_main else None
+        summary = {"best_valid_macro_f1": state.best, "step": state.step}
+        startup_s = time.perf_counter() - started
+        if progress and state.epoch >= 0:
+            progress({"phase": "resumed", "epoch": state.epoch + 1, "epochs": cfg.epochs, "step": state.step})
+        for epoch in range(state.epoch + 1, cfg.epochs):
+            speed = train_one_epoch(cfg, epoch, state, step, data, ranks, device, progress)
+            evaluation = validate(cfg, epoch, state, data, ranks, device, progress)
+            row = {"epoch": epoch, "step": state.step, "lr": state.schedule.get_last_lr()[0],
+                   "train_loss": speed.pop("train_loss"), **evaluation.scores, **speed,
+                   "startup_s": round(startup_s, 3)}
+            state.epoch, is_best = epoch, evaluation.scores["valid_macro_f1"] > state.best
+            state.best = max(state.best, evaluation.scores["valid_macro_f1"])
+            if ranks.is_main:
+                write_epoch(run, cfg, plan, state, row, evaluation, is_best, board)
+            distributed.barrier(ranks)  # no rank runs ahead of a checkpoint it may have to resume from
+            summary, startup_s = {**row, "best_valid_macro_f1": state.best}, 0.0
     if ranks.is_main and run.metrics.exists():
         plot_run(run)
     return summary
@@ -162,34 +164,63 @@ def prepare_run_folder(run: RunFolder, cfg: TrainConfig, plan: Plan, state: Trai
 @dataclass
 class Data:
     train_set: StoreDataset
-    train_loader: torch.utils.data.DataLoader
-    valid_loader: torch.utils.data.DataLoader
+    valid_set: StoreDataset
+    batch_size: int
     sampler: EpochSampler | None
+    feeds: tuple[BatchFeed, BatchFeed] | None  # worker processes for the whole run (train, valid)
+    stream_loader: torch.utils.data.DataLoader | None  # --stream
     normalize: Normalizer  # the training level's statistics, for training and validation alike
     loss_fn: torch.nn.Module
     steps_per_epoch: int
 
+    def train_batches(self):
+        """This epoch's training batches (set the sampler's epoch first)."""
+        if self.stream_loader is not None:
+            return iter(self.stream_loader)
+        if self.feeds is not None:
+            return self.feeds[0].batches(self.sampler, drop_last=True)
+        return iter(make_loader(self.train_set, self.batch_size, 0, self.sampler, drop_last=True))
+
+    def valid_batches(self):
+        if self.feeds is not None:
+            return self.feeds[1].batches(range(len(self.valid_set)))
+        return iter(make_loader(self.valid_set, self.batch_size, 0))
+
+    @property
+    def valid_steps(self) -> int:
+        return -(-len(self.valid_set) // self.batch_size)
+
+    def __enter__(self) -> Data:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for feed in self.feeds or ():
+            feed.close()
+
 
 def make_data(cfg: TrainConfig, plan: Plan, ranks: distributed.Ranks, device: torch.device) -> Data:
-    """Loaders whose workers live for the whole run (the epoch travels with each item)."""
+    """Training and validation batches from worker processes that live for the whole run
+    (:class:`.feed.BatchFeed`; the epoch travels with each item), or read in this process
+    with ``--workers 0``; ``--stream`` uses its own loader."""
     train_set = StoreDataset(cfg.store, cfg.level, plan.train_idx, crop=cfg.crop, train=True, seed=cfg.seed,
                              crop_grid=cfg.crop_grid)
     # each rank validates every world-th sample; the predictions are gathered
     valid_set = StoreDataset(cfg.store, cfg.val_level or cfg.level, plan.valid_idx[ranks.rank::ranks.world],
                              train=False, seed=cfg.seed)
-    pin = device.type == "cuda"
-    sampler = None
+    sampler = stream_loader = feeds = None
     if cfg.stream:  # whole shards in streaming order: one request per sample (remote stores)
         stream = ShardStream(train_set, cfg.stream_buffer, rank=ranks.rank, world=ranks.world)
-        train_loader = make_stream_loader(stream, cfg.batch_size, cfg.workers, pin)
+        stream_loader = make_stream_loader(stream, cfg.batch_size, cfg.workers, device.type == "cuda")
+        batches = len(stream_loader)
     else:
         weights = rare_class_weights(plan.labels[plan.train_idx]) if cfg.oversample else None
         sampler = EpochSampler(len(train_set), cfg.seed, weights, rank=ranks.rank, world=ranks.world,
                                batch_size=cfg.batch_size, draws=cfg.epoch_size, tag_epoch=True)
-        train_loader = make_loader(train_set, cfg.batch_size, cfg.workers, sampler, pin, drop_last=True,
-                                   persistent=True)
-    valid_loader = make_loader(valid_set, cfg.batch_size, cfg.workers, None, pin, persistent=True)
-    steps = len(train_loader) // cfg.accumulate
+        batches = len(sampler) // cfg.batch_size
+        if cfg.workers > 0:
+            feeds = (BatchFeed(train_set, cfg.batch_size, cfg.workers, device),
+                     BatchFeed(valid_set, cfg.batch_size, max(1, cfg.workers // 2), device, slots=4))
+    steps = batches // cfg.accumulate
     if cfg.steps_per_epoch:
         steps = min(steps, cfg.steps_per_epoch)
     if steps < 1:
@@ -197,7 +228,7 @@ def make_data(cfg: TrainConfig, plan: Plan, ranks: distributed.Ranks, device: to
                        f"for each of {ranks.world} process(es)")
     normalize = Normalizer(plan.normalization["mean"], np.maximum(plan.normalization["std"], 1e-3)).to(device)
     loss_fn = make_loss(cfg.loss, cfg.focal_gamma, cfg.class_weighting, plan.labels[plan.train_idx]).to(device)
-    return Data(train_set, train_loader, valid_loader, sampler, normalize, loss_fn, steps)
+    return Data(train_set, valid_set, cfg.batch_size, sampler, feeds, stream_loader, normalize, loss_fn, steps)
 
 
 # --- the training state ---------------------------------------------------------------------------
@@ -256,7 +287,7 @@ class TrainState:
 
     def eval_model(self) -> torch.nn.Module:
         """The weights validation and ``best.pt`` use: the average's, once it has averaged any."""
-        if self.average is None or int(self.average.n_averaged) == 0:
+        if self.average is None or (self.averaging == "swa" and int(self.average.n_averaged) == 0):
             return self.model
         return self.average.module
 
@@ -318,7 +349,7 @@ def train_one_epoch(cfg: TrainConfig, epoch: int, state: TrainState, step, data:
     loss_sum, seen, steady = torch.zeros((), device=device), 0, None
     started = time.perf_counter()
     state.optimizer.zero_grad(set_to_none=True)
-    for micro, (images, targets, _, augmentation) in enumerate(data.train_loader):
+    for micro, (images, targets, _, augmentation) in enumerate(data.train_batches()):
         step_in_epoch = micro // cfg.accumulate
         if step_in_epoch >= data.steps_per_epoch:
             break
@@ -362,7 +393,7 @@ def optimizer_step(state: TrainState) -> None:
     state.schedule.step()
     state.step += 1
     if state.averaging == "ema":  # after every step; SWA averages at the end of epochs (validate)
-        state.average.update_parameters(state.model)
+        state.average.update(state.model, step=state.step)
 
 
 def check_finite(mean_loss: torch.Tensor, epoch: int, state: TrainState, ranks) -> float:
@@ -390,15 +421,15 @@ def validate(cfg: TrainConfig, epoch: int, state: TrainState, data: Data, ranks,
     started = time.perf_counter()
     if state.averaging == "swa" and epoch >= cfg.epochs - cfg.swa_epochs:  # the last N epochs' weights
         state.average.update_parameters(state.model)
-        recompute_batchnorm(state.average.module, data.train_loader, data.normalize, device, cfg.swa_bn_batches)
+        recompute_batchnorm(state.average.module, data.train_batches(), data.normalize, device, cfg.swa_bn_batches)
         distributed.broadcast_buffers(state.average.module, ranks)  # every rank validates with rank 0's statistics
-    total = len(data.valid_loader)
+    total = data.valid_steps
 
     def step(done):
         if progress:
             progress({"phase": "valid", "epoch": epoch + 1, "epochs": cfg.epochs, "step": done, "steps": total})
 
-    probs, indices, loss = predict_probs(state.eval_model(), data.valid_loader, data.normalize, device, cfg.amp,
+    probs, indices, loss = predict_probs(state.eval_model(), data.valid_batches(), data.normalize, device, cfg.amp,
                                          cfg.channels_last, loss_fn=data.loss_fn, progress=step)
     loss_total, count = distributed.sum_over_ranks([loss * len(indices), len(indices)], ranks, device)
     probs, indices = distributed.gather_arrays((probs, indices), ranks)

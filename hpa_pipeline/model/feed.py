@@ -1,0 +1,228 @@
+"""The training feed: batches delivered to the training process at almost no cost to it.
+
+Measured on an H100 (issue 11), PyTorch's DataLoader reads crops fast enough, but delivering
+them takes time the training thread needs: each batch is written by a worker into its own
+array, copied into a new shared-memory block to cross the process boundary, rebuilt and
+unmapped by the training process, copied again into pinned memory by its pin-memory thread
+(holding the GIL), and only then copied to the GPU. More workers made it worse.
+
+:class:`BatchFeed` (the design of FFCV's loader, with processes): a ring of batch **slots**
+allocated once in shared memory (and registered with CUDA as pinned memory once, on a GPU);
+worker processes that live for the whole run fill a slot in place (a crop is read from the
+shard file straight into its place in the slot: ``ShardReader`` uses ``preadv`` into the slot's
+rows for uncompressed stores) and answer with two integers; the training process copies the
+slot to the GPU on a side CUDA stream while the previous batch trains, and gives the slot back
+when that copy has finished. Per image: one copy from the file into the slot, one to the GPU;
+per batch, the training process sends one small message and receives one.
+
+Batches come out in the order the sampler gave (so runs are reproducible and resumable), each
+item carrying its epoch, so workers need no ``set_epoch``. A worker's exception is raised in
+the training process with the worker's traceback; a worker that dies is an error, not a hang.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue
+import traceback
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import torch
+
+from ..contract.labels import N_CLASSES
+
+#: seconds to wait for a batch before checking that the workers are alive
+POLL_S = 5.0
+
+
+class FeedError(RuntimeError):
+    """A worker failed (its traceback is in the message) or died."""
+
+
+def _worker_main(dataset, images, labels, indices, augmentation, tasks, results) -> None:
+    """A feed worker: fill the slot each task names, answer ``(seq, slot, count, error)``."""
+    import cv2
+    import numcodecs.blosc
+
+    torch.set_num_threads(1)  # one core per worker: N workers use N cores
+    cv2.setNumThreads(0)
+    numcodecs.blosc.set_nthreads(1)
+    images, labels, indices, augmentation = (t.numpy() for t in (images, labels, indices, augmentation))
+    while True:
+        task = tasks.get()
+        if task is None:
+            return
+        seq, slot, items = task
+        try:
+            for j, item in enumerate(items):
+                labels[slot, j], indices[slot, j], augmentation[slot, j] = dataset._fill(item, images[slot, j])
+            results.put((seq, slot, len(items), None))
+        except Exception:  # sent to the training process, which raises it there
+            results.put((seq, slot, 0, traceback.format_exc()))
+
+
+def _register_pinned(tensor: torch.Tensor) -> bool:
+    """Page-lock a shared-memory tensor in place (``cudaHostRegister``), so that copies from it
+    to the GPU are asynchronous DMA; False where CUDA refuses."""
+    code = torch.cuda.cudart().cudaHostRegister(tensor.data_ptr(), tensor.numel() * tensor.element_size(), 0)
+    return int(code) == 0
+
+
+class BatchFeed:
+    """Batches ``(images, targets, sample indices, augmentation)`` of a :class:`.data.StoreDataset`
+    from ``workers`` persistent processes through ``slots`` shared batch buffers.
+
+    ``device``: where batches are delivered; on CUDA they arrive there (copied on a side stream,
+    the current stream waiting for the copy), elsewhere they are views of the slot that stay
+    valid until the next batch is asked for.
+    """
+
+    def __init__(self, dataset, batch_size: int, workers: int, device: torch.device | str = "cpu",
+                 slots: int | None = None, context: str | None = None):
+        if workers < 1:
+            raise ValueError("a BatchFeed needs at least one worker process")
+        self.dataset, self.batch_size, self.workers = dataset, batch_size, workers
+        self.device = torch.device(device)
+        self.n_slots = slots or max(4, 2 * workers)
+        size = dataset.item_size
+        self.images = torch.empty((self.n_slots, batch_size, 4, size, size), dtype=_torch_dtype(dataset)).share_memory_()
+        self.labels = torch.zeros((self.n_slots, batch_size, N_CLASSES), dtype=torch.float32).share_memory_()
+        self.indices = torch.zeros((self.n_slots, batch_size), dtype=torch.int64).share_memory_()
+        self.augmentation = torch.zeros((self.n_slots, batch_size, 9), dtype=torch.float32).share_memory_()
+        self.pinned = self.device.type == "cuda" and all(
+            _register_pinned(t) for t in (self.images, self.labels, self.indices, self.augmentation))
+        self.copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        self._context = multiprocessing.get_context(context or ("fork" if hasattr(os, "fork") else "spawn"))
+        self._processes: list = []
+        self.worker_starts = 0  # processes started over the feed's life (== workers: started once)
+        self._copy_done: dict[int, torch.cuda.Event] = {}
+
+    # -- workers ------------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        if self._processes:
+            return
+        self.dataset._reader = None  # each worker opens its own files
+        self._tasks, self._results = self._context.Queue(), self._context.Queue()
+        for _ in range(self.workers):
+            process = self._context.Process(
+                target=_worker_main, daemon=True,
+                args=(self.dataset, self.images, self.labels, self.indices, self.augmentation, self._tasks,
+                      self._results))
+            process.start()
+            self._processes.append(process)
+            self.worker_starts += 1
+
+    def close(self, kill: bool = False) -> None:
+        """Stop the workers (also done at exit: they are daemons); ``kill`` without waiting for
+        the tasks still queued."""
+        for process in self._processes:
+            if kill:
+                process.kill()
+            elif process.is_alive():
+                self._tasks.put(None)
+        for process in self._processes:
+            process.join(timeout=5)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        self._processes = []
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def _receive(self) -> tuple[int, int, int]:
+        while True:
+            try:
+                seq, slot, count, error = self._results.get(timeout=POLL_S)
+            except queue.Empty:
+                dead = [p.pid for p in self._processes if not p.is_alive()]
+                if dead:
+                    raise FeedError(f"loader worker process(es) {dead} died (out of memory? killed?)") from None
+                continue
+            if error is not None:
+                raise FeedError(f"a loader worker failed:\n{error}")
+            return seq, slot, count
+
+    # -- batches ------------------------------------------------------------------------------
+
+    def batches(self, items: Iterable, drop_last: bool = False) -> Iterator[tuple[torch.Tensor, ...]]:
+        """The batches of ``items`` (dataset positions or ``(epoch, position)``), in order."""
+        self._start()
+        chunks = _chunks(items, self.batch_size, drop_last)
+        free = list(range(self.n_slots))
+        sent = received = 0
+        ready: dict[int, tuple[int, int]] = {}
+        held = None  # the slot of the batch handed out last (CPU), or whose copy is in flight
+        try:
+            exhausted = False
+            while True:
+                while free and not exhausted:  # keep every free slot working
+                    chunk = next(chunks, None)
+                    if chunk is None:
+                        exhausted = True
+                        break
+                    slot = free.pop()
+                    self._wait_for_copy(slot)
+                    self._tasks.put((sent, slot, chunk))
+                    sent += 1
+                if received == sent:
+                    return
+                while received not in ready:
+                    seq, slot, count = self._receive()
+                    ready[seq] = (slot, count)
+                slot, count = ready.pop(received)
+                received += 1
+                batch = self._deliver(slot, count)
+                if held is not None:
+                    free.append(held)
+                held = slot
+                yield batch
+        except FeedError:
+            self.close(kill=True)  # a failed worker's batch never comes: start afresh on the next pass
+            raise
+        finally:
+            if self._processes:  # the consumer stopped early: drain what is still in flight
+                for _ in range(sent - received - len(ready)):
+                    self._receive()
+
+    def _deliver(self, slot: int, count: int) -> tuple[torch.Tensor, ...]:
+        parts = (self.images[slot, :count], self.labels[slot, :count], self.indices[slot, :count],
+                 self.augmentation[slot, :count])
+        if self.copy_stream is None:
+            return parts
+        with torch.cuda.stream(self.copy_stream):
+            moved = tuple(t.to(self.device, non_blocking=self.pinned) for t in parts)
+            done = torch.cuda.Event()
+            done.record(self.copy_stream)
+        current = torch.cuda.current_stream(self.device)
+        current.wait_event(done)  # the GPU, not the host, waits for the copy
+        for t in moved:
+            t.record_stream(current)
+        self._copy_done[slot] = done
+        return moved
+
+    def _wait_for_copy(self, slot: int) -> None:
+        """Before a slot is refilled: its copy to the GPU must have finished (long since, normally)."""
+        done = self._copy_done.pop(slot, None)
+        if done is not None:
+            done.synchronize()
+
+
+def _chunks(items: Iterable, size: int, drop_last: bool) -> Iterator[list]:
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk and not drop_last:
+        yield chunk
+
+
+def _torch_dtype(dataset) -> torch.dtype:
+    return {np.dtype("uint8"): torch.uint8, np.dtype("uint16"): torch.uint16}[np.dtype(dataset.reader().dtype)]

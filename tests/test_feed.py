@@ -1,0 +1,196 @@
+"""The GPU feed (issue 11): persistent workers filling shared batch slots give exactly the batches
+of in-process reading, start once per run, fail loudly, and the step loop never waits for the device."""
+import os
+import signal
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import hpa_pipeline.model.train as train_module
+from hpa_pipeline.contract.store import StoreSpec
+from hpa_pipeline.model.data import EpochSampler, StoreDataset
+from hpa_pipeline.model.feed import BatchFeed, FeedError
+from hpa_pipeline.model.train import TrainConfig, train
+from hpa_pipeline.prep.ingest import ingest
+from hpa_pipeline.prep.synth import SynthSpec, make_dataset
+
+
+@pytest.fixture(scope="module", params=["none", "zstd"])
+def store(request, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp(f"feed_{request.param}")
+    d = make_dataset(tmp / "data", SynthSpec(n_train=24, n_test=1, image_sizes=(256,), seed=2), workers=2)
+    out = tmp / "train.zarr"
+    assert ingest(d.train_archive, d.train_csv, out, StoreSpec(size=128, levels=2, chunk=32,
+                                                                codec=request.param)).exit_code == 0
+    return out
+
+
+def in_process(dataset, sampler, batch):
+    items = list(sampler)
+    return [dataset.__getitems__(items[k:k + batch]) for k in range(0, len(items) - batch + 1, batch)]
+
+
+def test_feed_gives_the_batches_of_in_process_reading_every_epoch(store):
+    dataset = StoreDataset(str(store), 128, np.arange(24), crop=48, train=True, seed=1)  # any offset
+    sampler = EpochSampler(24, seed=1, tag_epoch=True)
+    feed = BatchFeed(dataset, batch_size=5, workers=2)
+    try:
+        for epoch in (0, 3):
+            sampler.set_epoch(epoch)
+            got = [tuple(t.clone() for t in b) for b in feed.batches(sampler, drop_last=True)]
+            want = in_process(dataset, sampler, 5)
+            assert len(got) == len(want) == 4
+            for g, w in zip(got, want):
+                for a, b in zip(g, w):
+                    assert torch.equal(a, b)
+        assert feed.worker_starts == 2  # started once, not per epoch
+    finally:
+        feed.close()
+
+
+def test_a_consumer_that_stops_early_leaves_the_feed_usable(store):
+    dataset = StoreDataset(str(store), 128, np.arange(24), crop=32, train=True)
+    feed = BatchFeed(dataset, batch_size=4, workers=2, slots=4)
+    try:
+        first = next(iter(feed.batches(range(24))))
+        assert first[0].shape == (4, 4, 32, 32)
+        batches = list(feed.batches(range(10)))  # a new pass after an abandoned one
+        assert [len(b[2]) for b in batches] == [4, 4, 2]
+        assert torch.cat([b[2] for b in batches]).tolist() == list(range(10))
+    finally:
+        feed.close()
+
+
+class Broken(StoreDataset):
+    def _fill(self, item, out):
+        if item == 5:
+            raise ValueError("sample 5 cannot be read")
+        return super()._fill(item, out)
+
+
+def test_a_worker_error_names_its_cause(store):
+    feed = BatchFeed(Broken(str(store), 64, np.arange(24)), batch_size=4, workers=1)
+    try:
+        with pytest.raises(FeedError, match="sample 5 cannot be read"):
+            list(feed.batches(range(24)))
+    finally:
+        feed.close()
+
+
+class Slow(StoreDataset):
+    def _fill(self, item, out):
+        time.sleep(0.5)
+        return super()._fill(item, out)
+
+
+def test_a_dead_worker_is_an_error_not_a_hang(store, monkeypatch):
+    import hpa_pipeline.model.feed as feed_module
+
+    monkeypatch.setattr(feed_module, "POLL_S", 0.2)
+    feed = BatchFeed(Slow(str(store), 64, np.arange(24)), batch_size=4, workers=1)
+    try:
+        batches = feed.batches(range(24))
+        feed._start()
+        os.kill(feed._processes[0].pid, signal.SIGKILL)
+        with pytest.raises(FeedError, match="died"):
+            list(batches)
+    finally:
+        feed.close()
+
+
+def test_uncompressed_crops_are_read_straight_into_the_batch(store):
+    """``preadv`` puts each row of a crop in its place: for an uncompressed store the reader
+    makes no intermediate copy of the chunk (one read per chunk and channel, no pread)."""
+    from hpa_pipeline.contract import shards
+
+    dataset = StoreDataset(str(store), 128, np.arange(24), crop=48, train=True)
+    reader = dataset.reader()
+    calls = {"pread": 0}
+    real = os.pread
+
+    def counting(*args):
+        calls["pread"] += 1
+        return real(*args)
+
+    os.pread = counting
+    try:
+        out = np.empty((4, 48, 48), np.uint8)
+        reader.read(3, 10, 17, 48, 48, out=out)
+    finally:
+        os.pread = real
+    import zarr
+
+    np.testing.assert_array_equal(out, zarr.open_array(str(store), path="images/128")[3, :, 10:58, 17:65])
+    uncompressed = reader.blosc is None
+    assert calls["pread"] == (1 if uncompressed else 1 + 4 * 2 * 3)  # the index, then (if compressed) each chunk
+    assert shards._read_into is not None
+
+
+def tiny(store, out, **overrides):
+    values = dict(store=str(store), out=str(out), arch="se_resnet_tiny", level=64, crop=48, folds=4, fold=0,
+                  epochs=3, batch_size=4, lr=2e-3, workers=2, seed=0, drop_rate=0.0)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_workers_start_once_per_run_and_train_like_in_process_reading(store, tmp_path, monkeypatch):
+    feeds = []
+    real_init = BatchFeed.__init__
+
+    def record(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        feeds.append(self)
+
+    monkeypatch.setattr(BatchFeed, "__init__", record)
+    train(tiny(store, tmp_path / "workers"))
+    assert [f.worker_starts for f in feeds] == [2, 1]  # training and validation, for 3 epochs
+    train(tiny(store, tmp_path / "inline", workers=0))
+    a = torch.load(tmp_path / "workers" / "checkpoints" / "last.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "inline" / "checkpoints" / "last.pt", weights_only=False)["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_epoch_size_sets_the_steps_and_draws_with_replacement(store, tmp_path):
+    summary = train(tiny(store, tmp_path / "run", epochs=1, epoch_size=40, workers=0))
+    assert summary["step"] == 10  # 40 draws from a fold of ~18, batches of 4
+    draws = list(EpochSampler(18, seed=0, draws=40))
+    assert len(draws) == 40 and len(set(draws)) < 18 + 1
+
+
+SYNCING = ("item", "tolist", "__bool__", "__float__", "__int__", "numpy", "cpu")
+
+
+def test_the_step_loop_does_not_wait_for_the_device(store, tmp_path, monkeypatch):
+    """Every call in our code that would make the host wait for the device, made while an epoch
+    trains, comes from the periodic loss read (check_finite), never from the per-step path."""
+    package = os.path.dirname(train_module.__file__)
+    calls = []
+
+    def watch(name):
+        real = getattr(torch.Tensor, name)
+
+        def wrapper(self, *args, **kwargs):
+            frame = sys._getframe(1)
+            if frame.f_code.co_filename.startswith(package):
+                stack = []
+                f = frame
+                while f is not None:
+                    stack.append(f.f_code.co_name)
+                    f = f.f_back
+                if "train_one_epoch" in stack:
+                    calls.append((name, frame.f_code.co_name))
+            return real(self, *args, **kwargs)
+        monkeypatch.setattr(torch.Tensor, name, wrapper)
+
+    for name in SYNCING:
+        watch(name)
+    monkeypatch.setattr(train_module, "LOG_EVERY", 1000)
+    train(tiny(store, tmp_path / "run", epochs=2, ema=0.9, epoch_size=48, workers=0))
+    places = {place for _, place in calls}
+    assert places <= {"check_finite", "all_finite"}, calls
+    # 12 steps an epoch: reads after the warm-up steps and at the end, not per step
+    assert len(calls) <= 2 * 3 * 2, calls
