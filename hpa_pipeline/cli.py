@@ -7,6 +7,7 @@ Heavy imports (dask, torch) happen inside the commands so that ``hpa-pipe --help
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import click
@@ -23,24 +24,72 @@ def _int_list(ctx, param, value: str) -> tuple[int, ...]:
         raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
 
 
-def _load_config(ctx, param, value):
-    """``--config recipe.yaml``: per-command option defaults (Click's ``default_map``).
+#: names other tools use for an option, so that a recipe's "did you mean" finds ours
+ALIASES = {"learning_rate": "lr", "epoch": "epochs", "num_epochs": "epochs", "batch": "batch_size",
+           "num_workers": "workers", "lr_schedule": "schedule", "scheduler": "schedule", "model": "arch",
+           "pretrained": "weights", "image_size": "crop"}
 
-    A recipe in ``pipelines/`` maps command names to their options; options given on the
-    command line still win.
-    """
-    if value is None:
-        return None
+
+def _read_recipe(path: str) -> dict:
+    """A recipe in ``pipelines/``: command names mapped to option defaults (names as on the
+    command line, ``_`` or ``-``). Unknown commands and options are errors naming the nearest
+    valid one, so a typo is never silently ignored."""
+    import difflib
+
     import yaml
 
     try:
-        recipe = yaml.safe_load(Path(value).read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise click.BadParameter(f"cannot read recipe {value}: {exc}") from None
+        recipe = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise click.BadParameter(f"cannot read recipe {path}: {exc}", param_hint="--config") from None
     if not isinstance(recipe, dict) or not all(isinstance(v, dict) for v in recipe.values()):
-        raise click.BadParameter(f"{value}: a recipe maps command names to option mappings")
-    ctx.default_map = {cmd.replace("_", "-"): opts for cmd, opts in recipe.items()}
+        raise click.BadParameter(f"{path}: a recipe maps command names to option mappings", param_hint="--config")
+    commands = {name: command for name, command in cli.commands.items()}
+    checked = {}
+    for section, options in recipe.items():
+        name = str(section).replace("_", "-")
+        if name not in commands:
+            near = difflib.get_close_matches(name, commands, n=1)
+            raise click.BadParameter(f"{path}: unknown command {section!r}" + (f"; did you mean {near[0]!r}?" if near
+                                     else f"; commands: {', '.join(commands)}"), param_hint="--config")
+        valid = {p.name for p in commands[name].params if p.name and not p.name.startswith("config")}
+        for key in options:
+            if str(key).replace("-", "_") not in valid:
+                wanted = str(key).replace("-", "_")
+                near = ([ALIASES[wanted]] if ALIASES.get(wanted) in valid else
+                        difflib.get_close_matches(wanted, valid, n=1))
+                raise click.BadParameter(
+                    f"{path}: {section}: unknown option {key!r}"
+                    + (f"; did you mean {near[0]!r}?" if near else f"; options: {', '.join(sorted(valid))}"),
+                    param_hint="--config")
+        checked[name] = {str(k).replace("-", "_"): v for k, v in options.items()}
+    return checked
+
+
+def _load_config(ctx, param, value):
+    """``hpa-pipe --config recipe.yaml CMD``: per-command option defaults (Click's ``default_map``).
+
+    Options given on the command line still win.
+    """
+    if value is None:
+        return None
+    ctx.default_map = _read_recipe(value)
     return value
+
+
+def _load_command_config(ctx, param, value):
+    """``hpa-pipe CMD --config recipe.yaml``: the same recipe, given after the command name."""
+    if value is None:
+        return None
+    ctx.default_map = {**(ctx.default_map or {}), **_read_recipe(value).get(ctx.info_name, {})}
+    return value
+
+
+def _config_option(fn):
+    return click.option("--config", "config_after", type=click.Path(exists=True, dir_okay=False),
+                        callback=_load_command_config, is_eager=True, expose_value=False,
+                        help="YAML recipe (see pipelines/) giving this command's option defaults; "
+                             "may also come before the command name.")(fn)
 
 
 class StageOrder(click.Group):
@@ -63,23 +112,26 @@ def cli():
 
 
 @cli.command(short_help="Synthetic dataset in the competition's format.")
+@_config_option
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder to write the archives and CSV files into.")
 @click.option("--n-train", default=48, show_default=True, help="Training samples.")
 @click.option("--n-test", default=16, show_default=True, help="Test samples.")
 @click.option("--image-sizes", default="2048,3072", show_default=True, callback=_int_list,
               help="Full-size image sizes to mix (each sample draws one).")
-@click.option("--bit-depth", type=click.Choice(["8", "16"]), default="8", show_default=True)
+@click.option("--bit-depth", type=click.Choice(["8", "16"]), default="8", show_default=True,
+              help="Bits per pixel of the TIFFs (the real archives mix both).")
 @click.option("--compression", type=click.Choice(["none", "deflate", "lzw", "zstd"]), default="deflate",
               show_default=True, help="Compression inside each TIFF.")
 @click.option("--archive-method", type=click.Choice(["copy", "lzma2"]), default="copy", show_default=True,
-              help="7z coder. copy (stored) writes at disk speed, so 64 full-size samples take about a "
-                   "minute; lzma2 is what the real archives use (slow to write: 2-9 MB/s on compressed TIFFs).")
-@click.option("--labels-csv", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="7z coder. copy (stored) writes at disk speed: 64 full-size samples take about 25 s on 2 cores "
+                   "(benchmarks/bench_synth.py); lzma2 is what the real archives use (slow: 2-9 MB/s).")
+@click.option("--labels-csv", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Real train.csv to draw label sets from [default: ../shared/data/kaggle/train.csv "
                    "if present, else the real class frequencies].")
 @click.option("--seed", default=0, show_default=True, help="Same seed, same images and labels.")
-@click.option("--workers", default=os.cpu_count() or 1, show_default=True, help="Rendering processes.")
+@click.option("--workers", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default=True,
+              help="Processes rendering samples at once (each renders one sample).")
 def synth(out_dir, n_train, n_test, image_sizes, bit_depth, compression, archive_method, labels_csv, seed, workers):
     """Write a synthetic dataset in the competition's on-disk format."""
     from tqdm import tqdm
@@ -92,8 +144,13 @@ def synth(out_dir, n_train, n_test, image_sizes, bit_depth, compression, archive
         spec = SynthSpec(n_train, n_test, image_sizes, int(bit_depth), compression, archive_method, seed, labels_csv)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    with tqdm(total=n_train + n_test, unit="sample", desc="synth") as bar:
-        result = make_dataset(out_dir, spec, workers=workers, progress=bar.update)
+    from .contract.labels import LabelError
+
+    try:
+        with tqdm(total=n_train + n_test, unit="sample", desc="synth") as bar:
+            result = make_dataset(out_dir, spec, workers=workers, progress=bar.update)
+    except LabelError as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(f"wrote {len(result.train_ids)} train and {len(result.test_ids)} test samples to {result.out_dir}")
 
 
@@ -104,26 +161,32 @@ def _store_options(fn):
                      help="train.csv (ids and labels) or sample_submission.csv (ids only); fixes the sample order."),
         click.option("--out", metavar="STORE", required=True,
                      help="The store to create, or to resume: a folder or a URL (s3://bucket/train.zarr)."),
-        click.option("--size", default=1024, show_default=True, help="Top level size N (N x N)."),
-        click.option("--levels", default=3, show_default=True, help="Levels: N, N/2, ... (3 gives 1024, 512, 256)."),
+        click.option("--size", type=int, default=1024, show_default=True,
+                     help="Top level size N (N x N pixels); each lower level halves it."),
+        click.option("--levels", type=int, default=3, show_default=True,
+                     help="Levels: N, N/2, ... (3 gives 1024, 512, 256)."),
         click.option("--dtype", type=click.Choice(["uint8", "uint16"]), default="uint8", show_default=True,
                      help="uint8 maps 16-bit sources by round(v/257); uint16 keeps source values."),
-        click.option("--chunk", default=256, show_default=True, help="Square inner chunk (one shard per sample)."),
+        click.option("--chunk", type=int, default=256, show_default=True,
+                     help="Square inner chunk in pixels, dividing every level (one shard per sample)."),
         click.option("--codec", type=click.Choice(["zstd", "lz4", "none"]), default="zstd", show_default=True,
                      help="Blosc compressor of the chunks (lossless); none: uncompressed, the fastest "
                           "training crops (4 MB a sample at 1024)."),
-        click.option("--clevel", default=1, show_default=True,
-                     help="Compression level: zstd 1 is ~0.98x the PNG size at ~300 MB/s a core; 5 saves 1.5%% "
-                          "more at ~35 MB/s."),
-        click.option("--workers", default=os.cpu_count() or 1, show_default=True,
-                     help="Threads of the local Dask cluster (--cluster threads), or its worker processes "
-                          "(--cluster processes)."),
-        click.option("--threads-per-worker", default=1, show_default=True,
+        click.option("--clevel", type=int, default=1, show_default=True,
+                     help="Blosc compression level, 0-9: zstd 1 is ~0.98x the PNG size at ~300 MB/s a core; "
+                          "5 saves 1.5% more at ~35 MB/s."),
+        click.option("--workers", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default=True,
+                     help="Samples processed at once on this machine: threads of the local Dask cluster "
+                          "(--cluster threads), or its worker processes (--cluster processes)."),
+        click.option("--threads-per-worker", type=click.IntRange(min=1), default=1, show_default=True,
                      help="Threads in each worker process of --cluster processes."),
         click.option("--cluster", default="threads", show_default=True, metavar="threads|processes|RECIPE.yaml",
                      help="Local Dask cluster (threads of this process, or one process per worker), or a "
                           "SLURM/PBS/Kubernetes cluster recipe (pipelines/cluster-*.yaml)."),
-        click.option("--scheduler", default=None, help="Address of a dask.distributed scheduler to use instead."),
+        click.option("--worker-timeout", type=click.FloatRange(min=1), default=600, show_default=True,
+                     help="Seconds to wait for the first Dask worker of --scheduler or a cluster recipe."),
+        click.option("--scheduler", default=None, metavar="tcp://HOST:PORT",
+                     help="Address of a running dask.distributed scheduler to use instead."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -172,10 +235,13 @@ class _SampleBar:
 
 
 def _print_cluster(info: dict) -> None:
+    """The cluster line, written above the progress bar (never into it)."""
+    from tqdm import tqdm
+
     dashboard = (f"; dashboard {info['dashboard']}" if info["dashboard"] else
                  " (no dashboard: it comes with --cluster processes, a recipe or --scheduler, and needs bokeh)")
-    click.echo(f"dask: {info['workers']} worker(s), {info['threads']} thread(s) at {info['scheduler']}{dashboard}",
-               err=True)
+    tqdm.write(f"dask: {info['workers']} worker(s), {info['threads']} thread(s) at {info['scheduler']}{dashboard}",
+               file=sys.stderr)
 
 
 def _run_store_command(fn, desc, **kwargs):
@@ -195,6 +261,7 @@ def _run_store_command(fn, desc, **kwargs):
 
 
 @cli.command(short_help="Unpack 7z archives to <id>_<filter>.tif.")
+@_config_option
 @click.argument("archives", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for the <id>_<filter>.tif files.")
@@ -226,6 +293,7 @@ def extract(archives, out):
 
 
 @cli.command("build-zarr", short_help="TIFF folder -> dataset store.")
+@_config_option
 @click.option("--src", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
               help="Folder of <id>_<filter>.tif files (from extract).")
 @_store_options
@@ -237,6 +305,7 @@ def build_zarr_cmd(src, **options):
 
 
 @cli.command(short_help="7z archive -> dataset store, no TIFF on disk.")
+@_config_option
 @click.argument("archive", type=click.Path(path_type=Path))
 @_store_options
 def ingest(archive, **options):
@@ -247,10 +316,12 @@ def ingest(archive, **options):
 
 
 @cli.command("inspect", short_help="What a store holds; montage PNG.")
+@_config_option
 @click.argument("store")
 @click.option("--montage", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write a PNG grid of RGB composites of the first samples.")
-@click.option("--n", "n_samples", default=16, show_default=True, help="Samples in the montage.")
+@click.option("--n", "n_samples", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Samples in the montage.")
 @click.option("--level", type=int, default=None, help="Level to show [default: the one nearest 256].")
 @click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
 def inspect_cmd(store, montage, n_samples, level, as_json):
@@ -260,6 +331,10 @@ def inspect_cmd(store, montage, n_samples, level, as_json):
     from .prep.inspect import format_inspection, inspect_store, write_montage
     from .contract.store import StoreError
 
+    if montage is not None:
+        _writable_file(montage, "--montage")
+        if montage.suffix.lower() != ".png":
+            raise click.BadParameter(f"{montage}: the montage is a PNG file; name it *.png", param_hint="--montage")
     try:
         info = inspect_store(store)
         click.echo(json.dumps(info, indent=1) if as_json else format_inspection(info))
@@ -270,6 +345,7 @@ def inspect_cmd(store, montage, n_samples, level, as_json):
 
 
 @cli.command("export-ngff", short_help="Samples as OME-Zarr 0.5 images.")
+@_config_option
 @click.argument("store")
 @click.option("--ids", required=True, help="Comma-separated sample ids to export.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
@@ -298,7 +374,10 @@ def _train_options(fn):
         default = f.default if f.default is not MISSING else None
         name = "--" + f.name.replace("_", "-")
         help_text = f.metadata.get("help", "")
-        if isinstance(default, bool):
+        if f.metadata.get("choices"):
+            option = click.option(name, type=click.Choice(f.metadata["choices"]), default=default,
+                                  show_default=True, help=help_text)
+        elif isinstance(default, bool):
             option = click.option(f"{name}/--no-{f.name.replace('_', '-')}", default=default, show_default=True,
                                   help=help_text)
         else:
@@ -310,6 +389,7 @@ def _train_options(fn):
 
 
 @cli.command(short_help="Train an SENet on one fold (resumable).")
+@_config_option
 @_train_options
 @click.option("--resume", is_flag=True,
               help="Continue the run in --out after its last finished epoch, with its saved options.")
@@ -362,32 +442,63 @@ def train(ctx, resume, **options):
                    f"after {summary.get('step', 0)} steps; run in {cfg.out}")
 
 
+def _writable_file(path: Path, what: str) -> None:
+    """Check an output file's folder before any work, not after it."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise click.BadParameter(f"{path}: folder {folder} does not exist (create it first)", param_hint=what)
+    if path.is_dir():
+        raise click.BadParameter(f"{path} is a folder; give a file name", param_hint=what)
+    if not os.access(folder, os.W_OK):
+        raise click.BadParameter(f"{path}: cannot write in {folder}", param_hint=what)
+
+
 @cli.command(short_help="Kaggle submission from runs, TTA, thresholds.")
+@_config_option
 @click.option("--store", required=True, help="Test store: a folder or a URL.")
 @click.option("--run", "runs", type=click.Path(exists=True, file_okay=False, path_type=Path), multiple=True,
               required=True, help="Run folder; repeat to average several (e.g. folds).")
-@click.option("--tta", default=1, show_default=True, help="Test-time views: 1-8 flips/rotations.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="submission.csv")
-@click.option("--batch-size", default=16, show_default=True)
-@click.option("--workers", default=2, show_default=True)
-@click.option("--device", default="auto", show_default=True)
+@click.option("--tta", type=click.IntRange(1, 8), default=1, show_default=True,
+              help="Test-time views: the first N of the 8 flips/rotations.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The submission CSV to write (its folder must exist).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Whole images per forward pass.")
+@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
+              help="DataLoader worker processes reading the test store (0: read in this process).")
+@click.option("--device", default="auto", show_default=True, help="auto (a GPU if there is one), cpu, cuda or cuda:N.")
 def predict(store, runs, tta, out, batch_size, workers, device):
     """Write a Kaggle submission (Id,Predicted) from one or more runs, with TTA and thresholds."""
-    from .model.inference import predict as run_predict
-    from .model.submission import SubmissionError, write_submission
+    from tqdm import tqdm
+
     from .contract.store import StoreError
+    from .model.inference import predict as run_predict
+    from .model.run_folder import RunError
+    from .model.submission import SubmissionError, write_submission
+
+    _writable_file(out, "--out")
+    bar = tqdm(unit="batch", desc="predict", dynamic_ncols=True)
+
+    def progress(done, total):
+        bar.total = total
+        bar.n = done
+        bar.refresh()
 
     try:
         ids, _, labels = run_predict(store, list(runs), tta=tta, batch_size=batch_size, workers=workers,
-                                     device=device)
+                                     device=device, progress=progress)
+        bar.close()
         write_submission(out, ids, labels)
-    except (StoreError, SubmissionError, ValueError, FileNotFoundError) as exc:
+    except (StoreError, SubmissionError, RunError, ValueError, FileNotFoundError) as exc:
+        bar.close()
         raise click.ClickException(str(exc)) from None
     click.echo(f"predict: {len(ids)} rows, {labels.sum(1).mean():.2f} labels per row -> {out}")
 
 
 @cli.command(short_help="Macro F1 and per-class table of a submission.")
-@click.option("--submission", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
+@_config_option
+@click.option("--submission", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="Id,Predicted CSV to score (from predict, or out-of-fold predictions).")
 @click.option("--labels", "labels_csv", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
               help="Id,Target CSV of the truth (train.csv, or test_labels.csv of synthetic data).")
 def evaluate(submission, labels_csv):
@@ -405,4 +516,21 @@ def evaluate(submission, labels_csv):
 
 
 def main():
-    cli(prog_name="hpa-pipe")
+    """The ``hpa-pipe`` entry point: Click's standalone handling, except that Ctrl-C exits with
+    status 130 and one line saying what was saved (never a traceback)."""
+    import sys
+
+    from .contract.atomic import Interrupted
+
+    try:
+        code = cli.main(prog_name="hpa-pipe", standalone_mode=False)
+    except click.exceptions.Abort as exc:
+        cause = exc.__cause__ or exc.__context__
+        message = str(cause) if isinstance(cause, Interrupted) else (
+            "interrupted: nothing was left half-written; run the same command again to resume")
+        click.echo(f"\n{message}", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -236,7 +236,7 @@ def test_resuming_with_other_settings_is_refused(small_dataset, tmp_path):
     ingest(small_dataset.train_archive, small_dataset.train_csv, tmp_path / "s.zarr", SPEC)
     result = CliRunner().invoke(cli, ["ingest", str(small_dataset.train_archive), "--csv", str(small_dataset.train_csv),
                                       "--out", str(tmp_path / "s.zarr"), "--size", "64", "--levels", "2"])
-    assert result.exit_code == 1 and "was built with size 128" in result.output
+    assert result.exit_code == 1 and "--size 128 (stored) vs 64 (asked)" in result.output
 
 
 def test_several_solid_blocks_decode_in_parallel_to_the_same_store(small_dataset, tmp_path):

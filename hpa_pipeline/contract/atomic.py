@@ -36,3 +36,8 @@ def write_bytes(path: str | Path, data) -> None:
 def write_json(path: str | Path, obj) -> None:
     with replacing(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=1))
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a long command, with a one-line summary of what was saved; the CLI prints
+    it and exits with status 130."""

@@ -103,7 +103,7 @@ def read_sample_table(csv_path: str | Path) -> SampleTable:
     A ``Predicted`` column is ignored: it is a placeholder in sample_submission.csv.
     """
     csv_path = Path(csv_path)
-    frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    frame = read_csv_frame(csv_path)
     if "Id" not in frame.columns:
         raise LabelError(f"{csv_path}: no 'Id' column (columns: {list(frame.columns)})")
     has_labels = "Target" in frame.columns
@@ -121,7 +121,21 @@ def read_sample_table(csv_path: str | Path) -> SampleTable:
         ids.append(sample_id)
         if has_labels:
             labels.append(parse_target(target, where))
+    if not ids:
+        raise LabelError(f"{csv_path}: no samples (only a header)")
     return SampleTable(tuple(ids), tuple(labels) if has_labels else None)
+
+
+def read_csv_frame(csv_path: Path) -> pd.DataFrame:
+    """All cells as strings; an empty, unreadable or non-CSV file is a :class:`LabelError`."""
+    try:
+        return pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise LabelError(f"{csv_path}: empty file (expected a header such as Id,Target)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise LabelError(f"{csv_path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
+    except OSError as exc:
+        raise LabelError(f"{csv_path}: cannot read ({exc.strerror})") from None
 
 
 def labels_to_matrix(label_sets) -> np.ndarray:

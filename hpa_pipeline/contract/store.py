@@ -45,7 +45,8 @@ def level_sizes(size: int, levels: int) -> list[int]:
     """``[size, size/2, ...]``, ``levels`` long; each must stay an integer."""
     sizes = [size >> k for k in range(levels)]
     if levels < 1 or any(s << k != size for k, s in enumerate(sizes)) or sizes[-1] < 1:
-        raise ValueError(f"size {size} cannot be halved {levels - 1} times into whole pixels")
+        raise ValueError(f"--size {size} cannot be halved {levels - 1} times into whole pixels; use a size "
+                         f"divisible by {2 ** (levels - 1)} (e.g. 1024) or fewer --levels")
     return sizes
 
 
@@ -65,7 +66,19 @@ class StoreSpec:
     clevel: int = 1
 
     def __post_init__(self):
+        if self.size < 1 or self.levels < 1:
+            raise ValueError(f"--size must be a positive number of pixels and --levels at least 1 "
+                             f"(e.g. --size 1024 --levels 3: 1024, 512, 256); got --size {self.size} "
+                             f"--levels {self.levels}")
         level_sizes(self.size, self.levels)  # raises on sizes that do not halve
+        if self.chunk < 1:
+            raise ValueError(f"--chunk must be a positive number of pixels (e.g. 256), got {self.chunk}")
+        for s in self.sizes:
+            if self.chunk < s and s % self.chunk:
+                raise ValueError(f"--chunk {self.chunk} does not divide level {s} (levels {self.sizes}); "
+                                 f"use a power of two such as 256")
+        if not 0 <= self.clevel <= 9:
+            raise ValueError(f"--clevel must be 0-9 (Blosc's levels), got {self.clevel}")
         if self.dtype not in ("uint8", "uint16"):
             raise ValueError(f"dtype must be uint8 or uint16, not {self.dtype!r}")
         if self.codec not in ("zstd", "lz4", "none"):
@@ -109,11 +122,16 @@ def create_store(path: str | Path, table: SampleTable, spec: StoreSpec, source: 
     path = str(path)
     try:
         existing = zarr.open_group(path, mode="r")
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
         existing = None
+    if existing is not None and existing.attrs.get("hpa") is None and _holds_no_data(path):
+        existing = None  # killed while it was being created (the attributes come last): start again
+        _remove_tree(path)
     if existing is not None:
         _check_same_build(path, existing, table, spec)
         return zarr.open_group(path, mode="r+")
+    if not is_url(path) and Path(path).exists() and any(Path(path).iterdir()):
+        raise StoreError(f"{path} exists, is not empty and is not an hpa-pipeline store; choose another --out")
     n = len(table)
     root = zarr.open_group(path, mode="w-")
     small = min(SMALL_CHUNK, max(1, n))
@@ -151,13 +169,36 @@ def _check_same_build(path, root, table: SampleTable, spec: StoreSpec) -> None:
     if meta is None:
         raise StoreError(f"{path} exists and is not an hpa-pipeline store; choose another --out")
     old = StoreSpec(**meta["spec"])
-    if (old.size, old.levels, old.dtype) != (spec.size, spec.levels, spec.dtype):
-        raise StoreError(
-            f"{path} was built with size {old.size}, {old.levels} levels, {old.dtype}; this run asks for "
-            f"size {spec.size}, {spec.levels} levels, {spec.dtype}. Use another --out to build a second store."
-        )
+    differences = [f"--{name} {getattr(old, name)} (stored) vs {getattr(spec, name)} (asked)"
+                   for name in ("size", "levels", "dtype", "chunk", "codec", "clevel")
+                   if getattr(old, name) != getattr(spec, name)]
+    if differences:
+        raise StoreError(f"{path} was built with other layout options: {'; '.join(differences)}. Rerun with the "
+                         f"stored options to resume, or use another --out to build a second store.")
     if meta["ids"] != list(table.ids):
         raise StoreError(f"{path} holds other ids than this CSV (or in another order); use another --out")
+
+
+def _holds_no_data(path: str) -> bool:
+    """Whether a store folder holds only metadata (``zarr.json``), no written sample."""
+    if is_url(path):
+        from fsspec.core import url_to_fs
+
+        fs, root = url_to_fs(path)
+        return all(name.endswith("zarr.json") for name in fs.find(root))
+    return all(p.name == "zarr.json" for p in Path(path).rglob("*") if p.is_file())
+
+
+def _remove_tree(path: str) -> None:
+    if is_url(path):
+        from fsspec.core import url_to_fs
+
+        fs, root = url_to_fs(path)
+        fs.rm(root, recursive=True)
+    else:
+        import shutil
+
+        shutil.rmtree(path)
 
 
 def write_levels(path: str, index: int, levels: dict[int, np.ndarray]) -> None:

@@ -7,6 +7,7 @@ the preprocessing commands never pay for importing torch.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields
 
 
@@ -97,6 +98,8 @@ class TrainConfig:
             raise ValueError(f"--crop {self.crop} is larger than --level {self.level}")
         if not 0 <= self.drop_rate < 1 or not 0 <= self.ema < 1:
             raise ValueError("--drop-rate and --ema must be in [0, 1)")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(self.device)):
+            raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, not {self.device!r}")
         if self.workers < 0:
             raise ValueError(f"--workers must be 0 (read in the training process) or more, got {self.workers}")
         if self.stream and self.oversample:

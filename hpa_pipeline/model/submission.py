@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..contract.labels import N_CLASSES, LabelError, format_target, parse_target, read_sample_table
+from ..contract.labels import N_CLASSES, LabelError, format_target, parse_target, read_csv_frame, read_sample_table
 from .metrics import f1_table, macro_f1
 
 
@@ -31,7 +31,10 @@ def write_submission(path: str | Path, ids: list[str], labels: np.ndarray) -> Pa
 def read_submission(path: str | Path) -> tuple[list[str], np.ndarray]:
     """Ids and ``(n, 28)`` bool labels of a submission; every malformed row is an error naming it."""
     path = Path(path)
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    try:
+        frame = read_csv_frame(path)
+    except LabelError as exc:
+        raise SubmissionError(str(exc)) from None
     if list(frame.columns) != ["Id", "Predicted"]:
         raise SubmissionError(f"{path}: columns are {list(frame.columns)}, expected ['Id', 'Predicted']")
     labels = np.zeros((len(frame), N_CLASSES), bool)

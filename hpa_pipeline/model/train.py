@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..contract.atomic import replacing, write_json
+from ..contract.atomic import Interrupted, replacing, write_json
 from ..contract.labels import CLASS_NAMES
 from ..contract.store import open_store
 from . import distributed
@@ -72,8 +72,16 @@ def train(cfg: TrainConfig, resume: bool = False, progress=None, given: set[str]
     """
     run = RunFolder(Path(cfg.out))
     cfg = config_for_run(run, cfg, resume, given)
-    with distributed.start(cfg.device) as (ranks, device):
-        return _train(cfg, run, progress if ranks.is_main else None, ranks, device)
+    try:
+        with distributed.start(cfg.device) as (ranks, device):
+            return _train(cfg, run, progress if ranks.is_main else None, ranks, device)
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, Interrupted):
+            raise
+        epochs = max(0, len(run.metrics.read_text().splitlines()) - 1) if run.metrics.exists() else 0
+        raise Interrupted(f"interrupted: {run.path} keeps its checkpoint after {epochs} finished epoch(s); "
+                          f"add --resume to continue" if epochs else
+                          f"interrupted before the first epoch finished; nothing to resume in {run.path}") from None
 
 
 def _train(cfg: TrainConfig, run: RunFolder, progress, ranks: distributed.Ranks, device: torch.device) -> dict:

@@ -12,7 +12,7 @@ from .archive import MEMBER_NAME
 from .builder import BuildReport, StoreBuilder
 from .extract import REPORT_NAME as EXTRACT_REPORT
 from ..contract.labels import read_sample_table
-from .scheduler import dask_client, in_flight_limit, run_bounded
+from .scheduler import WORKER_TIMEOUT, check_cluster_choice, dask_client, in_flight_limit, run_bounded
 from ..contract.store import StoreSpec
 from .tasks import process_sample
 
@@ -36,13 +36,15 @@ def index_tiff_folder(src: str | Path) -> tuple[dict[str, dict[str, Path]], list
 def build_zarr(src: str | Path, csv: str | Path, out: str | Path, spec: StoreSpec, workers: int = 2,
                scheduler: str | None = None, cluster: str = "threads",
                progress: Callable[[int, int], None] | None = None,
-               on_cluster: Callable[[dict], None] | None = None, threads_per_worker: int = 1) -> BuildReport:
+               on_cluster: Callable[[dict], None] | None = None, threads_per_worker: int = 1,
+               worker_timeout: float = WORKER_TIMEOUT) -> BuildReport:
     """Build (or resume) the store at ``out`` from the TIFFs in ``src``, samples in ``csv`` order.
 
     ``progress(advance, total)`` counts samples; ``on_cluster(info)`` gets the Dask cluster's
     dashboard link and worker counts once it is up (see :func:`.scheduler.describe`).
     """
     table = read_sample_table(csv)
+    check_cluster_choice(scheduler, cluster)  # before the store is created
     files, unknown = index_tiff_folder(src)
     builder = StoreBuilder(out, table, spec, "build-zarr", source=str(src))
     jobs = []
@@ -62,6 +64,7 @@ def build_zarr(src: str | Path, csv: str | Path, out: str | Path, spec: StoreSpe
         if progress:
             progress(1, len(jobs))
 
-    with dask_client(scheduler, workers, cluster, on_cluster, threads_per_worker) as client:
+    with builder.saving_on_interrupt(), dask_client(scheduler, workers, cluster, on_cluster,
+                                                    threads_per_worker, worker_timeout) as client:
         run_bounded(client, process_sample, jobs, in_flight_limit(client), on_result, builder.on_error)
     return builder.finish(not_in_csv=sorted(set(files) - set(table.ids)), unknown_files=unknown)

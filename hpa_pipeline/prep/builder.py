@@ -7,9 +7,11 @@ writes the channel statistics and ``report.json``. It is the only writer of ``do
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..contract.atomic import Interrupted
 from ..contract.labels import SampleTable
 from ..contract.store import SampleBook, StoreSpec, create_store, remove_partial_files, write_report
 from .exit_status import EXIT_SOME_FAILED
@@ -91,6 +93,17 @@ class StoreBuilder:
 
     def fail(self, index: int, reason: str) -> None:
         self.failures[index] = reason
+
+    @contextmanager
+    def saving_on_interrupt(self):
+        """Ctrl-C: the done flags of every finished sample are written before the command stops."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            self.book.flush()
+            done = int(self.book.done.sum())
+            raise Interrupted(f"interrupted: {done}/{len(self.table)} samples saved in {self.out}; run the same "
+                              f"command again to do the rest") from None
 
     def finish(self, **extra) -> BuildReport:
         """Flush the last flags, store statistics and the report; return the report."""

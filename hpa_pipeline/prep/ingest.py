@@ -16,7 +16,7 @@ from pathlib import Path
 from .archive import ArchiveError, Member, catalogue, list_members, stream_members
 from .builder import BuildReport, StoreBuilder
 from ..contract.labels import FILTERS, read_sample_table
-from .scheduler import dask_client, in_flight_limit, run_bounded
+from .scheduler import WORKER_TIMEOUT, check_cluster_choice, dask_client, in_flight_limit, run_bounded
 from ..contract.store import StoreSpec
 from .tasks import process_sample
 
@@ -27,7 +27,8 @@ def ingest(archive: str | Path, csv: str | Path, out: str | Path, spec: StoreSpe
            scheduler: str | None = None, cluster: str = "threads",
            progress: Callable[[int, int], None] | None = None,
            on_bytes: Callable[[int], None] | None = None,
-           on_cluster: Callable[[dict], None] | None = None, threads_per_worker: int = 1) -> BuildReport:
+           on_cluster: Callable[[dict], None] | None = None, threads_per_worker: int = 1,
+           worker_timeout: float = WORKER_TIMEOUT) -> BuildReport:
     """Build (or resume) the store at ``out`` from ``archive``; samples in ``csv`` order.
 
     ``progress(advance, total)`` counts samples; ``on_bytes(n)`` counts decoded bytes;
@@ -36,6 +37,7 @@ def ingest(archive: str | Path, csv: str | Path, out: str | Path, spec: StoreSpe
     while decoding fails the samples not yet complete and is recorded in the report.
     """
     table = read_sample_table(csv)
+    check_cluster_choice(scheduler, cluster)  # before the store is created
     listing = catalogue(list_members(archive))
     repeated = {kept.parsed()[0]: f"{kept.parsed()[0]}: {kept.parsed()[1]} appears twice ({kept.name}, {again.name})"
                 for kept, again in listing.duplicates}
@@ -61,7 +63,8 @@ def ingest(archive: str | Path, csv: str | Path, out: str | Path, spec: StoreSpe
     jobs: queue.Queue = queue.Queue()
     archive_error: list[str] = []
 
-    with dask_client(scheduler, workers, cluster, on_cluster, threads_per_worker) as client:
+    with builder.saving_on_interrupt(), dask_client(scheduler, workers, cluster, on_cluster,
+                                                    threads_per_worker, worker_timeout) as client:
         in_flight = in_flight_limit(client)
         # samples decoded but not yet finished; sized for the workers there at the start (one
         # decoder thread feeds about 4-8 cores: more workers joining later would wait on it anyway)

@@ -37,6 +37,10 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 LOCAL_CLUSTERS = ("threads", "processes")
+#: seconds to wait for the first worker of a cluster (--worker-timeout); a queue may be slow
+WORKER_TIMEOUT = 600.0
+SUBMIT_COMMANDS = {"slurm": "sbatch", "pbs": "qsub"}
+
 RECIPE_KINDS = {  # kind: (module, class, extra to install)
     "slurm": ("dask_jobqueue", "SLURMCluster", "hpa-pipeline[jobqueue]"),
     "pbs": ("dask_jobqueue", "PBSCluster", "hpa-pipeline[jobqueue]"),
@@ -89,8 +93,47 @@ def kubernetes_spec(recipe: dict) -> dict:
     return make_cluster_spec(**options)
 
 
+def check_scheduler(address: str, timeout: float = 5.0) -> None:
+    """A Dask scheduler answers at ``address`` (``tcp://host:port``); checked before any work."""
+    import socket
+    from urllib.parse import urlparse
+
+    parsed = urlparse(address if "://" in address else f"tcp://{address}")
+    if parsed.hostname is None or parsed.port is None:
+        raise ClusterError(f"--scheduler {address}: expected tcp://HOST:PORT")
+    try:
+        socket.create_connection((parsed.hostname, parsed.port), timeout=timeout).close()
+    except OSError as exc:
+        raise ClusterError(f"no Dask scheduler answers at {address} ({exc.strerror or exc}); start one "
+                           f"(dask scheduler) or check the address") from None
+
+
+def check_submit_command(recipe: dict) -> None:
+    """The batch system's submit command is on PATH (else dask-jobqueue fails in the background)."""
+    import shutil
+
+    command = SUBMIT_COMMANDS.get(recipe["kind"])
+    if command and shutil.which(command) is None:
+        raise ClusterError(f"a {recipe['kind']} cluster submits jobs with {command}, which is not on PATH here; "
+                           f"run on the cluster's login node, or use --cluster threads|processes")
+
+
+def check_cluster_choice(scheduler: str | None, cluster: str) -> None:
+    """Everything about where the work runs that can be checked before a store is created."""
+    if scheduler:
+        check_scheduler(scheduler)
+    elif cluster not in LOCAL_CLUSTERS:
+        if Path(cluster).suffix not in (".yaml", ".yml"):
+            raise ClusterError(f"unknown cluster {cluster!r}: threads, processes, or a recipe .yaml "
+                               f"(see pipelines/cluster-*.yaml)")
+        recipe = read_cluster_recipe(cluster)
+        check_submit_command(recipe)
+        _engine(recipe["kind"])
+
+
 def cluster_from_recipe(recipe: dict):
     """Start the cluster of a recipe and ask for its workers (they join as the queue starts them)."""
+    check_submit_command(recipe)
     engine = _engine(recipe["kind"])
     if recipe["kind"] == "kubernetes":
         return engine(custom_cluster_spec=kubernetes_spec(recipe))
@@ -101,7 +144,8 @@ def cluster_from_recipe(recipe: dict):
 
 @contextlib.contextmanager
 def dask_client(scheduler: str | None = None, workers: int = 2, cluster: str = "threads",
-                on_cluster: Callable[[dict], None] | None = None, threads_per_worker: int = 1) -> Iterator:
+                on_cluster: Callable[[dict], None] | None = None, threads_per_worker: int = 1,
+                worker_timeout: float = WORKER_TIMEOUT) -> Iterator:
     """A ``distributed.Client``: connected to ``scheduler``, to a local cluster (``threads`` or
     ``processes``), or to the cluster a recipe file describes.
 
@@ -112,8 +156,9 @@ def dask_client(scheduler: str | None = None, workers: int = 2, cluster: str = "
 
     logging.getLogger("distributed").setLevel(logging.ERROR)
     if scheduler:
-        with Client(scheduler) as client:
-            yield _ready(client, on_cluster)
+        check_scheduler(scheduler)
+        with Client(scheduler, timeout=30) as client:
+            yield _ready(client, on_cluster, True, worker_timeout)
         return
     serves_dashboard = True
     if cluster in LOCAL_CLUSTERS:
@@ -125,16 +170,71 @@ def dask_client(scheduler: str | None = None, workers: int = 2, cluster: str = "
                              threads_per_worker=max(1, threads_per_worker) if processes else max(1, workers),
                              processes=processes, dashboard_address=_dashboard_address() if processes else None)
     elif Path(cluster).suffix in (".yaml", ".yml"):
-        local = cluster_from_recipe(read_cluster_recipe(cluster))
+        recipe = read_cluster_recipe(cluster)
+        with contextlib.ExitStack() as stack:
+            with _engine_errors() as errors:
+                try:
+                    local = stack.enter_context(cluster_from_recipe(recipe))
+                    client = stack.enter_context(Client(local))
+                except ClusterError:
+                    raise
+                except Exception as exc:  # the engine's own failure, often only in its log
+                    reason = errors[0] if errors else f"{type(exc).__name__}: {exc}"
+                    raise ClusterError(f"the {recipe['kind']} cluster could not start: {reason[:500]}") from None
+            yield _ready(client, on_cluster, serves_dashboard, worker_timeout)
+        return
     else:
         raise ClusterError(f"unknown cluster {cluster!r}: threads, processes, or a recipe .yaml "
                            f"(see pipelines/cluster-*.yaml)")
     with local, Client(local) as client:
-        yield _ready(client, on_cluster, serves_dashboard)
+        yield _ready(client, on_cluster, serves_dashboard, worker_timeout)
 
 
-def _ready(client, on_cluster, serves_dashboard: bool = True):
-    client.wait_for_workers(1)
+class _Captured(logging.Handler):
+    """Errors the cluster engine logs in the background (a rejected job submission), kept to be
+    reported as one message instead of a screen of asyncio tracebacks."""
+
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        text = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            text = f"{text}: {record.exc_info[1]}"
+        self.messages.append(text.strip())
+
+
+@contextlib.contextmanager
+def _engine_errors() -> Iterator[list[str]]:
+    """Collect (instead of printing) the errors the cluster engine logs in the background."""
+    captured = _Captured()
+    loggers = [logging.getLogger(name) for name in ("distributed", "distributed.deploy", "dask_jobqueue", "asyncio",
+                                                    "tornado")]
+    saved = [(lg, lg.propagate) for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(captured)
+        lg.propagate = False
+    try:
+        yield captured.messages
+    finally:
+        for lg, propagate in saved:
+            lg.removeHandler(captured)
+            lg.propagate = propagate
+
+
+def _ready(client, on_cluster, serves_dashboard: bool = True, worker_timeout: float = WORKER_TIMEOUT):
+    """Wait for the first worker: at most ``worker_timeout`` seconds, failing at once with the
+    engine's own error when it reports one (e.g. sbatch rejected the job)."""
+    with _engine_errors() as errors:
+        deadline = time.monotonic() + worker_timeout
+        while not client.scheduler_info().get("workers"):
+            if errors:
+                raise ClusterError(f"the cluster could not start a worker: {errors[0][:500]}")
+            if time.monotonic() > deadline:
+                raise ClusterError(f"no Dask worker joined within {worker_timeout:.0f} s (--worker-timeout); check the "
+                                   f"batch queue and the workers' logs")
+            time.sleep(0.2)
     if on_cluster:
         on_cluster(describe(client, serves_dashboard))
     return client

@@ -1,0 +1,277 @@
+"""No user mistake ends in a traceback (issue 12): every command, given an empty, a missing and a
+malformed input, exits 1 or 2 with a message; options are checked before any work starts."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from hpa_pipeline.cli import cli
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bad")
+    (tmp / "empty.csv").write_text("")
+    (tmp / "header.csv").write_text("Id,Target\n")
+    (tmp / "garbage.csv").write_bytes(b"\x00\xff\xfe binary \x00 junk\n\x01,\x02,\x03\n")
+    (tmp / "empty.7z").write_bytes(b"")
+    (tmp / "garbage.7z").write_text("this is not an archive\n")
+    (tmp / "empty_dir").mkdir()
+    (tmp / "junk_store").mkdir()
+    (tmp / "junk_store" / "zarr.json").write_text("{not json")
+    (tmp / "junk_run").mkdir()
+    (tmp / "junk_run" / "config.yaml").write_text(": : :\n")
+    (tmp / "ok.csv").write_text("Id,Target\na,0\n")
+    return tmp
+
+
+def walk(tmp):
+    """(command line, what it is) for each command and each kind of bad input."""
+    m = str(tmp / "missing")
+    out = str(tmp / "out")
+    runs = []
+    for kind, csv in (("empty", "empty.csv"), ("missing", "missing.csv"), ("malformed", "garbage.csv"),
+                      ("header only", "header.csv")):
+        c = str(tmp / csv)
+        runs += [
+            (["synth", "--out", out + "_synth", "--labels-csv", c, "--n-train", "1", "--n-test", "1"], f"synth {kind}"),
+            (["build-zarr", "--src", str(tmp / "empty_dir"), "--csv", c, "--out", out + "_b"], f"build-zarr {kind} csv"),
+            (["ingest", str(tmp / "garbage.7z"), "--csv", c, "--out", out + "_i"], f"ingest {kind} csv"),
+            (["evaluate", "--submission", c, "--labels", str(tmp / "ok.csv")], f"evaluate {kind} submission"),
+            (["evaluate", "--submission", str(tmp / "ok.csv"), "--labels", c], f"evaluate {kind} labels"),
+        ]
+    for kind, archive in (("empty", "empty.7z"), ("missing", "missing.7z"), ("malformed", "garbage.7z")):
+        a = str(tmp / archive)
+        runs += [(["extract", a, "--out", out + "_x"], f"extract {kind}"),
+                 (["ingest", a, "--csv", str(tmp / "ok.csv"), "--out", out + "_i2"], f"ingest {kind} archive")]
+    for kind, store in (("empty", "empty_dir"), ("missing", "missing"), ("malformed", "junk_store")):
+        s = str(tmp / store) if store != "missing" else m
+        runs += [(["inspect", s], f"inspect {kind}"),
+                 (["export-ngff", s, "--ids", "a", "--out", out + "_n"], f"export-ngff {kind}"),
+                 (["train", "--store", s, "--out", out + "_t", "--workers", "0"], f"train {kind} store"),
+                 (["predict", "--store", s, "--run", str(tmp / "junk_run"), "--out", out + ".csv"], f"predict {kind}")]
+    for kind, run in (("empty", "empty_dir"), ("missing", "missing"), ("malformed", "junk_run")):
+        runs.append((["predict", "--store", m, "--run", str(tmp / run), "--out", out + ".csv"], f"predict {kind} run"))
+    return runs
+
+
+def test_every_command_fails_cleanly_on_empty_missing_and_malformed_input(inputs):
+    failures = []
+    for args, what in walk(inputs):
+        result = CliRunner().invoke(cli, args)
+        clean = result.exit_code in (1, 2) and (result.exception is None or isinstance(result.exception, SystemExit))
+        if not clean or "Traceback" in result.output or not result.output.strip():
+            failures.append(f"{what}: exit {result.exit_code}, {type(result.exception).__name__}: "
+                            f"{result.output.strip()[-300:]}")
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--size", "301"], "cannot be halved"),
+    (["--size", "300"], "--chunk 256 does not divide level 300"),
+    (["--chunk", "100"], "--chunk 100 does not divide level 1024"),
+    (["--chunk", "0"], "--chunk must be a positive"),
+    (["--clevel", "99"], "--clevel must be 0-9"),
+    (["--size", "0"], "--size must be a positive"),
+    (["--size", "-256"], "--size must be a positive"),
+    (["--levels", "0"], "--levels at least 1"),
+])
+def test_store_options_are_checked_before_anything_is_created(inputs, tmp_path, args, message):
+    out = tmp_path / "s.zarr"
+    result = CliRunner().invoke(cli, ["build-zarr", "--src", str(inputs / "empty_dir"), "--csv", str(inputs / "ok.csv"),
+                                      "--out", str(out), *args])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not out.exists()
+
+
+def test_a_folder_holding_only_a_first_zarr_json_is_resumable(small_store_inputs):
+    tiff, csv, tmp = small_store_inputs
+    out = tmp / "killed.zarr"
+    out.mkdir()
+    (out / "zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {}}))
+    result = CliRunner().invoke(cli, ["build-zarr", "--src", str(tiff), "--csv", str(csv), "--out", str(out),
+                                      "--size", "64", "--levels", "1", "--chunk", "64", "--workers", "1"])
+    assert result.exit_code == 0, result.output
+
+
+def test_a_non_empty_folder_that_is_not_a_store_is_refused(small_store_inputs):
+    tiff, csv, tmp = small_store_inputs
+    out = tmp / "photos"
+    out.mkdir()
+    (out / "holiday.jpg").write_bytes(b"x")
+    result = CliRunner().invoke(cli, ["build-zarr", "--src", str(tiff), "--csv", str(csv), "--out", str(out),
+                                      "--size", "64", "--levels", "1", "--chunk", "64"])
+    assert result.exit_code == 1 and "is not empty and is not an hpa-pipeline store" in result.output
+    assert sorted(p.name for p in out.iterdir()) == ["holiday.jpg"]
+
+
+def test_rerunning_with_other_layout_options_names_both_values(small_store_inputs):
+    tiff, csv, tmp = small_store_inputs
+    out = tmp / "layout.zarr"
+    base = ["build-zarr", "--src", str(tiff), "--csv", str(csv), "--out", str(out), "--size", "64", "--levels", "1"]
+    assert CliRunner().invoke(cli, base + ["--chunk", "64"]).exit_code == 0
+    result = CliRunner().invoke(cli, base + ["--chunk", "32", "--codec", "none"])
+    assert result.exit_code == 1
+    assert "--chunk 64 (stored) vs 32 (asked)" in result.output and "--codec zstd (stored) vs none (asked)" in result.output
+
+
+@pytest.fixture(scope="module")
+def small_store_inputs(tmp_path_factory):
+    from hpa_pipeline.prep.extract import extract_archives
+    from hpa_pipeline.prep.synth import SynthSpec, make_dataset
+
+    tmp = tmp_path_factory.mktemp("small")
+    d = make_dataset(tmp / "data", SynthSpec(n_train=2, n_test=1, image_sizes=(128,), seed=1), workers=1)
+    extract_archives([d.train_archive], tmp / "tiff")
+    return tmp / "tiff", d.train_csv, tmp
+
+
+@pytest.mark.parametrize("section, key, message", [
+    ("train", "learning_rate", "unknown option 'learning_rate'; did you mean 'lr'"),
+    ("train", "epoch", "unknown option 'epoch'; did you mean 'epochs'"),
+    ("ingest", "levells", "did you mean 'levels'"),
+    ("trian", "lr", "unknown command 'trian'; did you mean 'train'"),
+])
+def test_recipe_typos_are_errors_naming_the_nearest_name(tmp_path, section, key, message):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"{section}:\n  {key}: 1\n")
+    result = CliRunner().invoke(cli, ["--config", str(recipe), "evaluate", "--help"])
+    assert result.exit_code == 2 and message in result.output and str(recipe) in result.output, result.output
+
+
+def test_config_may_follow_the_command_name(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("synth:\n  n_train: 2\n  n_test: 1\n  image_sizes: '64'\n  workers: 1\n")
+    result = CliRunner().invoke(cli, ["synth", "--config", str(recipe), "--out", str(tmp_path / "d")])
+    assert result.exit_code == 0, result.output
+    assert "wrote 2 train and 1 test samples" in result.output
+
+
+@pytest.mark.parametrize("option, value", [("--amp", "bf61"), ("--arch", "resnet18"), ("--backend", "keras"),
+                                           ("--loss", "mse"), ("--schedule", "step")])
+def test_options_with_a_fixed_set_of_values_are_choices(tmp_path, option, value):
+    result = CliRunner().invoke(cli, ["train", "--store", str(tmp_path), "--out", str(tmp_path / "r"), option, value])
+    assert result.exit_code == 2 and "Invalid value" in result.output and value in result.output
+
+
+@pytest.mark.parametrize("device, message", [("gpu", "--device must be auto, cpu, cuda or cuda:N"),
+                                             ("cuda", "no CUDA GPU is available")])
+def test_devices_are_checked(device, message, tmp_path):
+    from hpa_pipeline.model.distributed import pick_device
+
+    if device == "cuda":
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has a GPU")
+        with pytest.raises(ValueError, match=message):
+            pick_device(device)
+    else:
+        result = CliRunner().invoke(cli, ["train", "--store", str(tmp_path), "--out", str(tmp_path / "r"),
+                                          "--device", device])
+        assert result.exit_code == 2 and message in result.output
+
+
+def test_predict_checks_its_output_folder_before_any_work(tmp_path):
+    result = CliRunner().invoke(cli, ["predict", "--store", str(tmp_path), "--run", str(tmp_path),
+                                      "--out", str(tmp_path / "missing_dir" / "sub.csv")])
+    assert result.exit_code == 2 and "missing_dir does not exist" in result.output
+
+
+@pytest.mark.parametrize("montage, message", [("m2", "name it *.png"), ("nowhere/m.png", "does not exist")])
+def test_inspect_checks_the_montage_path(tmp_path, montage, message):
+    result = CliRunner().invoke(cli, ["inspect", str(tmp_path), "--montage", str(tmp_path / montage)])
+    assert result.exit_code == 2 and message in result.output
+
+
+def test_inspect_montage_of_zero_samples_is_a_usage_error(tmp_path):
+    result = CliRunner().invoke(cli, ["inspect", str(tmp_path), "--montage", str(tmp_path / "m.png"), "--n", "0"])
+    assert result.exit_code == 2 and "--n" in result.output
+
+
+def test_an_unreachable_scheduler_fails_fast_before_the_store_exists(small_store_inputs):
+    tiff, csv, tmp = small_store_inputs
+    out = tmp / "sched.zarr"
+    started = time.perf_counter()
+    result = CliRunner().invoke(cli, ["build-zarr", "--src", str(tiff), "--csv", str(csv), "--out", str(out),
+                                      "--size", "64", "--levels", "1", "--scheduler", "tcp://127.0.0.1:1"])
+    assert result.exit_code == 1 and "no Dask scheduler answers at tcp://127.0.0.1:1" in result.output
+    assert time.perf_counter() - started < 10 and not out.exists()
+
+
+def test_a_slurm_recipe_without_sbatch_is_a_clear_error(small_store_inputs, monkeypatch):
+    tiff, csv, tmp = small_store_inputs
+    monkeypatch.setenv("PATH", str(tmp / "no-bin"))
+    result = CliRunner().invoke(cli, ["build-zarr", "--src", str(tiff), "--csv", str(csv), "--out", str(tmp / "sl"),
+                                      "--size", "64", "--levels", "1", "--cluster", "pipelines/cluster-slurm.yaml"])
+    assert result.exit_code == 1 and "submits jobs with sbatch, which is not on PATH" in result.output
+    assert not (tmp / "sl").exists()
+
+
+def test_a_rejected_job_submission_is_named_and_times_out(small_store_inputs, tmp_path, monkeypatch):
+    pytest.importorskip("dask_jobqueue")
+    tiff, csv, tmp = small_store_inputs
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text("#!/bin/bash\necho 'sbatch: error: invalid partition specified: normal' >&2\nexit 1\n")
+    (bin_dir / "scancel").write_text("#!/bin/bash\nexit 0\n")
+    for name in ("sbatch", "scancel"):
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    recipe = tmp_path / "slurm.yaml"
+    recipe.write_text(json.dumps({"kind": "slurm", "workers": 1, "options": {
+        "cores": 1, "memory": "1GB", "python": sys.executable, "local_directory": str(tmp_path)}}))
+    started = time.perf_counter()
+    result = CliRunner().invoke(cli, ["build-zarr", "--src", str(tiff), "--csv", str(csv), "--out", str(tmp_path / "s"),
+                                      "--size", "64", "--levels", "1", "--cluster", str(recipe),
+                                      "--worker-timeout", "20"])
+    assert result.exit_code == 1, result.output
+    assert "invalid partition" in result.output or "no Dask worker joined within 20 s" in result.output
+    assert time.perf_counter() - started < 60
+    assert result.output.count("Traceback") == 0
+
+
+def test_ctrl_c_exits_130_with_what_was_saved(small_store_inputs, tmp_path):
+    from hpa_pipeline.prep.synth import SynthSpec, make_dataset
+
+    d = make_dataset(tmp_path / "d", SynthSpec(n_train=24, n_test=1, image_sizes=(2048,), seed=3), workers=2)
+    out = tmp_path / "s.zarr"
+    proc = subprocess.Popen([sys.executable, "-m", "hpa_pipeline", "ingest", str(d.train_archive), "--csv",
+                             str(d.train_csv), "--out", str(out), "--size", "2048", "--levels", "1", "--workers", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    shards = out / "images" / "2048" / "c"
+    while time.time() < deadline and not (shards.exists() and any(shards.rglob("*"))):
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "interrupted:" in stderr and "samples saved in" in stderr and "Traceback" not in stderr
+    rerun = subprocess.run([sys.executable, "-m", "hpa_pipeline", "ingest", str(d.train_archive), "--csv",
+                            str(d.train_csv), "--out", str(out), "--size", "2048", "--levels", "1", "--workers", "1"],
+                           capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0 and "24/24 samples done" in rerun.stdout
+    done_before = json.loads((out / "report.json").read_text())["done_before"]
+    assert 0 < done_before < 24  # what the interrupted run saved was kept
+    import re
+
+    said = int(re.search(r"interrupted: (\d+)/24 samples saved", stderr).group(1))
+    assert said == done_before  # the summary counts what was saved, not what was sent
+
+
+def test_every_option_of_every_command_has_help():
+    missing = [f"{name} {param.opts[0]}" for name, command in cli.commands.items() for param in command.params
+               if isinstance(param, __import__("click").Option) and not (param.help or "").strip()
+               and param.opts[0] not in ("--help",)]
+    assert not missing, missing
+
+
+def test_help_shows_no_doubled_percent_signs():
+    result = CliRunner().invoke(cli, ["build-zarr", "--help"])
+    assert "%%" not in result.output and "1.5%" in result.output
