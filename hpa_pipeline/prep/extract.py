@@ -10,6 +10,7 @@ are refused by name and listed in ``extract_report.json``.
 from __future__ import annotations
 
 import shutil
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -63,9 +64,9 @@ class ExtractPlan:
         return sum(m.size for m in self.todo)
 
 
-def plan_extract(archive: str | Path, out_dir: Path) -> ExtractPlan:
+def plan_extract(archive: str | Path, out_dir: Path, decoder: str | None = None) -> ExtractPlan:
     """Sort an archive's members into to-write, already-there, refused, unknown and duplicate."""
-    listing = catalogue(list_members(archive))
+    listing = catalogue(list_members(archive, decoder))
     plan = ExtractPlan(str(archive), refused=listing.refused, unknown=listing.unknown,
                        duplicates=[again.name for _, again in listing.duplicates])
     for members in listing.images.values():
@@ -90,23 +91,25 @@ def check_free_space(out_dir: Path, needed: int, margin: int = 256 * 2**20) -> N
 
 def extract_archives(archives: list[str | Path], out_dir: str | Path,
                      on_bytes: Callable[[int], None] | None = None,
-                     on_plan: Callable[[int], None] | None = None) -> ExtractReport:
+                     on_plan: Callable[[int], None] | None = None, decoder: str | None = None) -> ExtractReport:
     """Extract every HPA image member of ``archives`` into ``out_dir``; resumable.
 
     ``on_plan(total_bytes)`` is called once before decoding starts, ``on_bytes(n)`` as bytes
     are decoded. Raises :class:`DiskSpaceError` before decoding when space is short, and
-    :class:`ArchiveError` for an archive that cannot be opened.
+    :class:`ArchiveError` for an archive that cannot be opened. ``decoder``: ``auto``, ``7zz`` or
+    ``py7zr`` (see :mod:`.archive`).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for leftover in out.glob(f"*{SUFFIX}"):
         leftover.unlink()
-    plans = [plan_extract(a, out) for a in archives]
+    plans = [plan_extract(a, out, decoder) for a in archives]
     total = sum(p.bytes_needed for p in plans)
     check_free_space(out, total)
     if on_plan:
         on_plan(total)
     report = ExtractReport(str(out), [str(a) for a in archives])
+    lock = threading.Lock()
     for plan in plans:
         report.skipped += plan.skipped
         report.refused += plan.refused
@@ -116,14 +119,16 @@ def extract_archives(archives: list[str | Path], out_dir: str | Path,
 
         def deliver(member: Member, data: bytes | None, error: str | None) -> None:
             if error is not None:
-                report.failed.append(error)
+                with lock:
+                    report.failed.append(error)
                 return
             write_bytes(out / member.basename, data)
-            report.written += 1
-            report.bytes_written += len(data)
+            with lock:  # blocks may be decoded by several threads
+                report.written += 1
+                report.bytes_written += len(data)
 
         try:
-            stream_members(plan.archive, lambda m: m.name in wanted, deliver, on_bytes)
+            stream_members(plan.archive, lambda m: m.name in wanted, deliver, on_bytes, decoder)
         except ArchiveError as exc:
             report.archive_errors.append(str(exc))
     write_json(out / REPORT_NAME, asdict(report))

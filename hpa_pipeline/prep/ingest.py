@@ -28,17 +28,18 @@ def ingest(archive: str | Path, csv: str | Path, out: str | Path, spec: StoreSpe
            progress: Callable[[int, int], None] | None = None,
            on_bytes: Callable[[int], None] | None = None,
            on_cluster: Callable[[dict], None] | None = None, threads_per_worker: int = 1,
-           worker_timeout: float = WORKER_TIMEOUT) -> BuildReport:
+           worker_timeout: float = WORKER_TIMEOUT, decoder: str | None = None) -> BuildReport:
     """Build (or resume) the store at ``out`` from ``archive``; samples in ``csv`` order.
 
     ``progress(advance, total)`` counts samples; ``on_bytes(n)`` counts decoded bytes;
     ``on_cluster(info)`` gets the Dask dashboard link and worker counts once the cluster is up.
+    ``decoder``: ``auto`` (7-Zip's 7zz when available, else py7zr), ``7zz`` or ``py7zr``.
     Raises :class:`ArchiveError` only when the archive cannot be opened at all; damage found
     while decoding fails the samples not yet complete and is recorded in the report.
     """
     table = read_sample_table(csv)
     check_cluster_choice(scheduler, cluster)  # before the store is created
-    listing = catalogue(list_members(archive))
+    listing = catalogue(list_members(archive, decoder))
     repeated = {kept.parsed()[0]: f"{kept.parsed()[0]}: {kept.parsed()[1]} appears twice ({kept.name}, {again.name})"
                 for kept, again in listing.duplicates}
     builder = StoreBuilder(out, table, spec, "ingest", source=str(archive))
@@ -69,11 +70,11 @@ def ingest(archive: str | Path, csv: str | Path, out: str | Path, spec: StoreSpe
         # samples decoded but not yet finished; sized for the workers there at the start (one
         # decoder thread feeds about 4-8 cores: more workers joining later would wait on it anyway)
         slots = threading.Semaphore(in_flight() + 2)
-        decoder = threading.Thread(
+        decoding = threading.Thread(
             target=_decode, name="7z-decoder", daemon=True,
-            args=(archive, wanted_names, todo, builder, index_of, jobs, slots, archive_error, on_bytes),
+            args=(archive, wanted_names, todo, builder, index_of, jobs, slots, archive_error, on_bytes, decoder),
         )
-        decoder.start()
+        decoding.start()
 
         def on_result(result):
             slots.release()
@@ -86,14 +87,14 @@ def ingest(archive: str | Path, csv: str | Path, out: str | Path, spec: StoreSpe
             builder.on_error(job, exc)
 
         run_bounded(client, process_sample, iter(jobs.get, _END), in_flight, on_result, on_error)
-        decoder.join()
+        decoding.join()
 
     return builder.finish(not_in_csv=sorted(set(listing.images) - set(table.ids)), unknown_files=listing.unknown,
                           refused=listing.refused, archive_error=archive_error[0] if archive_error else None)
 
 
 def _decode(archive, wanted_names, todo, builder: StoreBuilder, index_of, jobs: queue.Queue,
-            slots: threading.Semaphore, archive_error: list, on_bytes) -> None:
+            slots: threading.Semaphore, archive_error: list, on_bytes, decoder: str | None) -> None:
     """Decoder thread: members -> complete samples -> ``jobs``; failures straight to the builder."""
     arrived: dict[str, dict[str, bytes]] = {}
     settled: set[str] = set()  # queued as a job, or failed
@@ -120,7 +121,7 @@ def _decode(archive, wanted_names, todo, builder: StoreBuilder, index_of, jobs: 
         jobs.put(builder.job(index_of[sample_id], got, names))
 
     try:
-        stream_members(archive, lambda m: m.name in wanted_names, deliver, on_bytes)
+        stream_members(archive, lambda m: m.name in wanted_names, deliver, on_bytes, decoder)
     except ArchiveError as exc:
         archive_error.append(str(exc))
     finally:

