@@ -185,6 +185,9 @@ def _store_options(fn):
                           "SLURM/PBS/Kubernetes cluster recipe (pipelines/cluster-*.yaml)."),
         click.option("--worker-timeout", type=click.FloatRange(min=1), default=600, show_default=True,
                      help="Seconds to wait for the first Dask worker of --scheduler or a cluster recipe."),
+        click.option("--upscale", is_flag=True,
+                     help="Interpolate sources smaller than --size up to it (e.g. 512² PNGs into a 1024 level; "
+                          "adds no detail, and cells look larger than in full-size sources); else they fail by id."),
         click.option("--scheduler", default=None, metavar="tcp://HOST:PORT",
                      help="Address of a running dask.distributed scheduler to use instead."),
     ]
@@ -267,14 +270,14 @@ def _run_store_command(fn, desc, **kwargs):
     _finish_build(report)
 
 
-@cli.command(short_help="Unpack 7z archives to <id>_<filter>.tif.")
+@cli.command(short_help="Unpack 7z or zip archives to <id>_<filter> files.")
 @_config_option
 @click.argument("archives", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for the <id>_<filter>.tif files.")
 @_decoder_option
 def extract(archives, out, decoder):
-    """Unpack 7z archives (or .7z.001 volumes) to DIR/<id>_<filter>.tif, resumably."""
+    """Unpack 7z archives (or .7z.001 volumes) or zip archives to DIR/<id>_<filter>.<tif|png|jpg>, resumably."""
     from tqdm import tqdm
 
     from .prep.archive import ArchiveError, describe_archive
@@ -305,7 +308,7 @@ def extract(archives, out, decoder):
 @cli.command("build-zarr", short_help="TIFF folder -> dataset store.")
 @_config_option
 @click.option("--src", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
-              help="Folder of <id>_<filter>.tif files (from extract).")
+              help="Folder of <id>_<filter> images: .tif/.tiff, .png, .jpg/.jpeg (from extract, or unpacked).")
 @_store_options
 def build_zarr_cmd(src, **options):
     """Build the dataset store from a folder of TIFFs (one Dask task per sample), resumably."""
@@ -314,13 +317,14 @@ def build_zarr_cmd(src, **options):
     _run_store_command(build_zarr, "build-zarr", src=src, **_store_arguments(options))
 
 
-@cli.command(short_help="7z archive -> dataset store, no TIFF on disk.")
+@cli.command(short_help="7z or zip archive -> dataset store, nothing unpacked.")
 @_config_option
 @click.argument("archive", type=click.Path(path_type=Path))
 @_store_options
 @_decoder_option
 def ingest(archive, decoder, **options):
-    """Build the dataset store straight from a 7z archive: no TIFF on disk, resumably."""
+    """Build the dataset store straight from a 7z or zip archive (TIFF, PNG or JPEG members): nothing
+    unpacked to disk, resumably."""
     from .prep.archive import ArchiveError, describe_archive
     from .prep.ingest import ingest as run_ingest
 

@@ -106,8 +106,11 @@ def test_channels_must_agree():
         make_levels(channels, 128, 2, sample_id="s4")
 
 
-def test_cannot_upsample_and_levels_must_halve():
-    with pytest.raises(ImageError, match="cannot downsample"):
-        make_levels(random_sample(np.random.default_rng(0), 64), 128, 1, sample_id="s")
+def test_cannot_upsample_unless_asked_and_levels_must_halve():
+    sample = random_sample(np.random.default_rng(0), 64)
+    with pytest.raises(ImageError, match="s: source is 64x64, smaller than --size 128 .*--upscale"):
+        make_levels(sample, 128, 1, sample_id="s")
+    up = make_levels(sample, 128, 2, sample_id="s", upscale=True).levels
+    assert up[128].shape == (4, 128, 128) and up[64].shape == (4, 64, 64)
     with pytest.raises(ValueError, match="cannot be halved"):
         level_sizes(100, 4)

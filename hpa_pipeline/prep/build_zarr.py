@@ -18,7 +18,8 @@ from .tasks import process_sample
 
 
 def index_tiff_folder(src: str | Path) -> tuple[dict[str, dict[str, Path]], list[str]]:
-    """``{id: {filter: path}}`` of the HPA TIFFs under ``src`` (any depth), and the other files."""
+    """``{id: {filter: path}}`` of the HPA channel images (TIFF, PNG, JPEG) under ``src`` (any
+    depth), and the other files."""
     by_id: dict[str, dict[str, Path]] = {}
     unknown: list[str] = []
     src = Path(src)
@@ -27,7 +28,12 @@ def index_tiff_folder(src: str | Path) -> tuple[dict[str, dict[str, Path]], list
     for path in sorted(p for p in src.rglob("*") if p.is_file() and p.name != EXTRACT_REPORT):
         match = MEMBER_NAME.match(path.name)
         if match and not path.name.endswith(".partial"):
-            by_id.setdefault(match["id"], {})[match["filter"]] = path
+            channels = by_id.setdefault(match["id"], {})
+            if match["filter"] in channels:  # e.g. x_red.png beside x_red.tif: the first is used
+                unknown.append(f"{path.relative_to(src)} (another {match['filter']} file of {match['id']}: "
+                               f"{channels[match['filter']].name} is used)")
+            else:
+                channels[match["filter"]] = path
         else:
             unknown.append(str(path.relative_to(src)))
     return by_id, unknown
@@ -37,7 +43,7 @@ def build_zarr(src: str | Path, csv: str | Path, out: str | Path, spec: StoreSpe
                scheduler: str | None = None, cluster: str = "threads",
                progress: Callable[[int, int], None] | None = None,
                on_cluster: Callable[[dict], None] | None = None, threads_per_worker: int = 1,
-               worker_timeout: float = WORKER_TIMEOUT) -> BuildReport:
+               worker_timeout: float = WORKER_TIMEOUT, upscale: bool = False) -> BuildReport:
     """Build (or resume) the store at ``out`` from the TIFFs in ``src``, samples in ``csv`` order.
 
     ``progress(advance, total)`` counts samples; ``on_cluster(info)`` gets the Dask cluster's
@@ -46,7 +52,7 @@ def build_zarr(src: str | Path, csv: str | Path, out: str | Path, spec: StoreSpe
     table = read_sample_table(csv)
     check_cluster_choice(scheduler, cluster)  # before the store is created
     files, unknown = index_tiff_folder(src)
-    builder = StoreBuilder(out, table, spec, "build-zarr", source=str(src))
+    builder = StoreBuilder(out, table, spec, "build-zarr", source=str(src), upscale=upscale)
     jobs = []
     for index in builder.pending():
         sample_id = table.ids[index]

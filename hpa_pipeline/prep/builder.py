@@ -60,8 +60,9 @@ class StoreBuilder:
 
     FLUSH_SECONDS = 1.0
 
-    def __init__(self, out: str | Path, table: SampleTable, spec: StoreSpec, command: str, source: str):
-        self.out, self.table, self.spec = str(out), table, spec
+    def __init__(self, out: str | Path, table: SampleTable, spec: StoreSpec, command: str, source: str,
+                 upscale: bool = False):
+        self.out, self.table, self.spec, self.upscale = str(out), table, spec, upscale
         self.root = create_store(self.out, table, spec, source=source)
         remove_partial_files(self.out)
         self.book = SampleBook(self.root)
@@ -76,7 +77,7 @@ class StoreBuilder:
 
     def job(self, index: int, sources: dict, names: dict | None = None) -> SampleJob:
         return SampleJob(index, self.table.ids[index], sources, self.out, self.spec.size, self.spec.levels,
-                         self.spec.dtype, names or {})
+                         self.spec.dtype, names or {}, self.upscale)
 
     def on_result(self, result: SampleResult) -> None:
         if result.ok:

@@ -1,4 +1,16 @@
-"""Reading one HPA TIFF and turning a sample's four channels into the store's resolution levels.
+"""Reading one HPA channel image and turning a sample's four channels into the store's levels.
+
+Formats (:func:`read_image`, chosen by the file name's suffix): TIFF (below), PNG (the
+competition's 512² ``train.zip``; 8- or 16-bit) and JPEG (the HPA v18 "external" downloads),
+decoded by imagecodecs. One file holds one filter. The rule for a colour (RGB/RGBA) file:
+
+- channels all equal (a grey image saved as RGB; a constant alpha is ignored): that grey;
+- a ``red``, ``green`` or ``blue`` file whose other two channels are (nearly) empty, under 5 %
+  of the named channel's total: the named channel (a filter saved in its display colour);
+- a ``yellow`` file whose blue channel is nearly empty and whose red and green agree (mean
+  absolute difference under 5 % of their mean): their mean (yellow shown as red + green);
+- anything else is ambiguous and refused, naming the file: which channel is the filter cannot
+  be told.
 
 TIFF edge cases (as met in microscopy archives), all read by tifffile with imagecodecs:
 
@@ -36,6 +48,65 @@ UINT16_TO_UINT8 = 257.0
 
 class ImageError(ValueError):
     """A TIFF that cannot be used: unreadable, wrong dtype or shape, channels that disagree."""
+
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+RGB_CHANNEL = {"red": 0, "green": 1, "blue": 2}
+EMPTY_SHARE = 0.05
+
+
+def read_image(source: bytes | str | Path, name: str | None = None, filt: str | None = None) -> np.ndarray:
+    """One channel image (TIFF, PNG or JPEG, by the suffix of ``name`` or the path) as a 2-D
+    uint8/uint16 array; colour files follow the module's rule for filter ``filt``."""
+    label = name or (str(source) if not isinstance(source, (bytes, bytearray, memoryview)) else "<bytes>")
+    suffix = Path(label).suffix.lower()
+    if suffix in ("", ".tif", ".tiff"):
+        return read_tiff(source, name)
+    if suffix not in IMAGE_SUFFIXES:
+        raise ImageError(f"{label}: not a TIFF, PNG or JPEG file")
+    import imagecodecs
+
+    data = bytes(source) if isinstance(source, (bytes, bytearray, memoryview)) else Path(source).read_bytes()
+    try:
+        image = imagecodecs.png_decode(data) if suffix == ".png" else imagecodecs.jpeg8_decode(data)
+    except Exception as exc:  # truncated or corrupt file
+        raise ImageError(f"{label}: unreadable {suffix[1:].upper()} ({type(exc).__name__}: {exc})") from None
+    if image.ndim == 3:
+        image = _one_channel(image, filt, label)
+    if image.ndim != 2:
+        raise ImageError(f"{label}: shape {image.shape}, expected a single-channel 2-D image")
+    if image.dtype not in SUPPORTED_DTYPES:
+        raise ImageError(f"{label}: sample type {image.dtype}, expected uint8 or uint16")
+    return image
+
+
+def _one_channel(image: np.ndarray, filt: str | None, label: str) -> np.ndarray:
+    """The filter's channel of a colour file, by the rule in the module docstring."""
+    if image.shape[-1] == 4:
+        alpha = image[..., 3]
+        if alpha.min() != alpha.max():
+            raise ImageError(f"{label}: has a varying alpha channel; expected one filter per file")
+        image = image[..., :3]
+    if image.shape[-1] == 1:
+        return image[..., 0]
+    if image.shape[-1] != 3:
+        raise ImageError(f"{label}: {image.shape[-1]} channels, expected grey or RGB")
+    r, g, b = (image[..., k] for k in range(3))
+    if np.array_equal(r, g) and np.array_equal(g, b):
+        return r
+    totals = image.reshape(-1, 3).sum(0, dtype=np.float64)
+    if filt in RGB_CHANNEL:
+        k = RGB_CHANNEL[filt]
+        others = [totals[j] for j in range(3) if j != k]
+        if totals[k] > 0 and max(others) < EMPTY_SHARE * totals[k]:
+            return image[..., k].copy()
+    elif filt == "yellow":
+        mean_rg = (totals[0] + totals[1]) / 2
+        difference = np.abs(r.astype(np.int32) - g.astype(np.int32)).mean()
+        if mean_rg > 0 and totals[2] < EMPTY_SHARE * mean_rg and difference < EMPTY_SHARE * mean_rg / r.size:
+            return ((r.astype(np.uint32) + g + 1) // 2).astype(image.dtype)
+    raise ImageError(f"{label}: RGB image whose {filt or 'filter'} channel cannot be told (channels are not equal, "
+                     f"and not only the {filt or 'named'} colour); save one grey channel per file")
 
 
 def read_tiff(source: bytes | str | Path, name: str | None = None) -> np.ndarray:
@@ -97,16 +168,21 @@ def check_channels(channels: dict[str, np.ndarray], sample_id: str) -> tuple[tup
     return shape, 8 * channels[FILTERS[0]].itemsize
 
 
-def area_resize(image: np.ndarray, size: int) -> np.ndarray:
+def area_resize(image: np.ndarray, size: int, upscale: bool = False) -> np.ndarray:
     """Area-average ``image`` to ``size``×``size``, keeping its dtype (rounded half up).
 
     OpenCV's ``INTER_AREA`` on integers is the exact rounded block mean for integer factors
-    and area-weighted otherwise, and about 5x faster than going through float32.
+    and area-weighted otherwise, and about 5x faster than going through float32. A source
+    smaller than ``size`` is an error unless ``upscale`` (then bilinear interpolation: no
+    detail is added, and the cells appear larger than in full-size sources at that level).
     """
     if image.shape == (size, size):
         return image
     if size > min(image.shape):
-        raise ImageError(f"cannot downsample a {image.shape[0]}x{image.shape[1]} image up to {size}")
+        if not upscale:
+            raise ImageError(f"source is {image.shape[0]}x{image.shape[1]}, smaller than --size {size} "
+                             f"(use a smaller --size, or --upscale)")
+        return cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
     return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
 
 
@@ -134,7 +210,7 @@ def _to_store(level: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 
 def make_levels(channels: dict[str, np.ndarray], size: int, levels: int, dtype="uint8",
-                sample_id: str = "sample") -> SampleLevels:
+                sample_id: str = "sample", upscale: bool = False) -> SampleLevels:
     """All resolution levels of one sample, channels in ``FILTERS`` order.
 
     Each level is the area average of the source, computed by halving the level above in
@@ -145,7 +221,7 @@ def make_levels(channels: dict[str, np.ndarray], size: int, levels: int, dtype="
     shape, bits = check_channels(channels, sample_id)
     sizes = level_sizes(size, levels)
     try:
-        work = [area_resize(_working_precision(channels[f]), size) for f in FILTERS]
+        work = [area_resize(_working_precision(channels[f]), size, upscale) for f in FILTERS]
     except ImageError as exc:
         raise ImageError(f"{sample_id}: {exc}") from None
     out = {}

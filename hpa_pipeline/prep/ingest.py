@@ -28,7 +28,7 @@ def ingest(archive: str | Path, csv: str | Path, out: str | Path, spec: StoreSpe
            progress: Callable[[int, int], None] | None = None,
            on_bytes: Callable[[int], None] | None = None,
            on_cluster: Callable[[dict], None] | None = None, threads_per_worker: int = 1,
-           worker_timeout: float = WORKER_TIMEOUT, decoder: str | None = None) -> BuildReport:
+           worker_timeout: float = WORKER_TIMEOUT, decoder: str | None = None, upscale: bool = False) -> BuildReport:
     """Build (or resume) the store at ``out`` from ``archive``; samples in ``csv`` order.
 
     ``progress(advance, total)`` counts samples; ``on_bytes(n)`` counts decoded bytes;
@@ -42,7 +42,7 @@ def ingest(archive: str | Path, csv: str | Path, out: str | Path, spec: StoreSpe
     listing = catalogue(list_members(archive, decoder))
     repeated = {kept.parsed()[0]: f"{kept.parsed()[0]}: {kept.parsed()[1]} appears twice ({kept.name}, {again.name})"
                 for kept, again in listing.duplicates}
-    builder = StoreBuilder(out, table, spec, "ingest", source=str(archive))
+    builder = StoreBuilder(out, table, spec, "ingest", source=str(archive), upscale=upscale)
     index_of = {sample_id: i for i, sample_id in enumerate(table.ids)}
 
     todo: dict[str, dict[str, Member]] = {}

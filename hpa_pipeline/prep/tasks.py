@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .imaging import ImageError, make_levels, read_tiff
+from .imaging import ImageError, make_levels, read_image
 from ..contract.store import channel_sums, write_levels
 
 
@@ -26,7 +26,8 @@ class SampleJob:
     size: int
     levels: int
     dtype: str = "uint8"
-    names: dict[str, str] = field(default_factory=dict)  # filter -> file or member name, for messages
+    names: dict[str, str] = field(default_factory=dict)  # filter -> file or member name (format, messages)
+    upscale: bool = False  # sources smaller than size are interpolated up instead of failing
 
 
 @dataclass
@@ -46,9 +47,10 @@ class SampleResult:
 def process_sample(job: SampleJob) -> SampleResult:
     """Read, check, downsample and write one sample; failures come back as a result."""
     try:
-        channels = {f: read_tiff(src, job.names.get(f) or (str(src) if not isinstance(src, bytes) else f))
+        channels = {f: read_image(src, job.names.get(f) or (str(src) if not isinstance(src, bytes) else f), f)
                     for f, src in job.sources.items()}
-        levels = make_levels(channels, job.size, job.levels, job.dtype, sample_id=job.sample_id)
+        levels = make_levels(channels, job.size, job.levels, job.dtype, sample_id=job.sample_id,
+                             upscale=job.upscale)
         del channels
         write_levels(job.store, job.index, levels.levels)
         return SampleResult(job.index, job.sample_id, None, levels.source_shape, levels.source_bits,
