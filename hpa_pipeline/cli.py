@@ -383,6 +383,26 @@ def export_ngff_cmd(store, ids, out):
         click.echo(str(path))
 
 
+class _AutoOrCount(click.ParamType):
+    """A count of 0 or more, or ``auto`` (None)."""
+
+    name = "N|auto"
+
+    def convert(self, value, param, ctx):
+        if value is None or (isinstance(value, str) and value.lower() == "auto"):
+            return None
+        try:
+            count = int(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of workers or 'auto'", param, ctx)
+        if count < 0:
+            self.fail(f"{count} is negative", param, ctx)
+        return count
+
+
+_AUTO_OR_COUNT = _AutoOrCount()
+
+
 def _train_options(fn):
     """One option per field of TrainConfig (so a recipe can set any of them by name), with the
     help text of the field's metadata; the config module does not import torch."""
@@ -394,7 +414,10 @@ def _train_options(fn):
         default = f.default if f.default is not MISSING else None
         name = "--" + f.name.replace("_", "-")
         help_text = f.metadata.get("help", "")
-        if f.metadata.get("choices"):
+        if f.name == "workers":
+            option = click.option(name, type=_AUTO_OR_COUNT, default=None, metavar="N|auto", show_default="auto",
+                                  help=help_text)
+        elif f.metadata.get("choices"):
             option = click.option(name, type=click.Choice(f.metadata["choices"]), default=default,
                                   show_default=True, help=help_text)
         elif isinstance(default, bool):

@@ -194,3 +194,29 @@ def test_the_step_loop_does_not_wait_for_the_device(store, tmp_path, monkeypatch
     assert places <= {"check_finite", "all_finite"}, calls
     # 12 steps an epoch: reads after the warm-up steps and at the end, not per step
     assert len(calls) <= 2 * 3 * 2, calls
+
+
+def test_the_feed_grows_to_the_workers_the_measured_wait_asks_for(store):
+    dataset = StoreDataset(str(store), 128, np.arange(24), crop=32, train=True)
+    feed = BatchFeed(dataset, batch_size=4, workers=1)
+    try:
+        first = [b[2].clone() for b in feed.batches(range(12))]
+        feed.wait_s = 5.0  # the loop waited half of a 10 s window: the feed gives ~half the demand
+        assert feed.balance(max_workers=8, elapsed_s=10.0) == 3  # ceil(1.2 * 1 / 0.5)
+        assert feed.balance(max_workers=8, elapsed_s=10.0) == 3  # no wait since: no change
+        feed.wait_s = 9.0
+        assert feed.balance(max_workers=4, elapsed_s=10.0) == 4  # never beyond the cap
+        again = [b[2].clone() for b in feed.batches(range(12))]
+        assert [a.tolist() for a in again] == [a.tolist() for a in first]  # same batches, in order
+        assert feed.worker_starts == 4  # each worker started once
+    finally:
+        feed.close()
+
+
+def test_workers_auto_trains_like_in_process_reading(store, tmp_path):
+    train(tiny(store, tmp_path / "auto", workers=None, epochs=2))
+    train(tiny(store, tmp_path / "inline", workers=0, epochs=2))
+    a = torch.load(tmp_path / "auto" / "checkpoints" / "last.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "inline" / "checkpoints" / "last.pt", weights_only=False)["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)

@@ -66,7 +66,9 @@ class TrainConfig:
     channels_last: bool = option(True, "channels_last memory format on CUDA.")
     compile: bool = option(False, "torch.compile the training step (model and loss).")
     sync_bn: bool = option(False, "SyncBatchNorm across torchrun processes (CUDA only).")
-    workers: int = option(4, "DataLoader worker processes (each reads and decodes crops on one core).")
+    workers: int | None = option(None, "Loader worker processes, each reading crops on one core; 0 reads in the "
+                                       "training process [default: auto: started as the measured wait for batches "
+                                       "asks, up to the cores less one].")
     seed: int = option(0, "Seed of folds, crops, order and initialisation: same seed, same run.")
     device: str = option("auto", "auto (a GPU if there is one), cpu, cuda or cuda:N.")
     steps_per_epoch: int | None = option(None, "Cap on optimizer steps per epoch.")
@@ -100,7 +102,9 @@ class TrainConfig:
             raise ValueError("--drop-rate and --ema must be in [0, 1)")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(self.device)):
             raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, not {self.device!r}")
-        if self.workers < 0:
+        if isinstance(self.workers, str) and self.workers.lower() == "auto":
+            self.workers = None
+        if self.workers is not None and self.workers < 0:
             raise ValueError(f"--workers must be 0 (read in the training process) or more, got {self.workers}")
         if self.stream and self.oversample:
             raise ValueError("--stream reads every sample once per epoch; it cannot --oversample")

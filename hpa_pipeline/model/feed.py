@@ -21,9 +21,11 @@ the training process with the worker's traceback; a worker that dies is an error
 """
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 import queue
+import time
 import traceback
 from collections.abc import Iterable, Iterator
 
@@ -97,6 +99,7 @@ class BatchFeed:
         self._processes: list = []
         self.worker_starts = 0  # processes started over the feed's life (== workers: started once)
         self._copy_done: dict[int, torch.cuda.Event] = {}
+        self.wait_s = 0.0  # time the training process spent blocked waiting for a batch
 
     # -- workers ------------------------------------------------------------------------------
 
@@ -106,13 +109,36 @@ class BatchFeed:
         self.dataset._reader = None  # each worker opens its own files
         self._tasks, self._results = self._context.Queue(), self._context.Queue()
         for _ in range(self.workers):
-            process = self._context.Process(
-                target=_worker_main, daemon=True,
-                args=(self.dataset, self.images, self.labels, self.indices, self.augmentation, self._tasks,
-                      self._results))
-            process.start()
-            self._processes.append(process)
-            self.worker_starts += 1
+            self._start_one()
+
+    def _start_one(self) -> None:
+        process = self._context.Process(
+            target=_worker_main, daemon=True,
+            args=(self.dataset, self.images, self.labels, self.indices, self.augmentation, self._tasks,
+                  self._results))
+        process.start()
+        self._processes.append(process)
+        self.worker_starts += 1
+
+    def grow(self, workers: int) -> int:
+        """Start more workers (never fewer), up to ``workers`` in all; they share the same queue,
+        so a pass under way uses them at once. Returns the number of workers."""
+        self._start()
+        while len(self._processes) < workers:
+            self._start_one()
+        self.workers = len(self._processes)
+        return self.workers
+
+    def balance(self, max_workers: int, elapsed_s: float, threshold: float = 0.03) -> int:
+        """Workers for the measured rates: if the training loop waited for batches more than
+        ``threshold`` of ``elapsed_s``, the feed delivers about ``1 - wait`` of what the step
+        consumes, so ``workers / (1 - wait)`` (and a fifth more) are started, at most
+        ``max_workers``. Resets the wait count; returns the number of workers."""
+        wait = min(self.wait_s / max(elapsed_s, 1e-9), 0.9)
+        self.wait_s = 0.0
+        if wait > threshold and self.workers < max_workers:
+            return self.grow(min(max_workers, math.ceil(1.2 * self.workers / (1 - wait))))
+        return self.workers
 
     def close(self, kill: bool = False) -> None:
         """Stop the workers (also done at exit: they are daemons); ``kill`` without waiting for
@@ -136,6 +162,13 @@ class BatchFeed:
             pass
 
     def _receive(self) -> tuple[int, int, int]:
+        started = time.perf_counter()
+        try:
+            return self._receive_waiting()
+        finally:
+            self.wait_s += time.perf_counter() - started
+
+    def _receive_waiting(self) -> tuple[int, int, int]:
         while True:
             try:
                 seq, slot, count, error = self._results.get(timeout=POLL_S)

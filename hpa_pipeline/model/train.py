@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -206,6 +207,11 @@ class Data:
             feed.close()
 
 
+def max_workers() -> int:
+    """Loader workers at most with ``--workers auto``: every core but the training process's."""
+    return max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2) - 1)
+
+
 def make_data(cfg: TrainConfig, plan: Plan, ranks: distributed.Ranks, device: torch.device) -> Data:
     """Training and validation batches from worker processes that live for the whole run
     (:class:`.feed.BatchFeed`; the epoch travels with each item), or read in this process
@@ -225,9 +231,10 @@ def make_data(cfg: TrainConfig, plan: Plan, ranks: distributed.Ranks, device: to
         sampler = EpochSampler(len(train_set), cfg.seed, weights, rank=ranks.rank, world=ranks.world,
                                batch_size=cfg.batch_size, draws=cfg.epoch_size, tag_epoch=True)
         batches = len(sampler) // cfg.batch_size
-        if cfg.workers > 0:
-            feeds = (BatchFeed(train_set, cfg.batch_size, cfg.workers, device),
-                     BatchFeed(valid_set, cfg.batch_size, max(1, cfg.workers // 2), device, slots=4))
+        if cfg.workers != 0:
+            workers = cfg.workers or min(2, max_workers())  # auto: grown as the measured wait asks
+            feeds = (BatchFeed(train_set, cfg.batch_size, workers, device),
+                     BatchFeed(valid_set, cfg.batch_size, max(1, workers // 2), device, slots=4))
     steps = batches // cfg.accumulate
     if cfg.steps_per_epoch:
         steps = min(steps, cfg.steps_per_epoch)
@@ -378,7 +385,13 @@ def train_one_epoch(cfg: TrainConfig, epoch: int, state: TrainState, step, data:
             if done == WARMUP_STEPS or done % LOG_EVERY == 0 or done == data.steps_per_epoch:
                 mean = check_finite(loss_sum / seen, epoch, state, ranks)  # waits for the GPU here only
                 if done == WARMUP_STEPS:
-                    steady = (time.perf_counter(), seen)
+                    steady = window = (time.perf_counter(), seen)
+                    if data.feeds is not None:
+                        data.feeds[0].wait_s = 0.0  # start-up waits are not a sign of too few workers
+                elif cfg.workers is None and data.feeds is not None and steady is not None:
+                    # --workers auto: more workers when the loop waited for batches in this window
+                    data.feeds[0].balance(max_workers(), time.perf_counter() - window[0])
+                    window = (time.perf_counter(), seen)
                 if progress:
                     progress({"phase": "train", "epoch": epoch + 1, "epochs": cfg.epochs, "step": done,
                               "steps": data.steps_per_epoch, "loss": mean,
