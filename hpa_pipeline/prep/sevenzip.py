@@ -27,7 +27,6 @@ import tempfile
 import threading
 import zlib
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -205,7 +204,25 @@ def stream_members(seven: SevenZip, archive: str | Path, entries: list[Entry], d
 
     workers = max(1, min(len(blocks), processes or os.cpu_count() or 1))
     threads = None if workers == 1 else max(1, (os.cpu_count() or 1) // workers)
-    with ThreadPoolExecutor(workers) as pool:
-        results = list(pool.map(lambda block: stream_block(seven, archive, block, deliver,
-                                                           counted if on_bytes else None, threads), blocks))
-    return [r for r in results if r]
+    pending = list(enumerate(blocks))
+    results: dict[int, str | None] = {}
+
+    def work():
+        while True:
+            with lock:
+                if not pending:
+                    return
+                k, block = pending.pop(0)
+            results[k] = stream_block(seven, archive, block, deliver, counted if on_bytes else None, threads)
+
+    if workers == 1:
+        work()
+    else:
+        # daemon threads, not a ThreadPoolExecutor: on Ctrl-C the caller's back-pressure may never
+        # release a blocked deliver(), and an executor's threads would keep the interpreter from exiting
+        pool = [threading.Thread(target=work, name=f"7zz-block-{k}", daemon=True) for k in range(workers)]
+        for thread in pool:
+            thread.start()
+        for thread in pool:
+            thread.join()
+    return [r for r in results.values() if r]
