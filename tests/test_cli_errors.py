@@ -275,3 +275,19 @@ def test_every_option_of_every_command_has_help():
 def test_help_shows_no_doubled_percent_signs():
     result = CliRunner().invoke(cli, ["build-zarr", "--help"])
     assert "%%" not in result.output and "1.5%" in result.output
+
+
+def test_train_out_that_is_a_file_is_a_clear_error(tmp_path):
+    target = tmp_path / "notes.txt"
+    target.write_text("x")
+    result = CliRunner().invoke(cli, ["train", "--store", str(tmp_path), "--out", str(target), "--workers", "0"])
+    assert result.exit_code == 1 and "is a file, not a run folder" in result.output
+
+
+def test_the_cluster_line_is_written_above_the_progress_bar(small_store_inputs):
+    tiff, csv, tmp = small_store_inputs
+    result = CliRunner().invoke(cli, ["build-zarr", "--src", str(tiff), "--csv", str(csv), "--out", str(tmp / "bar.zarr"),
+                                      "--size", "64", "--levels", "1", "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    line = next(l for l in result.output.splitlines() if "dask:" in l)
+    assert line.lstrip("\r ").startswith("dask:")  # on a line of its own, not inside the bar

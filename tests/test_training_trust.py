@@ -117,6 +117,38 @@ def test_metrics_name_the_in_sample_figure(finished_run):
     header = (finished_run / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"valid_macro_f1", "valid_macro_f1_tuned_crossfit", "valid_macro_f1_tuned_in_sample"} <= set(header)
     assert "valid_macro_f1_tuned" not in header
+    # honest speed figures: steady-state images/s apart from the epoch's other times
+    assert {"train_img_s", "train_s", "valid_s", "checkpoint_s", "startup_s"} <= set(header)
+
+
+def test_plots_label_one_loss_and_mark_classes_without_validation_samples(finished_run):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from hpa_pipeline.model.train import plot_run
+    from hpa_pipeline.model.run_folder import RunFolder
+
+    shown = []
+    real_savefig = plt.Figure.savefig
+
+    def keep(fig, *args, **kwargs):
+        shown.append(fig)
+        return real_savefig(fig, *args, **kwargs)
+
+    plt.Figure.savefig = keep
+    try:
+        plot_run(RunFolder(finished_run))
+    finally:
+        plt.Figure.savefig = real_savefig
+    curves, per_class = shown
+    loss_axis = curves.axes[0]
+    assert "same function" in loss_axis.get_title() and loss_axis.get_ylabel() == "training loss function"
+    assert all(float(t).is_integer() for t in loss_axis.get_xticks())
+    support = json.loads((finished_run / "thresholds.json").read_text())["support"]
+    texts = [t.get_text() for t in per_class.axes[0].texts]
+    assert texts.count("no validation samples") == sum(1 for s in support if s == 0) > 0
 
 
 def test_focal_loss_with_class_weighting_matches_a_hand_computation():

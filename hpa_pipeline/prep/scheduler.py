@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -166,9 +167,11 @@ def dask_client(scheduler: str | None = None, workers: int = 2, cluster: str = "
         # without a dashboard, distributed still answers on its HTTP port (health, metrics) and
         # lists it as "dashboard": the link would be a 404, so say there is none
         serves_dashboard = processes
-        local = LocalCluster(n_workers=max(1, workers) if processes else 1,
-                             threads_per_worker=max(1, threads_per_worker) if processes else max(1, workers),
-                             processes=processes, dashboard_address=_dashboard_address() if processes else None)
+        with warnings.catch_warnings():  # "Port 8787 is already in use": another port is taken, nothing is wrong
+            warnings.filterwarnings("ignore", message="Port .* is already in use", category=UserWarning)
+            local = LocalCluster(n_workers=max(1, workers) if processes else 1,
+                                 threads_per_worker=max(1, threads_per_worker) if processes else max(1, workers),
+                                 processes=processes, dashboard_address=_dashboard_address() if processes else None)
     elif Path(cluster).suffix in (".yaml", ".yml"):
         recipe = read_cluster_recipe(cluster)
         with contextlib.ExitStack() as stack:
