@@ -414,7 +414,9 @@ def _train_options(fn):
         default = f.default if f.default is not MISSING else None
         name = "--" + f.name.replace("_", "-")
         help_text = f.metadata.get("help", "")
-        if f.name == "workers":
+        if isinstance(default, tuple):
+            option = click.option(name, multiple=True, default=default, metavar="STORE", help=help_text)
+        elif f.name == "workers":
             option = click.option(name, type=_AUTO_OR_COUNT, default=None, metavar="N|auto", show_default="auto",
                                   help=help_text)
         elif f.metadata.get("choices"):

@@ -344,3 +344,62 @@ def test_a_kill_at_each_write_point_resumes_to_the_uninterrupted_run(data, unint
     rows = [[r[k] for k in keep] for r in csv.DictReader((run / "metrics.csv").open())]
     assert rows == [[r[k] for k in keep] for r in csv.DictReader((uninterrupted / "metrics.csv").open())]
     assert (run / "thresholds.json").read_text() == (uninterrupted / "thresholds.json").read_text()
+
+
+# --- external data (issue 14) ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def external_store(data, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("external")
+    d = make_dataset(tmp / "data", SynthSpec(n_train=16, n_test=1, image_sizes=(256,), seed=12), workers=2)
+    assert ingest(d.train_archive, d.train_csv, tmp / "hpa_v18.zarr", StoreSpec(size=128, levels=2, chunk=64)).exit_code == 0
+    return tmp / "hpa_v18.zarr"
+
+
+def test_external_samples_always_train_and_never_validate(data, external_store, tmp_path, monkeypatch):
+    seen = []
+    real = train_module.StoreDataset._fill
+
+    def spy(self, item, out):
+        result = real(self, item, out)
+        seen.append((self.store, self.train))
+        return result
+
+    monkeypatch.setattr(train_module.StoreDataset, "_fill", spy)
+    run = tmp_path / "run"
+    train(config(data, run, epochs=1, external=(str(external_store),), epoch_size=120))
+    validated = {store for store, is_train in seen if not is_train}
+    trained = {store for store, is_train in seen if is_train}
+    assert validated == {config(data, run).store} and str(external_store) in trained
+    folds = list(csv.DictReader((run / "folds.csv").open()))
+    main_ids = [line.split(",")[0] for line in (data[0].train_csv).read_text().splitlines()[1:]]
+    assert [r["Id"] for r in folds] == main_ids  # folds (and validation) are the competition's only
+    n_valid = json.loads((run / "thresholds.json").read_text())["n_valid"]
+    assert n_valid == sum(1 for r in folds if r["fold"] == "0")
+    assert yaml.safe_load((run / "config.yaml").read_text())["external"] == [str(external_store)]
+
+
+def test_a_run_with_external_data_resumes_exactly(data, external_store, tmp_path, monkeypatch):
+    options = dict(external=(str(external_store),), steps_per_epoch=2)
+    train(config(data, tmp_path / "whole", **options))
+
+    def crash(name):
+        if name == "after_last":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "fault_point", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(data, tmp_path / "killed", **options))
+    monkeypatch.undo()
+    train(config(data, tmp_path / "killed", **options), resume=True)
+    a = torch.load(tmp_path / "whole" / "checkpoints" / "last.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "killed" / "checkpoints" / "last.pt", weights_only=False)["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_an_external_store_sharing_ids_with_the_main_one_is_refused(data, tmp_path):
+    _, tmp = data
+    with pytest.raises(RunError, match="shares .* id"):
+        train(config(data, tmp_path / "run", external=(str(tmp / "train.zarr"),)))
+    assert not (tmp_path / "run").exists()

@@ -26,6 +26,8 @@ class TrainConfig:
 
     store: str = option("", "Train store (from ingest or build-zarr): a folder or a URL.")
     out: str = option("", "Run folder (checkpoints, metrics, thresholds); a new one, or the one to --resume.")
+    external: tuple = option((), "External store (e.g. HPA v18) whose samples always train, never validate; "
+                                 "repeat for several. Folds and validation use --store only.")
     arch: str = option("se_resnext50_32x4d", "SENet architecture (se_resnet_tiny: for CPU tests and the demo).",
                        ARCHS)
     backend: str = option("timm", "Library that builds it: the same network and checkpoint keys either way.",
@@ -82,6 +84,7 @@ class TrainConfig:
         return cls(**values)
 
     def __post_init__(self):
+        self.external = tuple(self.external or ())
         for f in fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
@@ -106,6 +109,8 @@ class TrainConfig:
             self.workers = None
         if self.workers is not None and self.workers < 0:
             raise ValueError(f"--workers must be 0 (read in the training process) or more, got {self.workers}")
+        if self.stream and self.external:
+            raise ValueError("--stream reads one store; it cannot take --external stores")
         if self.stream and self.oversample:
             raise ValueError("--stream reads every sample once per epoch; it cannot --oversample")
         if self.ema > 0 and self.swa_epochs > 0:

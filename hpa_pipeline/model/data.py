@@ -134,6 +134,56 @@ class StoreDataset(Dataset):
         return Normalizer(self.mean, self.std)
 
 
+class CombinedDataset(Dataset):
+    """Several :class:`StoreDataset` parts as one: the competition's training fold followed by
+    external stores (e.g. HPA v18). Items are positions in the concatenation, or ``(epoch,
+    position)``; each part reads its own store with its own crops."""
+
+    def __init__(self, parts: list[StoreDataset]):
+        self.parts = parts
+        self.offsets = np.cumsum([0] + [len(p) for p in parts])
+        self.train, self.crop = parts[0].train, parts[0].crop
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def item_size(self) -> int:
+        return self.parts[0].item_size
+
+    @property
+    def _reader(self):
+        return self.parts[0]._reader
+
+    @_reader.setter
+    def _reader(self, value):
+        for part in self.parts:
+            part._reader = value
+
+    def reader(self):
+        return self.parts[0].reader()
+
+    def set_epoch(self, epoch: int) -> None:
+        for part in self.parts:
+            part.set_epoch(epoch)
+
+    def labels_matrix(self) -> np.ndarray:
+        """``(len, 28)`` labels of every item, in order."""
+        return np.concatenate([p.labels[p.indices] for p in self.parts])
+
+    def _fill(self, item, out):
+        epoch, k = item if isinstance(item, tuple) else (None, item)
+        part = int(np.searchsorted(self.offsets, k, side="right")) - 1
+        local = int(k - self.offsets[part])
+        return self.parts[part]._fill(local if epoch is None else (epoch, local), out)
+
+    def __getitems__(self, items: list):
+        images = np.empty((len(items), 4, self.item_size, self.item_size), self.reader().dtype)
+        labels, indices, augmentation = zip(*(self._fill(item, images[j]) for j, item in enumerate(items)))
+        return (torch.from_numpy(images), torch.from_numpy(np.stack(labels)), torch.tensor(indices),
+                torch.from_numpy(np.stack(augmentation)))
+
+
 IDENTITY = np.array([0, 1, 1, 1, 1, 0, 0, 0, 0], np.float32)
 
 

@@ -84,7 +84,8 @@ def read_config(path: Path) -> tuple[TrainConfig, dict | None]:
 
 def write_config(run: RunFolder, cfg: TrainConfig, normalization: dict) -> None:
     with replacing(run.config) as tmp:
-        tmp.write_text(yaml.safe_dump({**asdict(cfg), "normalization": normalization}, sort_keys=False))
+        values = {**asdict(cfg), "external": list(cfg.external), "normalization": normalization}
+        tmp.write_text(yaml.safe_dump(values, sort_keys=False))
 
 
 def config_for_run(run: RunFolder, cfg: TrainConfig, resume: bool, given: set[str] | None = None) -> TrainConfig:

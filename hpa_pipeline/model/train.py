@@ -37,7 +37,7 @@ from ..contract.store import open_store
 from . import distributed
 from .averaging import make_average, recompute_batchnorm
 from .config import TrainConfig
-from .data import EpochSampler, Normalizer, StoreDataset, make_loader, rare_class_weights
+from .data import CombinedDataset, EpochSampler, Normalizer, StoreDataset, make_loader, rare_class_weights
 from .feed import BatchFeed
 from .inference import autocast, predict_probs
 from .losses import make_loss
@@ -131,6 +131,7 @@ class Plan:
     train_idx: np.ndarray
     valid_idx: np.ndarray
     normalization: dict  # {"level", "mean", "std"}: the training level's channel statistics
+    external: list  # (store, done sample indices, their labels) of each --external store
 
 
 def plan_run(cfg: TrainConfig, run: RunFolder) -> Plan:
@@ -154,7 +155,25 @@ def plan_run(cfg: TrainConfig, run: RunFolder) -> Plan:
         raise RunError(f"fold {cfg.fold} of {cfg.store} has no finished samples to validate on")
     level_stats = stats[str(cfg.level)]
     return Plan(list(meta["ids"]), labels, folds, train_idx, valid_idx,
-                {"level": cfg.level, "mean": list(level_stats["mean"]), "std": list(level_stats["std"])})
+                {"level": cfg.level, "mean": list(level_stats["mean"]), "std": list(level_stats["std"])},
+                [plan_external(store, cfg.level, set(meta["ids"])) for store in cfg.external])
+
+
+def plan_external(store: str, level: int, main_ids: set[str]) -> tuple[str, np.ndarray, np.ndarray]:
+    """An external store's finished samples and labels; it must have labels and the level, and
+    share no id with the main store (a sample in both would leak into validation)."""
+    root = open_store(store)
+    meta = root.attrs["hpa"]
+    if not meta["has_labels"]:
+        raise RunError(f"--external {store} has no labels: external data must be a train store")
+    if str(level) not in meta.get("statistics", {}):
+        raise RunError(f"--external {store} has no level {level}")
+    shared = main_ids.intersection(meta["ids"])
+    if shared:
+        raise RunError(f"--external {store} shares {len(shared)} id(s) with --store (e.g. {sorted(shared)[0]}): "
+                       f"they would be in validation and in training")
+    done = np.flatnonzero(root["done"][:])
+    return str(store), done, root["labels"][:].astype(np.float32)[done]
 
 
 def prepare_run_folder(run: RunFolder, cfg: TrainConfig, plan: Plan, state: TrainState) -> None:
@@ -218,6 +237,11 @@ def make_data(cfg: TrainConfig, plan: Plan, ranks: distributed.Ranks, device: to
     with ``--workers 0``; ``--stream`` uses its own loader."""
     train_set = StoreDataset(cfg.store, cfg.level, plan.train_idx, crop=cfg.crop, train=True, seed=cfg.seed,
                              crop_grid=cfg.crop_grid)
+    if plan.external:  # external samples train in every fold, after the competition's
+        train_set = CombinedDataset([train_set] + [
+            StoreDataset(store, cfg.level, done, crop=cfg.crop, train=True, seed=cfg.seed, crop_grid=cfg.crop_grid)
+            for store, done, _ in plan.external])
+    train_labels = np.concatenate([plan.labels[plan.train_idx]] + [labels for _, _, labels in plan.external])
     # each rank validates every world-th sample; the predictions are gathered
     valid_set = StoreDataset(cfg.store, cfg.val_level or cfg.level, plan.valid_idx[ranks.rank::ranks.world],
                              train=False, seed=cfg.seed)
@@ -227,7 +251,7 @@ def make_data(cfg: TrainConfig, plan: Plan, ranks: distributed.Ranks, device: to
         stream_loader = make_stream_loader(stream, cfg.batch_size, cfg.workers, device.type == "cuda")
         batches = len(stream_loader)
     else:
-        weights = rare_class_weights(plan.labels[plan.train_idx]) if cfg.oversample else None
+        weights = rare_class_weights(train_labels) if cfg.oversample else None
         sampler = EpochSampler(len(train_set), cfg.seed, weights, rank=ranks.rank, world=ranks.world,
                                batch_size=cfg.batch_size, draws=cfg.epoch_size, tag_epoch=True)
         batches = len(sampler) // cfg.batch_size
@@ -242,7 +266,7 @@ def make_data(cfg: TrainConfig, plan: Plan, ranks: distributed.Ranks, device: to
         raise RunError(f"fold {cfg.fold} has {len(train_set)} training samples: fewer than one batch "
                        f"for each of {ranks.world} process(es)")
     normalize = Normalizer(plan.normalization["mean"], np.maximum(plan.normalization["std"], 1e-3)).to(device)
-    loss_fn = make_loss(cfg.loss, cfg.focal_gamma, cfg.class_weighting, plan.labels[plan.train_idx]).to(device)
+    loss_fn = make_loss(cfg.loss, cfg.focal_gamma, cfg.class_weighting, train_labels).to(device)
     return Data(train_set, valid_set, cfg.batch_size, sampler, feeds, stream_loader, normalize, loss_fn, steps)
 
 
@@ -454,7 +478,7 @@ def validate(cfg: TrainConfig, epoch: int, state: TrainState, data: Data, ranks,
                                          cfg.channels_last, loss_fn=data.loss_fn, progress=step)
     loss_total, count = distributed.sum_over_ranks([loss * len(indices), len(indices)], ranks, device)
     probs, indices = distributed.gather_arrays((probs, indices), ranks)
-    truth = data.train_set.labels[indices] > 0.5
+    truth = data.valid_set.labels[indices] > 0.5
     thresholds = search_thresholds(truth, probs)
     scores = {"valid_loss": loss_total / max(count, 1),
               "valid_macro_f1": macro_f1(truth, predict_labels(probs, 0.5)),
