@@ -129,10 +129,15 @@ def cli():
 @click.option("--labels-csv", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Real train.csv to draw label sets from [default: ../shared/data/kaggle/train.csv "
                    "if present, else the real class frequencies].")
+@click.option("--form", type=click.Choice(["7z", "png-zip", "jpeg-folder"]), default="7z", show_default=True,
+              help="7z: the full-size TIFF archives; png-zip: the competition's train.zip/test.zip of 512² PNGs; "
+                   "jpeg-folder: HPA v18-style JPEGs (each filter in its colour) in hpa_v18/ with "
+                   "HPAv18RBGY_wodpl.csv, training samples only.")
 @click.option("--seed", default=0, show_default=True, help="Same seed, same images and labels.")
 @click.option("--workers", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default=True,
               help="Processes rendering samples at once (each renders one sample).")
-def synth(out_dir, n_train, n_test, image_sizes, bit_depth, compression, archive_method, labels_csv, seed, workers):
+def synth(out_dir, n_train, n_test, image_sizes, bit_depth, compression, archive_method, labels_csv, form, seed,
+          workers):
     """Write a synthetic dataset in the competition's on-disk format."""
     from tqdm import tqdm
 
@@ -141,13 +146,14 @@ def synth(out_dir, n_train, n_test, image_sizes, bit_depth, compression, archive
     if labels_csv is None and DEFAULT_LABELS_CSV.exists():
         labels_csv = DEFAULT_LABELS_CSV
     try:
-        spec = SynthSpec(n_train, n_test, image_sizes, int(bit_depth), compression, archive_method, seed, labels_csv)
+        spec = SynthSpec(n_train, n_test, image_sizes, int(bit_depth), compression, archive_method, seed, labels_csv,
+                         form)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     from .contract.labels import LabelError
 
     try:
-        with tqdm(total=n_train + n_test, unit="sample", desc="synth") as bar:
+        with tqdm(total=n_train + (0 if form == "jpeg-folder" else n_test), unit="sample", desc="synth") as bar:
             result = make_dataset(out_dir, spec, workers=workers, progress=bar.update)
     except LabelError as exc:
         raise click.ClickException(str(exc)) from None

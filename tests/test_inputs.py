@@ -152,3 +152,31 @@ def test_a_zip_with_bad_members_fails_them_by_name_and_goes_on(tmp_path):
     extracted = extract_archives([archive], tmp_path / "x")
     assert (tmp_path / "x" / "s0_red.png").exists() and not (tmp_path / "evil_red.png").exists()
     assert any("s1_green.png" in f for f in extracted.failed)
+
+
+def test_synth_writes_the_png_zip_that_ingest_reads(tmp_path):
+    result = CliRunner().invoke(cli, ["synth", "--out", str(tmp_path / "d"), "--form", "png-zip", "--n-train", "6",
+                                      "--n-test", "2", "--image-sizes", "1024", "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    d = tmp_path / "d"
+    with zipfile.ZipFile(d / "train.zip") as z:
+        names = z.namelist()
+        assert len(names) == 24 and all(n.endswith(".png") for n in names)
+        assert imagecodecs.png_decode(z.read(names[0])).shape == (512, 512)
+    for split, csv in (("train", "train.csv"), ("test", "sample_submission.csv")):
+        result = CliRunner().invoke(cli, ["ingest", str(d / f"{split}.zip"), "--csv", str(d / csv),
+                                          "--out", str(tmp_path / f"{split}.zarr"), "--size", "512", "--levels", "2"])
+        assert result.exit_code == 0, result.output
+
+
+def test_synth_writes_an_hpa_v18_jpeg_folder_that_build_zarr_reads(tmp_path):
+    result = CliRunner().invoke(cli, ["synth", "--out", str(tmp_path / "d"), "--form", "jpeg-folder", "--n-train", "4",
+                                      "--image-sizes", "256", "--workers", "1"])
+    assert result.exit_code == 0 and "wrote 4 train and 0 test samples" in result.output, result.output
+    folder = tmp_path / "d" / "hpa_v18"
+    jpeg = imagecodecs.jpeg8_decode((folder / sorted(p.name for p in folder.iterdir())[0]).read_bytes())
+    assert jpeg.ndim == 3  # each filter in its display colour, as the HPA downloads
+    result = CliRunner().invoke(cli, ["build-zarr", "--src", str(folder), "--csv",
+                                      str(tmp_path / "d" / "HPAv18RBGY_wodpl.csv"), "--out", str(tmp_path / "v18.zarr"),
+                                      "--size", "256", "--levels", "2", "--workers", "1"])
+    assert result.exit_code == 0, result.output

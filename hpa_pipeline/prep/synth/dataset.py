@@ -44,6 +44,15 @@ ARCHIVE_METHODS = {
 TRAIN_ARCHIVE = "train_full_size.7z"
 TEST_ARCHIVE = "test_full_size.7z"
 
+#: The forms of HPA data users hold (``--form``):
+#: ``7z``: the full-size archives (TIFFs, train_full_size.7z / test_full_size.7z);
+#: ``png-zip``: the competition's train.zip / test.zip of 512² 8-bit PNGs;
+#: ``jpeg-folder``: HPA v18 "external" downloads: a folder of JPEGs, each filter saved in its
+#: display colour (red, green, blue; yellow as red + green), and HPAv18RBGY_wodpl.csv (train only).
+FORMS = ("7z", "png-zip", "jpeg-folder")
+PNG_SIZE = 512
+FILTER_COLOURS = {"red": (1, 0, 0), "green": (0, 1, 0), "blue": (0, 0, 1), "yellow": (1, 1, 0)}
+
 
 @dataclass
 class SynthSpec:
@@ -57,8 +66,11 @@ class SynthSpec:
     archive_method: str = "copy"
     seed: int = 0
     labels_csv: str | Path | None = None  # real train.csv to draw label sets from
+    form: str = "7z"  # see FORMS
 
     def __post_init__(self):
+        if self.form not in FORMS:
+            raise ValueError(f"unknown form {self.form!r}; choose from {FORMS}")
         if self.bit_depth not in (8, 16):
             raise ValueError(f"bit depth must be 8 or 16, not {self.bit_depth}")
         if self.compression not in TIFF_COMPRESSIONS:
@@ -130,15 +142,39 @@ class _SampleJob:
     image_sizes: tuple[int, ...]
     bit_depth: int
     compression: str
+    form: str = "7z"
 
 
 def render_members(job: _SampleJob) -> list[tuple[str, bytes]]:
-    """The four ``(<id>_<filter>.tif, bytes)`` archive members of one sample, by name order."""
+    """The four ``(<id>_<filter>.<tif|png|jpg>, bytes)`` members of one sample, by name order."""
+    import imagecodecs
+
     rng = np.random.default_rng([job.seed, job.split, job.index])
     size = int(rng.choice(job.image_sizes))
     channels = render_sample(rng, job.labels, size, job.bit_depth)
-    members = [(f"{job.sample_id}_{f}.tif", encode_tiff(channels[f], job.compression)) for f in FILTERS]
+    if job.form == "7z":
+        members = [(f"{job.sample_id}_{f}.tif", encode_tiff(channels[f], job.compression)) for f in FILTERS]
+    elif job.form == "png-zip":  # the competition's 512² 8-bit PNGs, area-averaged from the full size
+        members = [(f"{job.sample_id}_{f}.png", imagecodecs.png_encode(_eight_bit(channels[f], PNG_SIZE)))
+                   for f in FILTERS]
+    else:  # HPA v18 downloads: JPEG, each filter in its display colour
+        members = [(f"{job.sample_id}_{f}.jpg",
+                    imagecodecs.jpeg8_encode(_coloured(_eight_bit(channels[f], size), f), level=95)) for f in FILTERS]
     return sorted(members)
+
+
+def _eight_bit(image: np.ndarray, size: int) -> np.ndarray:
+    import cv2
+
+    if image.dtype == np.uint16:
+        image = np.clip(np.rint(image / 257.0), 0, 255).astype(np.uint8)
+    if image.shape[0] != size:
+        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+    return image
+
+
+def _coloured(image: np.ndarray, filt: str) -> np.ndarray:
+    return np.stack([image * c for c in FILTER_COLOURS[filt]], axis=-1).astype(np.uint8)
 
 
 def bounded_map(fn: Callable, items: Iterable, workers: int, ahead: int = 2) -> Iterator:
@@ -170,9 +206,36 @@ def write_archive(path: Path, members: Iterable[tuple[str, bytes]], method: str)
     return count
 
 
+def write_zip(path: Path, members: Iterable[tuple[str, bytes]]) -> int:
+    """Members into a new zip (stored: PNGs are compressed already), whole or not at all."""
+    import zipfile
+
+    count = 0
+    with replacing(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as archive:
+        for name, data in members:
+            archive.writestr(name, data)
+            count += 1
+    return count
+
+
+def write_folder(path: Path, members: Iterable[tuple[str, bytes]]) -> int:
+    from ...contract.atomic import write_bytes
+
+    path.mkdir(parents=True, exist_ok=True)
+    count = 0
+    for name, data in members:
+        write_bytes(path / name, data)
+        count += 1
+    return count
+
+
 def make_dataset(out_dir: str | Path, spec: SynthSpec, workers: int = 1,
                  progress: Callable[[int], None] | None = None) -> SynthResult:
-    """Write the synthetic dataset of ``spec`` into ``out_dir``; ``progress(n)`` per sample done."""
+    """Write the synthetic dataset of ``spec`` into ``out_dir``; ``progress(n)`` per sample done.
+
+    ``spec.form`` picks the form (:data:`FORMS`): the full-size 7z archives, the competition's PNG
+    zips (``train.zip``, ``test.zip``), or an HPA v18-style JPEG folder (``hpa_v18/``) with
+    ``HPAv18RBGY_wodpl.csv`` (training samples only: external data has no test split)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(spec.seed)
@@ -181,19 +244,30 @@ def make_dataset(out_dir: str | Path, spec: SynthSpec, workers: int = 1,
     train_ids, test_ids = sorted(ids[: spec.n_train]), sorted(ids[spec.n_train:])
     train_labels = draw_label_sets(rng, spec.n_train, spec.labels_csv)
     test_labels = draw_label_sets(rng, spec.n_test, spec.labels_csv)
+    names = {"7z": (TRAIN_ARCHIVE, TEST_ARCHIVE, "train.csv"), "png-zip": ("train.zip", "test.zip", "train.csv"),
+             "jpeg-folder": ("hpa_v18", "hpa_v18_test", "HPAv18RBGY_wodpl.csv")}[spec.form]
     result = SynthResult(
-        out, out / TRAIN_ARCHIVE, out / TEST_ARCHIVE, out / "train.csv",
+        out, out / names[0], out / names[1], out / names[2],
         out / "sample_submission.csv", out / "test_labels.csv", train_ids, test_ids,
     )
-    for split, (archive, split_ids, label_sets) in enumerate(
-        ((result.train_archive, train_ids, train_labels), (result.test_archive, test_ids, test_labels))
-    ):
+    splits = ((result.train_archive, train_ids, train_labels), (result.test_archive, test_ids, test_labels))
+    for split, (archive, split_ids, label_sets) in enumerate(splits[:1] if spec.form == "jpeg-folder" else splits):
         jobs = [
-            _SampleJob(spec.seed, split, i, sid, labels, tuple(spec.image_sizes), spec.bit_depth, spec.compression)
+            _SampleJob(spec.seed, split, i, sid, labels, tuple(spec.image_sizes), spec.bit_depth, spec.compression,
+                       spec.form)
             for i, (sid, labels) in enumerate(zip(split_ids, label_sets))
         ]
-        write_archive(archive, _members_with_progress(bounded_map(render_members, jobs, workers), progress),
-                      spec.archive_method)
+        members = _members_with_progress(bounded_map(render_members, jobs, workers), progress)
+        if spec.form == "7z":
+            write_archive(archive, members, spec.archive_method)
+        elif spec.form == "png-zip":
+            write_zip(archive, members)
+        else:
+            write_folder(archive, members)
+    if spec.form == "jpeg-folder":
+        write_labels_csv(result.train_csv, train_ids, train_labels)
+        result.test_ids = []
+        return result
     write_labels_csv(result.train_csv, train_ids, train_labels)
     write_labels_csv(result.test_labels, test_ids, test_labels)
     write_labels_csv(result.sample_submission, test_ids, [(0,)] * len(test_ids), column="Predicted")
