@@ -33,7 +33,12 @@ demo: install
 	$(HPA) --config pipelines/demo.yaml synth --out $(DEMO)
 	$(MAKE) --no-print-directory ingest DATA=$(DEMO) OUT=$(DEMO) SIZE=256 RECIPE=pipelines/demo.yaml
 	$(HPA) inspect $(DEMO)/train.zarr --montage $(DEMO)/train_montage.png
-	$(HPA) --config pipelines/demo.yaml train --store $(DEMO)/train.zarr --out $(DEMO)/run --resume
+	# external data as the top solutions used it (HPA v18-style JPEGs): always trained on, never validated
+	$(HPA) synth --out $(DEMO)/v18 --form jpeg-folder --n-train 160 --image-sizes 256 --seed 1
+	$(HPA) --config pipelines/demo.yaml build-zarr --src $(DEMO)/v18/hpa_v18 --csv $(DEMO)/v18/HPAv18RBGY_wodpl.csv \
+		--out $(DEMO)/hpa_v18.zarr --size 256
+	$(HPA) --config pipelines/demo.yaml train --store $(DEMO)/train.zarr --external $(DEMO)/hpa_v18.zarr \
+		--out $(DEMO)/run --resume
 	$(HPA) --config pipelines/demo.yaml predict --store $(DEMO)/test.zarr --run $(DEMO)/run --out $(DEMO)/submission.csv
 	$(HPA) evaluate --submission $(DEMO)/submission.csv --labels $(DEMO)/test_labels.csv
 
