@@ -1,8 +1,8 @@
 """build-zarr on one core against the usual way, whole commands, and where a sample's time goes.
 
-Data: twelve 2048²/3072² four-channel samples written by tifffile (not by the project's
-generator) in four TIFF encodings, three samples each: none, tiled deflate, LZW, deflate in
-16-row strips, 8-bit (issue 13's archive, unpacked). Baseline (what competition kernels did):
+Data: twelve 2048²/3072² four-channel samples of the synthetic cell images, each TIFF written
+by tifffile (not by the project's archive writer) in one of four encodings, three samples each:
+none, tiled deflate, LZW, deflate in 16-row strips, 8-bit (issue 13's archive, unpacked). Baseline (what competition kernels did):
 one process, for each TIFF, PIL opens it, box-resizes it to 1024 and saves a PNG. Ours:
 ``hpa-pipe build-zarr --size 1024 --workers 1`` as a whole command (its start-up included).
 The profile times each step of ``process_sample`` in-process, per encoding.
@@ -37,8 +37,9 @@ PER_ENCODING = 3
 
 
 def make_tiffs(folder: Path) -> tuple[list[str], dict[str, str]]:
-    """The twelve samples (smooth random fields with background, like microscopy) and their encoding."""
-    import cv2
+    """The twelve samples: the synthetic cell images (as the issue's archive), each channel
+    written by tifffile in its sample's encoding."""
+    from hpa_pipeline.prep.synth.cells import render_sample
 
     rng = np.random.default_rng(7)
     ids, encoding_of = [], {}
@@ -46,10 +47,9 @@ def make_tiffs(folder: Path) -> tuple[list[str], dict[str, str]]:
         for k in range(PER_ENCODING):
             sample_id = f"s{e}{k}"
             size = (2048, 3072)[(e + k) % 2]
+            channels = render_sample(rng, (int(rng.integers(0, 28)),), size, 8)
             for filt in FILTERS:
-                noise = cv2.resize(rng.random((size // 32, size // 32), dtype=np.float32), (size, size))
-                image = np.clip((noise - 0.55) * 600 + rng.normal(0, 3, (size, size)), 0, 255).astype(np.uint8)
-                tifffile.imwrite(folder / f"{sample_id}_{filt}.tif", image, photometric="minisblack", **args)
+                tifffile.imwrite(folder / f"{sample_id}_{filt}.tif", channels[filt], photometric="minisblack", **args)
             ids.append(sample_id)
             encoding_of[sample_id] = name
     return ids, encoding_of

@@ -254,6 +254,9 @@ def _print_cluster(info: dict) -> None:
     """The cluster line, written above the progress bar (never into it)."""
     from tqdm import tqdm
 
+    if info["scheduler"].startswith("this process"):
+        tqdm.write("dask: not started; --workers 1 runs each sample in this process", file=sys.stderr)
+        return
     dashboard = (f"; dashboard {info['dashboard']}" if info["dashboard"] else
                  " (no dashboard: it comes with --cluster processes, a recipe or --scheduler, and needs bokeh)")
     tqdm.write(f"dask: {info['workers']} worker(s), {info['threads']} thread(s) at {info['scheduler']}{dashboard}",

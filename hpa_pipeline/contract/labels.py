@@ -6,6 +6,7 @@ because a silently dropped label is a silently wrong model.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,10 @@ N_CLASSES = len(CLASS_NAMES)
 #: Channel order of every store and model input (design.md). The filter names are the
 #: suffixes of the competition's file names ``<id>_<filter>.tif``.
 FILTERS: tuple[str, ...] = ("red", "green", "blue", "yellow")
+
+#: Image file and archive member names: ``<id>_<filter>.<tif|tiff|png|jpg|jpeg>``, the suffix in
+#: any case, the filter in lower case (design.md: "match on the file name").
+MEMBER_NAME = re.compile(r"^(?P<id>.+)_(?P<filter>red|green|blue|yellow)\.(?i:tiff?|png|jpe?g)$")
 
 #: What each filter stains; green carries the protein whose location is the label.
 FILTER_STAINS = {

@@ -45,8 +45,7 @@ DECODERS = ("auto", "7zz", "py7zr")
 #: what ``decoder=None`` means; ``auto``: 7zz when available
 DEFAULT_DECODER = "auto"
 
-#: ``<id>_<filter>.<tif|tiff|png|jpg|jpeg>``; the suffix in any case, the filter in lower case
-MEMBER_NAME = re.compile(r"^(?P<id>.+)_(?P<filter>red|green|blue|yellow)\.(?i:tiff?|png|jpe?g)$")
+from ..contract.labels import MEMBER_NAME  # noqa: E402 - the file-name rule of the contract
 
 
 class ArchiveError(RuntimeError):

@@ -8,10 +8,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from .archive import MEMBER_NAME
 from .builder import BuildReport, StoreBuilder
 from .extract import REPORT_NAME as EXTRACT_REPORT
-from ..contract.labels import read_sample_table
+from ..contract.labels import MEMBER_NAME, read_sample_table
 from .scheduler import WORKER_TIMEOUT, check_cluster_choice, dask_client, in_flight_limit, run_bounded
 from ..contract.store import StoreSpec
 from .tasks import process_sample

@@ -153,6 +153,13 @@ def dask_client(scheduler: str | None = None, workers: int = 2, cluster: str = "
     It yields once the first worker has joined (a batch queue may take a while to start one);
     ``on_cluster(describe(client))`` then gets the dashboard link and worker counts.
     """
+    if scheduler is None and cluster == "threads" and workers <= 1:
+        # one worker thread: the tasks run in this thread, without starting (or importing) Dask
+        if on_cluster:
+            on_cluster({"scheduler": "this process (no Dask cluster for --workers 1)", "dashboard": None,
+                        "workers": 1, "threads": 1})
+        yield None
+        return
     from distributed import Client, LocalCluster
 
     logging.getLogger("distributed").setLevel(logging.ERROR)
@@ -274,6 +281,8 @@ def _is_lost_worker(exc: BaseException) -> bool:
 def in_flight_limit(client, per_thread: int = 2, every_seconds: float = 1.0) -> Callable[[], int]:
     """``per_thread`` tasks per worker thread, recounted at most once a second: workers of a
     batch-queue cluster keep joining (and leaving) during a run."""
+    if client is None:
+        return lambda: per_thread
     cache = {"at": -float("inf"), "limit": per_thread}
 
     def limit() -> int:
@@ -289,8 +298,18 @@ def run_bounded(client, fn: Callable, jobs: Iterable, max_in_flight: Callable[[]
     e.g. :func:`in_flight_limit`); results in completion order.
 
     ``on_result(result)`` gets each task's return value; ``on_error(job, exc)`` gets a task that
-    raised, or whose workers died more than ``retries`` times.
+    raised, or whose workers died more than ``retries`` times. Without a client (``--workers 1``)
+    each job runs here, in order.
     """
+    if client is None:
+        for job in jobs:
+            try:
+                result = fn(job)
+            except Exception as exc:  # noqa: BLE001 - reported per sample, the run goes on
+                on_error(job, exc)
+                continue
+            on_result(result)
+        return
     from distributed import as_completed
 
     pending = as_completed(with_results=False)
