@@ -290,4 +290,7 @@ def test_the_cluster_line_is_written_above_the_progress_bar(small_store_inputs):
                                       "--size", "64", "--levels", "1", "--workers", "1"])
     assert result.exit_code == 0, result.output
     line = next(l for l in result.output.splitlines() if "dask:" in l)
+    import re
+
+    line = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", line)  # tqdm moves the cursor up to write above the bar
     assert line.lstrip("\r ").startswith("dask:")  # on a line of its own, not inside the bar

@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from ..contract.labels import N_CLASSES, LabelError, format_target, parse_target, read_csv_frame, read_sample_table
+from ..contract.labels import (N_CLASSES, LabelError, parse_target, read_csv_frame, read_sample_table,
+                               write_labels_csv)
 from .metrics import f1_table, macro_f1
 
 
@@ -22,8 +22,7 @@ class SubmissionError(ValueError):
 
 
 def write_submission(path: str | Path, ids: list[str], labels: np.ndarray) -> Path:
-    frame = pd.DataFrame({"Id": ids, "Predicted": [format_target(np.flatnonzero(row)) for row in labels]})
-    frame.to_csv(path, index=False)
+    write_labels_csv(path, ids, [np.flatnonzero(row) for row in labels], column="Predicted")
     validate_submission(path, ids)
     return Path(path)
 

@@ -184,8 +184,11 @@ def dask_client(scheduler: str | None = None, workers: int = 2, cluster: str = "
         with contextlib.ExitStack() as stack:
             with _engine_errors() as errors:
                 try:
-                    local = stack.enter_context(cluster_from_recipe(recipe))
-                    client = stack.enter_context(Client(local))
+                    local = cluster_from_recipe(recipe)
+                    stack.callback(_close_quietly, local)  # a failed start must not hide why it failed
+                    local.__enter__()
+                    client = Client(local)
+                    stack.callback(_close_quietly, client)
                 except ClusterError:
                     raise
                 except Exception as exc:  # the engine's own failure, often only in its log
@@ -198,6 +201,13 @@ def dask_client(scheduler: str | None = None, workers: int = 2, cluster: str = "
                            f"(see pipelines/cluster-*.yaml)")
     with local, Client(local) as client:
         yield _ready(client, on_cluster, serves_dashboard, worker_timeout)
+
+
+def _close_quietly(thing) -> None:
+    try:
+        thing.close()
+    except Exception:  # noqa: BLE001 - closing a cluster that never started raises; the cause is reported
+        pass
 
 
 class _Captured(logging.Handler):
