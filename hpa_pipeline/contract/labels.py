@@ -107,13 +107,13 @@ def read_sample_table(csv_path: str | Path) -> SampleTable:
     A ``Predicted`` column is ignored: it is a placeholder in sample_submission.csv.
     """
     csv_path = Path(csv_path)
-    frame = read_csv_frame(csv_path)
-    if "Id" not in frame.columns:
-        raise LabelError(f"{csv_path}: no 'Id' column (columns: {list(frame.columns)})")
-    has_labels = "Target" in frame.columns
+    table = read_csv_table(csv_path)
+    if "Id" not in table.columns:
+        raise LabelError(f"{csv_path}: no 'Id' column (columns: {list(table.columns)})")
+    has_labels = "Target" in table.columns
     ids, labels, seen = [], [], {}
     for row, (sample_id, target) in enumerate(
-        zip(frame["Id"], frame["Target"] if has_labels else [None] * len(frame)), start=1
+        zip(table["Id"], table["Target"] if has_labels else [None] * len(table)), start=1
     ):
         sample_id = sample_id.strip()
         where = f"{csv_path.name} row {row} (id {sample_id or '<empty>'})"
@@ -148,7 +148,7 @@ class CsvTable:
         return [row[k] if k < len(row) else "" for row in self.rows]
 
 
-def read_csv_frame(csv_path: Path) -> CsvTable:
+def read_csv_table(csv_path: Path) -> CsvTable:
     """All cells as strings; an empty, unreadable or non-CSV file is a :class:`LabelError`."""
     import csv
 

@@ -20,12 +20,18 @@ from timm.utils import ModelEmaV3
 from torch.optim.swa_utils import AveragedModel, update_bn
 
 
+def averaging_kind(ema: float, swa_epochs: int) -> str | None:
+    """``"ema"``, ``"swa"`` or None: which average the options ask for (the config allows one)."""
+    return "ema" if ema > 0 else "swa" if swa_epochs > 0 else None
+
+
 def make_average(model: torch.nn.Module, ema: float, swa_epochs: int) -> torch.nn.Module | None:
     """The run's weight average (``.module`` is the averaged network), or None when it
     evaluates the raw weights."""
-    if ema > 0:
+    kind = averaging_kind(ema, swa_epochs)
+    if kind == "ema":
         return ModelEmaV3(model, decay=ema)
-    if swa_epochs > 0:
+    if kind == "swa":
         return AveragedModel(model)
     return None
 

@@ -125,13 +125,19 @@ class StoreDataset(Dataset):
 
         (PyTorch's DataLoader calls this with the batch's indices when a dataset defines it.)
         """
-        images = np.empty((len(items), 4, self.item_size, self.item_size), self.reader().dtype)
-        labels, indices, augmentation = zip(*(self._fill(item, images[j]) for j, item in enumerate(items)))
-        return (torch.from_numpy(images), torch.from_numpy(np.stack(labels)), torch.tensor(indices),
-                torch.from_numpy(np.stack(augmentation)))
+        return fill_batch(self, items)
 
     def normalizer(self) -> Normalizer:
         return Normalizer(self.mean, self.std)
+
+
+def fill_batch(dataset, items: list):
+    """``(images, labels, sample indices, augmentation)`` of ``items``, each image read by
+    ``dataset._fill`` straight into its place in one batch array."""
+    images = np.empty((len(items), 4, dataset.item_size, dataset.item_size), dataset.reader().dtype)
+    labels, indices, augmentation = zip(*(dataset._fill(item, images[j]) for j, item in enumerate(items)))
+    return (torch.from_numpy(images), torch.from_numpy(np.stack(labels)), torch.tensor(indices),
+            torch.from_numpy(np.stack(augmentation)))
 
 
 class CombinedDataset(Dataset):
@@ -178,10 +184,7 @@ class CombinedDataset(Dataset):
         return self.parts[part]._fill(local if epoch is None else (epoch, local), out)
 
     def __getitems__(self, items: list):
-        images = np.empty((len(items), 4, self.item_size, self.item_size), self.reader().dtype)
-        labels, indices, augmentation = zip(*(self._fill(item, images[j]) for j, item in enumerate(items)))
-        return (torch.from_numpy(images), torch.from_numpy(np.stack(labels)), torch.tensor(indices),
-                torch.from_numpy(np.stack(augmentation)))
+        return fill_batch(self, items)
 
 
 IDENTITY = np.array([0, 1, 1, 1, 1, 0, 0, 0, 0], np.float32)

@@ -44,12 +44,9 @@ class FeedError(RuntimeError):
 
 def _worker_main(dataset, images, labels, indices, augmentation, tasks, results) -> None:
     """A feed worker: fill the slot each task names, answer ``(seq, slot, count, error)``."""
-    import cv2
-    import numcodecs.blosc
+    from .data import _worker_init
 
-    torch.set_num_threads(1)  # one core per worker: N workers use N cores
-    cv2.setNumThreads(0)
-    numcodecs.blosc.set_nthreads(1)
+    _worker_init(None)  # one thread for torch, OpenCV and Blosc: N workers use N cores
     images, labels, indices, augmentation = (t.numpy() for t in (images, labels, indices, augmentation))
     while True:
         task = tasks.get()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..contract.labels import (N_CLASSES, LabelError, parse_target, read_csv_frame, read_sample_table,
+from ..contract.labels import (N_CLASSES, LabelError, parse_target, read_csv_table, read_sample_table,
                                write_labels_csv)
 from .metrics import f1_table, macro_f1
 
@@ -31,14 +31,14 @@ def read_submission(path: str | Path) -> tuple[list[str], np.ndarray]:
     """Ids and ``(n, 28)`` bool labels of a submission; every malformed row is an error naming it."""
     path = Path(path)
     try:
-        frame = read_csv_frame(path)
+        table = read_csv_table(path)
     except LabelError as exc:
         raise SubmissionError(str(exc)) from None
-    if list(frame.columns) != ["Id", "Predicted"]:
-        raise SubmissionError(f"{path}: columns are {list(frame.columns)}, expected ['Id', 'Predicted']")
-    labels = np.zeros((len(frame), N_CLASSES), bool)
+    if list(table.columns) != ["Id", "Predicted"]:
+        raise SubmissionError(f"{path}: columns are {list(table.columns)}, expected ['Id', 'Predicted']")
+    labels = np.zeros((len(table), N_CLASSES), bool)
     seen = {}
-    for row, (sample_id, predicted) in enumerate(zip(frame["Id"], frame["Predicted"]), start=1):
+    for row, (sample_id, predicted) in enumerate(zip(table["Id"], table["Predicted"]), start=1):
         where = f"{path.name} row {row} (id {sample_id or '<empty>'})"
         if sample_id in seen:
             raise SubmissionError(f"{where}: duplicate id, first in row {seen[sample_id]}")
@@ -47,7 +47,7 @@ def read_submission(path: str | Path) -> tuple[list[str], np.ndarray]:
             labels[row - 1, list(parse_target(predicted, where))] = True
         except LabelError as exc:
             raise SubmissionError(str(exc)) from None
-    return list(frame["Id"]), labels
+    return list(table["Id"]), labels
 
 
 def check_ids(path: str | Path, ids: list[str], expected_ids, source: str) -> None:

@@ -35,7 +35,7 @@ from ..contract.atomic import Interrupted, replacing, write_json
 from ..contract.labels import CLASS_NAMES
 from ..contract.store import open_store
 from . import distributed
-from .averaging import make_average, recompute_batchnorm
+from .averaging import averaging_kind, make_average, recompute_batchnorm
 from .config import TrainConfig
 from .data import CombinedDataset, EpochSampler, Normalizer, StoreDataset, make_loader, rare_class_weights
 from .feed import BatchFeed
@@ -137,14 +137,9 @@ class Plan:
 def plan_run(cfg: TrainConfig, run: RunFolder) -> Plan:
     """Check the store, its labels and levels, the fold, the weights and the run folder; raise a
     clear error on the first problem, before anything is written."""
-    root = open_store(cfg.store)
-    meta = root.attrs["hpa"]
-    if not meta["has_labels"]:
-        raise RunError(f"{cfg.store} has no labels: train needs a train store")
-    stats = meta.get("statistics", {})
-    for name, level in (("--level", cfg.level), ("--val-level", cfg.val_level or cfg.level)):
-        if str(level) not in stats:
-            raise RunError(f"{cfg.store} has no level {level} with statistics ({name}); levels: {sorted(map(int, stats))}")
+    root, meta = open_labelled_store(cfg.store, {"--level": cfg.level, "--val-level": cfg.val_level or cfg.level},
+                                     "--store")
+    stats = meta["statistics"]
     resolve_weights(cfg.arch, cfg.weights)  # a missing weights file fails now, not after set-up
     done = root["done"][:]
     labels = root["labels"][:].astype(np.float32)
@@ -159,15 +154,24 @@ def plan_run(cfg: TrainConfig, run: RunFolder) -> Plan:
                 [plan_external(store, cfg.level, set(meta["ids"])) for store in cfg.external])
 
 
-def plan_external(store: str, level: int, main_ids: set[str]) -> tuple[str, np.ndarray, np.ndarray]:
-    """An external store's finished samples and labels; it must have labels and the level, and
-    share no id with the main store (a sample in both would leak into validation)."""
+def open_labelled_store(store: str, levels: dict[str, int], role: str):
+    """The store's root and attributes; it must have labels and each level (with statistics)."""
     root = open_store(store)
     meta = root.attrs["hpa"]
     if not meta["has_labels"]:
-        raise RunError(f"--external {store} has no labels: external data must be a train store")
-    if str(level) not in meta.get("statistics", {}):
-        raise RunError(f"--external {store} has no level {level}")
+        raise RunError(f"{role} {store} has no labels: train needs a train store")
+    stats = meta.get("statistics", {})
+    for name, level in levels.items():
+        if str(level) not in stats:
+            raise RunError(f"{role} {store} has no level {level} with statistics ({name}); "
+                           f"levels: {sorted(map(int, stats))}")
+    return root, meta
+
+
+def plan_external(store: str, level: int, main_ids: set[str]) -> tuple[str, np.ndarray, np.ndarray]:
+    """An external store's finished samples and labels; it must have labels and the level, and
+    share no id with the main store (a sample in both would leak into validation)."""
+    root, meta = open_labelled_store(store, {"--level": level}, "--external")
     shared = main_ids.intersection(meta["ids"])
     if shared:
         raise RunError(f"--external {store} shares {len(shared)} id(s) with --store (e.g. {sorted(shared)[0]}): "
@@ -342,8 +346,8 @@ def make_state(cfg: TrainConfig, plan: Plan, data: Data, device: torch.device) -
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = make_schedule(cfg, optimizer, data.steps_per_epoch * cfg.epochs, data.steps_per_epoch)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.amp == "fp16")
-    averaging = "ema" if cfg.ema > 0 else "swa" if cfg.swa_epochs > 0 else None
-    return TrainState(model, optimizer, schedule, scaler, make_average(model, cfg.ema, cfg.swa_epochs), averaging)
+    return TrainState(model, optimizer, schedule, scaler, make_average(model, cfg.ema, cfg.swa_epochs),
+                      averaging_kind(cfg.ema, cfg.swa_epochs))
 
 
 # --- one epoch ----------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import posixpath
 import re
+import threading
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -248,7 +249,7 @@ def list_members(path: str | Path, decoder: str | None = None) -> list[Member]:
             return [_zip_member(info) for info in archive.infolist()]
     seven = resolve_decoder(decoder)
     if seven is not None:
-        return [Member(e.name, e.size, e.crc32, e.is_dir, e.is_symlink) for e in _layout(seven, path).entries]
+        return [_entry_member(e) for e in _layout(seven, path).entries]
     with open_archive(path) as archive:
         return [Member(i.filename, i.uncompressed or 0, i.crc32, i.is_directory, i.is_symlink)
                 for i in archive.list()]
@@ -364,23 +365,30 @@ def stream_members(path: str | Path, wanted: Callable[[Member], bool], deliver: 
             raise ArchiveError(f"{path}: archive is damaged or truncated ({type(exc).__name__}: {exc})") from None
 
 
+def _entry_member(entry) -> Member:
+    """A 7zz listing entry as the :class:`Member` both decoders hand on."""
+    return Member(entry.name, entry.size, entry.crc32, entry.is_dir, entry.is_symlink)
+
+
 def _stream_with_7zz(seven, path, wanted, deliver: Deliver, on_bytes) -> None:
     from .sevenzip import stream_members as stream_7zz
 
-    entries = [e for e in _layout(seven, path).entries
-               if not e.is_dir and Member(e.name, e.size, e.crc32, e.is_dir, e.is_symlink).unsafe_reason() is None
-               and wanted(Member(e.name, e.size, e.crc32, e.is_dir, e.is_symlink))]
+    members = {}
+    for entry in _layout(seven, path).entries:
+        m = _entry_member(entry)
+        if not m.is_dir and m.unsafe_reason() is None and wanted(m):
+            members[id(entry)] = (entry, m)
     delivered: set[str] = set()
-    lock = __import__("threading").Lock()
+    lock = threading.Lock()
 
     def hand_on(entry, data, error):
         with lock:  # blocks decode in parallel; a repeated name is decoded but not delivered (as py7zr)
             if entry.name in delivered:
                 return
             delivered.add(entry.name)
-        deliver(Member(entry.name, entry.size, entry.crc32, entry.is_dir, entry.is_symlink), data, error)
+        deliver(members[id(entry)][1], data, error)
 
-    errors = stream_7zz(seven, volume_paths(path)[0], entries, hand_on, on_bytes)
+    errors = stream_7zz(seven, volume_paths(path)[0], [e for e, _ in members.values()], hand_on, on_bytes)
     if errors:
         raise ArchiveError(f"{path}: archive is damaged or truncated (7zz: {errors[0]})")
 

@@ -119,14 +119,21 @@ def check_submit_command(recipe: dict) -> None:
                            f"run on the cluster's login node, or use --cluster threads|processes")
 
 
+def _is_local(cluster: str) -> bool:
+    """``threads``/``processes`` (True), a recipe file (False), or an error naming the choices."""
+    if cluster in LOCAL_CLUSTERS:
+        return True
+    if Path(cluster).suffix in (".yaml", ".yml"):
+        return False
+    raise ClusterError(f"unknown cluster {cluster!r}: threads, processes, or a recipe .yaml "
+                       f"(see pipelines/cluster-*.yaml)")
+
+
 def check_cluster_choice(scheduler: str | None, cluster: str) -> None:
     """Everything about where the work runs that can be checked before a store is created."""
     if scheduler:
         check_scheduler(scheduler)
-    elif cluster not in LOCAL_CLUSTERS:
-        if Path(cluster).suffix not in (".yaml", ".yml"):
-            raise ClusterError(f"unknown cluster {cluster!r}: threads, processes, or a recipe .yaml "
-                               f"(see pipelines/cluster-*.yaml)")
+    elif not _is_local(cluster):
         recipe = read_cluster_recipe(cluster)
         check_submit_command(recipe)
         _engine(recipe["kind"])
@@ -168,39 +175,33 @@ def dask_client(scheduler: str | None = None, workers: int = 2, cluster: str = "
         with Client(scheduler, timeout=30) as client:
             yield _ready(client, on_cluster, True, worker_timeout)
         return
-    serves_dashboard = True
-    if cluster in LOCAL_CLUSTERS:
+    if _is_local(cluster):
         processes = cluster == "processes"
-        # without a dashboard, distributed still answers on its HTTP port (health, metrics) and
-        # lists it as "dashboard": the link would be a 404, so say there is none
-        serves_dashboard = processes
         with warnings.catch_warnings():  # "Port 8787 is already in use": another port is taken, nothing is wrong
             warnings.filterwarnings("ignore", message="Port .* is already in use", category=UserWarning)
             local = LocalCluster(n_workers=max(1, workers) if processes else 1,
                                  threads_per_worker=max(1, threads_per_worker) if processes else max(1, workers),
                                  processes=processes, dashboard_address=_dashboard_address() if processes else None)
-    elif Path(cluster).suffix in (".yaml", ".yml"):
-        recipe = read_cluster_recipe(cluster)
-        with contextlib.ExitStack() as stack:
-            with _engine_errors() as errors:
-                try:
-                    local = cluster_from_recipe(recipe)
-                    stack.callback(_close_quietly, local)  # a failed start must not hide why it failed
-                    local.__enter__()
-                    client = Client(local)
-                    stack.callback(_close_quietly, client)
-                except ClusterError:
-                    raise
-                except Exception as exc:  # the engine's own failure, often only in its log
-                    reason = errors[0] if errors else f"{type(exc).__name__}: {exc}"
-                    raise ClusterError(f"the {recipe['kind']} cluster could not start: {reason[:500]}") from None
-            yield _ready(client, on_cluster, serves_dashboard, worker_timeout)
+        with local, Client(local) as client:
+            # without a dashboard, distributed still answers on its HTTP port (health, metrics) and
+            # lists it as "dashboard": the link would be a 404, so say there is none
+            yield _ready(client, on_cluster, processes, worker_timeout)
         return
-    else:
-        raise ClusterError(f"unknown cluster {cluster!r}: threads, processes, or a recipe .yaml "
-                           f"(see pipelines/cluster-*.yaml)")
-    with local, Client(local) as client:
-        yield _ready(client, on_cluster, serves_dashboard, worker_timeout)
+    recipe = read_cluster_recipe(cluster)
+    with contextlib.ExitStack() as stack:
+        with _engine_errors() as errors:
+            try:
+                local = cluster_from_recipe(recipe)
+                stack.callback(_close_quietly, local)  # a failed start must not hide why it failed
+                local.__enter__()
+                client = Client(local)
+                stack.callback(_close_quietly, client)
+            except ClusterError:
+                raise
+            except Exception as exc:  # the engine's own failure, often only in its log
+                reason = errors[0] if errors else f"{type(exc).__name__}: {exc}"
+                raise ClusterError(f"the {recipe['kind']} cluster could not start: {reason[:500]}") from None
+        yield _ready(client, on_cluster, True, worker_timeout)
 
 
 def _close_quietly(thing) -> None:
