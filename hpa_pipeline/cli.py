@@ -240,7 +240,7 @@ class _SampleBar:
     def __init__(self, desc):
         from tqdm import tqdm
 
-        self.bar = tqdm(unit="sample", desc=desc, dynamic_ncols=True)
+        self.bar = tqdm(unit="sample", desc=desc, dynamic_ncols=True, delay=0.5)  # none for a quick failure
 
     def __call__(self, advance, total):
         self.bar.total = total
@@ -292,7 +292,7 @@ def extract(archives, out, decoder):
     from .prep.archive import ArchiveError, describe_archive
     from .prep.extract import DiskSpaceError, extract_archives
 
-    bar = tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc="extract", dynamic_ncols=True)
+    bar = tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc="extract", dynamic_ncols=True, delay=0.5)
 
     def on_plan(total):
         bar.total = total
@@ -467,7 +467,8 @@ def train(ctx, resume, **options):
     given = {name for name in options
              if ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None)}
     main_rank = ranks_from_env().is_main  # under torchrun only rank 0 reports
-    bar = tqdm(unit="step", desc="train", dynamic_ncols=True, disable=not main_rank)
+    # delay: a command that fails at once shows its message, not an empty bar
+    bar = tqdm(unit="step", desc="train", dynamic_ncols=True, disable=not main_rank, delay=0.5)
 
     def progress(info):
         if info["phase"] == "resumed":
@@ -531,7 +532,7 @@ def predict(store, runs, tta, out, batch_size, workers, device):
     from .model.submission import SubmissionError, write_submission
 
     _writable_file(out, "--out")
-    bar = tqdm(unit="batch", desc="predict", dynamic_ncols=True)
+    bar = tqdm(unit="batch", desc="predict", dynamic_ncols=True, delay=0.5)
 
     def progress(done, total):
         bar.total = total
