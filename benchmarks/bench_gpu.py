@@ -222,7 +222,8 @@ def run() -> dict:
             f"{mode}: projected real epoch: training s, overheads s, overhead share (target <= 0.05)":
                 f"{itself['real_epoch_train_s']}, {itself['real_overhead_s']}, {itself['real_overhead_share']}",
         })
-    return report("gpu_dry_run" if DRY_RUN else "gpu", figures)
+        result = report("gpu_dry_run" if DRY_RUN else "gpu", figures)  # after each mode: a cut-off run keeps the first
+    return result
 
 
 if __name__ == "__main__":

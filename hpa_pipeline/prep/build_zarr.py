@@ -5,6 +5,8 @@ coordinator (:class:`.builder.StoreBuilder`) marks samples done, so a re-run res
 """
 from __future__ import annotations
 
+import os
+
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,7 +40,7 @@ def index_tiff_folder(src: str | Path) -> tuple[dict[str, dict[str, Path]], list
     return by_id, unknown
 
 
-def build_zarr(src: str | Path, csv: str | Path, out: str | Path, spec: StoreSpec, workers: int = 2,
+def build_zarr(src: str | Path, csv: str | Path, out: str | Path, spec: StoreSpec, workers: int | None = None,
                scheduler: str | None = None, cluster: str = "threads",
                progress: Callable[[int, int], None] | None = None,
                on_cluster: Callable[[dict], None] | None = None, threads_per_worker: int = 1,
@@ -47,7 +49,9 @@ def build_zarr(src: str | Path, csv: str | Path, out: str | Path, spec: StoreSpe
 
     ``progress(advance, total)`` counts samples; ``on_cluster(info)`` gets the Dask cluster's
     dashboard link and worker counts once it is up (see :func:`.scheduler.describe`).
+    ``workers`` (local clusters): samples processed at once; default all cores.
     """
+    workers = workers or os.cpu_count() or 1
     table = read_sample_table(csv)
     check_cluster_choice(scheduler, cluster)  # before the store is created
     files, unknown = index_tiff_folder(src)

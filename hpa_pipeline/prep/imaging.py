@@ -133,7 +133,9 @@ def read_tiff(source: bytes | str | Path, name: str | None = None) -> np.ndarray
                 raise ImageError(f"{label}: {len(tif.pages)} pages, expected one single-channel image")
             page = tif.pages[0]
             _check_not_truncated(page, tif.filehandle.size, label)
-            image = page.asarray(maxworkers=1)  # parallelism comes from the scheduler's tasks
+            image = _uncompressed_view(page, source, tif.byteorder)
+            if image is None:
+                image = page.asarray(maxworkers=1)  # parallelism comes from the scheduler's tasks
     except ImageError:
         raise
     except Exception as exc:  # tifffile/imagecodecs raise many types for corrupt data
@@ -144,6 +146,19 @@ def read_tiff(source: bytes | str | Path, name: str | None = None) -> np.ndarray
     if image.dtype not in SUPPORTED_DTYPES:
         raise ImageError(f"{label}: sample type {image.dtype}, expected uint8 or uint16")
     return image
+
+
+def _uncompressed_view(page, source, byteorder: str) -> np.ndarray | None:
+    """An uncompressed TIFF (as in the Kaggle archives) already in memory, as an array over the
+    same bytes: no copy (tifffile would copy it out, ~10 % of a sample's work). None for
+    anything else: compressed, on disk, bit-reversed, a predictor, strips not back to back."""
+    if not isinstance(source, (bytes, bytearray, memoryview)) or not page.is_contiguous:
+        return None
+    if page.fillorder != 1 or page.predictor not in (None, 1) or sum(page.databytecounts) < page.nbytes:
+        return None
+    image = np.frombuffer(source, page.dtype.newbyteorder(byteorder), count=page.size, offset=page.dataoffsets[0])
+    image = image.reshape(page.shape)
+    return image if image.dtype.isnative else image.astype(image.dtype.newbyteorder("="))
 
 
 def _check_not_truncated(page, file_size: int, label: str) -> None:

@@ -1,13 +1,16 @@
-"""``ingest``: the store straight from a 7z archive; no TIFF is ever written to disk.
+"""``ingest``: the store straight from a 7z or zip archive; no image is ever written to disk.
 
-A decoder thread streams the archive's members (py7zr, one core per solid block) and groups
-them by sample; each sample whose four members have arrived becomes a Dask task, which gets
-the TIFF bytes. A bounded queue between the two keeps memory flat: when the tasks fall behind,
-decoding waits. Samples already done in the store are decoded past (a solid stream cannot be
-skipped) but never processed again.
+A decoder thread streams the archive's members (7-Zip's ``7zz``, a process per solid block
+with its own threads; or py7zr, one core per solid block) and groups them by sample; each
+sample whose four members have arrived becomes a task, which gets the members' buffers
+(handed on, not copied). A bounded queue between the two keeps memory flat: when the tasks
+fall behind, decoding waits. Samples already done in the store are decoded past (a solid
+stream cannot be skipped) but never processed again. By default the tasks get all cores but
+one (:func:`ingest_workers`); with one worker they run in this process, without Dask.
 """
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -23,7 +26,16 @@ from .tasks import process_sample
 _END = object()
 
 
-def ingest(archive: str | Path, csv: str | Path, out: str | Path, spec: StoreSpec, workers: int = 2,
+def ingest_workers() -> int:
+    """All cores but one: the decoder (7zz or py7zr on a single LZMA2 stream) keeps one busy.
+
+    Measured on 2 cores (benchmarks/bench_decoders.py): one worker beats two on every archive
+    packing, since a second would only compete with the decoder (and starts a Dask cluster).
+    """
+    return max(1, (os.cpu_count() or 1) - 1)
+
+
+def ingest(archive: str | Path, csv: str | Path, out: str | Path, spec: StoreSpec, workers: int | None = None,
            scheduler: str | None = None, cluster: str = "threads",
            progress: Callable[[int, int], None] | None = None,
            on_bytes: Callable[[int], None] | None = None,
@@ -34,9 +46,11 @@ def ingest(archive: str | Path, csv: str | Path, out: str | Path, spec: StoreSpe
     ``progress(advance, total)`` counts samples; ``on_bytes(n)`` counts decoded bytes;
     ``on_cluster(info)`` gets the Dask dashboard link and worker counts once the cluster is up.
     ``decoder``: ``auto`` (7-Zip's 7zz when available, else py7zr), ``7zz`` or ``py7zr``.
+    ``workers`` (local clusters): samples processed at once; default :func:`ingest_workers`.
     Raises :class:`ArchiveError` only when the archive cannot be opened at all; damage found
     while decoding fails the samples not yet complete and is recorded in the report.
     """
+    workers = workers or ingest_workers()
     table = read_sample_table(csv)
     check_cluster_choice(scheduler, cluster)  # before the store is created
     listing = catalogue(list_members(archive, decoder))

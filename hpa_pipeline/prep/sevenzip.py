@@ -186,7 +186,7 @@ def stream_block(seven: SevenZip, archive: str | Path, entries: list[Entry], del
             if entry.crc32 is not None and crc != entry.crc32:
                 deliver(entry, None, f"{entry.name}: CRC mismatch (archive {entry.crc32:08x}, data {crc:08x})")
             else:
-                deliver(entry, bytes(data), None)
+                deliver(entry, data, None)  # a fresh buffer per member: handed on, not copied
         process.stdout.close()
         process.wait()
         reader.join()

@@ -21,7 +21,7 @@ class SampleJob:
 
     index: int
     sample_id: str
-    sources: dict[str, bytes | str | Path]  # filter -> TIFF
+    sources: dict[str, bytes | bytearray | str | Path]  # filter -> image file (path, or its bytes)
     store: str
     size: int
     levels: int
@@ -47,7 +47,7 @@ class SampleResult:
 def process_sample(job: SampleJob) -> SampleResult:
     """Read, check, downsample and write one sample; failures come back as a result."""
     try:
-        channels = {f: read_image(src, job.names.get(f) or (str(src) if not isinstance(src, bytes) else f), f)
+        channels = {f: read_image(src, job.names.get(f) or (f if isinstance(src, (bytes, bytearray)) else str(src)), f)
                     for f, src in job.sources.items()}
         levels = make_levels(channels, job.size, job.levels, job.dtype, sample_id=job.sample_id,
                              upscale=job.upscale)

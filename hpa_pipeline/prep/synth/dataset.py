@@ -147,14 +147,14 @@ class _SampleJob:
 
 def render_members(job: _SampleJob) -> list[tuple[str, bytes]]:
     """The four ``(<id>_<filter>.<tif|png|jpg>, bytes)`` members of one sample, by name order."""
-    import imagecodecs
-
     rng = np.random.default_rng([job.seed, job.split, job.index])
     size = int(rng.choice(job.image_sizes))
     channels = render_sample(rng, job.labels, size, job.bit_depth)
     if job.form == "7z":
-        members = [(f"{job.sample_id}_{f}.tif", encode_tiff(channels[f], job.compression)) for f in FILTERS]
-    elif job.form == "png-zip":  # the competition's 512² 8-bit PNGs, area-averaged from the full size
+        return sorted((f"{job.sample_id}_{f}.tif", encode_tiff(channels[f], job.compression)) for f in FILTERS)
+    import imagecodecs  # PNG/JPEG only: uncompressed TIFFs need no codec library (the GPU image has none)
+
+    if job.form == "png-zip":  # the competition's 512² 8-bit PNGs, area-averaged from the full size
         members = [(f"{job.sample_id}_{f}.png", imagecodecs.png_encode(_eight_bit(channels[f], PNG_SIZE)))
                    for f in FILTERS]
     else:  # HPA v18 downloads: JPEG, each filter in its display colour
