@@ -61,7 +61,7 @@ def predict_probs(model, loader, normalize: Normalizer, device, amp: str = "none
                     loss_sum += loss_fn(logits, targets.to(device, non_blocking=True)) * len(images)
                 total = total + torch.sigmoid(logits)
         probs.append((total / tta).cpu().numpy())
-        indices.append(index.numpy())
+        indices.append(index.cpu().numpy())  # the feed hands indices over on the device
         seen += len(images)
         if progress:
             progress(batch + 1)
