@@ -220,3 +220,32 @@ def test_workers_auto_trains_like_in_process_reading(store, tmp_path):
     b = torch.load(tmp_path / "inline" / "checkpoints" / "last.pt", weights_only=False)["model"]
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+
+
+@pytest.mark.parametrize("refuse_at", [None, 2])
+def test_pinned_slots_are_unregistered_before_their_memory_goes(store, monkeypatch, refuse_at):
+    """A CUDA registration that outlives its mapping makes CUDA refuse what is mapped there next
+    (an H100 run failed with "resource already mapped" in the following convolution): close()
+    unregisters every pinned slot once; a refused registration undoes the others at once."""
+    import hpa_pipeline.model.feed as feed_module
+
+    registered, unregistered = [], []
+
+    def register(tensor):
+        if len(registered) == refuse_at:
+            return False
+        registered.append(tensor.data_ptr())
+        return True
+
+    monkeypatch.setattr(feed_module, "_register_pinned", register)
+    monkeypatch.setattr(feed_module, "_unregister_pinned", lambda tensor: unregistered.append(tensor.data_ptr()))
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device: None)  # no GPU here: the registration logic only
+    dataset = StoreDataset(str(store), 128, np.arange(24), crop=32, train=True)
+    feed = BatchFeed(dataset, batch_size=4, workers=1, device="cuda")
+    if refuse_at is None:
+        assert feed.pinned and len(registered) == 4 and unregistered == []
+    else:
+        assert not feed.pinned and unregistered == registered == [t.data_ptr() for t in feed._slot_tensors()][:2]
+    feed.close()
+    feed.close()
+    assert not feed.pinned and sorted(unregistered) == sorted(registered)

@@ -63,9 +63,40 @@ def _worker_main(dataset, images, labels, indices, augmentation, tasks, results)
 
 def _register_pinned(tensor: torch.Tensor) -> bool:
     """Page-lock a shared-memory tensor in place (``cudaHostRegister``), so that copies from it
-    to the GPU are asynchronous DMA; False where CUDA refuses."""
+    to the GPU are asynchronous DMA; False where CUDA refuses.
+
+    A refusal is also CUDA's "last error", which PyTorch's check after the next kernel launch
+    would raise as that kernel's failure: it is cleared here."""
     code = torch.cuda.cudart().cudaHostRegister(tensor.data_ptr(), tensor.numel() * tensor.element_size(), 0)
-    return int(code) == 0
+    if int(code) != 0:
+        _clear_cuda_error()
+        return False
+    return True
+
+
+def _unregister_pinned(tensor: torch.Tensor) -> None:
+    """Undo :func:`_register_pinned` before the memory is unmapped. A registration outliving its
+    mapping makes CUDA refuse whatever is later mapped at those addresses ("resource already
+    mapped", seen on an H100 as the next convolution's failure)."""
+    if int(torch.cuda.cudart().cudaHostUnregister(tensor.data_ptr())) != 0:
+        _clear_cuda_error()
+
+
+def _clear_cuda_error() -> None:
+    """``cudaGetLastError()`` from the CUDA runtime this process has loaded (PyTorch binds no
+    call for it); nothing where none is found."""
+    import ctypes
+
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "libcudart.so" in line}
+    except OSError:
+        return
+    for path in paths:
+        try:
+            ctypes.CDLL(path).cudaGetLastError()
+        except (OSError, AttributeError):
+            continue
 
 
 class BatchFeed:
@@ -89,8 +120,12 @@ class BatchFeed:
         self.labels = torch.zeros((self.n_slots, batch_size, N_CLASSES), dtype=torch.float32).share_memory_()
         self.indices = torch.zeros((self.n_slots, batch_size), dtype=torch.int64).share_memory_()
         self.augmentation = torch.zeros((self.n_slots, batch_size, 9), dtype=torch.float32).share_memory_()
-        self.pinned = self.device.type == "cuda" and all(
-            _register_pinned(t) for t in (self.images, self.labels, self.indices, self.augmentation))
+        self.pinned = False
+        if self.device.type == "cuda":  # all four pinned, or none (then plain synchronous copies)
+            registered = [t for t in self._slot_tensors() if _register_pinned(t)]
+            self.pinned = len(registered) == 4
+            for tensor in registered if not self.pinned else ():
+                _unregister_pinned(tensor)
         self.copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         self._context = multiprocessing.get_context(context or ("fork" if hasattr(os, "fork") else "spawn"))
         self._processes: list = []
@@ -151,6 +186,20 @@ class BatchFeed:
                 process.kill()
                 process.join()
         self._processes = []
+        self._unpin()
+
+    def _unpin(self) -> None:
+        """Unregister the slots from CUDA (once; after the last copy from them has finished)."""
+        if not self.pinned:
+            return
+        if self._copy_done:
+            torch.cuda.synchronize(self.device)
+        for tensor in self._slot_tensors():
+            _unregister_pinned(tensor)
+        self.pinned = False
+
+    def _slot_tensors(self) -> tuple[torch.Tensor, ...]:
+        return self.images, self.labels, self.indices, self.augmentation
 
     def __del__(self):
         try:
