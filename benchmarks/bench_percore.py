@@ -22,8 +22,8 @@ import tifffile
 from PIL import Image
 
 from hpa_pipeline.contract.labels import FILTERS
-from hpa_pipeline.contract.store import StoreSpec, channel_sums, write_levels
-from hpa_pipeline.prep.imaging import make_levels, read_image
+from hpa_pipeline.contract.store import StoreSpec, write_levels
+from hpa_pipeline.prep.imaging import channel_sums, make_levels, read_image
 
 from .common import BENCH_DATA, report, timer
 

@@ -131,3 +131,18 @@ def test_cannot_upsample_unless_asked_and_levels_must_halve():
     assert up[128].shape == (4, 128, 128) and up[64].shape == (4, 64, 64)
     with pytest.raises(ValueError, match="cannot be halved"):
         level_sizes(100, 4)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_channel_sums_are_the_exact_sums_and_sums_of_squares(dtype):
+    from hpa_pipeline.prep.imaging import channel_sums
+
+    rng = np.random.default_rng(3)
+    top = np.iinfo(dtype).max
+    levels = {s: rng.integers(0, top, (4, s, s), dtype=dtype, endpoint=True) for s in (64, 32)}
+    levels[64][1] = top  # a saturated channel: the last bin counts
+    sums = channel_sums(levels)
+    for k, s in enumerate((64, 32)):
+        values = levels[s].reshape(4, -1).astype(np.float64)
+        assert np.array_equal(sums[k, :, 0], values.sum(axis=1))
+        assert np.array_equal(sums[k, :, 1], (values ** 2).sum(axis=1))

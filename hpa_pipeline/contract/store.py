@@ -207,21 +207,6 @@ def write_levels(path: str, index: int, levels: dict[int, np.ndarray]) -> None:
         write_sample_shard(str(path), f"images/{size}", index, image)
 
 
-def channel_sums(levels: dict[int, np.ndarray]) -> np.ndarray:
-    """``(L, 4, 2)`` per-level, per-channel sum and sum of squares, for the store's statistics.
-
-    Computed exactly from each channel's histogram (integer images), which is several times
-    faster than squaring the pixels in float64.
-    """
-    out = np.zeros((len(levels), 4, 2))
-    for k, size in enumerate(sorted(levels, reverse=True)):
-        for c, channel in enumerate(levels[size]):
-            counts = np.bincount(channel.ravel(), minlength=256).astype(np.float64)
-            values = np.arange(counts.size, dtype=np.float64)
-            out[k, c] = counts @ values, counts @ (values * values)
-    return out
-
-
 class SampleBook:
     """The coordinator's view of the per-sample arrays: read once, updated in memory, flushed by chunk.
 

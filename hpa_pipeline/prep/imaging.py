@@ -259,3 +259,27 @@ def make_levels(channels: dict[str, np.ndarray], size: int, levels: int, dtype="
             work = [area_resize(channel, s) for channel in work]
         out[s] = np.stack([_to_store(channel, dtype) for channel in work])
     return SampleLevels(out, shape, bits)
+
+
+def channel_sums(levels: dict[int, np.ndarray]) -> np.ndarray:
+    """``(L, 4, 2)`` per-level, per-channel sum and sum of squares, for the store's statistics
+    (``channel_sums`` of the store contract), levels largest first.
+
+    Computed exactly from each channel's histogram: OpenCV's ``calcHist`` (4x NumPy's
+    ``bincount``, and it releases the GIL, which matters with many worker threads); its float32
+    counts are exact below 2**24 pixels (4096²), larger levels use ``bincount``.
+    """
+    out = np.zeros((len(levels), 4, 2))
+    for k, size in enumerate(sorted(levels, reverse=True)):
+        for c, channel in enumerate(levels[size]):
+            counts = _histogram(channel)
+            values = np.arange(counts.size, dtype=np.float64)
+            out[k, c] = counts @ values, counts @ (values * values)
+    return out
+
+
+def _histogram(channel: np.ndarray) -> np.ndarray:
+    bins = 256 if channel.dtype == np.uint8 else 65536
+    if channel.size < 2**24 and channel.dtype in (np.uint8, np.uint16):
+        return cv2.calcHist([np.ascontiguousarray(channel)], [0], None, [bins], [0, bins]).ravel().astype(np.float64)
+    return np.bincount(channel.ravel(), minlength=bins).astype(np.float64)

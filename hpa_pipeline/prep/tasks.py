@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .imaging import ImageError, make_levels, read_image
-from ..contract.store import channel_sums, write_levels
+from .imaging import ImageError, channel_sums, make_levels, read_image
+from ..contract.store import write_levels
 
 
 @dataclass
