@@ -162,8 +162,11 @@ class _SocketOutput:
 
     def __init__(self):
         self.ours, self.theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.ours.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.BUFFER)
-        self.theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.BUFFER)
+        for side, option in ((self.ours, socket.SO_RCVBUF), (self.theirs, socket.SO_SNDBUF)):
+            try:
+                side.setsockopt(socket.SOL_SOCKET, option, self.BUFFER)
+            except OSError:  # a system that refuses the size keeps its default
+                pass
         self.child_stdout = self.theirs.fileno()
 
     def started(self, process) -> None:
