@@ -200,7 +200,21 @@ def _error_text(text: str) -> str:
 USE_SOCKET = hasattr(socket, "AF_UNIX") and sys.platform != "win32"
 
 
-class _SocketOutput:
+class _Output:
+    """Where 7zz's stdout goes; :meth:`read_into` fills a buffer from it."""
+
+    def read_into(self, view: memoryview) -> int:
+        """Fill ``view`` (fewer bytes only at the end of the stream); returns the bytes read."""
+        got = 0
+        while got < len(view):
+            n = self._read_some(view[got:])
+            if not n:
+                break
+            got += n
+        return got
+
+
+class _SocketOutput(_Output):
     """7zz's stdout as a Unix socket: a member arrives through one ``recv_into(MSG_WAITALL)`` per
     slice, which waits in the kernel without the GIL until the slice is full.
 
@@ -226,21 +240,14 @@ class _SocketOutput:
     def started(self, process) -> None:
         self.theirs.close()  # 7zz holds its own copy: our side sees the end when 7zz exits
 
-    def read_into(self, view: memoryview) -> int:
-        """Fill ``view`` (fewer bytes only at the end of the stream); returns the bytes read."""
-        got = 0
-        while got < len(view):
-            n = self.ours.recv_into(view[got:], min(self.SLICE, len(view) - got), socket.MSG_WAITALL)
-            if not n:
-                break
-            got += n
-        return got
+    def _read_some(self, view: memoryview) -> int:
+        return self.ours.recv_into(view, len(view), socket.MSG_WAITALL)  # all of it, unless the stream ends
 
     def close(self) -> None:
         self.ours.close()
 
 
-class _PipeOutput:
+class _PipeOutput(_Output):
     """7zz's stdout as a 1 MiB pipe (where there are no Unix sockets)."""
 
     SLICE = 1 << 20
@@ -255,14 +262,8 @@ class _PipeOutput:
         except (ImportError, OSError):
             pass
 
-    def read_into(self, view: memoryview) -> int:
-        got = 0
-        while got < len(view):
-            n = self.stdout.readinto(view[got:])
-            if not n:
-                break
-            got += n
-        return got
+    def _read_some(self, view: memoryview) -> int:
+        return self.stdout.readinto(view)
 
     def close(self) -> None:
         self.stdout.close()
