@@ -403,3 +403,21 @@ def test_an_external_store_sharing_ids_with_the_main_one_is_refused(data, tmp_pa
     with pytest.raises(RunError, match="shares .* id"):
         train(config(data, tmp_path / "run", external=(str(tmp / "train.zarr"),)))
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_compiled_training_saves_plain_weights_that_predict_reads(data, tmp_path):
+    """``--compile`` (torch.compile of the model and loss, inductor on the CPU here) trains,
+    validates and checkpoints; the checkpoint holds the plain model's names (no ``_orig_mod.``),
+    so predict loads it without compiling anything, and the first epoch's loss agrees with
+    eager training to compiled precision."""
+    _, tmp = data
+    eager = train(config(data, tmp_path / "eager", epochs=1))
+    compiled = train(config(data, tmp_path / "compiled", epochs=1, compile=True))
+    weights = torch.load(tmp_path / "compiled" / "checkpoints" / "best.pt", map_location="cpu", weights_only=False)
+    assert not [k for k in weights["model"] if "_orig_mod" in k]
+    assert weights["model"].keys() == torch.load(tmp_path / "eager" / "checkpoints" / "best.pt", map_location="cpu",
+                                                 weights_only=False)["model"].keys()
+    assert compiled["train_loss"] == pytest.approx(eager["train_loss"], rel=0.05)
+    ids, probs, _ = predict(tmp / "test.zarr", [tmp_path / "compiled"], workers=0, device="cpu")
+    assert probs.shape == (len(ids), 28) and np.isfinite(probs).all()
