@@ -6,7 +6,6 @@ coordinator (:class:`.builder.StoreBuilder`) marks samples done, so a re-run res
 from __future__ import annotations
 
 import os
-
 from collections.abc import Callable
 from pathlib import Path
 
