@@ -30,6 +30,7 @@ from .archive import VOLUME_SUFFIX, ArchiveError, Deliver, Member, volume_paths
 
 
 def label() -> str:
+    """The decoder line ``ingest`` and ``extract`` print."""
     return f"py7zr {py7zr.__version__} (one thread per solid block)"
 
 
