@@ -257,7 +257,7 @@ def _print_cluster(info: dict) -> None:
     from tqdm import tqdm
 
     if info["scheduler"].startswith("this process"):
-        tqdm.write("dask: not started; --workers 1 runs each sample in this process", file=sys.stderr)
+        tqdm.write("dask: not started; one worker (--workers 1) runs each sample in this process", file=sys.stderr)
         return
     dashboard = (f"; dashboard {info['dashboard']}" if info["dashboard"] else
                  " (no dashboard: it comes with --cluster processes, a recipe or --scheduler, and needs bokeh)")
