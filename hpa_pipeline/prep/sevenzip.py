@@ -14,8 +14,8 @@ How members stream: for each solid block, one ``7zz x -so`` process is given the
 members of that block in a list file and writes their bytes to its stdout in archive order;
 the sizes from the listing cut that stream into members (read through a Unix socket, which
 needs the GIL once per 8 MiB instead of once per 1 MiB pipe read: see :class:`_SocketOutput`),
-each checked against its listed CRC here (one damaged member fails one sample; a bad CRC makes 7zz exit non-zero, which is then
-not an archive error). Blocks are decoded by separate processes at once (up to ``processes``);
+each checked against its listed CRC here (one damaged member fails one sample; a bad CRC makes
+7zz exit non-zero, which is then not an archive error). Blocks are decoded by separate processes at once (up to ``processes``);
 7-Zip uses its own threads within a block. The contract is :func:`.archive.stream_members`'s.
 """
 from __future__ import annotations
@@ -200,21 +200,7 @@ def _error_text(text: str) -> str:
 USE_SOCKET = hasattr(socket, "AF_UNIX") and sys.platform != "win32"
 
 
-class _Output:
-    """Where 7zz's stdout goes; :meth:`read_into` fills a buffer from it."""
-
-    def read_into(self, view: memoryview) -> int:
-        """Fill ``view`` (fewer bytes only at the end of the stream); returns the bytes read."""
-        got = 0
-        while got < len(view):
-            n = self._read_some(view[got:])
-            if not n:
-                break
-            got += n
-        return got
-
-
-class _SocketOutput(_Output):
+class _SocketOutput:
     """7zz's stdout as a Unix socket: a member arrives through one ``recv_into(MSG_WAITALL)`` per
     slice, which waits in the kernel without the GIL until the slice is full.
 
@@ -240,14 +226,15 @@ class _SocketOutput(_Output):
     def started(self, process) -> None:
         self.theirs.close()  # 7zz holds its own copy: our side sees the end when 7zz exits
 
-    def _read_some(self, view: memoryview) -> int:
-        return self.ours.recv_into(view, len(view), socket.MSG_WAITALL)  # all of it, unless the stream ends
+    def read_some(self, view: memoryview) -> int:
+        """Bytes read into ``view``: all of it, unless the stream ends (0 at its end)."""
+        return self.ours.recv_into(view, len(view), socket.MSG_WAITALL)
 
     def close(self) -> None:
         self.ours.close()
 
 
-class _PipeOutput(_Output):
+class _PipeOutput:
     """7zz's stdout as a 1 MiB pipe (where there are no Unix sockets)."""
 
     SLICE = 1 << 20
@@ -262,7 +249,8 @@ class _PipeOutput(_Output):
         except (ImportError, OSError):
             pass
 
-    def _read_some(self, view: memoryview) -> int:
+    def read_some(self, view: memoryview) -> int:
+        """Bytes read into ``view``: what the pipe holds, up to its size (0 at the stream's end)."""
         return self.stdout.readinto(view)
 
     def close(self) -> None:
@@ -274,14 +262,13 @@ def _read_member(output, entry: Entry, on_bytes) -> tuple[bytearray, int, int]:
     data, crc, got = bytearray(entry.size), 0, 0
     view = memoryview(data)
     while got < entry.size:
-        part = view[got:got + output.SLICE]
-        n = output.read_into(part)
-        crc = zlib.crc32(part[:n], crc)  # without the GIL, as the read
-        got += n
-        if on_bytes is not None and n:
-            on_bytes(n)
-        if n < len(part):
+        n = output.read_some(view[got:got + output.SLICE])
+        if not n:
             break
+        crc = zlib.crc32(view[got:got + n], crc)  # without the GIL, as the read
+        got += n
+        if on_bytes is not None:
+            on_bytes(n)
     return data, crc, got
 
 
