@@ -215,7 +215,6 @@ def area_resize(image: np.ndarray, size: int, upscale: bool = False) -> np.ndarr
     return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
 
 
-
 def _working_precision(image: np.ndarray) -> np.ndarray:
     """The source in the precision the levels are averaged in.
 
