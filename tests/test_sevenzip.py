@@ -60,3 +60,19 @@ def test_ingest_and_extract_print_the_layout_and_the_decoder(files, tmp_path):
     assert "a.7z: 3 members in 1 solid block(s); methods LZMA2:18; first block: independent LZMA2 chunks" \
         in result.output, result.output
     assert "decoder 7-Zip" in result.output
+
+
+def test_member_crc_is_zlibs_crc32_with_running_values():
+    """The fast CRC-32 that both decoders check members with gives zlib's values, also when a
+    member arrives in slices (the running value carried from slice to slice)."""
+    import zlib
+
+    from hpa_pipeline.prep.checksum import crc32
+
+    data = np.random.default_rng(3).integers(0, 256, 3 * 2**20 + 17, dtype=np.uint8).tobytes()
+    assert crc32(data) == zlib.crc32(data)
+    assert crc32(b"") == 0
+    running = 0
+    for start in range(0, len(data), 1 << 20):
+        running = crc32(memoryview(data)[start:start + (1 << 20)], running)
+    assert running == zlib.crc32(data)

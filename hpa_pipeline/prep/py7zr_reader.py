@@ -18,7 +18,6 @@ Facts this module is built on (py7zr 1.x):
 """
 from __future__ import annotations
 
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from py7zr.helpers import get_sanitized_output_path
 from py7zr.io import Py7zIO, WriterFactory
 
 from .archive import VOLUME_SUFFIX, ArchiveError, Deliver, Member, volume_paths
+from .checksum import crc32
 
 
 def label() -> str:
@@ -68,7 +68,7 @@ class _MemberSink(Py7zIO):
     def write(self, s) -> int:
         data = bytes(s)
         self.parts.append(data)
-        self.crc = zlib.crc32(data, self.crc)
+        self.crc = crc32(data, self.crc)
         self.length += len(data)
         if self.on_bytes is not None:
             self.on_bytes(len(data))

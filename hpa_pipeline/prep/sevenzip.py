@@ -28,10 +28,11 @@ import subprocess
 import sys
 import tempfile
 import threading
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .checksum import crc32
 
 MIN_VERSION = (18, 3)
 
@@ -265,7 +266,7 @@ def _read_member(output, entry: Entry, on_bytes) -> tuple[bytearray, int, int]:
         n = output.read_some(view[got:got + output.SLICE])
         if not n:
             break
-        crc = zlib.crc32(view[got:got + n], crc)  # without the GIL, as the read
+        crc = crc32(view[got:got + n], crc)  # without the GIL, as the read
         got += n
         if on_bytes is not None:
             on_bytes(n)
