@@ -10,10 +10,26 @@ from .helpers import random_sample, tiff_bytes
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
 @pytest.mark.parametrize("compression", [None, "zlib", "lzw", "zstd", "packbits"])
 @pytest.mark.parametrize("tile", [None, (64, 64)])
-def test_reads_strips_or_tiles_any_codec_8_or_16_bit(dtype, compression, tile):
+@pytest.mark.parametrize("container", [bytes, bytearray])  # archive members arrive as bytearray
+def test_reads_strips_or_tiles_any_codec_8_or_16_bit(dtype, compression, tile, container):
     image = np.random.default_rng(0).integers(0, np.iinfo(dtype).max, (192, 192), dtype=dtype)
-    decoded = read_tiff(tiff_bytes(image, compression, tile), "x_red.tif")
+    decoded = read_tiff(container(tiff_bytes(image, compression, tile)), "x_red.tif")
     assert decoded.dtype == dtype and np.array_equal(decoded, image)
+
+
+def test_a_file_in_memory_reads_like_bytesio():
+    """MemoryFile (TIFFs read from archive buffers without a copy) seeks and reads as io.BytesIO."""
+    import io
+
+    from hpa_pipeline.prep.imaging import MemoryFile
+
+    data = bytearray(range(256)) * 4
+    ours, theirs = MemoryFile(data), io.BytesIO(bytes(data))
+    for whence, offset, size in [(0, 10, 5), (1, 3, 0), (2, -7, 20), (0, 2000, 4), (1, -1990, 300), (0, 0, -1)]:
+        assert ours.seek(offset, whence) == theirs.seek(offset, whence)
+        assert ours.read(size) == theirs.read(size) and ours.tell() == theirs.tell()
+    with pytest.raises(ValueError):
+        ours.seek(-1)
 
 
 @pytest.mark.parametrize("byteorder", ["<", ">"])
@@ -49,9 +65,10 @@ def test_reads_from_a_path_and_squeezes_a_leading_axis(tmp_path):
     (b"", "unreadable TIFF"),
 ])
 def test_bad_tiffs_name_the_file_and_the_cause(data, message):
-    with pytest.raises(ImageError) as err:
-        read_tiff(data, "abc_green.tif")
-    assert str(err.value).startswith("abc_green.tif: ") and message in str(err.value)
+    for container in (bytes, bytearray):
+        with pytest.raises(ImageError) as err:
+            read_tiff(container(data), "abc_green.tif")
+        assert str(err.value).startswith("abc_green.tif: ") and message in str(err.value)
 
 
 def test_corrupt_compressed_data_is_an_image_error():
@@ -68,6 +85,25 @@ def expected_levels(channels, size, levels, scale=1.0):
         f = source.shape[-1] // s
         out[s] = np.rint(source.reshape(4, s, f, s, f).mean(axis=(2, 4)) / scale)
     return out
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("factor", [3, 4, 16])
+def test_integer_block_means_equal_opencvs_area_average(dtype, factor):
+    """The integer block sums used for factors of 3 or more (3072 -> 1024) give exactly the
+    working-precision level that OpenCV's INTER_AREA gives from the widened source; extreme
+    values included (all-max blocks, the largest 8-bit sum a uint16 holds at 16x16)."""
+    import cv2
+
+    from hpa_pipeline.prep.imaging import _block_mean, _working_precision
+
+    top = np.iinfo(dtype).max
+    image = np.random.default_rng(factor).integers(0, top, (48 * factor, 48 * factor), dtype=dtype, endpoint=True)
+    image[:factor, :factor] = top
+    ours = _block_mean(image, factor)
+    theirs = cv2.resize(_working_precision(image), (48, 48), interpolation=cv2.INTER_AREA)
+    assert ours.dtype == theirs.dtype and np.array_equal(ours, theirs)
+    assert ours[0, 0] == (65280 if dtype == np.uint8 else top)
 
 
 @pytest.mark.parametrize("source", [256, 384])  # 2x and 3x exact block means, like 2048 and 3072 -> 1024

@@ -30,7 +30,9 @@ TIFF edge cases (as met in microscopy archives), all read by tifffile with image
 
 Resampling is an area average (OpenCV ``INTER_AREA``: for integer factors, 2048→1024 and
 3072→1024, it is the exact block mean; other ratios are area-weighted), kept at sub-grey-level
-precision through the halvings and rounded once per level (see :func:`make_levels`).
+precision through the halvings and rounded once per level (see :func:`make_levels`). Integer
+factors of 3 or more (3072→1024) are summed block by block in integers instead
+(:func:`_block_mean`): the same values, in two thirds of the time.
 
 16-bit sources become ``uint8`` by the linear full-range rule ``round(v / 257)`` (65535 → 255),
 applied after averaging (so within one grey level of the float result); it keeps intensities
@@ -75,7 +77,7 @@ def read_image(source: bytes | str | Path, name: str | None = None, filt: str | 
         raise ImageError(f"{label}: not a TIFF, PNG or JPEG file")
     import imagecodecs
 
-    data = bytes(source) if isinstance(source, (bytes, bytearray, memoryview)) else Path(source).read_bytes()
+    data = source if isinstance(source, (bytes, bytearray, memoryview)) else Path(source).read_bytes()
     try:
         image = imagecodecs.png_decode(data) if suffix == ".png" else imagecodecs.jpeg8_decode(data)
     except Exception as exc:  # truncated or corrupt file
@@ -127,7 +129,7 @@ def read_tiff(source: bytes | str | Path, name: str | None = None) -> np.ndarray
     """Decode one single-channel HPA TIFF from bytes or a path into a 2-D uint8/uint16 array."""
     label = name or (str(source) if not isinstance(source, (bytes, bytearray, memoryview)) else "<bytes>")
     try:
-        handle = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
+        handle = MemoryFile(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
         with tifffile.TiffFile(handle) as tif:
             if len(tif.pages) != 1:
                 raise ImageError(f"{label}: {len(tif.pages)} pages, expected one single-channel image")
@@ -146,6 +148,43 @@ def read_tiff(source: bytes | str | Path, name: str | None = None) -> np.ndarray
     if image.dtype not in SUPPORTED_DTYPES:
         raise ImageError(f"{label}: sample type {image.dtype}, expected uint8 or uint16")
     return image
+
+
+class MemoryFile(io.RawIOBase):
+    """A read-only, seekable file over bytes already in memory, without copying them.
+
+    Why: ``io.BytesIO`` copies anything that is not ``bytes``, and archive members arrive as
+    ``bytearray`` (filled in place by the decoder). For a 3072² channel that copy, with the
+    page faults of its fresh 9.4 MB, cost 4-5 ms: a quarter of a sample's TIFF reading.
+    """
+
+    def __init__(self, data: bytes | bytearray | memoryview):
+        super().__init__()
+        self._view = memoryview(data).cast("B")
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: len(self._view)}[whence]
+        if base + offset < 0:
+            raise ValueError(f"negative seek position {base + offset}")
+        self._position = base + offset
+        return self._position
+
+    def readinto(self, buffer) -> int:
+        target = memoryview(buffer).cast("B")
+        part = self._view[self._position:self._position + len(target)]  # empty past the end
+        target[:len(part)] = part
+        self._position += len(part)
+        return len(part)
 
 
 def _uncompressed_view(page, source, byteorder: str) -> np.ndarray | None:
@@ -228,6 +267,40 @@ def _working_precision(image: np.ndarray) -> np.ndarray:
     return image.astype(np.float32)
 
 
+#: integer factors summed by :func:`_block_mean` (16² 8-bit values still fit a uint16 sum)
+BLOCK_FACTORS = range(3, 17)
+
+
+def _first_level(image: np.ndarray, size: int, upscale: bool) -> np.ndarray:
+    """The largest level, in working precision, from a square source."""
+    factor, rest = divmod(image.shape[0], size)
+    if rest == 0 and factor in BLOCK_FACTORS:
+        return _block_mean(image, factor)
+    return area_resize(_working_precision(image), size, upscale)
+
+
+def _block_mean(image: np.ndarray, k: int) -> np.ndarray:
+    """The ``k``×``k`` block means of ``image`` in working precision (see
+    :func:`_working_precision`), equal to OpenCV's ``INTER_AREA`` on the widened source.
+
+    Why: OpenCV has a vectorised path only for 2×2 blocks; for 3×3 (3072→1024) adding
+    strided rows, then strided columns, in integers takes two thirds of the time of widening
+    the source and resizing it. Exact: the sums are integers; an 8-bit mean is rounded once to
+    1/256 (``k²`` up to 16² never makes a tie), a 16-bit mean is a float32 of an exact sum.
+    """
+    wide = np.uint16 if image.dtype == np.uint8 else np.uint32
+    rows = image[0::k].astype(wide)
+    for i in range(1, k):
+        rows += image[i::k]
+    sums = rows[:, 0::k].copy()
+    for j in range(1, k):
+        sums += rows[:, j::k]
+    area = k * k
+    if image.dtype == np.uint8:
+        return ((sums.astype(np.uint32) * 256 + area // 2) // area).astype(np.uint16)
+    return sums.astype(np.float32) * np.float32(1 / area)
+
+
 def _to_store(level: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Round a working-precision level to the store's dtype (uint16 sources to uint8: v / 257)."""
     if level.dtype == np.uint16:  # an 8-bit source with 8 fractional bits
@@ -249,7 +322,7 @@ def make_levels(channels: dict[str, np.ndarray], size: int, levels: int, dtype="
     shape, bits = check_channels(channels, sample_id)
     sizes = level_sizes(size, levels)
     try:
-        work = [area_resize(_working_precision(channels[f]), size, upscale) for f in FILTERS]
+        work = [_first_level(channels[f], size, upscale) for f in FILTERS]
     except ImageError as exc:
         raise ImageError(f"{sample_id}: {exc}") from None
     out = {}
