@@ -88,11 +88,11 @@ def expected_levels(channels, size, levels, scale=1.0):
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
-@pytest.mark.parametrize("factor", [3, 4, 16])
-def test_integer_block_means_equal_opencvs_area_average(dtype, factor):
-    """The integer block sums used for factors of 3 or more (3072 -> 1024) give exactly the
-    working-precision level that OpenCV's INTER_AREA gives from the widened source; extreme
-    values included (all-max blocks, the largest 8-bit sum a uint16 holds at 16x16)."""
+@pytest.mark.parametrize("factor", [3, 4])
+def test_block_means_equal_opencvs_area_average(dtype, factor):
+    """The block sums used for factors 3 and 4 (3072 -> 1024, 4096 -> 1024) give the
+    working-precision level that OpenCV's INTER_AREA gives from the widened source: exactly for
+    8-bit sources, within float32 rounding for 16-bit ones; all-max blocks included."""
     import cv2
 
     from hpa_pipeline.prep.imaging import _block_mean, _working_precision
@@ -102,7 +102,11 @@ def test_integer_block_means_equal_opencvs_area_average(dtype, factor):
     image[:factor, :factor] = top
     ours = _block_mean(image, factor)
     theirs = cv2.resize(_working_precision(image), (48, 48), interpolation=cv2.INTER_AREA)
-    assert ours.dtype == theirs.dtype and np.array_equal(ours, theirs)
+    assert ours.dtype == theirs.dtype
+    if dtype == np.uint8:
+        assert np.array_equal(ours, theirs)
+    else:
+        assert np.allclose(ours, theirs, rtol=0, atol=top * 2e-7)  # float32 rounding of values up to 65535
     assert ours[0, 0] == (65280 if dtype == np.uint8 else top)
 
 
