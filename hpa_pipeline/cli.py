@@ -10,9 +10,15 @@ import os
 import sys
 from pathlib import Path
 
-import click
+# NumPy's OpenBLAS starts a thread per core at import, and they spin: ~0.2 CPU-s of every
+# command, taken on 2 cores from the 7zz that ingest runs beside it. No stage does its work in
+# NumPy's BLAS (the parallelism is Dask's tasks, the loader's workers, torch's own threads).
+# Set before anything imports NumPy; a value the user set is kept.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from . import __version__
+import click  # noqa: E402
+
+from . import __version__  # noqa: E402
 
 DEFAULT_LABELS_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "kaggle" / "train.csv"
 

@@ -27,6 +27,20 @@ def test_python_dash_m_entry_point_works_without_make():
     assert "synth" in out.stdout
 
 
+def test_numpys_blas_threads_are_one_unless_the_user_says_otherwise():
+    """The CLI keeps NumPy's OpenBLAS to one thread (its idle pool spun ~0.2 CPU-s a command
+    beside ingest's decoder), set before NumPy loads; a user's own setting wins."""
+    import os
+
+    probe = ("import sys, os, hpa_pipeline.cli; assert 'numpy' not in sys.modules; import numpy; "
+             "print(os.environ['OPENBLAS_NUM_THREADS'])")
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    ours = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env)
+    theirs = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                            env={**env, "OPENBLAS_NUM_THREADS": "4"})
+    assert ours.stdout.strip() == "1" and theirs.stdout.strip() == "4"
+
+
 def test_console_script_is_installed():
     from importlib.metadata import entry_points
 
