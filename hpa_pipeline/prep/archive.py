@@ -265,8 +265,9 @@ def _entry_member(entry) -> Member:
 def _stream_with_7zz(seven, path, wanted, deliver: Deliver, on_bytes) -> None:
     from .sevenzip import stream_members as stream_7zz
 
+    layout = _layout(seven, path)
     members = {}
-    for entry in _layout(seven, path).entries:
+    for entry in layout.entries:
         m = _entry_member(entry)
         if not m.is_dir and m.unsafe_reason() is None and wanted(m):
             members[id(entry)] = (entry, m)
@@ -280,7 +281,8 @@ def _stream_with_7zz(seven, path, wanted, deliver: Deliver, on_bytes) -> None:
             delivered.add(entry.name)
         deliver(members[id(entry)][1], data, error)
 
-    errors = stream_7zz(seven, volume_paths(path)[0], [e for e, _ in members.values()], hand_on, on_bytes)
+    errors = stream_7zz(seven, volume_paths(path)[0], [e for e, _ in members.values()], hand_on, on_bytes,
+                        layout=layout)
     if errors:
         raise ArchiveError(f"{path}: archive is damaged or truncated (7zz: {errors[0]})")
 
