@@ -40,8 +40,8 @@ WITH_PY7ZR = os.environ.get("DECODER_PY7ZR", "1") == "1"  # the py7zr ingest too
 REPEATS = int(os.environ.get("DECODER_REPEATS", 3))  # 7zz t and ingest alternate; the fastest of each counts
 CORES = os.cpu_count() or 1
 PACKINGS = {  # name: 7zz a switches; (b) and (c) written with as many threads as this machine has
-    "a: 1 block, 1 thread (-mmt1)": ["-m0=lzma2", "-mx=3", "-mmt1", "-ms=on"],
-    f"b: 1 block, {CORES} threads (LZMA2 chunks)": ["-m0=lzma2", "-mx=3", f"-mmt{CORES}", "-md=1m", "-ms=on"],
+    "a: solid, 1 thread (-mmt1: one LZMA2 stream a block)": ["-m0=lzma2", "-mx=3", "-mmt1", "-ms=on"],
+    f"b: solid, {CORES} threads (LZMA2 chunks)": ["-m0=lzma2", "-mx=3", f"-mmt{CORES}", "-md=1m", "-ms=on"],
     "c: a block per 8 files": ["-m0=lzma2", "-mx=3", f"-mmt{CORES}", "-ms=8f"],
 }
 
