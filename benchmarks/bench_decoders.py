@@ -1,10 +1,11 @@
 """ingest against 7-Zip's own decoding time, on three ways an archive can be packed (issue 13).
 
 The same uncompressed full-size TIFFs (as in the real archives, LZMA2 really codes the data)
-packed by 7-Zip three ways: (a) one solid LZMA2 block written by one thread (one stream that no
-decoder can split), (b) one solid block written by several threads (independent LZMA2 chunks,
-which 7zz decodes on several threads), (c) many solid blocks (decoded by several processes).
-For each: ``7zz t`` (7-Zip decoding to nowhere, all threads: the floor), ``hpa-pipe ingest
+packed by 7-Zip three ways: (a) solid, written by one thread (one LZMA2 stream per solid block,
+which no decoder can split; 16 samples make one block, 48 make two), (b) solid, written by
+several threads (independent LZMA2 chunks, which 7zz decodes on several threads), (c) a solid
+block per 8 files (decoded by several processes). For each: ``7zz t`` (7-Zip decoding to
+nowhere, all threads, one block after another: the floor), ``hpa-pipe ingest
 --decoder 7zz`` and ``--decoder py7zr`` as whole commands; target ingest <= 1.15x the floor.
 
 Beside the wall times: the CPU seconds of each command (7zz's processes included), ingest's
