@@ -83,12 +83,12 @@ MiB = 1 << 20
 
 @pytest.mark.parametrize("blocks, chunk, cores, plan", [
     ([260 * MiB], 4 * MiB, 2, (1, None)),  # one block: one 7zz, all its threads
+    ([260 * MiB, 239 * MiB, 1], 4 * MiB, 2, (2, 1)),  # blocks share out evenly: a process per core
     ([260 * MiB] * 5 + [52 * MiB], None, 2, (2, 1)),  # one stream per block: a process per core
-    ([260 * MiB] * 5 + [52 * MiB], 4 * MiB, 2, (1, None)),  # 65 chunks a block: one 7zz, every core (as 7zz t)
+    ([260 * MiB] * 5 + [52 * MiB], 4 * MiB, 2, (1, None)),  # uneven, 65 chunks a block: one 7zz, every core
     ([260 * MiB] * 5 + [52 * MiB], None, 16, (6, 2)),  # streams: as many processes as blocks
-    ([55 * MiB] * 6, 16 * MiB, 2, (1, None)),  # 4 chunks a block, few blocks for 2 cores: one process
-    ([55 * MiB] * 8, 16 * MiB, 2, (2, 1)),  # 4 blocks a core: a process per core, the tail is short
-    ([55 * MiB] * 8, 16 * MiB, 16, (4, 4)),  # 4 chunks a block, 16 cores: 4 processes of 4 threads
+    ([55 * MiB] * 8, 16 * MiB, 2, (2, 1)),  # even over 2 cores
+    ([55 * MiB] * 8, 16 * MiB, 16, (4, 4)),  # 8 blocks, 16 cores: 4 processes of 4 threads (4 chunks a block)
     ([55 * MiB] * 100, None, 16, (16, 1)),
 ])
 def test_the_decoding_plan_uses_the_archives_blocks_and_chunks(blocks, chunk, cores, plan):

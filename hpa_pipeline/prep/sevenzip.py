@@ -343,8 +343,9 @@ def stream_block(seven: SevenZip, archive: str | Path, entries: list[Entry], del
     return None
 
 
-#: blocks per core from which :func:`decoding_plan` runs a process per core whatever the chunks
-BLOCKS_PER_PROCESS = 4
+#: how much longer than an even split of the blocks over the cores a process-per-core run may
+#: take (its last blocks running on fewer cores) before :func:`decoding_plan` uses threads
+TAIL_SLACK = 1.1
 
 
 def decoding_plan(block_sizes: list[int], chunk: int | None, cores: int) -> tuple[int, int | None]:
@@ -352,25 +353,34 @@ def decoding_plan(block_sizes: list[int], chunk: int | None, cores: int) -> tupl
     own choice, all cores).
 
     A block written as one LZMA2 stream decodes on one thread, so such blocks get a process
-    each, as many at once as there are cores. A block written in independent chunks decodes on
-    as many threads as it has chunks, so where there are few blocks for the cores, fewer
-    processes run, with more threads each: one process with every core where a block has a
-    chunk per core (as ``7zz t`` decodes). Why not a process per core always: with 1-thread
-    processes, the last big blocks of a run are left to one core each while the others idle
-    (6 blocks of 260 MB on 2 cores: 1.33x the time of ``7zz t``, 1.26-1.30x with one process).
-    Why not always threads: a block of a few chunks leaves threads idle at its end and a new
-    process starts per block (8 blocks of 4 chunks on 2 cores: 1.16-1.20x with a process per
-    core, 1.23-1.33x with one process), so with ``BLOCKS_PER_PROCESS`` blocks or more a core,
-    where the tail is short, every core gets a process. The chunk size is read from the first
-    block (:func:`scan_lzma2`); the others are taken to be packed alike.
+    each, as many at once as there are cores. A block written in independent chunks can also
+    decode on as many threads as it has chunks. A process per core (one thread each) is still
+    best where the blocks share out evenly over the cores; where they do not, the last blocks
+    run on fewer cores while the others idle (6 blocks of 260 MB, 4 MiB chunks, on 2 cores:
+    12.9-13.5 s against 12.3-12.7 s with one 7zz using both cores), so fewer processes run
+    with more threads each: one process with every core where a block has a chunk per core,
+    as ``7zz t`` decodes. (2 blocks of 250 MB on 2 cores: 4.8-5.2 s a process per core,
+    4.9-5.7 s one process.) The chunk size is read from the first block (:func:`scan_lzma2`);
+    the others are taken to be packed alike.
     """
     if len(block_sizes) <= 1:
         return 1, None
-    per_block = 1
-    if chunk and len(block_sizes) < BLOCKS_PER_PROCESS * cores:
+    per_core = min(cores, len(block_sizes))
+    if chunk and _makespan(block_sizes, per_core) > TAIL_SLACK * sum(block_sizes) / cores:
         per_block = max(1, math.ceil(sorted(block_sizes)[len(block_sizes) // 2] / chunk))
-    processes = max(1, min(len(block_sizes), math.ceil(cores / per_block)))
+        processes = max(1, min(len(block_sizes), math.ceil(cores / per_block)))
+    else:
+        processes = per_core
     return processes, (None if processes == 1 else max(1, cores // processes))
+
+
+def _makespan(sizes: list[int], workers: int) -> int:
+    """The largest load when ``workers`` take the blocks in archive order, each the next block
+    as soon as it is free (as :func:`stream_members` hands them out)."""
+    loads = [0] * workers
+    for size in sizes:
+        loads[loads.index(min(loads))] += size
+    return max(loads)
 
 
 def stream_members(seven: SevenZip, archive: str | Path, entries: list[Entry], deliver,
