@@ -95,3 +95,25 @@ def test_export_ngff_validates_and_reads_back_pixel_identical(stores, tmp_path):
             assert np.array_equal(np.asarray(node.data[level]), root[f"images/{size}"][k])
     bad = CliRunner().invoke(cli, ["export-ngff", str(train), "--ids", "nope", "--out", str(tmp_path)])
     assert bad.exit_code == 1 and "not in" in bad.output and "nope" in bad.output
+
+
+def test_inner_chunks_are_one_blosc_block_each(tmp_path):
+    """Blosc's zstd restarts on every block: the store asks for one block per inner chunk
+    (the smallest level's chunk is the level itself), and zarr reads it back."""
+    from hpa_pipeline.contract.labels import SampleTable
+    from hpa_pipeline.contract.store import create_store, write_levels
+
+    table = SampleTable(ids=("a", "b"), labels=None)
+    for dtype, itemsize in (("uint8", 1), ("uint16", 2)):
+        spec = StoreSpec(size=128, levels=3, chunk=64, dtype=dtype)
+        root = create_store(tmp_path / f"{dtype}.zarr", table, spec)
+        for s in (128, 64, 32):
+            (blosc,) = root[f"images/{s}"].compressors
+            assert blosc.cname.value == "zstd" and blosc.clevel == 1
+            assert blosc.blocksize == min(64, s) ** 2 * itemsize
+        rng = np.random.default_rng(0)
+        levels = {s: rng.integers(0, 200, (4, s, s)).astype(dtype) for s in (128, 64, 32)}
+        write_levels(str(tmp_path / f"{dtype}.zarr"), 1, levels)
+        for s, image in levels.items():
+            assert np.array_equal(zarr.open_array(str(tmp_path / f"{dtype}.zarr"), path=f"images/{s}")[1], image)
+    assert StoreSpec(codec="none").compressors(4096) is None
