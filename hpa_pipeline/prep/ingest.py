@@ -21,7 +21,7 @@ from .builder import BuildReport, StoreBuilder
 from ..contract.labels import FILTERS, read_sample_table
 from .scheduler import WORKER_TIMEOUT, check_cluster_choice, dask_client, in_flight_limit, run_bounded
 from ..contract.store import StoreSpec
-from .tasks import process_sample
+from .tasks import keep_freed_buffers, process_sample
 
 _END = object()
 
@@ -51,6 +51,7 @@ def ingest(archive: str | Path, csv: str | Path, out: str | Path, spec: StoreSpe
     while decoding fails the samples not yet complete and is recorded in the report.
     """
     workers = workers or ingest_workers()
+    keep_freed_buffers()  # before the decoder thread allocates the first member buffers
     table = read_sample_table(csv)
     check_cluster_choice(scheduler, cluster)  # before the store is created
     listing = catalogue(list_members(archive, decoder))
