@@ -179,13 +179,15 @@ def test_channel_sums_are_the_exact_sums_and_sums_of_squares(dtype):
 
     rng = np.random.default_rng(3)
     top = np.iinfo(dtype).max
-    levels = {s: rng.integers(0, top, (4, s, s), dtype=dtype, endpoint=True) for s in (64, 32)}
+    sizes = (1024, 64, 32)
+    levels = {s: rng.integers(0, top, (4, s, s), dtype=dtype, endpoint=True) for s in sizes}
     levels[64][1] = top  # a saturated channel: the last bin counts
+    levels[1024][2] = top
     sums = channel_sums(levels)
-    for k, s in enumerate((64, 32)):
-        values = levels[s].reshape(4, -1).astype(np.float64)
-        assert np.array_equal(sums[k, :, 0], values.sum(axis=1))
-        assert np.array_equal(sums[k, :, 1], (values ** 2).sum(axis=1))
+    for k, s in enumerate(sizes):
+        values = levels[s].reshape(4, -1).astype(np.int64)
+        assert sums[k, :, 0].tolist() == values.sum(axis=1).tolist()
+        assert sums[k, :, 1].tolist() == (values ** 2).sum(axis=1).tolist()
 
 
 FREED_BUFFER_SCRIPT = """

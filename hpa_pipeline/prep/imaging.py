@@ -336,15 +336,19 @@ def make_levels(channels: dict[str, np.ndarray], size: int, levels: int, dtype="
 
 def channel_sums(levels: dict[int, np.ndarray]) -> np.ndarray:
     """``(L, 4, 2)`` per-level, per-channel sum and sum of squares, for the store's statistics
-    (``channel_sums`` of the store contract), levels largest first.
+    (``channel_sums`` of the store contract), levels largest first; exact integers.
 
-    Computed exactly from each channel's histogram: OpenCV's ``calcHist`` (4x NumPy's
-    ``bincount``, and it releases the GIL, which matters with many worker threads); its float32
-    counts are exact below 2**24 pixels (4096²), larger levels use ``bincount``.
+    8-bit levels: OpenCV's ``sumElems`` and squared L2 norm, one vectorised pass each (a
+    seventh of the histogram's time); the norm is accumulated in floating point, off by far
+    less than 0.5 below 2**53 / 255² pixels, so rounding makes it exact. 16-bit levels, whose
+    squares could pass 2**53: from each channel's histogram.
     """
     out = np.zeros((len(levels), 4, 2))
     for k, size in enumerate(sorted(levels, reverse=True)):
         for c, channel in enumerate(levels[size]):
+            if channel.dtype == np.uint8:
+                out[k, c] = cv2.sumElems(channel)[0], np.rint(cv2.norm(channel, cv2.NORM_L2SQR))
+                continue
             counts = _histogram(channel)
             values = np.arange(counts.size, dtype=np.float64)
             weighted = counts * values
