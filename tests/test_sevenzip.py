@@ -93,3 +93,34 @@ MiB = 1 << 20
 ])
 def test_the_decoding_plan_uses_the_archives_blocks_and_chunks(blocks, chunk, cores, plan):
     assert decoding_plan(blocks, chunk, cores) == plan
+
+
+def test_an_error_in_deliver_stops_every_block_and_reaches_the_caller(files, tmp_path):
+    """Blocks decode on their own threads: an exception raised while handing a member on (a
+    cancelled ingest, a bug) must stop all 7zz processes and reach the caller, not end one
+    thread with a traceback on stderr while the others go on."""
+    import threading
+
+    import psutil
+
+    from hpa_pipeline.prep.sevenzip import stream_members
+
+    archive = pack(files, tmp_path / "blocks.7z", "-m0=lzma2", "-mx=1", "-ms=1f")  # a block per file
+    layout = describe(SEVEN, archive)
+    assert layout.blocks == 3
+
+    class Stop(Exception):
+        pass
+
+    def deliver(entry, data, error):
+        raise Stop(entry.name)
+
+    unhandled = []
+    threading.excepthook, before = (lambda args: unhandled.append(args.exc_value)), threading.excepthook
+    try:
+        with pytest.raises(Stop):
+            stream_members(SEVEN, archive, layout.entries, deliver, processes=3)
+    finally:
+        threading.excepthook = before
+    assert unhandled == []
+    assert [p for p in psutil.Process().children(recursive=True) if "7z" in p.name()] == []

@@ -390,6 +390,8 @@ def stream_members(seven: SevenZip, archive: str | Path, entries: list[Entry], d
 
     ``processes``: 7zz processes at once (their threads share the cores); by default
     :func:`decoding_plan` decides from ``layout`` (the archive's listing), else one per core.
+    An exception raised by ``deliver`` (on any block's thread) stops every block, each 7zz
+    killed, and is raised here.
     """
     by_block: dict[int | None, list[Entry]] = {}
     for entry in entries:
@@ -410,14 +412,27 @@ def stream_members(seven: SevenZip, archive: str | Path, entries: list[Entry], d
     threads = _threads_each(workers, cores)
     pending = list(enumerate(blocks))
     results: dict[int, str | None] = {}
+    failure: list[BaseException] = []  # the first exception raised on any block's thread
+
+    def hand_on(entry, data, error):
+        if failure:  # another block's deliver raised: this block stops too (its 7zz is killed)
+            raise _Stopped
+        deliver(entry, data, error)
 
     def work():
         while True:
             with lock:
-                if not pending:
+                if not pending or failure:
                     return
                 k, block = pending.pop(0)
-            results[k] = stream_block(seven, archive, block, deliver, counted if on_bytes else None, threads)
+            try:
+                results[k] = stream_block(seven, archive, block, hand_on, counted if on_bytes else None, threads)
+            except _Stopped:
+                return
+            except BaseException as exc:  # re-raised in the caller's thread, below
+                with lock:
+                    failure.append(exc)
+                return
 
     if workers == 1:
         work()
@@ -429,4 +444,10 @@ def stream_members(seven: SevenZip, archive: str | Path, entries: list[Entry], d
             thread.start()
         for thread in pool:
             thread.join()
+    if failure:
+        raise failure[0]
     return [r for r in results.values() if r]
+
+
+class _Stopped(Exception):
+    """Raised into a block's thread when another block's thread has failed."""
