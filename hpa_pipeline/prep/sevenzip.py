@@ -22,6 +22,7 @@ how the archive was packed (:func:`decoding_plan`). The contract is
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 import os
@@ -65,13 +66,15 @@ def find_7zz() -> SevenZip | None:
     candidates += [shutil.which(name) for name in ("7zz", "7z", "7za")]
     for candidate in candidates:
         if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
-            version = _version(candidate)
+            version = _version(candidate, Path(candidate).stat().st_mtime_ns)
             if version is not None and version >= MIN_VERSION:
                 return SevenZip(candidate, version)
     return None
 
 
-def _version(program: str) -> tuple[int, int] | None:
+@functools.lru_cache(maxsize=8)
+def _version(program: str, mtime_ns: int) -> tuple[int, int] | None:
+    """7-Zip's version from its banner; run once per program file (``ingest`` asks three times)."""
     try:
         banner = subprocess.run([program], capture_output=True, text=True, timeout=20).stdout
     except (OSError, subprocess.SubprocessError):
