@@ -220,7 +220,7 @@ def _decoder_option(fn):
 def _store_arguments(options: dict) -> dict:
     """The ``_store_options`` as keyword arguments of ``build_zarr`` and ``ingest``: the layout
     options become one ``StoreSpec``, the others pass through."""
-    from .contract.store import StoreSpec
+    from .contract.spec import StoreSpec
 
     layout = {name: options.pop(name) for name in ("size", "levels", "dtype", "chunk", "codec", "clevel")}
     try:
@@ -275,7 +275,7 @@ def _run_store_command(fn, desc, **kwargs):
     from .prep.archive import ArchiveError
     from .contract.labels import LabelError
     from .prep.scheduler import ClusterError
-    from .contract.store import StoreError
+    from .contract.spec import StoreError
 
     bar = _SampleBar(desc)
     try:

@@ -192,7 +192,7 @@ def test_channel_sums_are_the_exact_sums_and_sums_of_squares(dtype):
 
 FREED_BUFFER_SCRIPT = """
 import ctypes, resource, sys
-from hpa_pipeline.prep.tasks import keep_freed_buffers
+from hpa_pipeline.prep.memory import keep_freed_buffers
 if sys.argv[1] == "on":
     assert keep_freed_buffers()
 libc = ctypes.CDLL(None)

@@ -292,3 +292,51 @@ def test_scheduler_address_runs_the_tasks_on_a_distributed_cluster(small_dataset
     assert a.written == b.written == c.written == 12
     assert_same_arrays(tmp_path / "a.zarr", tmp_path / "c.zarr")
     assert_same_arrays(tmp_path / "b.zarr", tmp_path / "c.zarr")
+
+
+def test_a_new_store_is_decoded_into_while_it_is_being_created(small_dataset, tmp_path, monkeypatch):
+    """With nothing to resume, decoding starts before the store is opened (7zz works while zarr
+    is imported, the store created and the cluster started); resuming opens the store first,
+    since its done flags say which samples are wanted."""
+    import threading
+
+    from hpa_pipeline.prep import builder as builder_module
+
+    decoded, seen = threading.Event(), []
+    real_init = builder_module.StoreBuilder.__init__
+
+    def init(self, *args, **kwargs):
+        seen.append(decoded.wait(timeout=10 if not seen else 0.5))  # any bytes decoded before the store opens?
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(builder_module.StoreBuilder, "__init__", init)
+    out = tmp_path / "s.zarr"
+    first = ingest(small_dataset.train_archive, small_dataset.train_csv, out, SPEC, on_bytes=lambda n: decoded.set())
+    decoded.clear()
+    again = ingest(small_dataset.train_archive, small_dataset.train_csv, out, SPEC, on_bytes=lambda n: decoded.set())
+    assert seen == [True, False]
+    assert first.written == 12 and again.done_before == 12 and again.written == 0
+
+
+def test_a_store_that_cannot_be_created_stops_the_decoding_it_started(small_dataset, tmp_path, monkeypatch):
+    """The error is the store's; no decoder thread or 7zz process is left running."""
+    import threading
+
+    import psutil
+
+    from hpa_pipeline.contract.store import StoreError
+    from hpa_pipeline.prep import builder as builder_module
+
+    decoded = threading.Event()
+
+    def refuse(*args, **kwargs):
+        decoded.wait(timeout=10)  # decoding is under way when the store fails
+        raise StoreError("no room for the store")
+
+    monkeypatch.setattr(builder_module, "create_store", refuse)
+    with pytest.raises(StoreError, match="no room"):
+        ingest(small_dataset.train_archive, small_dataset.train_csv, tmp_path / "s.zarr", SPEC,
+               on_bytes=lambda n: decoded.set())
+    assert decoded.is_set()
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("7z")]
+    assert not [p for p in psutil.Process().children(recursive=True) if "7z" in p.name()]

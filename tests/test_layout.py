@@ -82,6 +82,17 @@ def test_commands_start_without_torch(args):
     assert "Usage: hpa-pipe" in result.stdout
 
 
+def test_ingest_and_the_store_options_load_without_zarr_or_opencv():
+    """``ingest`` starts decoding a new store's archive before it imports zarr (0.2 s) and
+    OpenCV: the command line, the store options and the ingest module must not pull them in."""
+    code = ("import sys\nimport hpa_pipeline.cli, hpa_pipeline.prep.ingest\n"
+            "from hpa_pipeline.contract.spec import StoreSpec\nStoreSpec(size=512)\n"
+            "heavy = [m for m in ('zarr', 'cv2', 'tifffile', 'numcodecs', 'dask', 'torch') if m in sys.modules]\n"
+            "assert not heavy, heavy\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
 def test_evaluate_runs_without_torch(tmp_path):
     truth = tmp_path / "truth.csv"
     truth.write_text("Id,Target\na,0 1\nb,2\n")

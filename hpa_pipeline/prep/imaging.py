@@ -50,7 +50,7 @@ import numpy as np
 import tifffile
 
 from ..contract.labels import FILTERS
-from ..contract.store import level_sizes  # noqa: F401 - re-exported: levels are part of the store contract
+from ..contract.spec import level_sizes  # noqa: F401 - re-exported: levels are part of the store contract
 
 SUPPORTED_DTYPES = (np.uint8, np.uint16)
 UINT16_TO_UINT8 = 257.0

@@ -1,27 +1,36 @@
 """``ingest``: the store straight from a 7z or zip archive; no image is ever written to disk.
 
-A decoder thread streams the archive's members (7-Zip's ``7zz``, a process per solid block
-with its own threads; or py7zr, one core per solid block) and groups them by sample; each
-sample whose four members have arrived becomes a task, which gets the members' buffers
-(handed on, not copied). A bounded queue between the two keeps memory flat: when the tasks
-fall behind, decoding waits. Samples already done in the store are decoded past (a solid
-stream cannot be skipped) but never processed again. By default the tasks get all cores but
-one (:func:`ingest_workers`); with one worker they run in this process, without Dask.
+A decoder thread (:class:`_Decoding`) streams the archive's members (7-Zip's ``7zz``, a
+process per solid block with its own threads; or py7zr, one core per solid block) and groups
+them by sample; each sample whose four members have arrived is handed to this thread, which
+makes it a task that gets the members' buffers (handed on, not copied). A bounded number of
+samples decoded but not finished keeps memory flat: when the tasks fall behind, decoding
+waits. Samples already done in the store are decoded past (a solid stream cannot be skipped)
+but never processed again. By default the tasks get all cores but one
+(:func:`ingest_workers`); with one worker they run in this process, without Dask.
+
+A new store needs nothing from the store to know which members are wanted, so decoding
+starts first and 7zz works while zarr is imported (about 0.2 s), the store is created and
+the cluster starts; resuming reads the done flags first.
 """
 from __future__ import annotations
 
 import os
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .archive import ArchiveError, Member, catalogue, list_members, stream_members
-from .builder import BuildReport, StoreBuilder
-from ..contract.labels import FILTERS, read_sample_table
+from .archive import ArchiveError, Catalogue, Member, catalogue, list_members, stream_members
+from ..contract.labels import FILTERS, SampleTable, read_sample_table
+from ..contract.locations import is_url
+from ..contract.spec import StoreSpec
+from .memory import keep_freed_buffers
 from .scheduler import WORKER_TIMEOUT, check_cluster_choice, dask_client, in_flight_limit, run_bounded
-from ..contract.store import StoreSpec
-from .tasks import keep_freed_buffers, process_sample
+
+if TYPE_CHECKING:
+    from .builder import BuildReport
 
 _END = object()
 
@@ -55,93 +64,177 @@ def ingest(archive: str | Path, csv: str | Path, out: str | Path, spec: StoreSpe
     table = read_sample_table(csv)
     check_cluster_choice(scheduler, cluster)  # before the store is created
     listing = catalogue(list_members(archive, decoder))
+    decoding = None
+    if _is_new(out):  # nothing to resume: every sample of the CSV is wanted
+        decoding = _Decoding(archive, *_wanted(table, listing, range(len(table)), archive), decoder, on_bytes)
+    try:
+        # imported here, after decoding has started: zarr's import takes about 0.2 s
+        from .builder import StoreBuilder
+        from .tasks import process_sample
+
+        builder = StoreBuilder(out, table, spec, "ingest", source=str(archive), upscale=upscale)
+        if decoding is None:
+            decoding = _Decoding(archive, *_wanted(table, listing, builder.pending(), archive), decoder, on_bytes)
+        index_of = {sample_id: i for i, sample_id in enumerate(table.ids)}
+        for sample_id, reason in decoding.unusable.items():
+            builder.fail(index_of[sample_id], reason)
+        if progress:
+            progress(0, len(decoding.todo))
+
+        def jobs() -> Iterator:
+            for sample_id, members, error in decoding.samples():
+                if error is not None:
+                    builder.fail(index_of[sample_id], error)
+                    continue
+                names = {f: m.name for f, m in decoding.todo[sample_id].items()}
+                yield builder.job(index_of[sample_id], members, names)
+
+        def on_result(result):
+            decoding.finished()
+            builder.on_result(result)
+            if progress:
+                progress(1, len(decoding.todo))
+
+        def on_error(job, exc):
+            decoding.finished()
+            builder.on_error(job, exc)
+
+        with builder.saving_on_interrupt(), dask_client(scheduler, workers, cluster, on_cluster,
+                                                        threads_per_worker, worker_timeout) as client:
+            in_flight = in_flight_limit(client)
+            # samples decoded but not yet finished; sized for the workers there at the start (one
+            # decoder thread feeds about 4-8 cores: more workers joining later would wait on it anyway)
+            decoding.allow(in_flight())
+            run_bounded(client, process_sample, jobs(), in_flight, on_result, on_error)
+            decoding.join()
+    except BaseException:
+        if decoding is not None:
+            decoding.cancel()
+        raise
+    return builder.finish(not_in_csv=sorted(set(listing.images) - set(table.ids)), unknown_files=listing.unknown,
+                          refused=listing.refused, archive_error=decoding.archive_error)
+
+
+def _is_new(out: str | Path) -> bool:
+    """A local ``out`` that holds nothing yet: there are no done flags to read."""
+    if is_url(str(out)):
+        return False
+    path = Path(out)
+    return not path.exists() or path.is_dir() and not any(path.iterdir())
+
+
+def _wanted(table: SampleTable, listing: Catalogue, pending: Iterable[int],
+            archive: str | Path) -> tuple[dict[str, dict[str, Member]], dict[str, str]]:
+    """The ``pending`` samples the archive can give, each with its four members; and those it
+    cannot, with the reason."""
     repeated = {kept.parsed()[0]: f"{kept.parsed()[0]}: {kept.parsed()[1]} appears twice ({kept.name}, {again.name})"
                 for kept, again in listing.duplicates}
-    builder = StoreBuilder(out, table, spec, "ingest", source=str(archive), upscale=upscale)
-    index_of = {sample_id: i for i, sample_id in enumerate(table.ids)}
-
     todo: dict[str, dict[str, Member]] = {}
-    for index in builder.pending():
+    unusable: dict[str, str] = {}
+    for index in pending:
         sample_id = table.ids[index]
         members = listing.images.get(sample_id)
         if not members:
-            builder.fail(index, f"{sample_id}: not in archive {Path(archive).name}")
+            unusable[sample_id] = f"{sample_id}: not in archive {Path(archive).name}"
         elif sample_id in repeated:
-            builder.fail(index, repeated[sample_id])
+            unusable[sample_id] = repeated[sample_id]
         elif missing := [f for f in FILTERS if f not in members]:
-            builder.fail(index, f"{sample_id}: missing channel(s) {', '.join(missing)} in the archive")
+            unusable[sample_id] = f"{sample_id}: missing channel(s) {', '.join(missing)} in the archive"
         else:
             todo[sample_id] = members
-    if progress:
-        progress(0, len(todo))
-
-    wanted_names = {m.name for members in todo.values() for m in members.values()}
-    jobs: queue.Queue = queue.Queue()
-    archive_error: list[str] = []
-
-    with builder.saving_on_interrupt(), dask_client(scheduler, workers, cluster, on_cluster,
-                                                    threads_per_worker, worker_timeout) as client:
-        in_flight = in_flight_limit(client)
-        # samples decoded but not yet finished; sized for the workers there at the start (one
-        # decoder thread feeds about 4-8 cores: more workers joining later would wait on it anyway)
-        slots = threading.Semaphore(in_flight() + 2)
-        decoding = threading.Thread(
-            target=_decode, name="7z-decoder", daemon=True,
-            args=(archive, wanted_names, todo, builder, index_of, jobs, slots, archive_error, on_bytes, decoder),
-        )
-        decoding.start()
-
-        def on_result(result):
-            slots.release()
-            builder.on_result(result)
-            if progress:
-                progress(1, len(todo))
-
-        def on_error(job, exc):
-            slots.release()
-            builder.on_error(job, exc)
-
-        run_bounded(client, process_sample, iter(jobs.get, _END), in_flight, on_result, on_error)
-        decoding.join()
-
-    return builder.finish(not_in_csv=sorted(set(listing.images) - set(table.ids)), unknown_files=listing.unknown,
-                          refused=listing.refused, archive_error=archive_error[0] if archive_error else None)
+    return todo, unusable
 
 
-def _decode(archive, wanted_names, todo, builder: StoreBuilder, index_of, jobs: queue.Queue,
-            slots: threading.Semaphore, archive_error: list, on_bytes, decoder: str | None) -> None:
-    """Decoder thread: members -> complete samples -> ``jobs``; failures straight to the builder."""
-    arrived: dict[str, dict[str, bytes]] = {}
-    settled: set[str] = set()  # queued as a job, or failed
-    lock = threading.Lock()  # py7zr may call deliver from one thread per solid block
+class _Cancelled(Exception):
+    """Raised into the decoder when the ingest stops early."""
 
-    def deliver(member: Member, data: bytes | None, error: str | None) -> None:
+
+class _Decoding:
+    """The decoder thread: the archive's wanted members, grouped into complete samples.
+
+    It knows nothing of the store, so it can start before the store is opened. The samples
+    come out of :meth:`samples` as ``(sample_id, {filter: bytes}, None)``, or ``(sample_id,
+    None, reason)`` for one that cannot be had (a bad CRC, a broken stream). At most
+    :attr:`AHEAD` complete samples wait before the workers are known (:meth:`allow` adds
+    theirs), and each one taken must be given back by :meth:`finished` when its task ends:
+    that bounds the memory.
+    """
+
+    AHEAD = 2
+
+    def __init__(self, archive: str | Path, todo: dict[str, dict[str, Member]], unusable: dict[str, str],
+                 decoder: str | None, on_bytes: Callable[[int], None] | None):
+        self.archive, self.todo, self.unusable = archive, todo, unusable
+        self.archive_error: str | None = None
+        self._queue: queue.Queue = queue.Queue()
+        self._slots = threading.Semaphore(self.AHEAD)
+        self._cancelled = threading.Event()
+        self._arrived: dict[str, dict[str, bytes]] = {}
+        self._settled: set[str] = set()  # handed on, or failed
+        self._lock = threading.Lock()  # py7zr and 7zz's blocks may deliver from several threads
+        wanted = {m.name for members in todo.values() for m in members.values()}
+        self._thread = threading.Thread(target=self._run, args=(wanted, decoder, on_bytes), name="7z-decoder",
+                                        daemon=True)
+        self._thread.start()
+
+    def samples(self) -> Iterator[tuple[str, dict | None, str | None]]:
+        return iter(self._queue.get, _END)
+
+    def allow(self, more: int) -> None:
+        self._slots.release(more)
+
+    def finished(self) -> None:
+        self._slots.release()
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def cancel(self, timeout: float = 10.0) -> None:
+        """Stop decoding (7zz is killed at its next member) and wait a while for the thread."""
+        self._cancelled.set()
+        self._slots.release(1 << 20)  # wake a deliver waiting for a slot
+        self._thread.join(timeout)
+
+    def _run(self, wanted: set[str], decoder: str | None, on_bytes) -> None:
+        try:
+            stream_members(self.archive, lambda m: m.name in wanted, self._deliver, on_bytes, decoder)
+        except _Cancelled:
+            return
+        except ArchiveError as exc:  # py7zr reports a deliver that raised as damage
+            if self._cancelled.is_set():
+                return
+            self.archive_error = str(exc)
+        finally:
+            if not self._cancelled.is_set():
+                self._fail_the_rest()
+
+    def _deliver(self, member: Member, data: bytes | None, error: str | None) -> None:
+        if self._cancelled.is_set():
+            raise _Cancelled
         sample_id, filt = member.parsed()
-        with lock:
-            if sample_id in settled:
+        with self._lock:
+            if sample_id in self._settled:
                 return
             if error is not None:
-                settled.add(sample_id)
-                arrived.pop(sample_id, None)
-                builder.fail(index_of[sample_id], f"{sample_id}: {error}")
+                self._settled.add(sample_id)
+                self._arrived.pop(sample_id, None)
+                self._queue.put((sample_id, None, f"{sample_id}: {error}"))
                 return
-            got = arrived.setdefault(sample_id, {})
+            got = self._arrived.setdefault(sample_id, {})
             got[filt] = data
             if len(got) < len(FILTERS):
                 return
-            del arrived[sample_id]
-            settled.add(sample_id)
-        slots.acquire()  # back-pressure: wait here (outside the lock) while enough is in flight
-        names = {f: m.name for f, m in todo[sample_id].items()}
-        jobs.put(builder.job(index_of[sample_id], got, names))
+            del self._arrived[sample_id]
+            self._settled.add(sample_id)
+        self._slots.acquire()  # back-pressure: wait here (outside the lock) while enough is in flight
+        if self._cancelled.is_set():
+            raise _Cancelled
+        self._queue.put((sample_id, got, None))
 
-    try:
-        stream_members(archive, lambda m: m.name in wanted_names, deliver, on_bytes, decoder)
-    except ArchiveError as exc:
-        archive_error.append(str(exc))
-    finally:
-        reason = f"not decoded: {archive_error[0]}" if archive_error else "members not delivered by the archive"
-        with lock:
-            for sample_id in sorted(set(todo) - settled):
-                builder.fail(index_of[sample_id], f"{sample_id}: {reason}")
-        jobs.put(_END)
+    def _fail_the_rest(self) -> None:
+        """Every wanted sample not handed on fails with the reason, then the end is marked."""
+        reason = f"not decoded: {self.archive_error}" if self.archive_error else "members not delivered by the archive"
+        with self._lock:
+            for sample_id in sorted(set(self.todo) - self._settled):
+                self._queue.put((sample_id, None, f"{sample_id}: {reason}"))
+        self._queue.put(_END)
