@@ -110,6 +110,18 @@ def test_a_non_empty_folder_that_is_not_a_store_is_refused(small_store_inputs):
     assert sorted(p.name for p in out.iterdir()) == ["holiday.jpg"]
 
 
+@pytest.mark.parametrize("command", ["build-zarr", "ingest"])
+def test_an_out_that_is_a_file_is_refused_naming_it(small_store_inputs, command):
+    tiff, csv, tmp = small_store_inputs
+    out = tmp / "notes.txt"
+    out.write_text("keep me")
+    source = ["--src", str(tiff)] if command == "build-zarr" else [str(tmp / "data" / "train_full_size.7z")]
+    result = CliRunner().invoke(cli, [command, *source, "--csv", str(csv), "--out", str(out),
+                                      "--size", "64", "--levels", "1", "--chunk", "64", "--workers", "1"])
+    assert result.exit_code == 1 and f"{out} is a file, not a store folder" in result.output, result.output
+    assert out.read_text() == "keep me"
+
+
 def test_rerunning_with_other_layout_options_names_both_values(small_store_inputs):
     tiff, csv, tmp = small_store_inputs
     out = tmp / "layout.zarr"

@@ -67,6 +67,8 @@ def create_store(path: str | Path, table: SampleTable, spec: StoreSpec, source: 
     same build instead of mixing two.
     """
     path = str(path)
+    if not is_url(path) and Path(path).exists() and not Path(path).is_dir():
+        raise StoreError(f"{path} is a file, not a store folder; choose another --out")
     try:
         existing = zarr.open_group(path, mode="r")
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
