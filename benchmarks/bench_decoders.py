@@ -8,10 +8,12 @@ block per 8 files (decoded by several processes). For each: ``7zz t`` (7-Zip dec
 nowhere, all threads, one block after another: the floor), ``hpa-pipe ingest
 --decoder 7zz`` and ``--decoder py7zr`` as whole commands; target ingest <= 1.15x the floor.
 
-Beside the wall times: the CPU seconds of each command (7zz's processes included), ingest's
-fixed cost (a one-sample run), and two readings of the ratio: without the fixed cost (what a
-real archive's hours approach) and the bound the cores set (ingest's CPU / cores: where 7zz
-already keeps every core busy, the per-sample work can only add to the time); and the ratio
+Beside the wall times: the CPU seconds of each command (7zz's processes included), split
+inside ingest into 7zz's and ingest's own (per sample, without the fixed cost: the figure
+that sets the ratio wherever 7zz can use every core), ingest's fixed cost (a one-sample run),
+and two readings of the ratio: without the fixed cost (what a real archive's hours approach)
+and the bound the cores set (ingest's CPU / cores: where 7zz already keeps every core busy,
+the per-sample work can only add to the time); and the ratio
 projected to 16 cores for a long archive packed the same way (:func:`projected`), with what
 limits it there: the archive's parallelism or the cores. Environment: DECODER_SAMPLES (16),
 DECODER_PY7ZR (1; 0 skips the slow py7zr ingest), DECODER_REPEATS (3: runs of ``7zz t`` and
@@ -76,21 +78,45 @@ def timed(args: list[str], **kwargs) -> tuple[float, float]:
     return t(), (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def ingest_command(archive: Path, csv: Path, out: Path, decoder: str, *more: str) -> tuple[float, float]:
-    wall_cpu = timed([sys.executable, "-m", "hpa_pipeline", "ingest", str(archive), "--csv", str(csv), "--out",
-                      str(out), "--decoder", decoder, *more], capture_output=True)
+#: ``hpa-pipe`` as ``python -m hpa_pipeline`` runs it, which then writes its own CPU seconds and its
+#: children's (7zz's) on stderr's last line, after a newline (the progress bar leaves none)
+CLI_WITH_CPU = """
+import resource, sys
+from hpa_pipeline.cli import cli
+try:
+    cli.main(sys.argv[1:], prog_name="hpa-pipe")
+except SystemExit as stop:
+    code = stop.code
+own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+print("\\nCPU", own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime, file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def ingest_command(archive: Path, csv: Path, out: Path, decoder: str, *more: str) -> tuple[float, float, float, float]:
+    """Wall and CPU seconds of one ``hpa-pipe ingest``; its CPU split into ingest's own (reading
+    7zz's output, TIFFs, levels, shards, start-up) and the decoder's (7zz's processes)."""
+    args = [sys.executable, "-c", CLI_WITH_CPU, "ingest", str(archive), "--csv", str(csv), "--out", str(out),
+            "--decoder", decoder, *more]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with timer() as t:
+        result = subprocess.run(args, check=True, capture_output=True, text=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     shutil.rmtree(out)
-    return wall_cpu
+    own, decoding = map(float, result.stderr.strip().splitlines()[-1].split()[1:])
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return t(), cpu, own, decoding
 
 
-def fixed_cost(tmp: Path) -> tuple[float, float]:
-    """Wall and CPU seconds of ingesting a one-sample 256² archive with the default workers
-    (the fastest of three runs): what every run pays besides decoding and per-sample work
-    (start-up, listing, cluster, report)."""
+def fixed_cost(tmp: Path) -> tuple[float, float, float]:
+    """Wall, CPU and ingest's own CPU seconds of ingesting a one-sample 256² archive with the
+    default workers (the fastest of three runs): what every run pays besides decoding and
+    per-sample work (start-up, listing, cluster, report)."""
     data = synth_data("startup", n_train=1, n_test=1, image_sizes=(256,))
     runs = [ingest_command(data / "train_full_size.7z", data / "train.csv", tmp / "one.zarr", "7zz", "--size", "256")
             for _ in range(3)]
-    return min(runs)
+    wall, cpu, own, _ = min(runs)
+    return wall, cpu, own
 
 
 def streams(layout) -> int:
@@ -101,21 +127,22 @@ def streams(layout) -> int:
     return max(layout.blocks, math.ceil(sum(layout.block_sizes()) / layout.chunks.chunk))
 
 
-def projected(floor_cpu: float, ingest_cpu: float, fixed_cpu: float, parallel: int, cores: int) -> tuple[float, str]:
+def projected(floor_cpu: float, decoder_cpu: float, work: float, parallel: int, cores: int) -> tuple[float, str]:
     """ingest / ``7zz t`` on ``cores`` cores for a long archive packed like this one (the
     fixed cost spread over hours), from this run's CPU seconds, and what sets the time.
 
-    7zz decodes ``min(cores, parallel)`` streams at once: its wall time is its CPU time over
-    that. ingest adds its per-sample work (its CPU less 7zz's and the fixed cost: reading 7zz's
-    output, TIFF, levels, shards), which runs beside the decoder on ``cores - 1`` workers; the
-    run can be no shorter than the decoder, than all the CPU work over all cores, or than the
-    per-sample work over the workers. A model, not a measurement: it assumes the per-sample
-    work scales with the cores (it has no shared lock but the GIL, which the heavy parts
-    release) and that a 16-core machine's core is as fast as this one's.
+    ``7zz t`` decodes ``min(cores, parallel)`` streams at once: its wall time is its CPU time
+    (``floor_cpu``) over that. In ingest, 7zz takes ``decoder_cpu`` (more than ``7zz t``: it
+    writes its output, and shares the cores), and ingest adds its per-sample ``work`` (its own
+    CPU less the fixed cost's: reading 7zz's output, TIFFs, levels, shards), which runs beside
+    the decoder on ``cores - 1`` workers; the run can be no shorter than the decoding, than all
+    the CPU work over all cores, or than the per-sample work over the workers. A model, not a
+    measurement: it assumes the per-sample work scales with the cores (it has no shared lock
+    but the GIL, which the heavy parts release) and that a 16-core machine's core is as fast
+    as this one's.
     """
     decode = floor_cpu / min(cores, parallel)
-    work = max(0.0, ingest_cpu - floor_cpu - fixed_cpu)
-    total = max(decode, (floor_cpu + work) / cores, work / max(1, cores - 1))
+    total = max(decode, decoder_cpu / min(cores, parallel), (decoder_cpu + work) / cores, work / max(1, cores - 1))
     limit = (f"the archive ({parallel} stream(s) for {cores} cores)" if total == decode
              else "the cores (7zz and the samples together)")
     return total / decode, limit
@@ -163,7 +190,7 @@ def run() -> dict:
     figures = {"7zz": seven.label, "py7zr": py7zr.__version__, "samples": f"{N_SAMPLES} full-size, uncompressed TIFFs",
                "ingest --workers (default: cores - 1)": ingest_workers()}
     with tempfile.TemporaryDirectory(dir=BENCH_DATA) as tmp:
-        fixed, fixed_cpu = fixed_cost(Path(tmp))
+        fixed, fixed_cpu, fixed_own = fixed_cost(Path(tmp))
         figures["ingest's fixed cost (one 256² sample, whole command): wall s, CPU s"] = f"{fixed:.2f}, {fixed_cpu:.2f}"
         for name, archive in made.items():
             layout = describe(seven, archive)
@@ -171,11 +198,14 @@ def run() -> dict:
             for _ in range(REPEATS):  # alternating, so a slow spell of a shared machine hits both
                 floors.append(timed([seven.path, "t", str(archive)], stdout=subprocess.DEVNULL))
                 ourses.append(ingest_command(archive, csv, Path(tmp) / "a.zarr", "7zz"))
-            (floor, floor_cpu), (ours, ours_cpu) = min(floors), min(ourses)
+            (floor, floor_cpu), (ours, ours_cpu, own_cpu, decoder_cpu) = min(floors), min(ourses)
+            work = max(0.0, own_cpu - fixed_own)  # ingest's per-sample CPU, all samples
             py = ingest_command(archive, csv, Path(tmp) / "b.zarr", "py7zr")[0] if WITH_PY7ZR else None
             figures[f"{name}: archive"] = f"{archive.stat().st_size / 2**20:.0f} MiB, {layout.summary()}"
             figures[f"{name}: 7zz t (floor): wall s, CPU s"] = f"{floor:.2f}, {floor_cpu:.2f}"
             figures[f"{name}: ingest --decoder 7zz: wall s, CPU s"] = f"{ours:.2f}, {ours_cpu:.2f}"
+            figures[f"{name}: ingest's CPU: 7zz s; its own s (per sample, ms; / 7zz's)"] = (
+                f"{decoder_cpu:.2f}; {own_cpu:.2f} ({1000 * work / N_SAMPLES:.0f}; {work / decoder_cpu:.3f})")
             if py is not None:
                 figures[f"{name}: ingest --decoder py7zr, s"] = round(py, 2)
             figures[f"{name}: ingest 7zz / floor (target <= 1.15)"] = round(ours / floor, 3)
@@ -185,7 +215,7 @@ def run() -> dict:
             figures[f"{name}: CPU bound (ingest CPU / cores) / floor"] = round(ours_cpu / CORES / floor, 3)
             parallel = streams(layout)
             for cores in sorted({CORES, 16}):
-                ratio, limit = projected(floor_cpu, ours_cpu, fixed_cpu, parallel, cores)
+                ratio, limit = projected(floor_cpu, decoder_cpu, work, parallel, cores)
                 figures[f"{name}: model, {cores} cores, long archive: ratio; limit"] = f"{ratio:.3f}; {limit}"
         contended = read_under_gil_contention(seven, next(iter(made.values())))
         figures["(a) streamed out of 7zz, nothing processed: alone; with 3 threads holding the GIL through a "
