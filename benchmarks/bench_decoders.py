@@ -142,8 +142,9 @@ def projected(floor_cpu: float, decoder_cpu: float, work: float, parallel: int, 
     as this one's.
     """
     decode = floor_cpu / min(cores, parallel)
-    total = max(decode, decoder_cpu / min(cores, parallel), (decoder_cpu + work) / cores, work / max(1, cores - 1))
-    limit = (f"the archive ({parallel} stream(s) for {cores} cores)" if total == decode
+    streams_bound = max(decode, decoder_cpu / min(cores, parallel))
+    total = max(streams_bound, (decoder_cpu + work) / cores, work / max(1, cores - 1))
+    limit = (f"the archive ({parallel} stream(s) for {cores} cores)" if total == streams_bound
              else "the cores (7zz and the samples together)")
     return total / decode, limit
 
