@@ -3,6 +3,7 @@
 - :mod:`.archive`: streaming 7z members, CRC checks, unsafe names, multi-volume archives.
 - :mod:`.imaging`: one TIFF in; levels by area averaging; the 16 -> 8-bit rule.
 - :mod:`.tasks`: the per-sample Dask task (decode, levels, shards, channel sums).
+- :mod:`.memory`: freed sample buffers kept for the next sample (glibc's malloc).
 - :mod:`.scheduler`: Dask clusters (local, recipes, a scheduler address), bounded submission.
 - :mod:`.builder`: the coordinator of a build (done flags, report, statistics).
 - :mod:`.extract`, :mod:`.build_zarr`, :mod:`.ingest`: the three ways into a store.
