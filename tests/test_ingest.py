@@ -340,3 +340,18 @@ def test_a_store_that_cannot_be_created_stops_the_decoding_it_started(small_data
     assert decoded.is_set()
     assert not [t.name for t in threading.enumerate() if t.name.startswith("7z")]
     assert not [p for p in psutil.Process().children(recursive=True) if "7z" in p.name()]
+
+
+def test_an_error_raised_by_the_receiver_is_not_reported_as_a_damaged_archive(small_dataset):
+    """An exception from ``deliver`` (a bug, a cancelled ingest) reaches the caller as itself,
+    with every decoder: it says nothing about the archive."""
+    from hpa_pipeline.prep.archive import stream_members
+
+    class Boom(Exception):
+        pass
+
+    def deliver(member, data, error):
+        raise Boom(member.name)
+
+    with pytest.raises(Boom):
+        stream_members(small_dataset.train_archive, lambda m: True, deliver)

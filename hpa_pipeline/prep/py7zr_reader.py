@@ -59,8 +59,10 @@ def list_members(path: str | Path) -> list[Member]:
 class _MemberSink(Py7zIO):
     """Receives one member's bytes; checks its CRC and hands them on at ``close()``."""
 
-    def __init__(self, member: Member, deliver: Deliver, on_bytes: Callable[[int], None] | None):
+    def __init__(self, member: Member, deliver: Deliver, on_bytes: Callable[[int], None] | None,
+                 raised: list[BaseException] | None = None):
         self.member, self.deliver, self.on_bytes = member, deliver, on_bytes
+        self.raised = raised if raised is not None else []  # what deliver raised, for stream_members
         self.parts: list[bytes] = []
         self.crc = 0
         self.length = 0
@@ -77,12 +79,16 @@ class _MemberSink(Py7zIO):
     def close(self) -> None:
         parts, self.parts = self.parts, []  # py7zr keeps this sink alive: drop the bytes now
         m = self.member
-        if self.length != m.size:
-            self.deliver(m, None, f"{m.name}: {self.length} bytes decoded, archive lists {m.size}")
-        elif m.crc32 is not None and self.crc != m.crc32:
-            self.deliver(m, None, f"{m.name}: CRC mismatch (archive {m.crc32:08x}, data {self.crc:08x})")
-        else:
-            self.deliver(m, b"".join(parts), None)
+        try:
+            if self.length != m.size:
+                self.deliver(m, None, f"{m.name}: {self.length} bytes decoded, archive lists {m.size}")
+            elif m.crc32 is not None and self.crc != m.crc32:
+                self.deliver(m, None, f"{m.name}: CRC mismatch (archive {m.crc32:08x}, data {self.crc:08x})")
+            else:
+                self.deliver(m, b"".join(parts), None)
+        except BaseException as exc:  # py7zr would report it as damage, or lose it on a worker thread
+            self.raised.append(exc)
+            raise
 
     def read(self, size=None) -> bytes:
         return b""
@@ -116,12 +122,13 @@ class _SinkFactory(WriterFactory):
     def __init__(self, members: dict[str, Member], deliver: Deliver, on_bytes):
         self.by_output_name = {get_sanitized_output_path(name, None).as_posix(): m for name, m in members.items()}
         self.deliver, self.on_bytes = deliver, on_bytes
+        self.raised: list[BaseException] = []  # exceptions deliver raised, in any sink
 
     def create(self, filename: str) -> Py7zIO:
         member = self.by_output_name.pop(filename, None)
         if member is None:
             return _Discard()
-        return _MemberSink(member, self.deliver, self.on_bytes)
+        return _MemberSink(member, self.deliver, self.on_bytes, self.raised)
 
 
 def stream_members(path: str | Path, wanted: Callable[[Member], bool], deliver: Deliver,
@@ -140,9 +147,16 @@ def stream_members(path: str | Path, wanted: Callable[[Member], bool], deliver: 
         # one damaged member costs one sample.
         for entry in archive.files:
             entry._file_info["digest"] = None
+        factory = _SinkFactory(members, deliver, on_bytes)
         try:
-            archive.extract(targets=list(members), factory=_SinkFactory(members, deliver, on_bytes))
+            archive.extract(targets=list(members), factory=factory)
         except py7zr.exceptions.CrcError as exc:
+            if factory.raised:
+                raise factory.raised[0] from None
             raise ArchiveError(f"{path}: CRC error in the archive stream ({exc})") from None
         except Exception as exc:  # lzma.LZMAError, EOFError, Bad7zFile, ... from a damaged archive
+            if factory.raised:  # the receiver's own error, not the archive's
+                raise factory.raised[0] from None
             raise ArchiveError(f"{path}: archive is damaged or truncated ({type(exc).__name__}: {exc})") from None
+        if factory.raised:  # raised on one of py7zr's threads, which keeps it to itself
+            raise factory.raised[0]
