@@ -200,8 +200,8 @@ class _Decoding:
             stream_members(self.archive, lambda m: m.name in wanted, self._deliver, on_bytes, decoder)
         except _Cancelled:
             return
-        except ArchiveError as exc:  # py7zr reports a deliver that raised as damage
-            if self._cancelled.is_set():
+        except ArchiveError as exc:
+            if self._cancelled.is_set():  # a stream broken off by the cancel itself
                 return
             self.archive_error = str(exc)
         finally:
