@@ -6,7 +6,6 @@ decoder thread starts, without those imports.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 
 
@@ -27,12 +26,9 @@ def keep_freed_buffers() -> bool:
     process on its memory map, which costs more with many worker threads. Memory stays
     bounded by what is in flight: a freed block is reused, not added to.
     """
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
     try:
-        libc = ctypes.CDLL(name)
+        libc = ctypes.CDLL(None)  # the process's own symbols, the C library's among them (no ldconfig run)
         libc.gnu_get_libc_version  # glibc's alone: other C libraries number mallopt's parameters otherwise
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):
         return False
     return bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX) and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30))
