@@ -122,6 +122,17 @@ def test_an_out_that_is_a_file_is_refused_naming_it(small_store_inputs, command)
     assert out.read_text() == "keep me"
 
 
+@pytest.mark.parametrize("command", ["build-zarr", "ingest"])
+def test_an_out_where_no_folder_can_be_made_is_refused_naming_it(small_store_inputs, command):
+    tiff, csv, tmp = small_store_inputs
+    (tmp / "plain.txt").write_text("a file, so nothing can be made under it")
+    out = tmp / "plain.txt" / "store.zarr"
+    source = ["--src", str(tiff)] if command == "build-zarr" else [str(tmp / "data" / "train_full_size.7z")]
+    result = CliRunner().invoke(cli, [command, *source, "--csv", str(csv), "--out", str(out),
+                                      "--size", "64", "--levels", "1", "--chunk", "64", "--workers", "1"])
+    assert result.exit_code == 1 and f"{out}: cannot write a store there" in result.output, result.output
+
+
 def test_rerunning_with_other_layout_options_names_both_values(small_store_inputs):
     tiff, csv, tmp = small_store_inputs
     out = tmp / "layout.zarr"

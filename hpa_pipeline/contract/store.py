@@ -71,8 +71,11 @@ def create_store(path: str | Path, table: SampleTable, spec: StoreSpec, source: 
         raise StoreError(f"{path} is a file, not a store folder; choose another --out")
     try:
         existing = zarr.open_group(path, mode="r")
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
+    except (FileNotFoundError, NotADirectoryError, zarr.errors.GroupNotFoundError,
+            zarr.errors.NodeTypeValidationError):
         existing = None
+    except PermissionError as exc:
+        raise _cannot_write(path, exc) from None
     if existing is not None and existing.attrs.get("hpa") is None and _holds_no_data(path):
         existing = None  # killed while it was being created (the attributes come last): start again
         _remove_tree(path)
@@ -81,6 +84,19 @@ def create_store(path: str | Path, table: SampleTable, spec: StoreSpec, source: 
         return zarr.open_group(path, mode="r+")
     if not is_url(path) and Path(path).exists() and any(Path(path).iterdir()):
         raise StoreError(f"{path} exists, is not empty and is not an hpa-pipeline store; choose another --out")
+    try:
+        return _new_store(path, table, spec, source)
+    except OSError as exc:  # a folder that cannot be made or written (not ours to fix)
+        raise _cannot_write(path, exc) from None
+
+
+def _cannot_write(path: str, exc: OSError) -> StoreError:
+    return StoreError(f"{path}: cannot write a store there ({exc.strerror or exc}); choose another --out")
+
+
+def _new_store(path: str, table: SampleTable, spec: StoreSpec, source: str) -> zarr.Group:
+    """The arrays and attributes of an empty store for ``table``'s samples; attributes last, so
+    a store killed while it was being created is recognised and made again."""
     n = len(table)
     root = zarr.open_group(path, mode="w-")
     small = min(SMALL_CHUNK, max(1, n))
@@ -88,7 +104,8 @@ def create_store(path: str | Path, table: SampleTable, spec: StoreSpec, source: 
         c = min(spec.chunk, s)
         root.create_array(
             f"images/{s}", shape=(n, 4, s, s), dtype=spec.dtype, chunks=(1, 1, c, c), shards=(1, 4, s, s),
-            compressors=spec.compressors(c * c * np.dtype(spec.dtype).itemsize), fill_value=0, dimension_names=("sample", "c", "y", "x"),
+            compressors=spec.compressors(c * c * np.dtype(spec.dtype).itemsize), fill_value=0,
+            dimension_names=("sample", "c", "y", "x"),
         )
     if table.has_labels:
         labels = root.create_array("labels", shape=(n, N_CLASSES), dtype=bool, chunks=(small, N_CLASSES),
