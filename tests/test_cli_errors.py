@@ -133,6 +133,16 @@ def test_an_out_where_no_folder_can_be_made_is_refused_naming_it(small_store_inp
     assert result.exit_code == 1 and f"{out}: cannot write a store there" in result.output, result.output
 
 
+@pytest.mark.parametrize("command", ["ingest", "extract"])
+def test_a_folder_given_as_the_archive_points_to_build_zarr(small_store_inputs, command):
+    tiff, csv, tmp = small_store_inputs
+    more = ["--csv", str(csv), "--out", str(tmp / "f.zarr")] if command == "ingest" else ["--out", str(tmp / "f")]
+    result = CliRunner().invoke(cli, [command, str(tiff), *more])
+    assert result.exit_code == 1, result.output
+    assert f"{tiff} is a folder, not an archive; for a folder of <id>_<filter> images use build-zarr --src" \
+        in result.output
+
+
 def test_rerunning_with_other_layout_options_names_both_values(small_store_inputs):
     tiff, csv, tmp = small_store_inputs
     out = tmp / "layout.zarr"

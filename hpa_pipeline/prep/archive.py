@@ -83,6 +83,9 @@ def volume_paths(path: str | Path) -> list[Path]:
     three digits, py7zr's multivolumefile with four; both are found.
     """
     path = Path(path)
+    if path.is_dir():  # 7zz would read it as a wildcard and name every file in it
+        raise ArchiveError(f"{path} is a folder, not an archive; for a folder of <id>_<filter> images use "
+                           f"build-zarr --src {path}")
     if path.exists() and not VOLUME_SUFFIX.search(path.name):
         return [path]
     base = path.with_name(VOLUME_SUFFIX.sub("", path.name))
