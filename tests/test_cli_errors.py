@@ -327,3 +327,22 @@ def test_the_cluster_line_is_written_above_the_progress_bar(small_store_inputs):
 
     line = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", line)  # tqdm moves the cursor up to write above the bar
     assert line.lstrip("\r ").startswith("dask:")  # on a line of its own, not inside the bar
+
+
+@pytest.mark.parametrize("command", ["ingest", "inspect"])
+def test_an_object_store_without_credentials_is_a_clear_error(small_store_inputs, command):
+    """No credentials found (none set, none in files, no instance metadata): the error names the
+    store and what is missing, without a botocore traceback."""
+    pytest.importorskip("s3fs")
+    tiff, csv, tmp = small_store_inputs
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_SHARED_CREDENTIALS_FILE=str(tmp / "none"), AWS_CONFIG_FILE=str(tmp / "none"),
+               AWS_EC2_METADATA_DISABLED="true")
+    args = (["ingest", str(tmp / "data" / "train_full_size.7z"), "--csv", str(csv), "--out", "s3://nobucket/x.zarr",
+             "--size", "64", "--levels", "1", "--chunk", "64", "--workers", "1"] if command == "ingest"
+            else ["inspect", "s3://nobucket/x.zarr"])
+    result = subprocess.run([sys.executable, "-m", "hpa_pipeline", *args], capture_output=True, text=True, env=env,
+                            timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert "s3://nobucket/x.zarr: cannot reach the store (NoCredentialsError" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -70,7 +70,7 @@ def create_store(path: str | Path, table: SampleTable, spec: StoreSpec, source: 
     if not is_url(path) and Path(path).exists() and not Path(path).is_dir():
         raise StoreError(f"{path} is a file, not a store folder; choose another --out")
     try:
-        existing = zarr.open_group(path, mode="r")
+        existing = _open_group(path, mode="r")
     except (FileNotFoundError, NotADirectoryError, zarr.errors.GroupNotFoundError,
             zarr.errors.NodeTypeValidationError):
         existing = None
@@ -88,6 +88,21 @@ def create_store(path: str | Path, table: SampleTable, spec: StoreSpec, source: 
         return _new_store(path, table, spec, source)
     except OSError as exc:  # a folder that cannot be made or written (not ours to fix)
         raise _cannot_write(path, exc) from None
+
+
+def _open_group(path: str, mode: str) -> zarr.Group:
+    """``zarr.open_group``; for a URL, an object store that cannot be reached (no credentials, no
+    network, a refused request: each filesystem has its own exception types) is a StoreError
+    that says so, not a traceback from botocore or aiohttp."""
+    try:
+        return zarr.open_group(path, mode=mode)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
+        raise
+    except Exception as exc:
+        if not is_url(path):
+            raise
+        raise StoreError(f"{path}: cannot reach the store ({type(exc).__name__}: {exc}); check the URL and the "
+                         f"object store's credentials and endpoint (README: Object stores)") from None
 
 
 def _cannot_write(path: str, exc: OSError) -> StoreError:
@@ -227,7 +242,7 @@ def level_arrays(root: zarr.Group) -> dict[int, zarr.Array]:
 def open_store(path: str | Path, mode: str = "r") -> zarr.Group:
     """Open an existing store, with a clear error when ``path`` is not one."""
     try:
-        root = zarr.open_group(str(path), mode=mode)
+        root = _open_group(str(path), mode=mode)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError):
         raise StoreError(f"{path}: no dataset store there") from None
     if "hpa" not in root.attrs:
