@@ -120,7 +120,10 @@ def _is_new(out: str | Path) -> bool:
     if is_url(str(out)):
         return False
     path = Path(out)
-    return not path.exists() or path.is_dir() and not any(path.iterdir())
+    try:
+        return not path.exists() or path.is_dir() and not any(path.iterdir())
+    except OSError:  # unreadable: opening the store says why
+        return False
 
 
 def _wanted(table: SampleTable, listing: Catalogue, pending: Iterable[int],
