@@ -60,9 +60,9 @@ class _MemberSink(Py7zIO):
     """Receives one member's bytes; checks its CRC and hands them on at ``close()``."""
 
     def __init__(self, member: Member, deliver: Deliver, on_bytes: Callable[[int], None] | None,
-                 raised: list[BaseException] | None = None):
+                 raised: list[BaseException]):
         self.member, self.deliver, self.on_bytes = member, deliver, on_bytes
-        self.raised = raised if raised is not None else []  # what deliver raised, for stream_members
+        self.raised = raised  # what deliver raised, shared by the sinks, for stream_members
         self.parts: list[bytes] = []
         self.crc = 0
         self.length = 0
@@ -107,7 +107,7 @@ class _Discard(_MemberSink):
     """For a second member of the same name (py7zr renames it ``name_0``): decoded, not kept."""
 
     def __init__(self):
-        super().__init__(Member("", 0, None, False, False), lambda *a: None, None)
+        super().__init__(Member("", 0, None, False, False), lambda *a: None, None, [])
 
     def write(self, s) -> int:
         return len(s)
@@ -150,13 +150,11 @@ def stream_members(path: str | Path, wanted: Callable[[Member], bool], deliver: 
         factory = _SinkFactory(members, deliver, on_bytes)
         try:
             archive.extract(targets=list(members), factory=factory)
-        except py7zr.exceptions.CrcError as exc:
-            if factory.raised:
-                raise factory.raised[0] from None
-            raise ArchiveError(f"{path}: CRC error in the archive stream ({exc})") from None
-        except Exception as exc:  # lzma.LZMAError, EOFError, Bad7zFile, ... from a damaged archive
+        except Exception as exc:  # CrcError, lzma.LZMAError, EOFError, Bad7zFile, ... from a damaged archive
             if factory.raised:  # the receiver's own error, not the archive's
                 raise factory.raised[0] from None
+            if isinstance(exc, py7zr.exceptions.CrcError):
+                raise ArchiveError(f"{path}: CRC error in the archive stream ({exc})") from None
             raise ArchiveError(f"{path}: archive is damaged or truncated ({type(exc).__name__}: {exc})") from None
         if factory.raised:  # raised on one of py7zr's threads, which keeps it to itself
             raise factory.raised[0]
