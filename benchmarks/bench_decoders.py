@@ -71,11 +71,16 @@ def archives(seven) -> tuple[dict[str, Path], Path]:
 def timed(args: list[str], **kwargs) -> tuple[float, float]:
     """Wall seconds and CPU seconds (user + system, of the command and the processes it waited
     for: 7zz's included) of one command."""
+    wall, cpu, _ = _run_timed(args, **kwargs)
+    return wall, cpu
+
+
+def _run_timed(args: list[str], **kwargs) -> tuple[float, float, subprocess.CompletedProcess]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with timer() as t:
-        subprocess.run(args, check=True, **kwargs)
+        result = subprocess.run(args, check=True, **kwargs)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return t(), (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return t(), (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), result
 
 
 #: ``hpa-pipe`` as ``python -m hpa_pipeline`` runs it, which then writes its own CPU seconds and its
@@ -98,14 +103,10 @@ def ingest_command(archive: Path, csv: Path, out: Path, decoder: str, *more: str
     7zz's output, TIFFs, levels, shards, start-up) and the decoder's (7zz's processes)."""
     args = [sys.executable, "-c", CLI_WITH_CPU, "ingest", str(archive), "--csv", str(csv), "--out", str(out),
             "--decoder", decoder, *more]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    with timer() as t:
-        result = subprocess.run(args, check=True, capture_output=True, text=True)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall, cpu, result = _run_timed(args, capture_output=True, text=True)
     shutil.rmtree(out)
     own, decoding = map(float, result.stderr.strip().splitlines()[-1].split()[1:])
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return t(), cpu, own, decoding
+    return wall, cpu, own, decoding
 
 
 def fixed_cost(tmp: Path) -> tuple[float, float, float]:
