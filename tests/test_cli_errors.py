@@ -111,26 +111,19 @@ def test_a_non_empty_folder_that_is_not_a_store_is_refused(small_store_inputs):
 
 
 @pytest.mark.parametrize("command", ["build-zarr", "ingest"])
-def test_an_out_that_is_a_file_is_refused_naming_it(small_store_inputs, command):
+@pytest.mark.parametrize("where, message", [
+    ("notes.txt", "{out} is a file, not a store folder"),
+    ("notes.txt/store.zarr", "{out}: cannot write a store there"),  # no folder can be made under a file
+])
+def test_an_out_that_is_a_file_or_under_one_is_refused_naming_it(small_store_inputs, command, where, message):
     tiff, csv, tmp = small_store_inputs
-    out = tmp / "notes.txt"
-    out.write_text("keep me")
+    (tmp / "notes.txt").write_text("keep me")
+    out = tmp / where
     source = ["--src", str(tiff)] if command == "build-zarr" else [str(tmp / "data" / "train_full_size.7z")]
     result = CliRunner().invoke(cli, [command, *source, "--csv", str(csv), "--out", str(out),
                                       "--size", "64", "--levels", "1", "--chunk", "64", "--workers", "1"])
-    assert result.exit_code == 1 and f"{out} is a file, not a store folder" in result.output, result.output
-    assert out.read_text() == "keep me"
-
-
-@pytest.mark.parametrize("command", ["build-zarr", "ingest"])
-def test_an_out_where_no_folder_can_be_made_is_refused_naming_it(small_store_inputs, command):
-    tiff, csv, tmp = small_store_inputs
-    (tmp / "plain.txt").write_text("a file, so nothing can be made under it")
-    out = tmp / "plain.txt" / "store.zarr"
-    source = ["--src", str(tiff)] if command == "build-zarr" else [str(tmp / "data" / "train_full_size.7z")]
-    result = CliRunner().invoke(cli, [command, *source, "--csv", str(csv), "--out", str(out),
-                                      "--size", "64", "--levels", "1", "--chunk", "64", "--workers", "1"])
-    assert result.exit_code == 1 and f"{out}: cannot write a store there" in result.output, result.output
+    assert result.exit_code == 1 and message.format(out=out) in result.output, result.output
+    assert (tmp / "notes.txt").read_text() == "keep me"
 
 
 @pytest.mark.parametrize("command", ["ingest", "extract"])
