@@ -36,7 +36,7 @@ import py7zr
 from hpa_pipeline.prep.extract import extract_archives
 from hpa_pipeline.prep.sevenzip import describe, find_7zz
 
-from .common import BENCH_DATA, report, synth_data, timer
+from .common import BENCH_DATA, report, save, synth_data, timer
 
 N_SAMPLES = int(os.environ.get("DECODER_SAMPLES", 16))
 WITH_PY7ZR = os.environ.get("DECODER_PY7ZR", "1") == "1"  # the py7zr ingest too (slow: skipped on the GPU machine)
@@ -219,6 +219,7 @@ def run() -> dict:
             for cores in sorted({CORES, 16}):
                 ratio, limit = projected(floor_cpu, decoder_cpu, work, parallel, cores)
                 figures[f"{name}: model, {cores} cores, long archive: ratio; limit"] = f"{ratio:.3f}; {limit}"
+            save("decoders", figures)
         contended = read_under_gil_contention(seven, next(iter(made.values())))
         figures["(a) streamed out of 7zz, nothing processed: alone; with 3 threads holding the GIL through a "
                 "pipe; through a socket (what ingest uses), s"] = (

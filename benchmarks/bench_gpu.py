@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import BENCH_DATA, report, synth_data
+from .common import BENCH_DATA, report, save, synth_data
 
 DRY_RUN = os.environ.get("GPU_DRY_RUN") == "1"
 STEPS = int(os.environ.get("GPU_STEPS", 3 if DRY_RUN else 60))
@@ -44,6 +44,7 @@ ARCH = "se_resnet_tiny" if DRY_RUN else "se_resnext50_32x4d"
 DEVICE = "cpu" if DRY_RUN else "cuda"
 REAL_TRAIN, REAL_VALID = 24_900, 6_200
 WARMUP = 2 if DRY_RUN else 8
+NAME = "gpu_dry_run" if DRY_RUN else "gpu"
 
 
 def sync() -> None:
@@ -233,6 +234,14 @@ def run() -> dict:
             alone = _feed_alone(feed, STEPS)
         finally:
             feed.close()
+        figures.update({
+            f"{mode}: memory-fed img/s": round(memory, 1),
+            f"{mode}: workers (chosen from the rates unless GPU_WORKERS)": workers,
+            f"{mode}: loader-fed img/s (BatchFeed)": round(fed, 1),
+            f"{mode}: loader-fed / memory-fed (target >= 0.97)": round(fed / memory, 3),
+            f"{mode}: feed alone img/s, CPU cores used": f"{alone['img_s']}, {alone['cores_used']}",
+        })
+        save(NAME, figures)  # before the longest part: a run cut off in `train` keeps these
         if eval_rate is None:  # validation is not compiled: measured once
             eval_rate = _eval_rate(model, normalize)
         del model, step
@@ -240,11 +249,6 @@ def run() -> dict:
             torch.cuda.empty_cache()
         itself = _train_itself(store, compiled, workers, eval_rate)
         figures.update({
-            f"{mode}: memory-fed img/s": round(memory, 1),
-            f"{mode}: workers (chosen from the rates unless GPU_WORKERS)": workers,
-            f"{mode}: loader-fed img/s (BatchFeed)": round(fed, 1),
-            f"{mode}: loader-fed / memory-fed (target >= 0.97)": round(fed / memory, 3),
-            f"{mode}: feed alone img/s, CPU cores used": f"{alone['img_s']}, {alone['cores_used']}",
             f"{mode}: hpa-pipe train steady img/s ({TRAIN_STEPS} steps)": itself["steady_img_s"],
             f"{mode}: hpa-pipe train / memory-fed (target >= 0.95)": round(itself["steady_img_s"] / memory, 3),
             f"{mode}: hpa-pipe train start-up s; 2nd epoch: validation ({itself['n_valid']} images) s, its fixed "
@@ -257,7 +261,7 @@ def run() -> dict:
             f"{mode}: overhead share of an epoch: all, without validation's own compute (target <= 0.05)":
                 f"{itself['real_overhead_share']}, {itself['loader_share']}",
         })
-        result = report("gpu_dry_run" if DRY_RUN else "gpu", figures)  # after each mode: a cut-off run keeps the first
+        result = report(NAME, figures)  # after each mode: a cut-off run keeps the first
     return result
 
 

@@ -8,7 +8,9 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-RESULTS_DIR = Path(__file__).parent / "results"
+# BENCH_RESULTS_DIR: where a run saves its JSON instead (run_gpu.sh points it at the device's $OUT,
+# so figures a cut-off run already reported still come back)
+RESULTS_DIR = Path(os.environ.get("BENCH_RESULTS_DIR") or Path(__file__).parent / "results")
 
 
 def machine() -> dict:
@@ -50,12 +52,19 @@ def timer():
         end = time.perf_counter()
 
 
-def report(name: str, figures: dict) -> dict:
-    """Print one benchmark's figures with the machine, and save them as JSON."""
+def save(name: str, figures: dict) -> dict:
+    """Save one benchmark's figures so far with the machine, as JSON; a long benchmark saves
+    after each part, so a run cut off by a time limit keeps what it measured."""
     record = {"benchmark": name, "machine": machine(), "figures": figures,
               "date": time.strftime("%Y-%m-%d %H:%M")}
-    RESULTS_DIR.mkdir(exist_ok=True)
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     (RESULTS_DIR / f"{name}.json").write_text(json.dumps(record, indent=2))
+    return record
+
+
+def report(name: str, figures: dict) -> dict:
+    """Print one benchmark's figures with the machine, and save them as JSON."""
+    record = save(name, figures)
     print(f"\n== {name} on {record['machine']['cpu']} ({record['machine']['cores']} cores)")
     for key, value in figures.items():
         print(f"   {key}: {value}")

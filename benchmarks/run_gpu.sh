@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # `make bench-gpu`: every GPU figure of issue 11 in one run (benchmarks/bench_gpu.py), eager and
-# compiled, one JSON (benchmarks/results/gpu.json, also copied to $OUT when set). No network needed.
+# compiled, one JSON (benchmarks/results/gpu.json, or in $OUT when set). No network needed.
 # On the device tool's bare GPU image: run benchmarks/device_wheels.sh here first, then this there
 # with carry [".whl"]; the wheels it lacks (zarr, dask, numcodecs, py7zr, ...) are installed from .whl/.
 # On a machine without CUDA it stops with a message and exit status 2.
 # Benchmark names as arguments run those instead, in order (e.g. `gpu decoders`: the GPU figures,
-# then 7-Zip against ingest on that machine's cores); each one's JSON goes to $OUT.
+# then 7-Zip against ingest on that machine's cores); each one's JSON goes to $OUT, saved after each part.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=python3
 if [ -x .venv/bin/python ]; then PY=.venv/bin/python; fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+if [ -n "${OUT:-}" ]; then export BENCH_RESULTS_DIR="$OUT"; fi  # each part's figures land there as measured
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
     if [ ! -d /tmp/site/zarr ]; then  # once per machine
         $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
@@ -22,6 +23,5 @@ if command -v nvidia-smi >/dev/null; then nvidia-smi --query-gpu=name,memory.tot
 status=0
 for name in "${@:-gpu}"; do
     $PY -m benchmarks "$name" || status=$?
-    if [ -n "${OUT:-}" ]; then cp benchmarks/results/"$name"*.json "$OUT/" 2>/dev/null || true; fi
 done
 exit $status
