@@ -191,7 +191,8 @@ def _store_options(fn):
                      show_default="build-zarr: all cores; ingest: all cores but one, left to the decoder",
                      help="Samples processed at once on this machine: threads of the local Dask cluster "
                           "(--cluster threads), or its worker processes (--cluster processes); 1 runs them "
-                          "in this process without Dask."),
+                          "in this process without Dask. ingest uses as many of them as keep up with the "
+                          "decoder."),
         click.option("--threads-per-worker", type=click.IntRange(min=1), default=1, show_default=True,
                      help="Threads in each worker process of --cluster processes."),
         click.option("--cluster", default="threads", show_default=True, metavar="threads|processes|RECIPE.yaml",

@@ -275,6 +275,8 @@ def test_several_solid_blocks_decode_in_parallel_to_the_same_store(small_dataset
     a = ingest(archive, small_dataset.train_csv, tmp_path / "a.zarr", SPEC, workers=2)
     b = ingest(small_dataset.train_archive, small_dataset.train_csv, tmp_path / "b.zarr", SPEC, workers=2)
     assert a.written == b.written == 12
+    assert 1 <= a.samples_at_once <= 2 and 1 <= b.samples_at_once <= 2  # paced, never above --workers
+    assert json.loads((tmp_path / "a.zarr" / "report.json").read_text())["samples_at_once"] == a.samples_at_once
     assert_same_arrays(tmp_path / "a.zarr", tmp_path / "b.zarr")
 
 
@@ -355,3 +357,63 @@ def test_an_error_raised_by_the_receiver_is_not_reported_as_a_damaged_archive(sm
 
     with pytest.raises(Boom):
         stream_members(small_dataset.train_archive, lambda m: True, deliver)
+
+
+class _FakeDecoding:
+    def __init__(self):
+        self.waited, self.allowed = 0.0, []
+
+    def allow(self, more):
+        self.allowed.append(more)
+
+
+def test_the_pace_takes_one_more_sample_only_while_the_decoder_waits_for_the_workers():
+    """ingest works on one sample at a time and takes one more (and one more decoded sample
+    may wait) each time the decoder spent over 5 % of the time since the last step waiting for
+    a free slot; never more than the cluster's threads, and less if workers leave."""
+    from hpa_pipeline.prep.ingest import _Pace
+
+    clock, most, decoding = [0.0], [3], _FakeDecoding()
+    pace = _Pace(decoding, lambda: most[0], clock=lambda: clock[0])
+    assert (pace(), decoding.allowed) == (1, [1])
+
+    def at(seconds, waited):
+        clock[0], decoding.waited = seconds, waited
+        return pace()
+
+    assert at(1.0, 0.0) == 1  # the decoder never waited: one sample at a time keeps up
+    assert at(2.0, 0.5) == 2  # it waited half the time: the workers are behind
+    assert at(2.1, 0.52) == 2  # too soon for another step
+    assert at(3.0, 0.53) == 2  # 3 % of the second since the step: keeping up now
+    assert at(4.0, 1.5) == 3
+    assert at(5.0, 2.5) == 3  # the cluster's threads: no further
+    assert decoding.allowed == [1, 1, 1] and pace.peak == 3
+    most[0] = 2
+    assert at(6.0, 2.5) == 2
+
+
+def test_the_decoder_counts_its_waits_for_the_workers_but_not_for_the_start(small_dataset):
+    """``waited``: the seconds the decoder was held back by samples not yet finished, from
+    the first ``allow`` on; the pace reads it."""
+    import time
+
+    from hpa_pipeline.contract.labels import read_sample_table
+    from hpa_pipeline.prep.archive import catalogue
+    from hpa_pipeline.prep.ingest import _Decoding, _wanted
+
+    table = read_sample_table(small_dataset.train_csv)
+    listing = catalogue(list_members(small_dataset.train_archive))
+
+    def run(hold: float) -> float:
+        decoding = _Decoding(small_dataset.train_archive,
+                             *_wanted(table, listing, range(len(table)), small_dataset.train_archive), None, None)
+        time.sleep(0.5)  # the start: the decoder fills its slots and waits, uncounted
+        decoding.allow(1)
+        for _sample in decoding.samples():
+            time.sleep(hold)  # the sample's task
+            decoding.finished()
+        decoding.join()
+        return decoding.waited
+
+    assert run(0.0) < 0.25
+    assert run(0.1) > 0.5  # 12 samples of 0.1 s: the decoder, three samples ahead, waits on most

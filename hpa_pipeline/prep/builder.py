@@ -34,6 +34,7 @@ class BuildReport:
     refused: list[str] = field(default_factory=list)  # unsafe archive members, with the reason
     archive_error: str | None = None
     seconds: float = 0.0
+    samples_at_once: int | None = None  # ingest: the most samples worked on at once (its pace)
 
     @property
     def done(self) -> int:
@@ -52,7 +53,9 @@ class BuildReport:
             parts.append(f"{len(self.unknown_files)} unknown files ignored")
         if self.refused:
             parts.append(f"{len(self.refused)} unsafe members refused")
-        return ", ".join(parts) + f" in {self.seconds:.1f}s"
+        n = self.samples_at_once
+        at_once = f", up to {n} sample{'s' if n != 1 else ''} at once" if n else ""
+        return ", ".join(parts) + f" in {self.seconds:.1f}s{at_once}"
 
 
 class StoreBuilder:
