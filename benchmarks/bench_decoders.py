@@ -18,7 +18,8 @@ projected to 16 cores for a long archive packed the same way (:func:`projected`)
 limits it there: the archive's parallelism or the cores. Environment: DECODER_SAMPLES (16),
 DECODER_PY7ZR (1; 0 skips the slow py7zr ingest), DECODER_REPEATS (3: runs of ``7zz t`` and
 of ingest, alternating; the fastest of each is reported, since a shared machine's slow spells
-otherwise decide the ratio).
+otherwise decide the ratio), DECODER_WORKERS (e.g. ``1,15``: ingest of (a) with each of these
+``--workers`` too; with its pace, more workers should cost no more than Dask's start-up).
 """
 from __future__ import annotations
 
@@ -41,6 +42,8 @@ from .common import BENCH_DATA, report, save, synth_data, timer
 N_SAMPLES = int(os.environ.get("DECODER_SAMPLES", 16))
 WITH_PY7ZR = os.environ.get("DECODER_PY7ZR", "1") == "1"  # the py7zr ingest too (slow: skipped on the GPU machine)
 REPEATS = int(os.environ.get("DECODER_REPEATS", 3))  # 7zz t and ingest alternate; the fastest of each counts
+#: ingest --workers values to run on (a) besides the default, e.g. "1,15" (the pace's check on many cores)
+WORKER_COUNTS = [int(w) for w in os.environ.get("DECODER_WORKERS", "").split(",") if w.strip()]
 CORES = os.cpu_count() or 1
 PACKINGS = {  # name: 7zz a switches; (b) and (c) written with as many threads as this machine has
     "a: solid, 1 thread (-mmt1: one LZMA2 stream a block)": ["-m0=lzma2", "-mx=3", "-mmt1", "-ms=on"],
@@ -193,6 +196,7 @@ def run() -> dict:
                "ingest --workers (default: cores - 1)": ingest_workers()}
     with tempfile.TemporaryDirectory(dir=BENCH_DATA) as tmp:
         fixed, fixed_cpu, fixed_own = fixed_cost(Path(tmp))
+        floor_of = {}
         figures["ingest's fixed cost (one 256² sample, whole command): wall s, CPU s"] = f"{fixed:.2f}, {fixed_cpu:.2f}"
         for name, archive in made.items():
             layout = describe(seven, archive)
@@ -201,6 +205,7 @@ def run() -> dict:
                 floors.append(timed([seven.path, "t", str(archive)], stdout=subprocess.DEVNULL))
                 ourses.append(ingest_command(archive, csv, Path(tmp) / "a.zarr", "7zz"))
             (floor, floor_cpu), (ours, ours_cpu, own_cpu, decoder_cpu) = min(floors), min(ourses)
+            floor_of[name] = floor
             work = max(0.0, own_cpu - fixed_own)  # ingest's per-sample CPU, all samples
             py = ingest_command(archive, csv, Path(tmp) / "b.zarr", "py7zr")[0] if WITH_PY7ZR else None
             figures[f"{name}: archive"] = f"{archive.stat().st_size / 2**20:.0f} MiB, {layout.summary()}"
@@ -220,7 +225,15 @@ def run() -> dict:
                 ratio, limit = projected(floor_cpu, decoder_cpu, work, parallel, cores)
                 figures[f"{name}: model, {cores} cores, long archive: ratio; limit"] = f"{ratio:.3f}; {limit}"
             save("decoders", figures)
-        contended = read_under_gil_contention(seven, next(iter(made.values())))
+        first, archive_a = next(iter(made.items()))
+        for workers in WORKER_COUNTS:
+            runs = [ingest_command(archive_a, csv, Path(tmp) / "w.zarr", "7zz", "--workers", str(workers))
+                    for _ in range(REPEATS)]
+            wall, _, _, decoder_cpu = min(runs)
+            figures[f"{first}: ingest --workers {workers}: wall s (/ floor); 7zz CPU s"] = (
+                f"{wall:.2f} ({wall / floor_of[first]:.3f}); {decoder_cpu:.2f}")
+            save("decoders", figures)
+        contended = read_under_gil_contention(seven, archive_a)
         figures["(a) streamed out of 7zz, nothing processed: alone; with 3 threads holding the GIL through a "
                 "pipe; through a socket (what ingest uses), s"] = (
             f"{contended['alone']}, {contended['pipe']}, {contended['socket']}")

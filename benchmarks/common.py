@@ -95,13 +95,3 @@ def full_size_tiffs() -> tuple[Path, Path]:
     if not tiff.exists():
         extract_archives([data / "train_full_size.7z"], tiff)
     return data, tiff
-
-
-def seven_zip_cli() -> str | None:
-    """The 7-Zip command-line program, where one is installed (7zz, 7z or 7za)."""
-    import shutil
-
-    for name in ("7zz", "7z", "7za"):
-        if shutil.which(name):
-            return name
-    return None
