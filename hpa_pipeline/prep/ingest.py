@@ -103,10 +103,12 @@ def ingest(archive: str | Path, csv: str | Path, out: str | Path, spec: StoreSpe
 
         with builder.saving_on_interrupt(), dask_client(scheduler, workers, cluster, on_cluster,
                                                         threads_per_worker, worker_timeout) as client:
-            pace = _Pace(decoding, in_flight_limit(client, per_thread=1)) if client is not None else None
-            if pace is None:  # one sample at a time in this thread, the next two decoded meanwhile
+            if client is None:  # one sample at a time in this thread, the next two decoded meanwhile
+                pace, limit = None, in_flight_limit(None)
                 decoding.allow(2)
-            run_bounded(client, process_sample, jobs(), pace or in_flight_limit(None), on_result, on_error)
+            else:
+                pace = limit = _Pace(decoding, in_flight_limit(client, per_thread=1))
+            run_bounded(client, process_sample, jobs(), limit, on_result, on_error)
             decoding.join()
     except BaseException:
         if decoding is not None:
@@ -114,7 +116,7 @@ def ingest(archive: str | Path, csv: str | Path, out: str | Path, spec: StoreSpe
         raise
     return builder.finish(not_in_csv=sorted(set(listing.images) - set(table.ids)), unknown_files=listing.unknown,
                           refused=listing.refused, archive_error=decoding.archive_error,
-                          samples_at_once=pace.peak if pace else 1)
+                          samples_at_once=pace.peak if pace is not None else 1)
 
 
 def _is_new(out: str | Path) -> bool:
@@ -158,8 +160,8 @@ class _Pace:
     on 16 cores, one LZMA2 stream of uncompressed TIFFs, ingest took 1.04x the time of ``7zz t``
     with one worker and 1.16x with fifteen (7zz's own CPU 12.7 against 14.0 s). How many are
     needed depends on the TIFFs: a sample's work is 0.15x its decoding when they are
-    uncompressed, 1.4x when deflated (then LZMA2 stores them as they are and decodes them at
-    copying speed). So it is measured: one sample at a time to start with, and one more
+    uncompressed, 1.4x when deflated (LZMA2 finds little left to compress in those and decodes
+    them fast). So it is measured: one sample at a time to start with, and one more
     whenever the decoder spent more than :attr:`SHARE` of the time since the last change
     waiting for a free slot, that is, for the workers.
     """
