@@ -387,7 +387,7 @@ def test_the_pace_takes_one_more_sample_only_while_the_decoder_waits_for_the_wor
     assert at(3.0, 0.53) == 2  # 3 % of the second since the step: keeping up now
     assert at(4.0, 1.5) == 3
     assert at(5.0, 2.5) == 3  # the cluster's threads: no further
-    assert decoding.allowed == [1, 1, 1] and pace.peak == 3
+    assert decoding.allowed == [1, 1, 1] and pace.at_once == 3
     most[0] = 2
     assert at(6.0, 2.5) == 2
 

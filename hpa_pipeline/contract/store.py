@@ -23,7 +23,7 @@ in NGFF's vocabulary, and :mod:`.ngff` exports chosen samples as real OME-Zarr i
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np

@@ -57,7 +57,8 @@ def ingest(archive: str | Path, csv: str | Path, out: str | Path, spec: StoreSpe
     ``progress(advance, total)`` counts samples; ``on_bytes(n)`` counts decoded bytes;
     ``on_cluster(info)`` gets the Dask dashboard link and worker counts once the cluster is up.
     ``decoder``: ``auto`` (7-Zip's 7zz when available, else py7zr), ``7zz`` or ``py7zr``.
-    ``workers`` (local clusters): samples processed at once; default :func:`ingest_workers`.
+    ``workers`` (local clusters): the most samples processed at once (:class:`_Pace` decides how
+    many); default :func:`ingest_workers`.
     Raises :class:`ArchiveError` only when the archive cannot be opened at all; damage found
     while decoding fails the samples not yet complete and is recorded in the report.
     """
@@ -66,9 +67,11 @@ def ingest(archive: str | Path, csv: str | Path, out: str | Path, spec: StoreSpe
     table = read_sample_table(csv)
     check_cluster_choice(scheduler, cluster)  # before the store is created
     listing = catalogue(list_members(archive, decoder))
-    decoding = None
-    if _is_new(out):  # nothing to resume: every sample of the CSV is wanted
-        decoding = _Decoding(archive, *_wanted(table, listing, range(len(table)), archive), decoder, on_bytes)
+
+    def decode(pending: Iterable[int]) -> _Decoding:
+        return _Decoding(archive, *_wanted(table, listing, pending, archive), decoder, on_bytes)
+
+    decoding = decode(range(len(table))) if _is_new(out) else None  # new: every sample of the CSV is wanted
     try:
         # imported here, after decoding has started: zarr's import takes about 0.2 s
         from .builder import StoreBuilder
@@ -76,7 +79,7 @@ def ingest(archive: str | Path, csv: str | Path, out: str | Path, spec: StoreSpe
 
         builder = StoreBuilder(out, table, spec, "ingest", source=str(archive), upscale=upscale)
         if decoding is None:
-            decoding = _Decoding(archive, *_wanted(table, listing, builder.pending(), archive), decoder, on_bytes)
+            decoding = decode(builder.pending())
         index_of = {sample_id: i for i, sample_id in enumerate(table.ids)}
         for sample_id, reason in decoding.unusable.items():
             builder.fail(index_of[sample_id], reason)
@@ -116,7 +119,7 @@ def ingest(archive: str | Path, csv: str | Path, out: str | Path, spec: StoreSpe
         raise
     return builder.finish(not_in_csv=sorted(set(listing.images) - set(table.ids)), unknown_files=listing.unknown,
                           refused=listing.refused, archive_error=decoding.archive_error,
-                          samples_at_once=pace.peak if pace is not None else 1)
+                          samples_at_once=pace.at_once if pace is not None else 1)
 
 
 def _is_new(out: str | Path) -> bool:
@@ -154,7 +157,8 @@ def _wanted(table: SampleTable, listing: Catalogue, pending: Iterable[int],
 
 class _Pace:
     """How many samples are worked on at once, called as ``run_bounded``'s limit: as few as
-    keep up with the decoder, at most ``most()`` (the cluster's own limit).
+    keep up with the decoder, at most ``most()`` (the cluster's own limit). ``at_once`` only
+    grows, so at the end it is the most samples worked on at once.
 
     A worker beyond what the decoder needs only competes with it for the cores and the caches:
     on 16 cores, one LZMA2 stream of uncompressed TIFFs, ingest took 1.04x the time of ``7zz t``
@@ -172,7 +176,7 @@ class _Pace:
     def __init__(self, decoding: "_Decoding", most: Callable[[], int], start: int = 1,
                  clock: Callable[[], float] = time.monotonic):
         self.decoding, self.most, self.clock = decoding, most, clock
-        self.at_once = self.peak = start
+        self.at_once = start
         decoding.allow(start)
         self._since, self._waited = clock(), decoding.waited
 
@@ -182,7 +186,6 @@ class _Pace:
         if window >= self.MIN_WINDOW:
             if waited - self._waited > self.SHARE * window and self.at_once < self.most():
                 self.at_once += 1
-                self.peak = max(self.peak, self.at_once)
                 self.decoding.allow(1)
             self._since, self._waited = now, waited
         return min(self.at_once, self.most())
