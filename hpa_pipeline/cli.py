@@ -393,10 +393,13 @@ def export_ngff_cmd(store, ids, out):
     from .prep.ngff import export_ngff
     from .contract.store import StoreError
 
+    wanted = [i.strip() for i in ids.split(",") if i.strip()]
+    if not wanted:
+        raise click.BadParameter(f"{ids!r} names no sample id", param_hint="--ids")
     try:
-        paths = export_ngff(store, [i.strip() for i in ids.split(",") if i.strip()], out)
-    except (StoreError, KeyError, ValueError) as exc:
-        raise click.ClickException(str(exc).strip('"')) from None
+        paths = export_ngff(store, wanted, out)
+    except (StoreError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
     for path in paths:
         click.echo(str(path))
 

@@ -339,3 +339,21 @@ def test_an_object_store_without_credentials_is_a_clear_error(small_store_inputs
     assert result.returncode == 1, result.stderr
     assert "s3://nobucket/x.zarr: cannot reach the store (NoCredentialsError" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--lr", "-1", "--lr must be a number above 0, got -1.0"),
+    ("--lr", "0", "--lr must be a number above 0, got 0.0"),
+    ("--lr", "nan", "--lr must be a number above 0, got nan"),
+    ("--weight-decay", "-3", "--weight-decay must be a number of 0 or more, got -3.0"),
+    ("--warmup-epochs", "-2", "--warmup-epochs must be a number of 0 or more, got -2.0"),
+    ("--focal-gamma", "-1", "--focal-gamma must be a number of 0 or more, got -1.0"),
+    ("--swa-bn-batches", "0", "--swa-bn-batches must be at least 1, got 0"),
+    ("--steps-per-epoch", "0", "--steps-per-epoch must be at least 1, got 0"),
+    ("--val-level", "0", "--val-level must be at least 1, got 0"),
+])
+def test_training_numbers_out_of_range_are_usage_errors(tmp_path, option, value, message):
+    """Before any work, naming the option: not an optimizer's message, nor a silently odd run."""
+    result = CliRunner().invoke(cli, ["train", "--store", str(tmp_path), "--out", str(tmp_path / "r"), option, value])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not (tmp_path / "r").exists()

@@ -94,7 +94,9 @@ def test_export_ngff_validates_and_reads_back_pixel_identical(stores, tmp_path):
         for level, size in enumerate((128, 64, 32)):
             assert np.array_equal(np.asarray(node.data[level]), root[f"images/{size}"][k])
     bad = CliRunner().invoke(cli, ["export-ngff", str(train), "--ids", "nope", "--out", str(tmp_path)])
-    assert bad.exit_code == 1 and "not in" in bad.output and "nope" in bad.output
+    assert bad.exit_code == 1 and f"Error: not in {train}: nope\n" in bad.output, bad.output
+    empty = CliRunner().invoke(cli, ["export-ngff", str(train), "--ids", " , ", "--out", str(tmp_path)])
+    assert empty.exit_code == 2 and "Invalid value for --ids: ' , ' names no sample id" in empty.output, empty.output
 
 
 def test_inner_chunks_are_one_blosc_block_each(tmp_path):

@@ -7,6 +7,7 @@ the preprocessing commands never pay for importing torch.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field, fields
 
@@ -75,6 +76,16 @@ class TrainConfig:
     device: str = option("auto", "auto (a GPU if there is one), cpu, cuda or cuda:N.")
     steps_per_epoch: int | None = option(None, "Cap on optimizer steps per epoch.")
 
+    def _check_numbers(self) -> None:
+        """The optimizer's numbers, named as options: torch would refuse some with its own
+        message, and accept a negative warm-up or focusing exponent as a silently odd run."""
+        if not (0 < self.lr < math.inf):  # also refuses nan
+            raise ValueError(f"--lr must be a number above 0, got {self.lr}")
+        for name in ("weight_decay", "warmup_epochs", "focal_gamma"):
+            value = getattr(self, name)
+            if not (0 <= value < math.inf):
+                raise ValueError(f"--{name.replace('_', '-')} must be a number of 0 or more, got {value}")
+
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
@@ -92,11 +103,12 @@ class TrainConfig:
         if not 0 <= self.fold < self.folds or self.folds < 2:
             raise ValueError(f"--fold must be between 0 and --folds - 1 ({self.folds - 1}), with --folds >= 2; "
                              f"got --fold {self.fold} --folds {self.folds}")
-        for name in ("epochs", "batch_size", "accumulate", "level", "crop", "crop_grid", "stream_buffer"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.epoch_size is not None and self.epoch_size < 1:
-            raise ValueError(f"--epoch-size must be at least 1, got {self.epoch_size}")
+        for name in ("epochs", "batch_size", "accumulate", "level", "crop", "crop_grid", "stream_buffer",
+                     "swa_bn_batches", "epoch_size", "steps_per_epoch", "val_level"):
+            value = getattr(self, name)
+            if value is not None and value < 1:  # None: the option's "not given" default
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        self._check_numbers()
         if self.stream and self.epoch_size is not None:
             raise ValueError("--stream reads every sample once per epoch; it cannot use --epoch-size")
         if self.crop > self.level:

@@ -52,7 +52,7 @@ def export_ngff(store: str | Path, ids: list[str], out_dir: str | Path) -> list[
     index_of = {sample_id: i for i, sample_id in enumerate(meta["ids"])}
     unknown = [i for i in ids if i not in index_of]
     if unknown:
-        raise KeyError(f"not in {store}: {', '.join(unknown)}")
+        raise ValueError(f"not in {store}: {', '.join(unknown)}")
     done = root["done"][:]
     not_done = [i for i in ids if not done[index_of[i]]]
     if not_done:
