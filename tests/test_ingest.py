@@ -417,3 +417,39 @@ def test_the_decoder_counts_its_waits_for_the_workers_but_not_for_the_start(smal
 
     assert run(0.0) < 0.25
     assert run(0.1) > 0.5  # 12 samples of 0.1 s: the decoder, three samples ahead, waits on most
+
+
+def test_a_csv_of_other_samples_is_refused_before_a_store_exists(small_dataset, tmp_path):
+    """The test archive with train.csv: every sample would fail, and the store made for those
+    ids would then refuse the right CSV ("holds other ids"), so nothing is created."""
+    out = tmp_path / "s.zarr"
+    result = CliRunner().invoke(cli, ["ingest", str(small_dataset.test_archive), "--csv", str(small_dataset.train_csv),
+                                      "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    assert (f"none of the 12 ids of {small_dataset.train_csv.name} is in {small_dataset.test_archive.name} "
+            "(4 samples there") in result.output and "is this the CSV for it?" in result.output
+    assert not out.exists()
+    right = CliRunner().invoke(cli, ["ingest", str(small_dataset.test_archive), "--csv",
+                                     str(small_dataset.sample_submission), "--out", str(out), "--size", "128"])
+    assert right.exit_code == 0, right.output
+
+
+def test_build_zarr_refuses_a_csv_of_other_samples_too(small_dataset, tmp_path):
+    extract_archives([small_dataset.test_archive], tmp_path / "tiff")
+    out = tmp_path / "s.zarr"
+    result = CliRunner().invoke(cli, ["build-zarr", "--src", str(tmp_path / "tiff"), "--csv",
+                                      str(small_dataset.train_csv), "--out", str(out)])
+    assert result.exit_code == 1 and "none of the 12 ids of train.csv is in" in result.output, result.output
+    assert not out.exists()
+
+
+def test_a_store_with_no_sample_done_is_built_again_with_the_options_asked(small_dataset, tmp_path):
+    """The default --size 1024 on smaller sources fails every sample; the advice it prints
+    (a smaller --size) must then work on the same --out, as nothing finished would be lost."""
+    args = ["ingest", str(small_dataset.train_archive), "--csv", str(small_dataset.train_csv), "--out",
+            str(tmp_path / "s.zarr")]
+    first = CliRunner().invoke(cli, args)
+    assert first.exit_code == 3 and "smaller than --size 1024" in first.output
+    again = CliRunner().invoke(cli, args + ["--size", "128", "--levels", "2"])
+    assert again.exit_code == 0 and "12/12 samples done (12 written now" in again.output, again.output
+    assert zarr.open_group(str(tmp_path / "s.zarr"), mode="r")["images/128"].shape[0] == 12

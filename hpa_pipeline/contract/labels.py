@@ -7,6 +7,7 @@ because a silently dropped label is a silently wrong model.
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,6 +147,20 @@ class CsvTable:
     def __getitem__(self, column: str) -> list[str]:
         k = self.columns.index(column)
         return [row[k] if k < len(row) else "" for row in self.rows]
+
+
+def check_source_matches(table: SampleTable, found: Collection[str], csv: str | Path, source: str | Path) -> None:
+    """Refuse a CSV none of whose ids the source holds, while it holds samples of its own.
+
+    Why: every sample would fail one by one, and the store made for the CSV's ids would then
+    refuse the right CSV ("holds other ids"), leaving the user a store to delete. A source
+    with no samples at all fails every sample as before (the report says "not in archive").
+    """
+    if not found or not table.ids or not set(found).isdisjoint(table.ids):
+        return
+    example = sorted(found)[0]
+    raise LabelError(f"none of the {len(table)} ids of {Path(csv).name} is in {Path(source).name} "
+                     f"({len(found)} samples there, e.g. {example}): is this the CSV for it?")
 
 
 def read_csv_table(csv_path: Path) -> CsvTable:

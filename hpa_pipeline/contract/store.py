@@ -64,7 +64,9 @@ def create_store(path: str | Path, table: SampleTable, spec: StoreSpec, source: 
     """Create an empty store for ``table``'s samples, or reopen the one already there.
 
     Reopening checks that ids, levels and dtype are the same, so that a re-run resumes the
-    same build instead of mixing two.
+    same build instead of mixing two. A store in which no sample is done yet (a first run that
+    failed every sample, e.g. with a --size larger than the sources) is built afresh with the
+    options asked: refusing would only make the user delete it.
     """
     path = str(path)
     if not is_url(path) and Path(path).exists() and not Path(path).is_dir():
@@ -80,8 +82,13 @@ def create_store(path: str | Path, table: SampleTable, spec: StoreSpec, source: 
         existing = None  # killed while it was being created (the attributes come last): start again
         _remove_tree(path)
     if existing is not None:
-        _check_same_build(path, existing, table, spec)
-        return zarr.open_group(path, mode="r+")
+        try:
+            _check_same_build(path, existing, table, spec)
+            return zarr.open_group(path, mode="r+")
+        except StoreError:
+            if existing.attrs.get("hpa") is None or _some_sample_done(existing):
+                raise
+            _remove_tree(path)  # nothing finished there: built afresh as asked, nothing is lost
     if not is_url(path) and Path(path).exists() and any(Path(path).iterdir()):
         raise StoreError(f"{path} exists, is not empty and is not an hpa-pipeline store; choose another --out")
     try:
@@ -158,6 +165,15 @@ def _check_same_build(path, root, table: SampleTable, spec: StoreSpec) -> None:
                          f"stored options to resume, or use another --out to build a second store.")
     if meta["ids"] != list(table.ids):
         raise StoreError(f"{path} holds other ids than this CSV (or in another order); use another --out")
+
+
+def _some_sample_done(root: zarr.Group) -> bool:
+    """Whether any sample of an existing store is finished (a store without done flags counts
+    as finished work: it is not ours to remove)."""
+    try:
+        return bool(root["done"][:].any())
+    except KeyError:
+        return True
 
 
 def _holds_no_data(path: str) -> bool:

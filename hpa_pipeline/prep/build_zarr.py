@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .builder import BuildReport, StoreBuilder
 from .extract import REPORT_NAME as EXTRACT_REPORT
-from ..contract.labels import MEMBER_NAME, read_sample_table
+from ..contract.labels import MEMBER_NAME, check_source_matches, read_sample_table
 from .scheduler import WORKER_TIMEOUT, check_cluster_choice, dask_client, in_flight_limit, run_bounded
 from ..contract.store import StoreSpec
 from .tasks import process_sample
@@ -54,6 +54,7 @@ def build_zarr(src: str | Path, csv: str | Path, out: str | Path, spec: StoreSpe
     table = read_sample_table(csv)
     check_cluster_choice(scheduler, cluster)  # before the store is created
     files, unknown = index_tiff_folder(src)
+    check_source_matches(table, files, csv, src)
     builder = StoreBuilder(out, table, spec, "build-zarr", source=str(src), upscale=upscale)
     jobs = []
     for index in builder.pending():

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .archive import ArchiveError, Catalogue, Member, catalogue, list_members, stream_members
-from ..contract.labels import FILTERS, SampleTable, read_sample_table
+from ..contract.labels import FILTERS, SampleTable, check_source_matches, read_sample_table
 from ..contract.locations import is_url
 from ..contract.spec import StoreSpec
 from .memory import keep_freed_buffers
@@ -67,6 +67,7 @@ def ingest(archive: str | Path, csv: str | Path, out: str | Path, spec: StoreSpe
     table = read_sample_table(csv)
     check_cluster_choice(scheduler, cluster)  # before the store is created
     listing = catalogue(list_members(archive, decoder))
+    check_source_matches(table, listing.images, csv, archive)
 
     def decode(pending: Iterable[int]) -> _Decoding:
         return _Decoding(archive, *_wanted(table, listing, pending, archive), decoder, on_bytes)
