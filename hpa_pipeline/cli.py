@@ -121,8 +121,8 @@ def cli():
 @_config_option
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder to write the archives and CSV files into.")
-@click.option("--n-train", default=48, show_default=True, help="Training samples.")
-@click.option("--n-test", default=16, show_default=True, help="Test samples.")
+@click.option("--n-train", type=click.IntRange(min=0), default=48, show_default=True, help="Training samples.")
+@click.option("--n-test", type=click.IntRange(min=0), default=16, show_default=True, help="Test samples.")
 @click.option("--image-sizes", default="2048,3072", show_default=True, callback=_int_list,
               help="Full-size image sizes to mix (each sample draws one).")
 @click.option("--bit-depth", type=click.Choice(["8", "16"]), default="8", show_default=True,
@@ -360,7 +360,7 @@ def ingest(archive, decoder, **options):
               help="Also write a PNG grid of RGB composites of the first samples.")
 @click.option("--n", "n_samples", type=click.IntRange(min=1), default=16, show_default=True,
               help="Samples in the montage.")
-@click.option("--level", type=int, default=None, help="Level to show [default: the one nearest 256].")
+@click.option("--level", type=int, default=None, help="Level the montage shows [default: the one nearest 256].")
 @click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
 def inspect_cmd(store, montage, n_samples, level, as_json):
     """Show a store: samples done/failed/missing, levels, chunking, bytes, channel statistics."""
@@ -375,6 +375,9 @@ def inspect_cmd(store, montage, n_samples, level, as_json):
             raise click.BadParameter(f"{montage}: the montage is a PNG file; name it *.png", param_hint="--montage")
     try:
         info = inspect_store(store)
+        sizes = [lv["size"] for lv in info["levels"]]
+        if level is not None and level not in sizes:
+            raise ValueError(f"no level {level} in {store}; levels are {sizes}")
         click.echo(json.dumps(info, indent=1) if as_json else format_inspection(info))
         if montage:
             click.echo(f"montage: {write_montage(store, montage, n=n_samples, level=level)}")

@@ -119,3 +119,10 @@ def test_inner_chunks_are_one_blosc_block_each(tmp_path):
         for s, image in levels.items():
             assert np.array_equal(zarr.open_array(str(tmp_path / f"{dtype}.zarr"), path=f"images/{s}")[1], image)
     assert StoreSpec(codec="none").compressors(4096) is None
+
+
+def test_inspect_checks_the_level_with_or_without_a_montage(stores):
+    _, train, _ = stores
+    result = CliRunner().invoke(cli, ["inspect", str(train), "--level", "999"])
+    assert result.exit_code == 1 and f"no level 999 in {train}; levels are [128, 64, 32]" in result.output, \
+        result.output

@@ -37,7 +37,7 @@ def inspect_store(path: str | Path) -> dict:
     for size, array in level_arrays(root).items():
         on_disk = bytes_under(join(path, "images", str(size)))
         levels.append({
-            "path": f"images/{size}", "shape": list(array.shape), "dtype": str(array.dtype),
+            "size": size, "path": f"images/{size}", "shape": list(array.shape), "dtype": str(array.dtype),
             "chunks": list(array.chunks), "shards": list(array.shards) if array.shards else None,
             "codecs": _codec_names(array), "bytes_on_disk": on_disk,
             "bytes_per_done_sample": on_disk / max(1, int(done.sum())),
