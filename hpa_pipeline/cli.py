@@ -489,6 +489,10 @@ def train(ctx, resume, **options):
         if info["phase"] == "resumed":
             bar.write(f"resuming {cfg.out} at epoch {info['epoch'] + 1}/{info['epochs']} (step {info['step']})")
             return
+        if info["phase"] == "started":
+            bar.write(f"--resume: no finished epoch in {cfg.out} yet; starting a new run there" if resume else
+                      f"new run in {cfg.out}")
+            return
         if bar.total != info["steps"] or bar.desc.split()[0] != info["phase"]:
             bar.reset(total=info["steps"])
         bar.set_description(f"{info['phase']} epoch {info['epoch']}/{info['epochs']}")

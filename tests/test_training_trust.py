@@ -421,3 +421,15 @@ def test_compiled_training_saves_plain_weights_that_predict_reads(data, tmp_path
     assert compiled["train_loss"] == pytest.approx(eager["train_loss"], rel=0.05)
     ids, probs, _ = predict(tmp / "test.zarr", [tmp_path / "compiled"], workers=0, device="cpu")
     assert probs.shape == (len(ids), 28) and np.isfinite(probs).all()
+
+
+def test_resume_of_a_folder_without_a_run_says_it_starts_a_new_one(data, tmp_path):
+    """A mistyped --out with --resume must not look like a resume (make demo relies on --resume
+    starting the run when there is none)."""
+    _, tmp = data
+    result = CliRunner().invoke(cli, ["train", "--store", str(tmp / "train.zarr"), "--out", str(tmp_path / "typo"),
+                                      "--resume", "--arch", "se_resnet_tiny", "--level", "64", "--crop", "48",
+                                      "--folds", "4", "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "8",
+                                      "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    assert f"--resume: no finished epoch in {tmp_path / 'typo'} yet; starting a new run there" in result.output

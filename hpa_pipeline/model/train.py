@@ -100,8 +100,9 @@ def _train(cfg: TrainConfig, run: RunFolder, progress, ranks: distributed.Ranks,
         board = _tensorboard(run, state.epoch + 1) if ranks.is_main else None
         summary = {"best_valid_macro_f1": state.best, "step": state.step}
         startup_s = time.perf_counter() - started
-        if progress and state.epoch >= 0:
-            progress({"phase": "resumed", "epoch": state.epoch + 1, "epochs": cfg.epochs, "step": state.step})
+        if progress:  # say which: a mistyped --resume --out starts a new run, and must not do so silently
+            progress({"phase": "resumed" if state.epoch >= 0 else "started", "epoch": state.epoch + 1,
+                      "epochs": cfg.epochs, "step": state.step})
         for epoch in range(state.epoch + 1, cfg.epochs):
             speed = train_one_epoch(cfg, epoch, state, step, data, ranks, device, progress)
             evaluation = validate(cfg, epoch, state, data, ranks, device, progress)
