@@ -13,7 +13,9 @@ inside ingest into 7zz's and ingest's own (per sample, without the fixed cost: t
 that sets the ratio wherever 7zz can use every core), ingest's fixed cost (a one-sample run),
 and two readings of the ratio: without the fixed cost (what a real archive's hours approach)
 and the bound the cores set (ingest's CPU / cores: where 7zz already keeps every core busy,
-the per-sample work can only add to the time); and the ratio
+the per-sample work can only add to the time); the bound of the work any ingest must do
+(:func:`required_work`: 7zz's own CPU, receiving its output, each sample's levels and shards,
+measured alone, over the cores); and the ratio
 projected to 16 cores for a long archive packed the same way (:func:`projected`), with what
 limits it there: the archive's parallelism or the cores. Environment: DECODER_SAMPLES (16),
 DECODER_PY7ZR (1; 0 skips the slow py7zr ingest), DECODER_REPEATS (3: runs of ``7zz t`` and
@@ -30,6 +32,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import py7zr
@@ -153,6 +156,47 @@ def projected(floor_cpu: float, decoder_cpu: float, work: float, parallel: int, 
     return total / decode, limit
 
 
+def required_work(seven, archive: Path, tmp: Path) -> tuple[float, float]:
+    """CPU seconds of the work any ingest of ``archive`` must do besides 7zz's decoding, each
+    part measured alone: receiving the members from 7zz (this process's CPU while it streams
+    them out, CRC checked, each buffer dropped and reused), and each sample's TIFF read, levels and shard
+    write with the store's default layout (one sample after another, after decoding, so 7zz
+    does not share the cores). ``(receive, samples)``: with 7zz's own CPU, the least CPU an
+    ingest can take; over the cores, the least wall time where 7zz keeps them all busy.
+    """
+    from hpa_pipeline.contract.labels import MEMBER_NAME, SampleTable
+    from hpa_pipeline.contract.spec import StoreSpec
+    from hpa_pipeline.contract.store import create_store
+    from hpa_pipeline.prep.sevenzip import stream_block
+    from hpa_pipeline.prep.memory import keep_freed_buffers
+    from hpa_pipeline.prep.tasks import SampleJob, process_sample
+
+    keep_freed_buffers()  # as ingest does
+    entries = [e for e in describe(seven, archive).entries if not e.is_dir]
+    members: dict[str, dict[str, bytearray]] = {}
+
+    def keep(entry, data, error):
+        match = MEMBER_NAME.match(Path(entry.name).name)
+        members.setdefault(match["id"], {})[match["filter"]] = data
+
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    stream_block(seven, archive, entries, lambda *a: None, None)  # buffers freed and reused, as in ingest
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    receive = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    stream_block(seven, archive, entries, keep, None)
+    store = tmp / "required.zarr"
+    create_store(store, SampleTable(tuple(members), None), StoreSpec())
+    samples = 0.0
+    for index, (sample_id, sources) in enumerate(members.items()):
+        job = SampleJob(index, sample_id, sources, str(store), StoreSpec().size, StoreSpec().levels)
+        started = time.thread_time()
+        result = process_sample(job)
+        samples += time.thread_time() - started
+        assert result.ok, result.error
+    shutil.rmtree(store)
+    return receive, samples
+
+
 def read_under_gil_contention(seven, archive: Path, spinners: int = 3) -> dict[str, float]:
     """Seconds to stream ``archive``'s members out of 7zz (CRC checked, nothing processed) while
     ``spinners`` threads run pure-Python loops (holding the GIL, as ingest's worker threads do in
@@ -220,6 +264,11 @@ def run() -> dict:
             # by the cores when decoding and the per-sample work together keep them all busy
             figures[f"{name}: (ingest - fixed cost) / floor"] = round((ours - fixed) / floor, 3)
             figures[f"{name}: CPU bound (ingest CPU / cores) / floor"] = round(ours_cpu / CORES / floor, 3)
+            receive, samples = required_work(seven, archive, Path(tmp))
+            figures[f"{name}: required work alone: receiving s, samples s (ms a sample); "
+                    f"bound (7zz t CPU + both) / cores / floor"] = (
+                f"{receive:.2f}, {samples:.2f} ({1000 * samples / N_SAMPLES:.0f}); "
+                f"{(floor_cpu + receive + samples) / CORES / floor:.3f}")
             parallel = streams(layout)
             for cores in sorted({CORES, 16}):
                 ratio, limit = projected(floor_cpu, decoder_cpu, work, parallel, cores)
