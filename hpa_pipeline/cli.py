@@ -275,13 +275,14 @@ def _print_cluster(info: dict) -> None:
 def _run_store_command(fn, desc, **kwargs):
     from .prep.archive import ArchiveError
     from .contract.labels import LabelError
+    from .prep.builder import SystematicFailure
     from .prep.scheduler import ClusterError
     from .contract.spec import StoreError
 
     bar = _SampleBar(desc)
     try:
         report = fn(progress=bar, on_cluster=_print_cluster, **kwargs)
-    except (LabelError, StoreError, ArchiveError, ClusterError, FileNotFoundError) as exc:
+    except (LabelError, StoreError, ArchiveError, ClusterError, FileNotFoundError, SystematicFailure) as exc:
         bar.close()
         raise click.ClickException(str(exc)) from None
     bar.close()

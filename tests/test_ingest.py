@@ -453,3 +453,39 @@ def test_a_store_with_no_sample_done_is_built_again_with_the_options_asked(small
     again = CliRunner().invoke(cli, args + ["--size", "128", "--levels", "2"])
     assert again.exit_code == 0 and "12/12 samples done (12 written now" in again.output, again.output
     assert zarr.open_group(str(tmp_path / "s.zarr"), mode="r")["images/128"].shape[0] == 12
+
+
+def test_a_run_whose_samples_all_fail_alike_stops_early(small_dataset, tmp_path, monkeypatch):
+    """--size above every source (e.g. 1024 on the competition's 512² PNGs): the run stops once
+    the first samples all failed for one reason, instead of decoding the whole archive for a
+    report of identical failures; the store, with nothing done, is built afresh next time."""
+    from hpa_pipeline.prep.builder import StoreBuilder
+
+    monkeypatch.setattr(StoreBuilder, "GIVE_UP_AFTER", 4)
+    args = ["ingest", str(small_dataset.train_archive), "--csv", str(small_dataset.train_csv), "--out",
+            str(tmp_path / "s.zarr")]
+    result = CliRunner().invoke(cli, args + ["--size", "1024"])
+    assert result.exit_code == 1, result.output
+    assert "stopped: the first 4 samples all failed alike, e.g. " in result.output
+    assert "smaller than --size 1024" in result.output and "nothing was written" in result.output
+    on_a_cluster = CliRunner().invoke(cli, args[:-1] + [str(tmp_path / "t.zarr"), "--size", "1024", "--workers", "2"])
+    assert on_a_cluster.exit_code == 1 and "all failed alike" in on_a_cluster.output, on_a_cluster.output
+
+
+def test_only_failures_alike_with_nothing_written_stop_a_run(tmp_path, monkeypatch):
+    from hpa_pipeline.contract.labels import SampleTable
+    from hpa_pipeline.prep.builder import StoreBuilder, SystematicFailure
+    from hpa_pipeline.prep.tasks import SampleResult
+
+    monkeypatch.setattr(StoreBuilder, "GIVE_UP_AFTER", 3)
+    table = SampleTable(tuple(f"s{i}" for i in range(9)), None)
+
+    def feed(name, outcomes):
+        builder = StoreBuilder(tmp_path / name, table, StoreSpec(size=64, levels=1, chunk=64), "ingest", "x")
+        for i, error in enumerate(outcomes):
+            builder.on_result(SampleResult(i, f"s{i}", error and f"s{i}: {error}", (64, 64), 8, np.zeros((1, 4, 2))))
+
+    with pytest.raises(SystematicFailure, match="the first 3 samples all failed alike"):
+        feed("a", ["source is 256x256, smaller than --size 1024"] * 2 + ["source is 384x384, smaller than --size 1024"])
+    feed("b", [None] + ["unreadable TIFF"] * 5)  # a sample was written: the archive is fine, these are bad files
+    feed("c", ["unreadable TIFF", "missing channel(s) red", "unreadable TIFF", "unreadable TIFF"])  # not alike

@@ -6,6 +6,7 @@ writes the channel statistics and ``report.json``. It is the only writer of ``do
 """
 from __future__ import annotations
 
+import re
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -58,10 +59,26 @@ class BuildReport:
         return ", ".join(parts) + f" in {self.seconds:.1f}s{at_once}"
 
 
+class SystematicFailure(RuntimeError):
+    """The first samples of a run all failed for one reason, and none was written: the cause is
+    the options or the source as a whole, not a bad file, so the run stops."""
+
+
+def failure_kind(sample_id: str, reason: str) -> str:
+    """A failure's reason without what differs from sample to sample (the id, numbers): two
+    samples 'fail alike' when these agree (``source is 256x256, smaller than --size 1024`` and
+    ``... 384x384 ...`` do)."""
+    return re.sub(r"\d+", "N", reason.replace(sample_id, "ID"))
+
+
 class StoreBuilder:
     """Bookkeeping of one build: pending samples, results, failures, statistics, report."""
 
     FLUSH_SECONDS = 1.0
+    #: a run stops when its first this many processed samples all failed alike (:func:`failure_kind`)
+    #: and none was written: e.g. --size 1024 on the competition's 512² PNGs, which would otherwise
+    #: decode a whole archive for a report of identical failures
+    GIVE_UP_AFTER = 100
 
     def __init__(self, out: str | Path, table: SampleTable, spec: StoreSpec, command: str, source: str,
                  upscale: bool = False):
@@ -73,6 +90,7 @@ class StoreBuilder:
         self.failures: dict[int, str] = {}
         self.started = time.perf_counter()
         self._last_flush = time.perf_counter()
+        self._first_failures: list[str] | None = []  # kinds of the failures so far; None once one is written
 
     def pending(self) -> list[int]:
         """Indices of samples not yet done, in CSV order."""
@@ -86,14 +104,33 @@ class StoreBuilder:
         if result.ok:
             self.book.mark_done(result.index, result.source_shape, result.source_bits, result.sums)
             self.report.written += 1
+            self._first_failures = None
             if time.perf_counter() - self._last_flush > self.FLUSH_SECONDS:
                 self.book.flush()
                 self._last_flush = time.perf_counter()
         else:
             self.fail(result.index, result.error)
+            self._give_up_if_all_alike(result.sample_id, result.error)
 
     def on_error(self, job: SampleJob, exc: BaseException) -> None:
-        self.fail(job.index, f"{job.sample_id}: task failed ({type(exc).__name__}: {exc})")
+        reason = f"{job.sample_id}: task failed ({type(exc).__name__}: {exc})"
+        self.fail(job.index, reason)
+        self._give_up_if_all_alike(job.sample_id, reason)
+
+    def _give_up_if_all_alike(self, sample_id: str, reason: str) -> None:
+        """Raise :class:`SystematicFailure` once the first :attr:`GIVE_UP_AFTER` processed
+        samples all failed alike with none written (failures decided before processing, such
+        as ids not in the archive, do not count: the report lists those at once)."""
+        if self._first_failures is None:
+            return
+        self._first_failures.append(failure_kind(sample_id, reason))
+        if len(self._first_failures) >= self.GIVE_UP_AFTER and len(set(self._first_failures)) == 1:
+            raise SystematicFailure(
+                f"stopped: the first {len(self._first_failures)} samples all failed alike, e.g. {reason}; nothing "
+                f"was written. Fix the cause and run the command again (with other layout options the store, "
+                f"in which nothing is done, is built afresh)")
+        if len(self._first_failures) >= self.GIVE_UP_AFTER:
+            self._first_failures = None  # failures of several kinds: bad files, the run goes on
 
     def fail(self, index: int, reason: str) -> None:
         self.failures[index] = reason
