@@ -359,8 +359,11 @@ def test_training_numbers_out_of_range_are_usage_errors(tmp_path, option, value,
     assert not (tmp_path / "r").exists()
 
 
-@pytest.mark.parametrize("counts, message", [(["--n-train", "-2"], "Invalid value for '--n-train': -2 is not in the range x>=0"),
-                                             (["--n-train", "0", "--n-test", "0"], "nothing to write")])
+@pytest.mark.parametrize("counts, message", [
+    (["--n-train", "-2"], "Invalid value for '--n-train': -2 is not in the range x>=0"),
+    (["--n-train", "0", "--n-test", "0"], "nothing to write"),
+    (["--n-train", "0", "--form", "jpeg-folder"], "training samples only"),
+])
 def test_synth_sample_counts_are_checked(tmp_path, counts, message):
     result = CliRunner().invoke(cli, ["synth", "--out", str(tmp_path / "d"), *counts])
     assert result.exit_code == 2 and message in result.output, result.output

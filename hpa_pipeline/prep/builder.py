@@ -125,10 +125,11 @@ class StoreBuilder:
             return
         self._first_failures.append(failure_kind(sample_id, reason))
         if len(self._first_failures) >= self.GIVE_UP_AFTER and len(set(self._first_failures)) == 1:
+            afresh = (" (with other layout options the store, in which nothing is done, is built afresh)"
+                      if self.report.done_before == 0 else " to resume")
             raise SystematicFailure(
                 f"stopped: the first {len(self._first_failures)} samples all failed alike, e.g. {reason}; nothing "
-                f"was written. Fix the cause and run the command again (with other layout options the store, "
-                f"in which nothing is done, is built afresh)")
+                f"was written in this run. Fix the cause and run the command again{afresh}")
         if len(self._first_failures) >= self.GIVE_UP_AFTER:
             self._first_failures = None  # failures of several kinds: bad files, the run goes on
 

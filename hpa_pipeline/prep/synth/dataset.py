@@ -77,9 +77,11 @@ class SynthSpec:
             raise ValueError(f"unknown TIFF compression {self.compression!r}; choose from {sorted(TIFF_COMPRESSIONS)}")
         if self.archive_method not in ARCHIVE_METHODS:
             raise ValueError(f"unknown archive method {self.archive_method!r}; choose from {sorted(ARCHIVE_METHODS)}")
-        if self.n_train < 0 or self.n_test < 0 or self.n_train + self.n_test == 0:
+        train_only = self.form == "jpeg-folder"  # HPA v18's images have no test set
+        if self.n_train < 0 or self.n_test < 0 or self.n_train + (0 if train_only else self.n_test) == 0:
+            note = "; --form jpeg-folder writes training samples only" if train_only else ""
             raise ValueError(f"nothing to write: n_train {self.n_train}, n_test {self.n_test} (counts of 0 or more, "
-                             f"at least one sample)")
+                             f"at least one sample{note})")
         bad = [s for s in self.image_sizes if s < 64 or s % 4]
         if bad or not self.image_sizes:
             raise ValueError(f"image sizes must be multiples of 4 and at least 64, got {self.image_sizes}")
