@@ -81,12 +81,16 @@ def timed(args: list[str], **kwargs) -> tuple[float, float]:
     return wall, cpu
 
 
+def _cpu_seconds(before: resource.struct_rusage, after: resource.struct_rusage) -> float:
+    """User + system CPU seconds between two ``getrusage`` readings."""
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
 def _run_timed(args: list[str], **kwargs) -> tuple[float, float, subprocess.CompletedProcess]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with timer() as t:
         result = subprocess.run(args, check=True, **kwargs)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return t(), (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), result
+    return t(), _cpu_seconds(before, resource.getrusage(resource.RUSAGE_CHILDREN)), result
 
 
 #: ``hpa-pipe`` as ``python -m hpa_pipeline`` runs it, which then writes its own CPU seconds and its
@@ -181,14 +185,13 @@ def required_work(seven, archive: Path, tmp: Path) -> tuple[float, float]:
 
     before = resource.getrusage(resource.RUSAGE_SELF)
     stream_block(seven, archive, entries, lambda *a: None, None)  # buffers freed and reused, as in ingest
-    after = resource.getrusage(resource.RUSAGE_SELF)
-    receive = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    receive = _cpu_seconds(before, resource.getrusage(resource.RUSAGE_SELF))
     stream_block(seven, archive, entries, keep, None)
-    store = tmp / "required.zarr"
-    create_store(store, SampleTable(tuple(members), None), StoreSpec())
+    store, spec = tmp / "required.zarr", StoreSpec()
+    create_store(store, SampleTable(tuple(members), None), spec)
     samples = 0.0
     for index, (sample_id, sources) in enumerate(members.items()):
-        job = SampleJob(index, sample_id, sources, str(store), StoreSpec().size, StoreSpec().levels)
+        job = SampleJob(index, sample_id, sources, str(store), spec.size, spec.levels)
         started = time.thread_time()
         result = process_sample(job)
         samples += time.thread_time() - started

@@ -367,7 +367,7 @@ def inspect_cmd(store, montage, n_samples, level, as_json):
     """Show a store: samples done/failed/missing, levels, chunking, bytes, channel statistics."""
     import json
 
-    from .prep.inspect import format_inspection, inspect_store, write_montage
+    from .prep.inspect import format_inspection, inspect_store, montage_level, write_montage
     from .contract.store import StoreError
 
     if montage is not None:
@@ -376,9 +376,7 @@ def inspect_cmd(store, montage, n_samples, level, as_json):
             raise click.BadParameter(f"{montage}: the montage is a PNG file; name it *.png", param_hint="--montage")
     try:
         info = inspect_store(store)
-        sizes = [lv["size"] for lv in info["levels"]]
-        if level is not None and level not in sizes:
-            raise ValueError(f"no level {level} in {store}; levels are {sizes}")
+        montage_level(store, [lv["size"] for lv in info["levels"]], level)  # checked with or without --montage
         click.echo(json.dumps(info, indent=1) if as_json else format_inspection(info))
         if montage:
             click.echo(f"montage: {write_montage(store, montage, n=n_samples, level=level)}")

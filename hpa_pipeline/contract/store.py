@@ -84,11 +84,12 @@ def create_store(path: str | Path, table: SampleTable, spec: StoreSpec, source: 
     if existing is not None:
         try:
             _check_same_build(path, existing, table, spec)
-            return zarr.open_group(path, mode="r+")
         except StoreError:
             if existing.attrs.get("hpa") is None or _some_sample_done(existing):
                 raise
             _remove_tree(path)  # nothing finished there: built afresh as asked, nothing is lost
+        else:
+            return zarr.open_group(path, mode="r+")
     if not is_url(path) and Path(path).exists() and any(Path(path).iterdir()):
         raise StoreError(f"{path} exists, is not empty and is not an hpa-pipeline store; choose another --out")
     try:

@@ -90,7 +90,9 @@ class StoreBuilder:
         self.failures: dict[int, str] = {}
         self.started = time.perf_counter()
         self._last_flush = time.perf_counter()
-        self._first_failures: list[str] | None = []  # kinds of the failures so far; None once one is written
+        # the kind of the failures so far and how many, while all alike (:func:`failure_kind`); None once
+        # a sample is written or two failures differ
+        self._alike: tuple[str | None, int] | None = (None, 0)
 
     def pending(self) -> list[int]:
         """Indices of samples not yet done, in CSV order."""
@@ -104,7 +106,7 @@ class StoreBuilder:
         if result.ok:
             self.book.mark_done(result.index, result.source_shape, result.source_bits, result.sums)
             self.report.written += 1
-            self._first_failures = None
+            self._alike = None
             if time.perf_counter() - self._last_flush > self.FLUSH_SECONDS:
                 self.book.flush()
                 self._last_flush = time.perf_counter()
@@ -121,17 +123,20 @@ class StoreBuilder:
         """Raise :class:`SystematicFailure` once the first :attr:`GIVE_UP_AFTER` processed
         samples all failed alike with none written (failures decided before processing, such
         as ids not in the archive, do not count: the report lists those at once)."""
-        if self._first_failures is None:
+        if self._alike is None:
             return
-        self._first_failures.append(failure_kind(sample_id, reason))
-        if len(self._first_failures) >= self.GIVE_UP_AFTER and len(set(self._first_failures)) == 1:
+        kind, count = self._alike
+        this = failure_kind(sample_id, reason)
+        if kind not in (None, this):
+            self._alike = None  # failures of several kinds: bad files, the run goes on
+            return
+        self._alike = this, count + 1
+        if count + 1 >= self.GIVE_UP_AFTER:
             afresh = (" (with other layout options the store, in which nothing is done, is built afresh)"
                       if self.report.done_before == 0 else " to resume")
             raise SystematicFailure(
-                f"stopped: the first {len(self._first_failures)} samples all failed alike, e.g. {reason}; nothing "
+                f"stopped: the first {count + 1} samples all failed alike, e.g. {reason}; nothing "
                 f"was written in this run. Fix the cause and run the command again{afresh}")
-        if len(self._first_failures) >= self.GIVE_UP_AFTER:
-            self._first_failures = None  # failures of several kinds: bad files, the run goes on
 
     def fail(self, index: int, reason: str) -> None:
         self.failures[index] = reason

@@ -84,15 +84,21 @@ def composite(sample: np.ndarray) -> np.ndarray:
     return np.clip(rgb, 0, 255).astype(np.uint8)
 
 
+def montage_level(path: str | Path, sizes: list[int], level: int | None = None) -> int:
+    """The level a montage shows: ``level``, which the store must have, or the one nearest 256."""
+    if level is None:
+        return min(sizes, key=lambda s: abs(s - 256))
+    if level not in sizes:
+        raise ValueError(f"no level {level} in {path}; levels are {sizes}")
+    return level
+
+
 def write_montage(path: str | Path, out_png: str | Path, n: int = 16, level: int | None = None,
                   columns: int = 4) -> Path:
     """A grid of the first ``n`` done samples as RGB composites, captioned with id and labels."""
     root = open_store(path)
     meta = root.attrs["hpa"]
-    sizes = list(level_arrays(root))
-    size = level if level is not None else min(sizes, key=lambda s: abs(s - 256))
-    if size not in sizes:
-        raise ValueError(f"no level {size} in {path}; levels are {sizes}")
+    size = montage_level(path, list(level_arrays(root)), level)
     done = np.flatnonzero(root["done"][:])[:n]
     if done.size == 0:
         raise ValueError(f"{path}: no sample is done yet, nothing to show")
