@@ -19,6 +19,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import click  # noqa: E402
 
 from . import __version__  # noqa: E402
+from .contract.machine import usable_cores  # noqa: E402
 
 DEFAULT_LABELS_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "kaggle" / "train.csv"
 
@@ -140,7 +141,7 @@ def cli():
                    "jpeg-folder: HPA v18-style JPEGs (each filter in its colour) in hpa_v18/ with "
                    "HPAv18RBGY_wodpl.csv, training samples only.")
 @click.option("--seed", default=0, show_default=True, help="Same seed, same images and labels.")
-@click.option("--workers", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default=True,
+@click.option("--workers", type=click.IntRange(min=1), default=usable_cores(), show_default=True,
               help="Processes rendering samples at once (each renders one sample).")
 def synth(out_dir, n_train, n_test, image_sizes, bit_depth, compression, archive_method, labels_csv, form, seed,
           workers):

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -33,6 +32,7 @@ import torch
 
 from ..contract.atomic import Interrupted, replacing, write_json
 from ..contract.labels import CLASS_NAMES
+from ..contract.machine import usable_cores
 from ..contract.store import open_store
 from . import distributed
 from .averaging import averaging_kind, make_average, recompute_batchnorm
@@ -233,7 +233,7 @@ class Data:
 
 def max_workers() -> int:
     """Loader workers at most with ``--workers auto``: every core but the training process's."""
-    return max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2) - 1)
+    return max(1, usable_cores() - 1)
 
 
 def make_data(cfg: TrainConfig, plan: Plan, ranks: distributed.Ranks, device: torch.device) -> Data:

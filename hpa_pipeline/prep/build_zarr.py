@@ -5,13 +5,13 @@ coordinator (:class:`.builder.StoreBuilder`) marks samples done, so a re-run res
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 from .builder import BuildReport, StoreBuilder
 from .extract import REPORT_NAME as EXTRACT_REPORT
 from ..contract.labels import MEMBER_NAME, check_source_matches, read_sample_table
+from ..contract.machine import usable_cores
 from .scheduler import WORKER_TIMEOUT, check_cluster_choice, dask_client, in_flight_limit, run_bounded
 from ..contract.store import StoreSpec
 from .tasks import process_sample
@@ -50,7 +50,7 @@ def build_zarr(src: str | Path, csv: str | Path, out: str | Path, spec: StoreSpe
     dashboard link and worker counts once it is up (see :func:`.scheduler.describe`).
     ``workers`` (local clusters): samples processed at once; default all cores.
     """
-    workers = workers or os.cpu_count() or 1
+    workers = workers or usable_cores()
     table = read_sample_table(csv)
     check_cluster_choice(scheduler, cluster)  # before the store is created
     files, unknown = index_tiff_folder(src)

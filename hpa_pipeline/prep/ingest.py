@@ -16,7 +16,6 @@ the cluster starts; resuming reads the done flags first.
 """
 from __future__ import annotations
 
-import os
 import queue
 import threading
 import time
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING
 from .archive import ArchiveError, Catalogue, Member, catalogue, list_members, stream_members
 from ..contract.labels import FILTERS, SampleTable, check_source_matches, read_sample_table
 from ..contract.locations import is_url
+from ..contract.machine import usable_cores
 from ..contract.spec import StoreSpec
 from .memory import keep_freed_buffers
 from .scheduler import WORKER_TIMEOUT, check_cluster_choice, dask_client, in_flight_limit, run_bounded
@@ -43,7 +43,7 @@ def ingest_workers() -> int:
     Measured on 2 cores (benchmarks/bench_decoders.py): one worker beats two on every archive
     packing, since a second would only compete with the decoder (and starts a Dask cluster).
     """
-    return max(1, (os.cpu_count() or 1) - 1)
+    return max(1, usable_cores() - 1)
 
 
 def ingest(archive: str | Path, csv: str | Path, out: str | Path, spec: StoreSpec, workers: int | None = None,

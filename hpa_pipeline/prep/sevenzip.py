@@ -1,6 +1,6 @@
 """Decoding 7z archives with 7-Zip's own command-line program (``7zz``), member by member.
 
-Why (``../shared/notes/7z-decoding.md``, issue 13): py7zr (liblzma) decodes one LZMA2 stream
+Why (benchmarks/bench_decoders.py): py7zr (liblzma) decodes one LZMA2 stream
 on one thread, and one thread per solid block at most. 7-Zip's decoder is about 30 % faster on
 one thread and decodes an LZMA2 stream written in independent chunks (multi-threaded
 compression) on several threads. How Kaggle packed ``train_full_size.7z`` is not published, so
@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .checksum import crc32
+from ..contract.machine import usable_cores
 
 MIN_VERSION = (18, 3)
 
@@ -408,7 +409,7 @@ def stream_members(seven: SevenZip, archive: str | Path, entries: list[Entry], d
         with lock:
             on_bytes(n)
 
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     if processes is None and layout is not None:
         processes, _ = decoding_plan(layout.block_sizes(), layout.chunks.chunk if layout.chunks else None, cores)
     workers = max(1, min(len(blocks), processes or cores))
