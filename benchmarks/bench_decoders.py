@@ -1,4 +1,4 @@
-"""ingest against 7-Zip's own decoding time, on three ways an archive can be packed (issue 13).
+"""ingest against 7-Zip's own decoding time, on three ways an archive can be packed.
 
 The same uncompressed full-size TIFFs (as in the real archives, LZMA2 really codes the data)
 packed by 7-Zip three ways: (a) solid, written by one thread (one LZMA2 stream per solid block,

@@ -15,7 +15,7 @@ loss, the dihedral/jitter augmentation and normalisation on the device, batch 64
    real data (24,900 training and 6,200 validation samples per fold);
 4. the feed alone (no training): images/s and the CPU cores it used (workers and this process).
 
-Each of 1-3 eager and with ``torch.compile``. Targets (issue 11): loader-fed >= 0.97 of
+Each of 1-3 eager and with ``torch.compile``. Targets: loader-fed >= 0.97 of
 memory-fed; ``train`` steady state >= 0.95 of memory-fed; epoch overheads <= 5 % of an epoch at
 the real size. Environment: GPU_STEPS (default 60), GPU_TRAIN_STEPS (220), GPU_WORKERS (default:
 chosen from the measured per-worker and step rates), GPU_MODES (eager,compile).

@@ -2,7 +2,7 @@
 
 Data: twelve 2048²/3072² four-channel samples of the synthetic cell images, each TIFF written
 by tifffile (not by the project's archive writer) in one of four encodings, three samples each:
-none, tiled deflate, LZW, deflate in 16-row strips, 8-bit (issue 13's archive, unpacked). Baseline (what competition kernels did):
+none, tiled deflate, LZW, deflate in 16-row strips, 8-bit (the decoders benchmark's archive, unpacked). Baseline (what competition kernels did):
 one process, for each TIFF, PIL opens it, box-resizes it to 1024 and saves a PNG. Ours:
 ``hpa-pipe build-zarr --size 1024 --workers 1`` as a whole command (its start-up included).
 The profile times each step of ``process_sample`` in-process, per encoding.

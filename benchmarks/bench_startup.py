@@ -4,7 +4,7 @@ Baseline: what every command paid before the package was split into halves: ``im
 plus the CLI module (the ``train`` options were built from a dataclass in the torch module).
 Ours: ``hpa-pipe --help``, ``hpa-pipe evaluate`` on a small submission, and ``build-zarr`` /
 ``ingest`` on one 256² sample with one worker, whole command (an upper bound on the start-up
-to the first task). Targets (issue 9): --help and evaluate under 1 s, build-zarr/ingest
+to the first task). Targets: --help and evaluate under 1 s, build-zarr/ingest
 start-up under 2 s, on the 2-core machine. Median of 3 runs each.
 """
 from __future__ import annotations

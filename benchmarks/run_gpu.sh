@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make bench-gpu`: every GPU figure of issue 11 in one run (benchmarks/bench_gpu.py), eager and
+# `make bench-gpu`: every GPU figure in one run (benchmarks/bench_gpu.py), eager and
 # compiled, one JSON (benchmarks/results/gpu.json, or in $OUT when set). No network needed.
 # On the device tool's bare GPU image: run benchmarks/device_wheels.sh here first, then this there
 # with carry [".whl"]; the wheels it lacks (zarr, dask, numcodecs, py7zr, ...) are installed from .whl/.

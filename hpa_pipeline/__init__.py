@@ -1,6 +1,6 @@
 """hpa-pipeline: Human Protein Atlas full-size archives -> chunked Zarr -> SENet classifiers.
 
-Three subpackages show the architecture (``../shared/design.md`` is the contract):
+Three subpackages show the architecture (:mod:`hpa_pipeline.contract` is what the halves share):
 
 - :mod:`hpa_pipeline.contract`: what both halves share: the 28 labels and CSV rules, the
   dataset store's layout, whole-shard writes and reads, store locations, atomic writes.

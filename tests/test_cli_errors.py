@@ -1,4 +1,4 @@
-"""No user mistake ends in a traceback (issue 12): every command, given an empty, a missing and a
+"""No user mistake ends in a traceback: every command, given an empty, a missing and a
 malformed input, exits 1 or 2 with a message; options are checked before any work starts."""
 import json
 import os

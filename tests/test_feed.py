@@ -1,4 +1,4 @@
-"""The GPU feed (issue 11): persistent workers filling shared batch slots give exactly the batches
+"""The GPU feed: persistent workers filling shared batch slots give exactly the batches
 of in-process reading, start once per run, fail loudly, and the step loop never waits for the device."""
 import os
 import signal

@@ -20,7 +20,7 @@ from .helpers import assert_same_stores, random_sample, tiff_bytes, write_7z
 
 @pytest.fixture(autouse=True, params=["7zz", "py7zr", "7zz-pipe"])
 def decoder(request, monkeypatch):
-    """Every test here runs with both decoders (issue 13): 7-Zip's 7zz and py7zr; and 7zz read
+    """Every test here runs with both decoders: 7-Zip's 7zz and py7zr; and 7zz read
     through a pipe, as where the system has no Unix sockets."""
     from hpa_pipeline.prep import archive, sevenzip
 

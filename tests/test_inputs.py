@@ -1,4 +1,4 @@
-"""Every form of HPA data (issue 14): the competition's 512² PNGs (folder or zip), JPEGs, colour
+"""Every form of HPA data: the competition's 512² PNGs (folder or zip), JPEGs, colour
 files holding one filter, 16-bit PNGs, and zip archives with bad members."""
 import io
 import json

@@ -1,5 +1,5 @@
 """The two halves stay apart: ``prep`` never imports torch or ``model``; ``model`` reads data only
-through the store contract; commands import only their own half (design.md, issue 9)."""
+through the store contract; commands import only their own half (the store contract)."""
 import ast
 import pkgutil
 import subprocess

@@ -1,4 +1,4 @@
-"""What ingest and extract say of a 7z archive before decoding it (issue 13): blocks, methods,
+"""What ingest and extract say of a 7z archive before decoding it: blocks, methods,
 and whether the first LZMA2 stream is one stream or independent chunks, read from the stream's
 chunk headers (7-Zip's listing does not say)."""
 import subprocess

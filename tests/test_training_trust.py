@@ -1,4 +1,4 @@
-"""Trustworthy training (issue 10): every number a real run reports is right, a run resumes
+"""Trustworthy training: every number a real run reports is right, a run resumes
 exactly, and a failed command leaves the run folder as it was."""
 import csv
 import json
@@ -346,7 +346,7 @@ def test_a_kill_at_each_write_point_resumes_to_the_uninterrupted_run(data, unint
     assert (run / "thresholds.json").read_text() == (uninterrupted / "thresholds.json").read_text()
 
 
-# --- external data (issue 14) ------------------------------------------------------------------
+# --- external data -------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def external_store(data, tmp_path_factory):

@@ -1,4 +1,4 @@
-"""The contract between preprocessing and modelling (``../shared/design.md``).
+"""The contract between preprocessing and modelling: what a store holds and how it is read.
 
 - :mod:`.labels`: the 28 classes, the four filters in channel order, strict CSV parsing.
 - :mod:`.store`: the dataset store's layout (levels, arrays, attributes, statistics, done flags,

@@ -41,7 +41,7 @@ FILTER_STAINS = {
 }
 
 #: Label counts of the real train.csv (31,072 samples), used to draw realistic label sets
-#: when ``../shared/data/kaggle/train.csv`` is not at hand.
+#: when no real train.csv is given.
 REAL_CLASS_COUNTS: tuple[int, ...] = (
     12885, 1254, 3621, 1561, 1858, 2513, 1008, 2822, 53, 45, 28, 1093, 688, 537,
     1066, 21, 530, 210, 902, 1482, 172, 3777, 802, 2965, 322, 8228, 328, 11,

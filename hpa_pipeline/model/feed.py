@@ -1,6 +1,6 @@
 """The training feed: batches delivered to the training process at almost no cost to it.
 
-Measured on an H100 (issue 11), PyTorch's DataLoader reads crops fast enough, but delivering
+Measured on an H100 (benchmarks/bench_gpu.py), PyTorch's DataLoader reads crops fast enough, but delivering
 them takes time the training thread needs: each batch is written by a worker into its own
 array, copied into a new shared-memory block to cross the process boundary, rebuilt and
 unmapped by the training process, copied again into pinned memory by its pin-memory thread
