@@ -86,6 +86,14 @@ def test_every_option_recipe_names_real_options_of_its_commands():
             assert not unknown, f"{path.name}: {command} has no options {unknown}"
 
 
+def with_cores(monkeypatch, cores: int) -> None:
+    """The machine seen as having ``cores`` usable cores (the host's count and the affinity)."""
+    import os
+
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+
+
 def test_ingest_leaves_a_core_to_the_decoder_by_default(tmp_path, monkeypatch):
     """ingest's default --workers is all cores but one (the decoder keeps one busy: measured in
     benchmarks/bench_decoders.py); build-zarr takes all cores; 1 runs without Dask."""
@@ -95,14 +103,14 @@ def test_ingest_leaves_a_core_to_the_decoder_by_default(tmp_path, monkeypatch):
     from hpa_pipeline.prep.synth import SynthSpec, make_dataset
 
     for cores, expected in ((1, 1), (2, 1), (16, 15)):
-        monkeypatch.setattr(os, "cpu_count", lambda: cores)
+        with_cores(monkeypatch, cores)
         assert ingest_workers() == expected
     d = make_dataset(tmp_path / "d", SynthSpec(n_train=2, n_test=1, image_sizes=(128,)), workers=1)
     args = ["--csv", str(d.train_csv), "--size", "64", "--levels", "1", "--chunk", "64"]
-    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    with_cores(monkeypatch, 3)
     result = CliRunner().invoke(cli, ["ingest", str(d.train_archive), "--out", str(tmp_path / "a.zarr"), *args])
     assert result.exit_code == 0, result.output
     assert "dask: 1 worker(s), 2 thread(s)" in result.output
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    with_cores(monkeypatch, 2)
     result = CliRunner().invoke(cli, ["ingest", str(d.train_archive), "--out", str(tmp_path / "b.zarr"), *args])
     assert result.exit_code == 0 and "dask: not started" in result.output, result.output
