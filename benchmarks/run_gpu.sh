@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # `make bench-gpu`: every GPU figure in one run (benchmarks/bench_gpu.py), eager and
 # compiled, one JSON (benchmarks/results/gpu.json, or in $OUT when set). No network needed.
-# On the device tool's bare GPU image: run benchmarks/device_wheels.sh here first, then this there
-# with carry [".whl"]; the wheels it lacks (zarr, dask, numcodecs, py7zr, ...) are installed from .whl/.
+# On an offline GPU machine: fill the wheelhouse .whl/ with benchmarks/device_wheels.sh first and
+# copy it there with the checkout; the wheels it lacks (zarr, dask, numcodecs, py7zr, ...) are installed from .whl/.
 # On a machine without CUDA it stops with a message and exit status 2.
 # Benchmark names as arguments run those instead, in order (e.g. `gpu decoders`: the GPU figures,
 # then 7-Zip against ingest on that machine's cores); each one's JSON goes to $OUT, saved after each part.
