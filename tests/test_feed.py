@@ -65,10 +65,10 @@ def test_a_consumer_that_stops_early_leaves_the_feed_usable(store):
 
 
 class Broken(StoreDataset):
-    def _fill(self, item, out):
+    def fill(self, item, out):
         if item == 5:
             raise ValueError("sample 5 cannot be read")
-        return super()._fill(item, out)
+        return super().fill(item, out)
 
 
 def test_a_worker_error_names_its_cause(store):
@@ -81,9 +81,9 @@ def test_a_worker_error_names_its_cause(store):
 
 
 class Slow(StoreDataset):
-    def _fill(self, item, out):
+    def fill(self, item, out):
         time.sleep(0.5)
-        return super()._fill(item, out)
+        return super().fill(item, out)
 
 
 def test_a_dead_worker_is_an_error_not_a_hang(store, monkeypatch):

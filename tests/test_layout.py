@@ -117,3 +117,20 @@ def test_prep_extra_installs_no_torch():
     heavy = ("torch", "torchvision", "timm", "pretrainedmodels")
     assert not [r for r in core + prep if r.split(">")[0].split("=")[0].split("[")[0] in heavy]
     assert "hpa-pipeline[prep,train]" in cfg["options.extras_require"]["all"]
+
+
+@pytest.mark.parametrize("module, forbidden", [("prep_commands", "hpa_pipeline.model"),
+                                               ("model_commands", "hpa_pipeline.prep")])
+def test_each_half_of_the_command_line_imports_only_its_own_half(module, forbidden):
+    """The commands of one half call only that half's library (and the contract)."""
+    imported = relative_imports(PACKAGE / "cli" / f"{module}.py")
+    assert "hpa_pipeline.contract.machine" in imported or "hpa_pipeline.contract.store" in imported
+    assert not sorted(name for name in imported if name.startswith(forbidden))
+
+
+def test_every_command_is_listed_once_in_the_order_of_the_stages():
+    from hpa_pipeline.cli import cli
+    from hpa_pipeline.cli.group import COMMANDS
+
+    assert list(cli.commands) == [command.name for command in COMMANDS]
+    assert list(cli.commands)[:4] == ["synth", "extract", "build-zarr", "ingest"]

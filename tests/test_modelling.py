@@ -60,6 +60,18 @@ def test_folds_stratify_every_class_on_the_real_labels():
 
 # --- models ----------------------------------------------------------------------------------
 
+def test_every_arch_name_has_its_sources_and_every_name_is_a_choice_of_train():
+    from dataclasses import fields
+
+    from hpa_pipeline.model import models
+    from hpa_pipeline.model.config import TrainConfig
+    from hpa_pipeline.model.names import ARCHS, LOSSES
+
+    assert tuple(models.SOURCES) == ARCHS
+    choices = {f.name: f.metadata["choices"] for f in fields(TrainConfig)}
+    assert choices["arch"] == ARCHS and choices["loss"] == LOSSES
+
+
 def test_both_backends_build_the_same_network_any_size():
     a, b = create_model("se_resnet50", "timm"), create_model("se_resnet50", "pretrainedmodels")
     b.load_state_dict(a.state_dict())  # same keys both ways

@@ -358,14 +358,14 @@ def external_store(data, tmp_path_factory):
 
 def test_external_samples_always_train_and_never_validate(data, external_store, tmp_path, monkeypatch):
     seen = []
-    real = train_module.StoreDataset._fill
+    real = train_module.StoreDataset.fill
 
     def spy(self, item, out):
         result = real(self, item, out)
         seen.append((self.store, self.train))
         return result
 
-    monkeypatch.setattr(train_module.StoreDataset, "_fill", spy)
+    monkeypatch.setattr(train_module.StoreDataset, "fill", spy)
     run = tmp_path / "run"
     train(config(data, run, epochs=1, external=(str(external_store),), epoch_size=120))
     validated = {store for store, is_train in seen if not is_train}

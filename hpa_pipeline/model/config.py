@@ -12,69 +12,76 @@ import re
 from dataclasses import dataclass, field, fields
 
 
-ARCHS = ("se_resnext50_32x4d", "se_resnet50", "se_resnext101_32x4d", "senet154", "se_resnet_tiny")
-BACKENDS = ("timm", "pretrainedmodels")
+from .names import ARCHS, BACKENDS, LOSSES, PRECISIONS, SCHEDULES
 
 
-def option(default, help: str, choices: tuple | None = None):
-    """A dataclass field with its command-line help (and its fixed set of values, if any)."""
-    return field(default=default, metadata={"help": help, "choices": choices})
+#: option kinds besides the plain types str, int, float and bool
+STORES = "stores"  # a store, repeatable: a tuple of them
+COUNT_OR_AUTO = "count-or-auto"  # 0 or more, or "auto" (None)
+
+
+def option(kind, default, help: str, choices: tuple | None = None):
+    """A dataclass field with its command-line kind (``str``, ``int``, ``float``, ``bool``,
+    ``STORES`` or ``COUNT_OR_AUTO``: stated, never read from the annotation), help, and its
+    fixed set of values, if any."""
+    return field(default=default, metadata={"kind": kind, "help": help, "choices": choices})
 
 
 @dataclass
 class TrainConfig:
     """Every option of a run; ``pipelines/*.yaml`` recipes set them by name."""
 
-    store: str = option("", "Train store (from ingest or build-zarr): a folder or a URL.")
-    out: str = option("", "Run folder (checkpoints, metrics, thresholds); a new one, or the one to --resume.")
-    external: tuple = option((), "External store (e.g. HPA v18) whose samples always train, never validate; "
+    store: str = option(str, "", "Train store (from ingest or build-zarr): a folder or a URL.")
+    out: str = option(str, "", "Run folder (checkpoints, metrics, thresholds); a new one, or the one to --resume.")
+    external: tuple = option(STORES, (), "External store (e.g. HPA v18) whose samples always train, never validate; "
                                  "repeat for several. Folds and validation use --store only.")
-    arch: str = option("se_resnext50_32x4d", "SENet architecture (se_resnet_tiny: for CPU tests and the demo).",
+    arch: str = option(str, "se_resnext50_32x4d", "SENet architecture (se_resnet_tiny: for CPU tests and the demo).",
                        ARCHS)
-    backend: str = option("timm", "Library that builds it: the same network and checkpoint keys either way.",
+    backend: str = option(str, "timm", "Library that builds it: the same network and checkpoint keys either way.",
                           BACKENDS)
-    weights: str | None = option(None, "ImageNet weights: a local .pth/.safetensors file, 'cache' (the torch hub "
+    weights: str | None = option(str, None, "ImageNet weights: a local .pth/.safetensors file, 'cache' (the torch hub "
                                        "and Hugging Face caches), or 'none' for random initialisation.")
-    drop_rate: float = option(0.2, "Dropout before the classifier, the same for both backends.")
-    level: int = option(1024, "Store level to train on; validation and predict use it too (whole images).")
-    crop: int = option(512, "Random training crop size (pixels of --level).")
-    crop_grid: int = option(1, "Crop origins on this grid (e.g. the store's chunk size: fastest reads); "
+    drop_rate: float = option(float, 0.2, "Dropout before the classifier, the same for both backends.")
+    level: int = option(int, 1024, "Store level to train on; validation and predict use it too (whole images).")
+    crop: int = option(int, 512, "Random training crop size (pixels of --level).")
+    crop_grid: int = option(int, 1, "Crop origins on this grid (e.g. the store's chunk size: fastest reads); "
                                "1 = any offset.")
-    stream: bool = option(False, "Read whole shards in streaming order with a shuffle buffer "
+    stream: bool = option(bool, False, "Read whole shards in streaming order with a shuffle buffer "
                                  "(for s3:// and other remote stores).")
-    stream_buffer: int = option(16, "Whole images held per loader worker when streaming.")
-    val_level: int | None = option(None, "Level for validation and predict, whole images [default: --level, the "
+    stream_buffer: int = option(int, 16, "Whole images held per loader worker when streaming.")
+    val_level: int | None = option(int, None, "Level for validation and predict, whole images [default: --level, the "
                                          "scale the model trained at].")
-    folds: int = option(5, "Number of multilabel stratified folds of the store.")
-    fold: int = option(0, "Validation fold (0..folds-1).")
-    epochs: int = option(20, "Training epochs.")
-    epoch_size: int | None = option(None, "Samples per epoch [default: the training fold]; more than the fold "
+    folds: int = option(int, 5, "Number of multilabel stratified folds of the store.")
+    fold: int = option(int, 0, "Validation fold (0..folds-1).")
+    epochs: int = option(int, 20, "Training epochs.")
+    epoch_size: int | None = option(int, None, "Samples per epoch [default: the training fold]; more than the fold "
                                           "draws with replacement.")
-    batch_size: int = option(32, "Images per step and process.")
-    accumulate: int = option(1, "Gradient accumulation steps.")
-    lr: float = option(3e-4, "Peak learning rate (AdamW).")
-    weight_decay: float = option(1e-4, "AdamW weight decay.")
-    warmup_epochs: float = option(1.0, "Linear warm-up, in epochs, before the cosine decay.")
-    schedule: str = option("cosine", "Learning-rate schedule: linear warm-up then cosine, or one-cycle.",
-                           ("cosine", "onecycle"))
-    loss: str = option("bce", "Binary cross-entropy, or focal loss (validation loss is the same function).",
-                       ("bce", "focal"))
-    focal_gamma: float = option(2.0, "Focusing exponent of the focal loss.")
-    class_weighting: bool = option(False, "Weight each class's positives by sqrt((1-f)/f) of its frequency f.")
-    oversample: bool = option(False, "Sample rare classes more often.")
-    ema: float = option(0.0, "EMA decay of the weights (e.g. 0.999); 0 = off.")
-    swa_epochs: int = option(0, "SWA: average the weights of the last N epochs (BatchNorm recomputed); 0 = off.")
-    swa_bn_batches: int = option(50, "Training batches used to recompute BatchNorm statistics of the SWA weights.")
-    amp: str = option("bf16", "Mixed precision on CUDA (ignored on the CPU).", ("bf16", "fp16", "none"))
-    channels_last: bool = option(True, "channels_last memory format on CUDA.")
-    compile: bool = option(False, "torch.compile the training step (model and loss).")
-    sync_bn: bool = option(False, "SyncBatchNorm across torchrun processes (CUDA only).")
-    workers: int | None = option(None, "Loader worker processes, each reading crops on one core; 0 reads in the "
-                                       "training process [default: auto: started as the measured wait for batches "
-                                       "asks, up to the cores less one].")
-    seed: int = option(0, "Seed of folds, crops, order and initialisation: same seed, same run.")
-    device: str = option("auto", "auto (a GPU if there is one), cpu, cuda or cuda:N.")
-    steps_per_epoch: int | None = option(None, "Cap on optimizer steps per epoch.")
+    batch_size: int = option(int, 32, "Images per step and process.")
+    accumulate: int = option(int, 1, "Gradient accumulation steps.")
+    lr: float = option(float, 3e-4, "Peak learning rate (AdamW).")
+    weight_decay: float = option(float, 1e-4, "AdamW weight decay.")
+    warmup_epochs: float = option(float, 1.0, "Linear warm-up, in epochs, before the cosine decay.")
+    schedule: str = option(str, "cosine", "Learning-rate schedule: linear warm-up then cosine, or one-cycle.",
+                           SCHEDULES)
+    loss: str = option(str, "bce", "Binary cross-entropy, or focal loss (validation loss is the same function).",
+                       LOSSES)
+    focal_gamma: float = option(float, 2.0, "Focusing exponent of the focal loss.")
+    class_weighting: bool = option(bool, False, "Weight each class's positives by sqrt((1-f)/f) of its frequency f.")
+    oversample: bool = option(bool, False, "Sample rare classes more often.")
+    ema: float = option(float, 0.0, "EMA decay of the weights (e.g. 0.999); 0 = off.")
+    swa_epochs: int = option(int, 0, "SWA: average the weights of the last N epochs (BatchNorm recomputed); 0 = off.")
+    swa_bn_batches: int = option(int, 50, "Training batches used to recompute BatchNorm statistics of the SWA weights.")
+    amp: str = option(str, "bf16", "Mixed precision on CUDA (ignored on the CPU).", PRECISIONS)
+    channels_last: bool = option(bool, True, "channels_last memory format on CUDA.")
+    compile: bool = option(bool, False, "torch.compile the training step (model and loss).")
+    sync_bn: bool = option(bool, False, "SyncBatchNorm across torchrun processes (CUDA only).")
+    workers: int | None = option(COUNT_OR_AUTO, None,
+                                 "Loader worker processes, each reading crops on one core; 0 reads in the "
+                                 "training process [default: auto: started as the measured wait for batches "
+                                 "asks, up to the cores less one].")
+    seed: int = option(int, 0, "Seed of folds, crops, order and initialisation: same seed, same run.")
+    device: str = option(str, "auto", "auto (a GPU if there is one), cpu, cuda or cuda:N.")
+    steps_per_epoch: int | None = option(int, None, "Cap on optimizer steps per epoch.")
 
     def _check_numbers(self) -> None:
         """The optimizer's numbers, named as options: torch would refuse some with its own

@@ -23,6 +23,16 @@ in streaming order instead (one request per sample).
 
 Randomness is a function of ``(seed, epoch, sample)``, so a run resumed mid-way, or run with
 another number of workers, sees the same crops.
+
+The protocol both readers of a dataset rely on (the training feed of :mod:`.feed`, and
+PyTorch's DataLoader through ``__getitems__``), met by :class:`StoreDataset` and
+:class:`CombinedDataset`:
+
+- ``item_size`` and ``dtype``: the shape ``(4, item_size, item_size)`` and dtype of an item;
+- ``fill(item, out)``: read ``item`` into the array ``out``, return ``(labels, sample index,
+  augmentation)``;
+- ``forget_readers()``: drop the open shard readers, so that processes started from this one
+  open their own files rather than share the parent's.
 """
 from __future__ import annotations
 
@@ -76,6 +86,14 @@ class StoreDataset(Dataset):
             self._reader = ShardReader(self.store, f"images/{self.level}")
         return self._reader
 
+    def forget_readers(self) -> None:
+        """Drop the open reader; the next read (in whichever process) opens its own."""
+        self._reader = None
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.reader().dtype)
+
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_reader"] = None
@@ -99,7 +117,7 @@ class StoreDataset(Dataset):
     def labels_of(self, index: int) -> np.ndarray:
         return self.labels[index] if self.labels is not None else np.zeros(N_CLASSES, np.float32)
 
-    def _fill(self, item, out: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
+    def fill(self, item, out: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
         """Read ``item`` into ``out``; returns its labels, sample index and augmentation.
 
         ``item`` is a position in the dataset, or ``(epoch, position)`` from a sampler that
@@ -116,8 +134,8 @@ class StoreDataset(Dataset):
         return self.labels_of(index), index, augmentation
 
     def __getitem__(self, item):
-        image = np.empty((4, self.item_size, self.item_size), self.reader().dtype)
-        labels, index, augmentation = self._fill(item, image)
+        image = np.empty((4, self.item_size, self.item_size), self.dtype)
+        labels, index, augmentation = self.fill(item, image)
         return torch.from_numpy(image), torch.from_numpy(labels), index, torch.from_numpy(augmentation)
 
     def __getitems__(self, items: list):
@@ -133,9 +151,9 @@ class StoreDataset(Dataset):
 
 def fill_batch(dataset, items: list):
     """``(images, labels, sample indices, augmentation)`` of ``items``, each image read by
-    ``dataset._fill`` straight into its place in one batch array."""
-    images = np.empty((len(items), 4, dataset.item_size, dataset.item_size), dataset.reader().dtype)
-    labels, indices, augmentation = zip(*(dataset._fill(item, images[j]) for j, item in enumerate(items)))
+    ``dataset.fill`` straight into its place in one batch array."""
+    images = np.empty((len(items), 4, dataset.item_size, dataset.item_size), dataset.dtype)
+    labels, indices, augmentation = zip(*(dataset.fill(item, images[j]) for j, item in enumerate(items)))
     return (torch.from_numpy(images), torch.from_numpy(np.stack(labels)), torch.tensor(indices),
             torch.from_numpy(np.stack(augmentation)))
 
@@ -158,30 +176,22 @@ class CombinedDataset(Dataset):
         return self.parts[0].item_size
 
     @property
-    def _reader(self):
-        return self.parts[0]._reader
+    def dtype(self) -> np.dtype:
+        return self.parts[0].dtype
 
-    @_reader.setter
-    def _reader(self, value):
+    def forget_readers(self) -> None:
         for part in self.parts:
-            part._reader = value
-
-    def reader(self):
-        return self.parts[0].reader()
+            part.forget_readers()
 
     def set_epoch(self, epoch: int) -> None:
         for part in self.parts:
             part.set_epoch(epoch)
 
-    def labels_matrix(self) -> np.ndarray:
-        """``(len, 28)`` labels of every item, in order."""
-        return np.concatenate([p.labels[p.indices] for p in self.parts])
-
-    def _fill(self, item, out):
+    def fill(self, item, out):
         epoch, k = item if isinstance(item, tuple) else (None, item)
         part = int(np.searchsorted(self.offsets, k, side="right")) - 1
         local = int(k - self.offsets[part])
-        return self.parts[part]._fill(local if epoch is None else (epoch, local), out)
+        return self.parts[part].fill(local if epoch is None else (epoch, local), out)
 
     def __getitems__(self, items: list):
         return fill_batch(self, items)
@@ -322,13 +332,8 @@ def worker_options(workers: int, multiprocessing_context: str | None = None, pre
 
 def make_loader(dataset: StoreDataset, batch_size: int, workers: int, sampler: Sampler | None = None,
                 pin_memory: bool = False, multiprocessing_context: str | None = None,
-                drop_last: bool = False, persistent: bool = False) -> DataLoader:
-    """A DataLoader over a :class:`StoreDataset`, whose ``__getitems__`` makes whole batches.
-
-    ``persistent`` keeps the worker processes for the whole run (no fork per epoch or per
-    validation pass); give it a sampler with ``tag_epoch`` so that workers see each epoch.
-    """
+                drop_last: bool = False) -> DataLoader:
+    """A DataLoader over a :class:`StoreDataset`, whose ``__getitems__`` makes whole batches."""
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, pin_memory=pin_memory,
                       collate_fn=_already_collated, drop_last=drop_last,
-                      persistent_workers=persistent and workers > 0,
                       **worker_options(workers, multiprocessing_context))

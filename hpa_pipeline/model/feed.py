@@ -55,7 +55,7 @@ def _worker_main(dataset, images, labels, indices, augmentation, tasks, results)
         seq, slot, items = task
         try:
             for j, item in enumerate(items):
-                labels[slot, j], indices[slot, j], augmentation[slot, j] = dataset._fill(item, images[slot, j])
+                labels[slot, j], indices[slot, j], augmentation[slot, j] = dataset.fill(item, images[slot, j])
             results.put((seq, slot, len(items), None))
         except Exception:  # sent to the training process, which raises it there
             results.put((seq, slot, 0, traceback.format_exc()))
@@ -132,13 +132,14 @@ class BatchFeed:
         self.worker_starts = 0  # processes started over the feed's life (== workers: started once)
         self._copy_done: dict[int, torch.cuda.Event] = {}
         self.wait_s = 0.0  # time the training process spent blocked waiting for a batch
+        self._window_start: float | None = None  # of the wait measured for autoscale()
 
     # -- workers ------------------------------------------------------------------------------
 
     def _start(self) -> None:
         if self._processes:
             return
-        self.dataset._reader = None  # each worker opens its own files
+        self.dataset.forget_readers()  # each worker opens its own files
         self._tasks, self._results = self._context.Queue(), self._context.Queue()
         for _ in range(self.workers):
             self._start_one()
@@ -171,6 +172,21 @@ class BatchFeed:
         if wait > threshold and self.workers < max_workers:
             return self.grow(min(max_workers, math.ceil(1.2 * self.workers / (1 - wait))))
         return self.workers
+
+    def start_measuring(self) -> None:
+        """Start the window of wait that :meth:`autoscale` reads: waits before this (start-up,
+        the first batches) are not a sign of too few workers."""
+        self.wait_s, self._window_start = 0.0, time.perf_counter()
+
+    def autoscale(self, max_workers: int) -> int:
+        """:meth:`balance` over the window since the last call or :meth:`start_measuring` (a
+        no-op before that); returns the number of workers."""
+        if self._window_start is None:
+            return self.workers
+        now = time.perf_counter()
+        workers = self.balance(max_workers, now - self._window_start)
+        self._window_start = now
+        return workers
 
     def close(self, kill: bool = False) -> None:
         """Stop the workers (also done at exit: they are daemons); ``kill`` without waiting for
@@ -304,4 +320,4 @@ def _chunks(items: Iterable, size: int, drop_last: bool) -> Iterator[list]:
 
 
 def _torch_dtype(dataset) -> torch.dtype:
-    return {np.dtype("uint8"): torch.uint8, np.dtype("uint16"): torch.uint16}[np.dtype(dataset.reader().dtype)]
+    return {np.dtype("uint8"): torch.uint8, np.dtype("uint16"): torch.uint16}[dataset.dtype]

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import sigmoid_focal_loss
 
-LOSSES = ("bce", "focal")
+from .names import LOSSES
 
 
 def class_weights(train_labels: np.ndarray) -> np.ndarray:

@@ -39,13 +39,14 @@ import torch
 from torch import nn
 
 from ..contract.labels import N_CLASSES
+from .names import ARCHS, BACKENDS
 
 IN_CHANNELS = 4
 DEFAULT_DROP_RATE = 0.2
 
-#: arch -> (pretrainedmodels name, timm name, file names of its ImageNet weights in the torch hub
+#: each arch of names.ARCHS -> (pretrainedmodels name, timm name, file names of its ImageNet weights in the torch hub
 #: folder: pretrainedmodels' first, then timm's release file)
-ARCHS = {
+SOURCES = {
     "se_resnext50_32x4d": ("se_resnext50_32x4d", "legacy_seresnext50_32x4d",
                            ("se_resnext50_32x4d-a260b3a4.pth", "legacy_se_resnext50_32x4d-f3651bad.pth")),
     "se_resnet50": ("se_resnet50", "legacy_seresnet50", ("se_resnet50-ce0d4300.pth",)),
@@ -54,7 +55,6 @@ ARCHS = {
     "senet154": ("senet154", "legacy_senet154", ("senet154-c7b49a05.pth", "legacy_senet154-e9eb9fe6.pth")),
     "se_resnet_tiny": (None, None, ()),
 }
-BACKENDS = ("timm", "pretrainedmodels")
 SCRATCH = (None, "", "none", "scratch")
 
 
@@ -68,7 +68,7 @@ def _build(arch: str, backend: str, num_classes: int, drop_rate: float) -> nn.Mo
         raise ModelError(f"unknown arch {arch!r}; choose from {sorted(ARCHS)}")
     if backend not in BACKENDS:
         raise ModelError(f"unknown backend {backend!r}; choose from {BACKENDS}")
-    pm_name, timm_name, _ = ARCHS[arch]
+    pm_name, timm_name, _ = SOURCES[arch]
     if arch == "se_resnet_tiny":
         from timm.models.senet import SENet, SEResNetBlock
 
@@ -116,7 +116,7 @@ def find_cached_weights(arch: str) -> Path | None:
     the torch hub folder (``torch.hub.get_dir()/checkpoints``), then the Hugging Face cache
     (``timm/<timm name>.in1k``, where timm 0.9+ downloads to). Never touches the network."""
     hub = Path(torch.hub.get_dir()) / "checkpoints"
-    pm_name, timm_name, file_names = ARCHS.get(arch, (None, None, ()))
+    pm_name, timm_name, file_names = SOURCES.get(arch, (None, None, ()))
     for name in file_names:
         if (hub / name).exists():
             return hub / name
@@ -196,8 +196,8 @@ def resolve_weights(arch: str, weights: str | Path | None) -> Path | None:
             raise ModelError(f"unknown arch {arch!r}; choose from {sorted(ARCHS)}")
         cached = find_cached_weights(arch)
         if cached is None:
-            raise ModelError(f"no cached ImageNet weights for {arch} (looked for {ARCHS[arch][2]} in "
-                             f"{Path(torch.hub.get_dir()) / 'checkpoints'} and timm/{ARCHS[arch][1]}.in1k in the "
+            raise ModelError(f"no cached ImageNet weights for {arch} (looked for {SOURCES[arch][2]} in "
+                             f"{Path(torch.hub.get_dir()) / 'checkpoints'} and timm/{SOURCES[arch][1]}.in1k in the "
                              f"Hugging Face cache); pass --weights PATH to a local file, or --weights none")
         return cached
     path = Path(weights)

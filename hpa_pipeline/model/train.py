@@ -75,7 +75,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress=None, given: set[str]
     cfg = config_for_run(run, cfg, resume, given)
     try:
         with distributed.start(cfg.device) as (ranks, device):
-            return _train(cfg, run, progress if ranks.is_main else None, ranks, device)
+            return _train(cfg, run, progress if ranks.is_main else None, ranks, device, resume)
     except KeyboardInterrupt as exc:
         if isinstance(exc, Interrupted):
             raise
@@ -85,7 +85,17 @@ def train(cfg: TrainConfig, resume: bool = False, progress=None, given: set[str]
                           f"interrupted before the first epoch finished; nothing to resume in {run.path}") from None
 
 
-def _train(cfg: TrainConfig, run: RunFolder, progress, ranks: distributed.Ranks, device: torch.device) -> dict:
+def start_message(run: RunFolder, last_epoch: int, epochs: int, step: int, resume: bool) -> str:
+    """What the run starts from: its last finished epoch, or a new run (also under --resume)."""
+    if last_epoch >= 0:
+        return f"resuming {run.path} at epoch {last_epoch + 2}/{epochs} (step {step})"
+    if resume:
+        return f"--resume: no finished epoch in {run.path} yet; starting a new run there"
+    return f"new run in {run.path}"
+
+
+def _train(cfg: TrainConfig, run: RunFolder, progress, ranks: distributed.Ranks, device: torch.device,
+           resume: bool) -> dict:
     started = time.perf_counter()
     plan = plan_run(cfg, run)  # every check; nothing written yet
     torch.manual_seed(cfg.seed)
@@ -102,7 +112,8 @@ def _train(cfg: TrainConfig, run: RunFolder, progress, ranks: distributed.Ranks,
         startup_s = time.perf_counter() - started
         if progress:  # say which: a mistyped --resume --out starts a new run, and must not do so silently
             progress({"phase": "resumed" if state.epoch >= 0 else "started", "epoch": state.epoch + 1,
-                      "epochs": cfg.epochs, "step": state.step})
+                      "epochs": cfg.epochs, "step": state.step,
+                      "message": start_message(run, state.epoch, cfg.epochs, state.step, resume)})
         for epoch in range(state.epoch + 1, cfg.epochs):
             speed = train_one_epoch(cfg, epoch, state, step, data, ranks, device, progress)
             evaluation = validate(cfg, epoch, state, data, ranks, device, progress)
@@ -414,13 +425,11 @@ def train_one_epoch(cfg: TrainConfig, epoch: int, state: TrainState, step, data:
             if done == WARMUP_STEPS or done % LOG_EVERY == 0 or done == data.steps_per_epoch:
                 mean = check_finite(loss_sum / seen, epoch, state, ranks)  # waits for the GPU here only
                 if done == WARMUP_STEPS:
-                    steady = window = (time.perf_counter(), seen)
+                    steady = (time.perf_counter(), seen)
                     if data.feeds is not None:
-                        data.feeds[0].wait_s = 0.0  # start-up waits are not a sign of too few workers
+                        data.feeds[0].start_measuring()
                 elif cfg.workers is None and data.feeds is not None and steady is not None:
-                    # --workers auto: more workers when the loop waited for batches in this window
-                    data.feeds[0].balance(max_workers(), time.perf_counter() - window[0])
-                    window = (time.perf_counter(), seen)
+                    data.feeds[0].autoscale(max_workers())  # --workers auto: more if the loop waited
                 if progress:
                     progress({"phase": "train", "epoch": epoch + 1, "epochs": cfg.epochs, "step": done,
                               "steps": data.steps_per_epoch, "loss": mean,

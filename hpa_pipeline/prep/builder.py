@@ -45,6 +45,11 @@ class BuildReport:
     def exit_code(self) -> int:
         return EXIT_SOME_FAILED if self.failed or self.archive_error else 0
 
+    def problems(self) -> list[tuple[str, str]]:
+        """(kind, line) of an archive error and of each failed sample, for a report's reader."""
+        archive = [("archive error", self.archive_error)] if self.archive_error else []
+        return archive + [("failed", failure["reason"]) for failure in self.failed]
+
     def summary(self) -> str:
         parts = [f"{self.done}/{self.n_samples} samples done ({self.written} written now, "
                  f"{self.done_before} already done)", f"{len(self.failed)} failed"]

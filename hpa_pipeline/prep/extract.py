@@ -43,6 +43,11 @@ class ExtractReport:
     def exit_code(self) -> int:
         return EXIT_SOME_FAILED if self.failed or self.archive_errors else 0
 
+    def problems(self) -> list[tuple[str, str]]:
+        """(kind, line) of each refused member, failed member and archive error."""
+        return ([("refused", line) for line in self.refused]
+                + [("failed", line) for line in self.failed + self.archive_errors])
+
     def summary(self) -> str:
         return (f"{self.written} files written, {self.skipped} already there, {len(self.failed)} failed, "
                 f"{len(self.refused)} refused, {len(self.unknown_files)} unknown files ignored")

@@ -68,6 +68,16 @@ class SynthSpec:
     labels_csv: str | Path | None = None  # real train.csv to draw label sets from
     form: str = "7z"  # see FORMS
 
+    @property
+    def train_only(self) -> bool:
+        """HPA v18's images have no test set: ``jpeg-folder`` writes training samples only."""
+        return self.form == "jpeg-folder"
+
+    @property
+    def samples(self) -> int:
+        """How many samples :func:`make_dataset` writes."""
+        return self.n_train + (0 if self.train_only else self.n_test)
+
     def __post_init__(self):
         if self.form not in FORMS:
             raise ValueError(f"unknown form {self.form!r}; choose from {FORMS}")
@@ -77,9 +87,8 @@ class SynthSpec:
             raise ValueError(f"unknown TIFF compression {self.compression!r}; choose from {sorted(TIFF_COMPRESSIONS)}")
         if self.archive_method not in ARCHIVE_METHODS:
             raise ValueError(f"unknown archive method {self.archive_method!r}; choose from {sorted(ARCHIVE_METHODS)}")
-        train_only = self.form == "jpeg-folder"  # HPA v18's images have no test set
-        if self.n_train < 0 or self.n_test < 0 or self.n_train + (0 if train_only else self.n_test) == 0:
-            note = "; --form jpeg-folder writes training samples only" if train_only else ""
+        if self.n_train < 0 or self.n_test < 0 or self.samples == 0:
+            note = "; --form jpeg-folder writes training samples only" if self.train_only else ""
             raise ValueError(f"nothing to write: n_train {self.n_train}, n_test {self.n_test} (counts of 0 or more, "
                              f"at least one sample{note})")
         bad = [s for s in self.image_sizes if s < 64 or s % 4]
@@ -89,12 +98,14 @@ class SynthSpec:
 
 @dataclass
 class SynthResult:
+    """Where :func:`make_dataset` wrote each part; the test parts are None for ``jpeg-folder``."""
+
     out_dir: Path
     train_archive: Path
-    test_archive: Path
+    test_archive: Path | None
     train_csv: Path
-    sample_submission: Path
-    test_labels: Path
+    sample_submission: Path | None
+    test_labels: Path | None
     train_ids: list[str] = field(default_factory=list)
     test_ids: list[str] = field(default_factory=list)
 
@@ -249,34 +260,33 @@ def make_dataset(out_dir: str | Path, spec: SynthSpec, workers: int = 1,
     train_ids, test_ids = sorted(ids[: spec.n_train]), sorted(ids[spec.n_train:])
     train_labels = draw_label_sets(rng, spec.n_train, spec.labels_csv)
     test_labels = draw_label_sets(rng, spec.n_test, spec.labels_csv)
-    names = {"7z": (TRAIN_ARCHIVE, TEST_ARCHIVE, "train.csv"), "png-zip": ("train.zip", "test.zip", "train.csv"),
-             "jpeg-folder": ("hpa_v18", "hpa_v18_test", "HPAv18RBGY_wodpl.csv")}[spec.form]
-    result = SynthResult(
-        out, out / names[0], out / names[1], out / names[2],
-        out / "sample_submission.csv", out / "test_labels.csv", train_ids, test_ids,
-    )
-    splits = ((result.train_archive, train_ids, train_labels), (result.test_archive, test_ids, test_labels))
-    for split, (archive, split_ids, label_sets) in enumerate(splits[:1] if spec.form == "jpeg-folder" else splits):
-        jobs = [
-            _SampleJob(spec.seed, split, i, sid, labels, tuple(spec.image_sizes), spec.bit_depth, spec.compression,
+    train_name, test_name, csv_name = {"7z": (TRAIN_ARCHIVE, TEST_ARCHIVE, "train.csv"),
+                                       "png-zip": ("train.zip", "test.zip", "train.csv"),
+                                       "jpeg-folder": ("hpa_v18", None, "HPAv18RBGY_wodpl.csv")}[spec.form]
+    _write_split(out / train_name, 0, train_ids, train_labels, spec, workers, progress)
+    write_labels_csv(out / csv_name, train_ids, train_labels)
+    if spec.train_only:
+        return SynthResult(out, out / train_name, None, out / csv_name, None, None, train_ids, [])
+    _write_split(out / test_name, 1, test_ids, test_labels, spec, workers, progress)
+    write_labels_csv(out / "test_labels.csv", test_ids, test_labels)
+    write_labels_csv(out / "sample_submission.csv", test_ids, [(0,)] * len(test_ids), column="Predicted")
+    return SynthResult(out, out / train_name, out / test_name, out / csv_name, out / "sample_submission.csv",
+                       out / "test_labels.csv", train_ids, test_ids)
+
+
+def _write_split(archive: Path, split: int, split_ids: list[str], label_sets, spec: SynthSpec, workers: int,
+                 progress) -> None:
+    """Render one split's samples in ``workers`` processes into its archive, zip or folder."""
+    jobs = [_SampleJob(spec.seed, split, i, sid, labels, tuple(spec.image_sizes), spec.bit_depth, spec.compression,
                        spec.form)
-            for i, (sid, labels) in enumerate(zip(split_ids, label_sets))
-        ]
-        members = _members_with_progress(bounded_map(render_members, jobs, workers), progress)
-        if spec.form == "7z":
-            write_archive(archive, members, spec.archive_method)
-        elif spec.form == "png-zip":
-            write_zip(archive, members)
-        else:
-            write_folder(archive, members)
-    if spec.form == "jpeg-folder":
-        write_labels_csv(result.train_csv, train_ids, train_labels)
-        result.test_ids = []
-        return result
-    write_labels_csv(result.train_csv, train_ids, train_labels)
-    write_labels_csv(result.test_labels, test_ids, test_labels)
-    write_labels_csv(result.sample_submission, test_ids, [(0,)] * len(test_ids), column="Predicted")
-    return result
+            for i, (sid, labels) in enumerate(zip(split_ids, label_sets))]
+    members = _members_with_progress(bounded_map(render_members, jobs, workers), progress)
+    if spec.form == "7z":
+        write_archive(archive, members, spec.archive_method)
+    elif spec.form == "png-zip":
+        write_zip(archive, members)
+    else:
+        write_folder(archive, members)
 
 
 def _members_with_progress(samples: Iterable[list[tuple[str, bytes]]], progress):

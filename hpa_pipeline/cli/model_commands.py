@@ -1,0 +1,137 @@
+"""The modelling commands: train, predict, evaluate.
+
+Each parses, calls one function of :mod:`hpa_pipeline.model`, reports and sets the exit status:
+0 done, 1 a clear error, 2 a usage error, 4 training stopped because the loss diverged.
+"""
+from __future__ import annotations
+
+from dataclasses import MISSING, fields
+from pathlib import Path
+
+import click
+
+from ..model.config import COUNT_OR_AUTO, STORES, TrainConfig
+from .options import CountOrAuto, writable_file
+from .progress import StepBar, TrainBar
+from .recipes import recipe_option
+
+
+def _train_option(f) -> callable:
+    """The Click option of one ``TrainConfig`` field, from the kind its metadata states."""
+    default = f.default if f.default is not MISSING else None
+    name, kind, help_text = "--" + f.name.replace("_", "-"), f.metadata["kind"], f.metadata["help"]
+    if kind is STORES:
+        return click.option(name, multiple=True, default=default, metavar="STORE", help=help_text)
+    if kind is COUNT_OR_AUTO:
+        return click.option(name, type=CountOrAuto(), default=default, metavar="N|auto", show_default="auto",
+                            help=help_text)
+    if f.metadata.get("choices"):
+        return click.option(name, type=click.Choice(f.metadata["choices"]), default=default, show_default=True,
+                            help=help_text)
+    if kind is bool:
+        return click.option(f"{name}/--no-{f.name.replace('_', '-')}", default=default, show_default=True,
+                            help=help_text)
+    click_type = {int: int, float: float, str: str}[kind]
+    return click.option(name, type=click_type, default=default, show_default=default not in (None, ""),
+                        required=f.name in ("store", "out"), help=help_text)
+
+
+def train_options(fn):
+    """One option per field of TrainConfig (so a recipe can set any of them by name), with the
+    kind and help text of the field's metadata; the config module does not import torch."""
+    for f in reversed(fields(TrainConfig)):
+        fn = _train_option(f)(fn)
+    return fn
+
+
+@click.command(short_help="Train an SENet on one fold (resumable).")
+@recipe_option
+@train_options
+@click.option("--resume", is_flag=True,
+              help="Continue the run in --out after its last finished epoch, with its saved options.")
+@click.pass_context
+def train(ctx, resume, **options):
+    """Train an SENet on one fold of a store (checkpoints every epoch, resumable)."""
+    from ..contract.store import StoreError
+    from ..model.distributed import ranks_from_env
+    from ..model.models import ModelError
+    from ..model.train import TrainingDiverged
+    from ..model.train import train as run_training
+
+    try:
+        cfg = TrainConfig.from_dict(options)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    # options from the command line or a recipe; on --resume they must agree with the saved run
+    given = {name for name in options
+             if ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None)}
+    main_rank = ranks_from_env().is_main  # under torchrun only rank 0 reports
+    bar = TrainBar(enabled=main_rank)
+    try:
+        summary = run_training(cfg, resume=resume, progress=bar, given=given)
+    except (StoreError, ModelError, ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
+    except TrainingDiverged as exc:
+        bar.close()
+        click.echo(f"stopped: {exc}", err=True)
+        raise SystemExit(4) from None
+    finally:
+        bar.close()
+    if main_rank:
+        click.echo(f"train: best validation macro F1 {summary.get('best_valid_macro_f1', float('nan')):.4f} "
+                   f"after {summary.get('step', 0)} steps; run in {cfg.out}")
+
+
+@click.command(short_help="Kaggle submission from runs, TTA, thresholds.")
+@recipe_option
+@click.option("--store", required=True, help="Test store: a folder or a URL.")
+@click.option("--run", "runs", type=click.Path(exists=True, file_okay=False, path_type=Path), multiple=True,
+              required=True, help="Run folder; repeat to average several (e.g. folds).")
+@click.option("--tta", type=click.IntRange(1, 8), default=1, show_default=True,
+              help="Test-time views: the first N of the 8 flips/rotations.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The submission CSV to write (its folder must exist).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Whole images per forward pass.")
+@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
+              help="DataLoader worker processes reading the test store (0: read in this process).")
+@click.option("--device", default="auto", show_default=True, help="auto (a GPU if there is one), cpu, cuda or cuda:N.")
+def predict(store, runs, tta, out, batch_size, workers, device):
+    """Write a Kaggle submission (Id,Predicted) from one or more runs, with TTA and thresholds."""
+    from ..contract.store import StoreError
+    from ..model.inference import predict as run_predict
+    from ..model.run_folder import RunError
+    from ..model.submission import SubmissionError, write_submission
+
+    writable_file(out, "--out")
+    bar = StepBar("predict")
+    try:
+        ids, _, labels = run_predict(store, list(runs), tta=tta, batch_size=batch_size, workers=workers,
+                                     device=device, progress=bar)
+        bar.close()
+        write_submission(out, ids, labels)
+    except (StoreError, SubmissionError, RunError, ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        bar.close()
+    click.echo(f"predict: {len(ids)} rows, {labels.sum(1).mean():.2f} labels per row -> {out}")
+
+
+@click.command(short_help="Macro F1 and per-class table of a submission.")
+@recipe_option
+@click.option("--submission", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="Id,Predicted CSV to score (from predict, or out-of-fold predictions).")
+@click.option("--labels", "labels_csv", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="Id,Target CSV of the truth (train.csv, or test_labels.csv of synthetic data).")
+def evaluate(submission, labels_csv):
+    """Macro F1 of a submission and the per-class table."""
+    from ..contract.labels import LabelError
+    from ..model.submission import SubmissionError, constant_baseline, evaluate as run_evaluate
+
+    try:
+        score, table = run_evaluate(submission, labels_csv)
+    except (SubmissionError, LabelError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(table)
+    click.echo(f"evaluate: macro F1 {score:.4f} (constant most-frequent-class predictor: "
+               f"{constant_baseline(labels_csv):.4f})")
