@@ -1,4 +1,4 @@
-"""The store contract of design.md, inspect, montage and the OME-Zarr export."""
+"""The store contract, inspect, montage and the OME-Zarr export."""
 import json
 
 import numpy as np

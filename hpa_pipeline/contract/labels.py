@@ -1,6 +1,6 @@
 """The 28 HPA classes, the four filters, and strict parsing of the competition's CSV files.
 
-Shared by every stage (see ``design.md``: Labels). Parsing is strict on purpose: a label
+Shared by every stage (the store contract: Labels). Parsing is strict on purpose: a label
 outside 0-27, an empty target or a non-numeric token is an error that names the CSV row,
 because a silently dropped label is a silently wrong model.
 """
@@ -24,21 +24,13 @@ CLASS_NAMES: tuple[str, ...] = (
 )
 N_CLASSES = len(CLASS_NAMES)
 
-#: Channel order of every store and model input (design.md). The filter names are the
+#: Channel order of every store and model input (the store contract). The filter names are the
 #: suffixes of the competition's file names ``<id>_<filter>.tif``.
 FILTERS: tuple[str, ...] = ("red", "green", "blue", "yellow")
 
 #: Image file and archive member names: ``<id>_<filter>.<tif|tiff|png|jpg|jpeg>``, the suffix in
-#: any case, the filter in lower case (design.md: "match on the file name").
+#: any case, the filter in lower case (the store contract matches on the file name, never on its folder).
 MEMBER_NAME = re.compile(r"^(?P<id>.+)_(?P<filter>red|green|blue|yellow)\.(?i:tiff?|png|jpe?g)$")
-
-#: What each filter stains; green carries the protein whose location is the label.
-FILTER_STAINS = {
-    "red": "microtubules",
-    "green": "protein of interest",
-    "blue": "nucleus",
-    "yellow": "endoplasmic reticulum",
-}
 
 #: Label counts of the real train.csv (31,072 samples), used to draw realistic label sets
 #: when no real train.csv is given.
@@ -50,7 +42,7 @@ REAL_N_SAMPLES = 31072
 
 
 class LabelError(ValueError):
-    """A CSV row whose id or target breaks the rules of design.md."""
+    """A CSV row whose id or target breaks the label rules of the store contract."""
 
 
 @dataclass(frozen=True)

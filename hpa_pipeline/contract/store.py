@@ -1,4 +1,4 @@
-"""The dataset store of design.md: one Zarr v3 group per split.
+"""The dataset store of the project's store contract: one Zarr v3 group per split.
 
 Layout (``n`` samples in CSV order, levels ``S0 > S1 > ...``)::
 

@@ -105,11 +105,10 @@ def load_run(path: str | Path, device) -> TrainedRun:
 
 
 def predict(store: str | Path, runs: list[str | Path], tta: int = 1, batch_size: int = 16, workers: int = 2,
-            device: str = "auto", level: int | None = None,
-            progress=None) -> tuple[list[str], np.ndarray, np.ndarray]:
+            device: str = "auto", progress=None) -> tuple[list[str], np.ndarray, np.ndarray]:
     """``(ids, mean probabilities (n, 28), predicted labels (n, 28) bool)`` over the whole store.
 
-    Each run predicts at its own validation level (``level`` overrides) with its own training
+    Each run predicts at its own validation level with its own training
     statistics; probabilities are averaged over runs (e.g. folds) and TTA views; thresholds are
     the mean of the runs' thresholds. Samples not done in the store are an error: a submission
     needs all. ``progress(done, total)`` counts batches over all runs.
@@ -126,7 +125,7 @@ def predict(store: str | Path, runs: list[str | Path], tta: int = 1, batch_size:
                          f"finish the ingest (see report.json) before predicting")
     dev = pick_device(device)
     trained = [load_run(run, dev) for run in runs]
-    loaders = [make_loader(StoreDataset(str(store), level or run.level, np.arange(len(done))), batch_size, workers)
+    loaders = [make_loader(StoreDataset(str(store), run.level, np.arange(len(done))), batch_size, workers)
                for run in trained]
     total_batches, finished = sum(len(loader) for loader in loaders), 0
     total, thresholds = 0.0, []

@@ -25,7 +25,7 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 
 
 def predict_labels(probs: np.ndarray, thresholds: np.ndarray | float) -> np.ndarray:
-    """Labels above threshold; a row with none gets its most probable class (design.md)."""
+    """Labels above threshold; a row with none gets its most probable class (the store contract)."""
     pred = probs > thresholds
     empty = ~pred.any(axis=1)
     pred[empty, probs[empty].argmax(axis=1)] = True

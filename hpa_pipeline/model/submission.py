@@ -1,6 +1,6 @@
 """Kaggle submissions: writing, reading and checking them, and ``evaluate`` (macro F1).
 
-Submission format (design.md): ``Id,Predicted``, one row per id of the test store in its order
+Submission format (the store contract): ``Id,Predicted``, one row per id of the test store in its order
 (the order of sample_submission.csv), labels ascending and space-separated; a row with nothing
 above its class threshold gets its most probable class.
 

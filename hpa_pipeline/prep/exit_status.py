@@ -3,5 +3,4 @@
 Kept apart from the modules that compute them so that ``extract`` needs neither zarr nor the
 store builder to say "some samples failed".
 """
-EXIT_OK = 0
 EXIT_SOME_FAILED = 3  # some samples failed; the rest are written, and a rerun retries the failed ones

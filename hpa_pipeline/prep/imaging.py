@@ -359,7 +359,7 @@ def channel_sums(levels: dict[int, np.ndarray]) -> np.ndarray:
 
 
 def _histogram(channel: np.ndarray) -> np.ndarray:
-    bins = 256 if channel.dtype == np.uint8 else 65536
-    if channel.size < 2**24 and channel.dtype in (np.uint8, np.uint16):
-        return cv2.calcHist([np.ascontiguousarray(channel)], [0], None, [bins], [0, bins]).ravel().astype(np.float64)
-    return np.bincount(channel.ravel(), minlength=bins).astype(np.float64)
+    """The 65,536-bin histogram of a 16-bit channel (OpenCV's limit: fewer than 2**24 pixels)."""
+    if channel.size < 2**24:
+        return cv2.calcHist([np.ascontiguousarray(channel)], [0], None, [65536], [0, 65536]).ravel().astype(np.float64)
+    return np.bincount(channel.ravel(), minlength=65536).astype(np.float64)

@@ -1,7 +1,7 @@
 """``export-ngff``: chosen samples of a dataset store as standard OME-Zarr 0.5 images.
 
 The training store stacks samples on a leading axis, which OME-NGFF 0.5 cannot describe
-(design.md); each exported sample is a ``(c, y, x)`` multiscale image with every level of the
+(the store contract); each exported sample is a ``(c, y, x)`` multiscale image with every level of the
 store, channel labels and colours in an ``omero`` block, readable by napari and any OME-Zarr
 reader. Pixel sizes are not known for the HPA images, so the scales are relative: 1 at the top
 level, 2 at the next, and so on (axes carry no unit).

@@ -319,7 +319,7 @@ def _rods_rings(img, rng, cells, m):
                 cv2.circle(img, (int(x), int(y)), 4, 1.5, 1, cv2.LINE_AA)
 
 
-#: One green pattern per class id, in class order (design.md: Labels).
+#: One green pattern per class id, in class order (the store contract: Labels).
 PATTERNS = (
     _nucleoplasm, _nuclear_membrane, _nucleoli, _fibrillar_center, _nuclear_speckles,
     _nuclear_bodies, _er, _golgi, _peroxisomes, _endosomes, _lysosomes,
