@@ -305,17 +305,21 @@ def test_a_new_store_is_decoded_into_while_it_is_being_created(small_dataset, tm
     from hpa_pipeline.prep import builder as builder_module
 
     decoded, seen = threading.Event(), []
-    real_init = builder_module.StoreBuilder.__init__
+    real_open = builder_module.open_or_create_store
 
-    def init(self, *args, **kwargs):
+    def opening(*args, **kwargs):
         seen.append(decoded.wait(timeout=10 if not seen else 0.5))  # any bytes decoded before the store opens?
-        real_init(self, *args, **kwargs)
+        return real_open(*args, **kwargs)
 
-    monkeypatch.setattr(builder_module.StoreBuilder, "__init__", init)
+    def on_decoded(event):
+        if event.task == "decode":
+            decoded.set()
+
+    monkeypatch.setattr(builder_module, "open_or_create_store", opening)
     out = tmp_path / "s.zarr"
-    first = ingest(small_dataset.train_archive, small_dataset.train_csv, out, SPEC, on_bytes=lambda n: decoded.set())
+    first = ingest(small_dataset.train_archive, small_dataset.train_csv, out, SPEC, progress=on_decoded)
     decoded.clear()
-    again = ingest(small_dataset.train_archive, small_dataset.train_csv, out, SPEC, on_bytes=lambda n: decoded.set())
+    again = ingest(small_dataset.train_archive, small_dataset.train_csv, out, SPEC, progress=on_decoded)
     assert seen == [True, False]
     assert first.written == 12 and again.done_before == 12 and again.written == 0
 
@@ -335,10 +339,10 @@ def test_a_store_that_cannot_be_created_stops_the_decoding_it_started(small_data
         decoded.wait(timeout=10)  # decoding is under way when the store fails
         raise StoreError("no room for the store")
 
-    monkeypatch.setattr(builder_module, "create_store", refuse)
+    monkeypatch.setattr(builder_module, "open_or_create_store", refuse)
     with pytest.raises(StoreError, match="no room"):
         ingest(small_dataset.train_archive, small_dataset.train_csv, tmp_path / "s.zarr", SPEC,
-               on_bytes=lambda n: decoded.set())
+               progress=lambda event: event.task == "decode" and decoded.set())
     assert decoded.is_set()
     assert not [t.name for t in threading.enumerate() if t.name.startswith("7z")]
     assert not [p for p in psutil.Process().children(recursive=True) if "7z" in p.name()]
@@ -379,6 +383,7 @@ def test_the_pace_takes_one_more_sample_only_while_the_decoder_waits_for_the_wor
 
     def at(seconds, waited):
         clock[0], decoding.waited = seconds, waited
+        pace.step()  # a sample finished
         return pace()
 
     assert at(1.0, 0.0) == 1  # the decoder never waited: one sample at a time keeps up
@@ -474,16 +479,17 @@ def test_a_run_whose_samples_all_fail_alike_stops_early(small_dataset, tmp_path,
 
 def test_only_failures_alike_with_nothing_written_stop_a_run(tmp_path, monkeypatch):
     from hpa_pipeline.contract.labels import SampleTable
-    from hpa_pipeline.prep.builder import StoreBuilder, SystematicFailure
+    from hpa_pipeline.prep.builder import StoreBuilder, SystematicFailure, start_build
     from hpa_pipeline.prep.tasks import SampleResult
 
     monkeypatch.setattr(StoreBuilder, "GIVE_UP_AFTER", 3)
     table = SampleTable(tuple(f"s{i}" for i in range(9)), None)
 
     def feed(name, outcomes):
-        builder = StoreBuilder(tmp_path / name, table, StoreSpec(size=64, levels=1, chunk=64), "ingest", "x")
+        builder = start_build(tmp_path / name, table, StoreSpec(size=64, levels=1, chunk=64), "ingest", "x")
         for i, error in enumerate(outcomes):
             builder.on_result(SampleResult(i, f"s{i}", error and f"s{i}: {error}", (64, 64), 8, np.zeros((1, 4, 2))))
+        builder.stop_if_all_failed_alike()
 
     with pytest.raises(SystematicFailure, match="the first 3 samples all failed alike"):
         feed("a", ["source is 256x256, smaller than --size 1024"] * 2 + ["source is 384x384, smaller than --size 1024"])

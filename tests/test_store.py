@@ -103,12 +103,12 @@ def test_inner_chunks_are_one_blosc_block_each(tmp_path):
     """Blosc's zstd restarts on every block: the store asks for one block per inner chunk
     (the smallest level's chunk is the level itself), and zarr reads it back."""
     from hpa_pipeline.contract.labels import SampleTable
-    from hpa_pipeline.contract.store import create_store, write_levels
+    from hpa_pipeline.contract.store import open_or_create_store, write_levels
 
     table = SampleTable(ids=("a", "b"), labels=None)
     for dtype, itemsize in (("uint8", 1), ("uint16", 2)):
         spec = StoreSpec(size=128, levels=3, chunk=64, dtype=dtype)
-        root = create_store(tmp_path / f"{dtype}.zarr", table, spec)
+        root = open_or_create_store(tmp_path / f"{dtype}.zarr", table, spec)
         for s in (128, 64, 32):
             (blosc,) = root[f"images/{s}"].compressors
             assert blosc.cname.value == "zstd" and blosc.clevel == 1

@@ -12,7 +12,7 @@ import click
 
 from ..model.config import COUNT_OR_AUTO, STORES, TrainConfig
 from .options import CountOrAuto, writable_file
-from .progress import StepBar, TrainBar
+from .progress import ProgressBar
 from .recipes import recipe_option
 
 
@@ -66,7 +66,7 @@ def train(ctx, resume, **options):
     given = {name for name in options
              if ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None)}
     main_rank = ranks_from_env().is_main  # under torchrun only rank 0 reports
-    bar = TrainBar(enabled=main_rank)
+    bar = ProgressBar("train", "valid", unit="step", enabled=main_rank)
     try:
         summary = run_training(cfg, resume=resume, progress=bar, given=given)
     except (StoreError, ModelError, ValueError, FileNotFoundError) as exc:
@@ -104,7 +104,7 @@ def predict(store, runs, tta, out, batch_size, workers, device):
     from ..model.submission import SubmissionError, write_submission
 
     writable_file(out, "--out")
-    bar = StepBar("predict")
+    bar = ProgressBar("predict", unit="batch")
     try:
         ids, _, labels = run_predict(store, list(runs), tta=tta, batch_size=batch_size, workers=workers,
                                      device=device, progress=bar)

@@ -11,7 +11,7 @@ import click
 
 from ..contract.machine import usable_cores
 from .options import decoder_option, int_list, store_arguments, store_options, writable_file
-from .progress import ByteBar, SampleBar, finish_report, print_cluster
+from .progress import ProgressBar, finish_report
 from .recipes import recipe_option
 
 
@@ -42,8 +42,6 @@ from .recipes import recipe_option
 def synth(out_dir, n_train, n_test, image_sizes, bit_depth, compression, archive_method, labels_csv, form, seed,
           workers):
     """Write a synthetic dataset in the competition's on-disk format."""
-    from tqdm import tqdm
-
     from ..contract.labels import LabelError
     from ..prep.synth import SynthSpec, make_dataset
 
@@ -52,11 +50,13 @@ def synth(out_dir, n_train, n_test, image_sizes, bit_depth, compression, archive
                          form)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    bar = ProgressBar("synth")
     try:
-        with tqdm(total=spec.samples, unit="sample", desc="synth") as bar:
-            result = make_dataset(out_dir, spec, workers=workers, progress=bar.update)
+        result = make_dataset(out_dir, spec, workers=workers, progress=bar)
     except LabelError as exc:
         raise click.ClickException(str(exc)) from None
+    finally:
+        bar.close()
     click.echo(f"wrote {len(result.train_ids)} train and {len(result.test_ids)} test samples to {result.out_dir}")
 
 
@@ -71,11 +71,11 @@ def extract(archives, out, decoder):
     from ..prep.archive import ArchiveError, describe_archive
     from ..prep.extract import DiskSpaceError, extract_archives
 
-    bar = ByteBar("extract")
+    bar = ProgressBar("extract", unit="B")
     try:
         for archive in archives:
             bar.write(describe_archive(archive, decoder))
-        report = extract_archives(list(archives), out, on_bytes=bar.on_bytes, on_plan=bar.on_plan, decoder=decoder)
+        report = extract_archives(list(archives), out, progress=bar, decoder=decoder)
     except (ArchiveError, DiskSpaceError) as exc:
         raise click.ClickException(str(exc)) from None
     finally:
@@ -91,9 +91,9 @@ def _run_store_command(build, desc, **kwargs):
     from ..prep.builder import SystematicFailure
     from ..prep.scheduler import ClusterError
 
-    bar = SampleBar(desc)
+    bar = ProgressBar(desc)
     try:
-        report = build(progress=bar, on_cluster=print_cluster, **kwargs)
+        report = build(progress=bar, **kwargs)
     except (LabelError, StoreError, ArchiveError, ClusterError, FileNotFoundError, SystematicFailure) as exc:
         raise click.ClickException(str(exc)) from None
     finally:

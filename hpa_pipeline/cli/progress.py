@@ -19,90 +19,42 @@ def _bar(**kwargs):
     return tqdm(dynamic_ncols=True, delay=0.5, **kwargs)
 
 
-class SampleBar:
-    """``progress(advance, total)`` callback drawing a bar of samples (build-zarr, ingest)."""
+class ProgressBar:
+    """Draws a stage's :class:`~hpa_pipeline.contract.progress.Progress` events as one bar.
 
-    def __init__(self, desc: str):
-        self.bar = _bar(unit="sample", desc=desc)
+    Counts of the ``tasks`` named move the bar (a new task or label, e.g. the next epoch,
+    starts it again); counts of other tasks are not drawn; messages of any task are written
+    above it. ``enabled`` is False on every torchrun process but the first, so one bar is drawn.
+    """
 
-    def __call__(self, advance, total):
-        self.bar.total = total
-        self.bar.update(advance)
+    def __init__(self, *tasks: str, unit: str = "sample", enabled: bool = True):
+        scale = {"unit_scale": True, "unit_divisor": 1024} if unit == "B" else {}
+        self.tasks, self.enabled = tasks, enabled
+        self.bar = _bar(unit=unit, desc=tasks[0], disable=not enabled, **scale)
+        self._part: tuple[str, str] | None = None
 
-    def close(self):
-        self.bar.close()
+    def __call__(self, event) -> None:
+        if event.message is not None:
+            if self.enabled:
+                self.bar.write(event.message, file=sys.stderr)
+            return
+        if event.task not in self.tasks:
+            return
+        if (event.task, event.label) != self._part:
+            if self._part is not None:  # the next part (epoch, phase) starts the bar again
+                self.bar.reset(total=event.total)
+            self._part = (event.task, event.label)
+            self.bar.set_description(f"{event.task} {event.label}".strip(), refresh=False)
+        self.bar.total = event.total
+        if event.stats:
+            self.bar.set_postfix(event.stats, refresh=False)
+        self.bar.update(event.done - self.bar.n)
 
-
-class ByteBar:
-    """``on_plan(total)`` and ``on_bytes(n)`` callbacks drawing a bar of bytes (extract)."""
-
-    def __init__(self, desc: str):
-        self.bar = _bar(unit="B", unit_scale=True, unit_divisor=1024, desc=desc)
-
-    def on_plan(self, total):
-        self.bar.total = total
-        self.bar.refresh()
-
-    def on_bytes(self, n):
-        self.bar.update(n)
-
-    def write(self, line: str):
+    def write(self, line: str) -> None:
         self.bar.write(line, file=sys.stderr)
 
     def close(self):
         self.bar.close()
-
-
-class StepBar:
-    """``progress(done, total)`` callback drawing a bar of batches (predict)."""
-
-    def __init__(self, desc: str, unit: str = "batch"):
-        self.bar = _bar(unit=unit, desc=desc)
-
-    def __call__(self, done, total):
-        self.bar.total = total
-        self.bar.n = done
-        self.bar.refresh()
-
-    def close(self):
-        self.bar.close()
-
-
-class TrainBar:
-    """``progress(info)`` callback of training: the start line, then one bar per phase and epoch
-    (train steps with loss and speed, validation steps). ``enabled`` is False on every torchrun
-    process but the first, so one bar is drawn."""
-
-    def __init__(self, enabled: bool = True):
-        self.bar = _bar(unit="step", desc="train", disable=not enabled)
-
-    def __call__(self, info: dict):
-        if info["phase"] in ("resumed", "started"):
-            self.bar.write(info["message"])
-            return
-        if self.bar.total != info["steps"] or self.bar.desc.split()[0] != info["phase"]:
-            self.bar.reset(total=info["steps"])
-        self.bar.set_description(f"{info['phase']} epoch {info['epoch']}/{info['epochs']}")
-        if info["phase"] == "train":
-            self.bar.set_postfix(loss=f"{info['loss']:.4f}", img_s=f"{info['img_s']:.1f}")
-        self.bar.n = info["step"]
-        self.bar.refresh()
-
-    def close(self):
-        self.bar.close()
-
-
-def print_cluster(info: dict) -> None:
-    """The cluster line, written above the progress bar (never into it)."""
-    from tqdm import tqdm
-
-    if info["scheduler"].startswith("this process"):
-        tqdm.write("dask: not started; one worker (--workers 1) runs each sample in this process", file=sys.stderr)
-        return
-    dashboard = (f"; dashboard {info['dashboard']}" if info["dashboard"] else
-                 " (no dashboard: it comes with --cluster processes, a recipe or --scheduler, and needs bokeh)")
-    tqdm.write(f"dask: {info['workers']} worker(s), {info['threads']} thread(s) at {info['scheduler']}{dashboard}",
-               file=sys.stderr)
 
 
 def finish_report(problems: list[tuple[str, str]], summary: str, report_file: str, exit_code: int) -> None:

@@ -60,41 +60,58 @@ def _axes_description(spec: StoreSpec) -> dict:
     }
 
 
-def create_store(path: str | Path, table: SampleTable, spec: StoreSpec, source: str = "") -> zarr.Group:
-    """Create an empty store for ``table``'s samples, or reopen the one already there.
+def open_or_create_store(path: str | Path, table: SampleTable, spec: StoreSpec, source: str = "") -> zarr.Group:
+    """Reopen the store at ``path`` for ``table``'s samples, or create an empty one.
 
     Reopening checks that ids, levels and dtype are the same, so that a re-run resumes the
-    same build instead of mixing two. A store in which no sample is done yet (a first run that
-    failed every sample, e.g. with a --size larger than the sources) is built afresh with the
-    options asked: refusing would only make the user delete it.
+    same build instead of mixing two. A store in which nothing is finished is first removed by
+    :func:`discard_unfinished_store` when it cannot be resumed as asked.
     """
     path = str(path)
     if not is_url(path) and Path(path).exists() and not Path(path).is_dir():
         raise StoreError(f"{path} is a file, not a store folder; choose another --out")
-    try:
-        existing = _open_group(path, mode="r")
-    except (FileNotFoundError, NotADirectoryError, zarr.errors.GroupNotFoundError,
-            zarr.errors.NodeTypeValidationError):
-        existing = None
-    except PermissionError as exc:
-        raise _cannot_write(path, exc) from None
-    if existing is not None and existing.attrs.get("hpa") is None and _holds_no_data(path):
-        existing = None  # killed while it was being created (the attributes come last): start again
-        _remove_tree(path)
-    if existing is not None:
-        try:
-            _check_same_build(path, existing, table, spec)
-        except StoreError:
-            if existing.attrs.get("hpa") is None or _some_sample_done(existing):
-                raise
-            _remove_tree(path)  # nothing finished there: built afresh as asked, nothing is lost
-        else:
-            return zarr.open_group(path, mode="r+")
+    existing = _existing_group(path)
+    if existing is not None and not discard_unfinished_store(path, existing, table, spec):
+        return zarr.open_group(path, mode="r+")
     if not is_url(path) and Path(path).exists() and any(Path(path).iterdir()):
         raise StoreError(f"{path} exists, is not empty and is not an hpa-pipeline store; choose another --out")
     try:
         return _new_store(path, table, spec, source)
     except OSError as exc:  # a folder that cannot be made or written (not ours to fix)
+        raise _cannot_write(path, exc) from None
+
+
+def discard_unfinished_store(path: str, existing: zarr.Group, table: SampleTable, spec: StoreSpec) -> bool:
+    """Remove the store at ``path`` when nothing in it is finished and it cannot be resumed as
+    asked; True when it was removed. Raise :class:`StoreError` for a store with finished
+    samples that was built with other options (resuming would mix two builds).
+
+    Two stores are removed: one killed while it was being created (its attributes come last),
+    and one in which no sample is done yet built with other options (a first run that failed
+    every sample, e.g. with a --size larger than the sources): refusing would only make the
+    user delete it, and nothing is lost.
+    """
+    if existing.attrs.get("hpa") is None and _holds_no_data(path):
+        _remove_tree(path)
+        return True
+    try:
+        _check_same_build(path, existing, table, spec)
+    except StoreError:
+        if existing.attrs.get("hpa") is None or _some_sample_done(existing):
+            raise
+        _remove_tree(path)
+        return True
+    return False
+
+
+def _existing_group(path: str) -> zarr.Group | None:
+    """The group at ``path`` opened read-only, or None where there is none."""
+    try:
+        return _open_group(path, mode="r")
+    except (FileNotFoundError, NotADirectoryError, zarr.errors.GroupNotFoundError,
+            zarr.errors.NodeTypeValidationError):
+        return None
+    except PermissionError as exc:
         raise _cannot_write(path, exc) from None
 
 

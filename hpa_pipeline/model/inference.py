@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..contract.progress import Progress, ProgressCallback, report
 from ..contract.store import open_store
 from .config import TrainConfig
 from .data import Normalizer, dihedral
@@ -40,11 +41,11 @@ def autocast(amp: str, device: torch.device):
 
 @torch.no_grad()
 def predict_probs(model, loader, normalize: Normalizer, device, amp: str = "none", channels_last: bool = False,
-                  tta: int = 1, loss_fn=None, progress=None) -> tuple[np.ndarray, np.ndarray, float | None]:
+                  tta: int = 1, loss_fn=None, on_batch=None) -> tuple[np.ndarray, np.ndarray, float | None]:
     """Sigmoid probabilities ``(n, 28)`` averaged over ``tta`` views, the sample indices, and the
     mean of ``loss_fn`` over the un-augmented view (None without ``loss_fn``).
 
-    ``progress(batches_done)`` after each batch. The loss stays on the device until the end.
+    ``on_batch(batches_done)`` after each batch. The loss stays on the device until the end.
     """
     model.eval()
     probs, indices = [], []
@@ -63,8 +64,8 @@ def predict_probs(model, loader, normalize: Normalizer, device, amp: str = "none
         probs.append((total / tta).cpu().numpy())
         indices.append(index.cpu().numpy())  # the feed hands indices over on the device
         seen += len(images)
-        if progress:
-            progress(batch + 1)
+        if on_batch:
+            on_batch(batch + 1)
     loss = float(loss_sum) / max(seen, 1) if loss_fn is not None else None
     return np.concatenate(probs), np.concatenate(indices), loss
 
@@ -105,13 +106,13 @@ def load_run(path: str | Path, device) -> TrainedRun:
 
 
 def predict(store: str | Path, runs: list[str | Path], tta: int = 1, batch_size: int = 16, workers: int = 2,
-            device: str = "auto", progress=None) -> tuple[list[str], np.ndarray, np.ndarray]:
+            device: str = "auto", progress: ProgressCallback | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
     """``(ids, mean probabilities (n, 28), predicted labels (n, 28) bool)`` over the whole store.
 
     Each run predicts at its own validation level with its own training
     statistics; probabilities are averaged over runs (e.g. folds) and TTA views; thresholds are
     the mean of the runs' thresholds. Samples not done in the store are an error: a submission
-    needs all. ``progress(done, total)`` counts batches over all runs.
+    needs all. ``progress`` gets the batches done over all runs (task ``predict``).
     """
     from .data import StoreDataset, make_loader
     from .distributed import pick_device
@@ -131,11 +132,10 @@ def predict(store: str | Path, runs: list[str | Path], tta: int = 1, batch_size:
     total, thresholds = 0.0, []
     for run, loader in zip(trained, loaders):
         def step(batches, offset=finished):
-            if progress:
-                progress(offset + batches, total_batches)
+            report(progress, Progress("predict", offset + batches, total_batches, "batch"))
 
         probs, indices, _ = predict_probs(run.model, loader, run.normalizer().to(dev), dev, run.config.amp,
-                                          run.config.channels_last, tta=tta, progress=step)
+                                          run.config.channels_last, tta=tta, on_batch=step)
         finished += len(loader)
         total = total + probs[np.argsort(indices)]
         thresholds.append(run.thresholds)

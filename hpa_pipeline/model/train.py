@@ -33,6 +33,7 @@ import torch
 from ..contract.atomic import Interrupted, replacing, write_json
 from ..contract.labels import CLASS_NAMES
 from ..contract.machine import usable_cores
+from ..contract.progress import Progress, ProgressCallback, report
 from ..contract.store import open_store
 from . import distributed
 from .averaging import averaging_kind, make_average, recompute_batchnorm
@@ -63,10 +64,11 @@ def fault_point(name: str) -> None:
 
 # --- the run -------------------------------------------------------------------------------------
 
-def train(cfg: TrainConfig, resume: bool = False, progress=None, given: set[str] | None = None) -> dict:
+def train(cfg: TrainConfig, resume: bool = False, progress: ProgressCallback | None = None, given: set[str] | None = None) -> dict:
     """Train one fold; returns the last epoch's metrics with ``best_valid_macro_f1``.
 
-    ``progress(dict)`` is called every few steps and during validation. On ``resume`` the run's
+    ``progress`` gets the run it started or resumed (a message), then the steps of each epoch
+    (task ``train``, with the loss and speed) and of its validation (task ``valid``). On ``resume`` the run's
     saved options are used; ``given`` names the options the user gave (default: all of ``cfg``),
     which must agree with them. Under ``torchrun`` every process calls this; see
     :mod:`.distributed` for who does what.
@@ -110,10 +112,8 @@ def _train(cfg: TrainConfig, run: RunFolder, progress, ranks: distributed.Ranks,
         board = _tensorboard(run, state.epoch + 1) if ranks.is_main else None
         summary = {"best_valid_macro_f1": state.best, "step": state.step}
         startup_s = time.perf_counter() - started
-        if progress:  # say which: a mistyped --resume --out starts a new run, and must not do so silently
-            progress({"phase": "resumed" if state.epoch >= 0 else "started", "epoch": state.epoch + 1,
-                      "epochs": cfg.epochs, "step": state.step,
-                      "message": start_message(run, state.epoch, cfg.epochs, state.step, resume)})
+        # say which: a mistyped --resume --out starts a new run, and must not do so silently
+        report(progress, Progress("train", message=start_message(run, state.epoch, cfg.epochs, state.step, resume)))
         for epoch in range(state.epoch + 1, cfg.epochs):
             speed = train_one_epoch(cfg, epoch, state, step, data, ranks, device, progress)
             evaluation = validate(cfg, epoch, state, data, ranks, device, progress)
@@ -430,10 +430,9 @@ def train_one_epoch(cfg: TrainConfig, epoch: int, state: TrainState, step, data:
                         data.feeds[0].start_measuring()
                 elif cfg.workers is None and data.feeds is not None and steady is not None:
                     data.feeds[0].autoscale(max_workers())  # --workers auto: more if the loop waited
-                if progress:
-                    progress({"phase": "train", "epoch": epoch + 1, "epochs": cfg.epochs, "step": done,
-                              "steps": data.steps_per_epoch, "loss": mean,
-                              "img_s": ranks.world * seen / (time.perf_counter() - started)})
+                img_s = ranks.world * seen / (time.perf_counter() - started)
+                report(progress, Progress("train", done, data.steps_per_epoch, "step", f"epoch {epoch + 1}/{cfg.epochs}",
+                                          {"loss": f"{mean:.4f}", "img_s": f"{img_s:.1f}"}))
     mean_loss = check_finite(loss_sum / max(seen, 1), epoch, state, ranks)
     ended = time.perf_counter()
     loss_total, seen_total = distributed.sum_over_ranks([mean_loss * seen, seen], ranks, device)
@@ -485,11 +484,10 @@ def validate(cfg: TrainConfig, epoch: int, state: TrainState, data: Data, ranks,
     total = data.valid_steps
 
     def step(done):
-        if progress:
-            progress({"phase": "valid", "epoch": epoch + 1, "epochs": cfg.epochs, "step": done, "steps": total})
+        report(progress, Progress("valid", done, total, "step", f"epoch {epoch + 1}/{cfg.epochs}"))
 
     probs, indices, loss = predict_probs(state.eval_model(), data.valid_batches(), data.normalize, device, cfg.amp,
-                                         cfg.channels_last, loss_fn=data.loss_fn, progress=step)
+                                         cfg.channels_last, loss_fn=data.loss_fn, on_batch=step)
     loss_total, count = distributed.sum_over_ranks([loss * len(indices), len(indices)], ranks, device)
     probs, indices = distributed.gather_arrays((probs, indices), ranks)
     truth = data.valid_set.labels[indices] > 0.5

@@ -5,14 +5,14 @@ coordinator (:class:`.builder.StoreBuilder`) marks samples done, so a re-run res
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
-from .builder import BuildReport, StoreBuilder
+from .builder import BuildReport, StoreBuilder, start_build
 from .extract import REPORT_NAME as EXTRACT_REPORT
 from ..contract.labels import MEMBER_NAME, check_source_matches, read_sample_table
 from ..contract.machine import usable_cores
-from .scheduler import WORKER_TIMEOUT, check_cluster_choice, dask_client, in_flight_limit, run_bounded
+from ..contract.progress import Counter, ProgressCallback
+from .scheduler import WORKER_TIMEOUT, announcing, check_cluster_choice, dask_client, in_flight_limit, run_bounded
 from ..contract.store import StoreSpec
 from .tasks import process_sample
 
@@ -40,40 +40,45 @@ def index_tiff_folder(src: str | Path) -> tuple[dict[str, dict[str, Path]], list
 
 
 def build_zarr(src: str | Path, csv: str | Path, out: str | Path, spec: StoreSpec, workers: int | None = None,
-               scheduler: str | None = None, cluster: str = "threads",
-               progress: Callable[[int, int], None] | None = None,
-               on_cluster: Callable[[dict], None] | None = None, threads_per_worker: int = 1,
-               worker_timeout: float = WORKER_TIMEOUT, upscale: bool = False) -> BuildReport:
+               scheduler: str | None = None, cluster: str = "threads", progress: ProgressCallback | None = None,
+               threads_per_worker: int = 1, worker_timeout: float = WORKER_TIMEOUT,
+               upscale: bool = False) -> BuildReport:
     """Build (or resume) the store at ``out`` from the TIFFs in ``src``, samples in ``csv`` order.
 
-    ``progress(advance, total)`` counts samples; ``on_cluster(info)`` gets the Dask cluster's
-    dashboard link and worker counts once it is up (see :func:`.scheduler.describe`).
-    ``workers`` (local clusters): samples processed at once; default all cores.
+    ``progress`` gets the samples finished (task ``build-zarr``) and, as a message, the Dask
+    cluster's dashboard link and worker counts once it is up. ``workers`` (local clusters):
+    samples processed at once; default all cores.
     """
     workers = workers or usable_cores()
     table = read_sample_table(csv)
     check_cluster_choice(scheduler, cluster)  # before the store is created
     files, unknown = index_tiff_folder(src)
     check_source_matches(table, files, csv, src)
-    builder = StoreBuilder(out, table, spec, "build-zarr", source=str(src), upscale=upscale)
+    builder = start_build(out, table, spec, "build-zarr", source=str(src), upscale=upscale)
+    jobs = _jobs(builder, files, src)
+    finished = Counter(progress, "build-zarr", len(jobs))
+    finished.start()
+
+    def on_result(result):
+        builder.on_result(result)
+        finished.add()
+
+    with builder.saving_on_interrupt(), dask_client(scheduler, workers, cluster, announcing(progress, "build-zarr"),
+                                                    threads_per_worker, worker_timeout) as client:
+        run_bounded(client, process_sample, builder.until_given_up(jobs), in_flight_limit(client), on_result,
+                    builder.on_error)
+    builder.stop_if_all_failed_alike()
+    return builder.finish(not_in_csv=sorted(set(files) - set(table.ids)), unknown_files=unknown)
+
+
+def _jobs(builder: StoreBuilder, files: dict[str, dict[str, Path]], src: str | Path) -> list:
+    """A task for each pending sample with its four files; a sample without files fails here."""
     jobs = []
     for index in builder.pending():
-        sample_id = table.ids[index]
+        sample_id = builder.table.ids[index]
         found = files.get(sample_id)
         if not found:
             builder.fail(index, f"{sample_id}: no TIFF for this id in {src}")
             continue
         jobs.append(builder.job(index, {f: str(p) for f, p in found.items()}))
-
-    if progress:
-        progress(0, len(jobs))
-
-    def on_result(result):
-        builder.on_result(result)
-        if progress:
-            progress(1, len(jobs))
-
-    with builder.saving_on_interrupt(), dask_client(scheduler, workers, cluster, on_cluster,
-                                                    threads_per_worker, worker_timeout) as client:
-        run_bounded(client, process_sample, jobs, in_flight_limit(client), on_result, builder.on_error)
-    return builder.finish(not_in_csv=sorted(set(files) - set(table.ids)), unknown_files=unknown)
+    return jobs

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..contract.atomic import Interrupted
 from ..contract.labels import SampleTable
-from ..contract.store import SampleBook, StoreSpec, create_store, remove_partial_files, write_report
+from ..contract.store import SampleBook, StoreSpec, open_or_create_store, remove_partial_files, write_report
 from .exit_status import EXIT_SOME_FAILED
 from .tasks import SampleJob, SampleResult
 
@@ -76,6 +77,15 @@ def failure_kind(sample_id: str, reason: str) -> str:
     return re.sub(r"\d+", "N", reason.replace(sample_id, "ID"))
 
 
+def start_build(out: str | Path, table: SampleTable, spec: StoreSpec, command: str, source: str,
+                upscale: bool = False) -> StoreBuilder:
+    """Open (or create) the store at ``out``, remove the half-written files a killed run left
+    there, and start the bookkeeping of this run."""
+    root = open_or_create_store(out, table, spec, source=source)
+    remove_partial_files(str(out))
+    return StoreBuilder(root, out, table, spec, command, source, upscale)
+
+
 class StoreBuilder:
     """Bookkeeping of one build: pending samples, results, failures, statistics, report."""
 
@@ -85,11 +95,10 @@ class StoreBuilder:
     #: decode a whole archive for a report of identical failures
     GIVE_UP_AFTER = 100
 
-    def __init__(self, out: str | Path, table: SampleTable, spec: StoreSpec, command: str, source: str,
+    def __init__(self, root, out: str | Path, table: SampleTable, spec: StoreSpec, command: str, source: str,
                  upscale: bool = False):
         self.out, self.table, self.spec, self.upscale = str(out), table, spec, upscale
-        self.root = create_store(self.out, table, spec, source=source)
-        remove_partial_files(self.out)
+        self.root = root
         self.book = SampleBook(self.root)
         self.report = BuildReport(command, self.out, source, len(table), done_before=int(self.book.done.sum()))
         self.failures: dict[int, str] = {}
@@ -98,6 +107,7 @@ class StoreBuilder:
         # the kind of the failures so far and how many, while all alike (:func:`failure_kind`); None once
         # a sample is written or two failures differ
         self._alike: tuple[str | None, int] | None = (None, 0)
+        self.given_up: str | None = None  # why the run stops (:meth:`stop_if_all_failed_alike`)
 
     def pending(self) -> list[int]:
         """Indices of samples not yet done, in CSV order."""
@@ -124,10 +134,22 @@ class StoreBuilder:
         self.fail(job.index, reason)
         self._give_up_if_all_alike(job.sample_id, reason)
 
+    def until_given_up(self, jobs: Iterable[SampleJob]) -> Iterator[SampleJob]:
+        """``jobs``, ending early once the run has given up (the tasks in flight still finish)."""
+        for job in jobs:
+            if self.given_up is not None:
+                return
+            yield job
+
+    def stop_if_all_failed_alike(self) -> None:
+        """Raise :class:`SystematicFailure` when the run gave up; called once the tasks are done."""
+        if self.given_up is not None:
+            raise SystematicFailure(self.given_up)
+
     def _give_up_if_all_alike(self, sample_id: str, reason: str) -> None:
-        """Raise :class:`SystematicFailure` once the first :attr:`GIVE_UP_AFTER` processed
-        samples all failed alike with none written (failures decided before processing, such
-        as ids not in the archive, do not count: the report lists those at once)."""
+        """Give up once the first :attr:`GIVE_UP_AFTER` processed samples all failed alike with
+        none written (failures decided before processing, such as ids not in the archive, do
+        not count: the report lists those at once)."""
         if self._alike is None:
             return
         kind, count = self._alike
@@ -136,12 +158,11 @@ class StoreBuilder:
             self._alike = None  # failures of several kinds: bad files, the run goes on
             return
         self._alike = this, count + 1
-        if count + 1 >= self.GIVE_UP_AFTER:
+        if count + 1 >= self.GIVE_UP_AFTER and self.given_up is None:
             afresh = (" (with other layout options the store, in which nothing is done, is built afresh)"
                       if self.report.done_before == 0 else " to resume")
-            raise SystematicFailure(
-                f"stopped: the first {count + 1} samples all failed alike, e.g. {reason}; nothing "
-                f"was written in this run. Fix the cause and run the command again{afresh}")
+            self.given_up = (f"stopped: the first {count + 1} samples all failed alike, e.g. {reason}; nothing "
+                             f"was written in this run. Fix the cause and run the command again{afresh}")
 
     def fail(self, index: int, reason: str) -> None:
         self.failures[index] = reason

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import shutil
 import threading
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .archive import ArchiveError, Member, catalogue, list_members, stream_members
 from ..contract.atomic import SUFFIX, write_bytes, write_json
+from ..contract.progress import Counter, ProgressCallback
 from .exit_status import EXIT_SOME_FAILED
 
 REPORT_NAME = "extract_report.json"
@@ -95,12 +95,10 @@ def check_free_space(out_dir: Path, needed: int, margin: int = 256 * 2**20) -> N
 
 
 def extract_archives(archives: list[str | Path], out_dir: str | Path,
-                     on_bytes: Callable[[int], None] | None = None,
-                     on_plan: Callable[[int], None] | None = None, decoder: str | None = None) -> ExtractReport:
+                     progress: ProgressCallback | None = None, decoder: str | None = None) -> ExtractReport:
     """Extract every HPA image member of ``archives`` into ``out_dir``; resumable.
 
-    ``on_plan(total_bytes)`` is called once before decoding starts, ``on_bytes(n)`` as bytes
-    are decoded. Raises :class:`DiskSpaceError` before decoding when space is short, and
+    ``progress`` gets the bytes decoded of the total (task ``extract``, unit ``B``). Raises :class:`DiskSpaceError` before decoding when space is short, and
     :class:`ArchiveError` for an archive that cannot be opened. ``decoder``: ``auto``, ``7zz`` or
     ``py7zr`` (see :mod:`.archive`).
     """
@@ -111,8 +109,8 @@ def extract_archives(archives: list[str | Path], out_dir: str | Path,
     plans = [plan_extract(a, out, decoder) for a in archives]
     total = sum(p.bytes_needed for p in plans)
     check_free_space(out, total)
-    if on_plan:
-        on_plan(total)
+    decoded = Counter(progress, "extract", total, unit="B")
+    decoded.start()
     report = ExtractReport(str(out), [str(a) for a in archives])
     lock = threading.Lock()
     for plan in plans:
@@ -133,7 +131,7 @@ def extract_archives(archives: list[str | Path], out_dir: str | Path,
                 report.bytes_written += len(data)
 
         try:
-            stream_members(plan.archive, lambda m: m.name in wanted, deliver, on_bytes, decoder)
+            stream_members(plan.archive, lambda m: m.name in wanted, deliver, decoded.add, decoder)
         except ArchiveError as exc:
             report.archive_errors.append(str(exc))
     write_json(out / REPORT_NAME, asdict(report))

@@ -27,12 +27,13 @@ from .archive import ArchiveError, Catalogue, Member, catalogue, list_members, s
 from ..contract.labels import FILTERS, SampleTable, check_source_matches, read_sample_table
 from ..contract.locations import is_url
 from ..contract.machine import usable_cores
+from ..contract.progress import Counter, ProgressCallback
 from ..contract.spec import StoreSpec
 from .memory import keep_freed_buffers
-from .scheduler import WORKER_TIMEOUT, check_cluster_choice, dask_client, in_flight_limit, run_bounded
+from .scheduler import WORKER_TIMEOUT, announcing, check_cluster_choice, dask_client, in_flight_limit, run_bounded
 
 if TYPE_CHECKING:
-    from .builder import BuildReport
+    from .builder import BuildReport, StoreBuilder
 
 _END = object()
 
@@ -47,80 +48,89 @@ def ingest_workers() -> int:
 
 
 def ingest(archive: str | Path, csv: str | Path, out: str | Path, spec: StoreSpec, workers: int | None = None,
-           scheduler: str | None = None, cluster: str = "threads",
-           progress: Callable[[int, int], None] | None = None,
-           on_bytes: Callable[[int], None] | None = None,
-           on_cluster: Callable[[dict], None] | None = None, threads_per_worker: int = 1,
-           worker_timeout: float = WORKER_TIMEOUT, decoder: str | None = None, upscale: bool = False) -> BuildReport:
+           scheduler: str | None = None, cluster: str = "threads", progress: ProgressCallback | None = None,
+           threads_per_worker: int = 1, worker_timeout: float = WORKER_TIMEOUT, decoder: str | None = None,
+           upscale: bool = False) -> BuildReport:
     """Build (or resume) the store at ``out`` from ``archive``; samples in ``csv`` order.
 
-    ``progress(advance, total)`` counts samples; ``on_bytes(n)`` counts decoded bytes;
-    ``on_cluster(info)`` gets the Dask dashboard link and worker counts once the cluster is up.
+    ``progress`` gets the samples finished (task ``ingest``), the bytes decoded (task
+    ``decode``) and, as a message, the Dask cluster's dashboard link and worker counts.
     ``decoder``: ``auto`` (7-Zip's 7zz when available, else py7zr), ``7zz`` or ``py7zr``.
     ``workers`` (local clusters): the most samples processed at once (:class:`_Pace` decides how
     many); default :func:`ingest_workers`.
     Raises :class:`ArchiveError` only when the archive cannot be opened at all; damage found
     while decoding fails the samples not yet complete and is recorded in the report.
     """
-    workers = workers or ingest_workers()
     keep_freed_buffers()  # before the decoder thread allocates the first member buffers
     table = read_sample_table(csv)
     check_cluster_choice(scheduler, cluster)  # before the store is created
     listing = catalogue(list_members(archive, decoder))
     check_source_matches(table, listing.images, csv, archive)
+    decoded = Counter(progress, "decode", unit="B")
 
     def decode(pending: Iterable[int]) -> _Decoding:
-        return _Decoding(archive, *_wanted(table, listing, pending, archive), decoder, on_bytes)
+        return _Decoding(archive, *_wanted(table, listing, pending, archive), decoder, decoded.add)
 
     decoding = decode(range(len(table))) if _is_new(out) else None  # new: every sample of the CSV is wanted
     try:
         # imported here, after decoding has started: zarr's import takes about 0.2 s
-        from .builder import StoreBuilder
-        from .tasks import process_sample
+        from .builder import start_build
 
-        builder = StoreBuilder(out, table, spec, "ingest", source=str(archive), upscale=upscale)
-        if decoding is None:
-            decoding = decode(builder.pending())
-        index_of = {sample_id: i for i, sample_id in enumerate(table.ids)}
-        for sample_id, reason in decoding.unusable.items():
-            builder.fail(index_of[sample_id], reason)
-        if progress:
-            progress(0, len(decoding.todo))
-
-        def jobs() -> Iterator:
-            for sample_id, members, error in decoding.samples():
-                if error is not None:
-                    builder.fail(index_of[sample_id], error)
-                    continue
-                names = {f: m.name for f, m in decoding.todo[sample_id].items()}
-                yield builder.job(index_of[sample_id], members, names)
-
-        def on_result(result):
-            decoding.finished()
-            builder.on_result(result)
-            if progress:
-                progress(1, len(decoding.todo))
-
-        def on_error(job, exc):
-            decoding.finished()
-            builder.on_error(job, exc)
-
-        with builder.saving_on_interrupt(), dask_client(scheduler, workers, cluster, on_cluster,
-                                                        threads_per_worker, worker_timeout) as client:
-            if client is None:  # one sample at a time in this thread, the next two decoded meanwhile
-                pace, limit = None, in_flight_limit(None)
-                decoding.allow(2)
-            else:
-                pace = limit = _Pace(decoding, in_flight_limit(client, per_thread=1))
-            run_bounded(client, process_sample, jobs(), limit, on_result, on_error)
-            decoding.join()
+        builder = start_build(out, table, spec, "ingest", source=str(archive), upscale=upscale)
+        decoding = decoding or decode(builder.pending())
+        with builder.saving_on_interrupt(), dask_client(scheduler, workers or ingest_workers(), cluster,
+                                                        announcing(progress, "ingest"), threads_per_worker,
+                                                        worker_timeout) as client:
+            at_once = _process_decoded(client, builder, decoding, Counter(progress, "ingest"))
+        builder.stop_if_all_failed_alike()
+        decoding.join()
     except BaseException:
         if decoding is not None:
             decoding.cancel()
         raise
     return builder.finish(not_in_csv=sorted(set(listing.images) - set(table.ids)), unknown_files=listing.unknown,
-                          refused=listing.refused, archive_error=decoding.archive_error,
-                          samples_at_once=pace.at_once if pace is not None else 1)
+                          refused=listing.refused, archive_error=decoding.archive_error, samples_at_once=at_once)
+
+
+def _process_decoded(client, builder: StoreBuilder, decoding: "_Decoding", finished: Counter) -> int:
+    """Make a task of each sample as the decoder completes it and run them (on ``client``, or
+    here without one); return the most samples worked on at once."""
+    from .tasks import process_sample
+
+    index_of = {sample_id: i for i, sample_id in enumerate(builder.table.ids)}
+    for sample_id, reason in decoding.unusable.items():
+        builder.fail(index_of[sample_id], reason)
+    finished.start(len(decoding.todo))
+    if client is None:  # one sample at a time in this thread, the next two decoded meanwhile
+        pace, limit = None, in_flight_limit(None)
+        decoding.allow(2)
+    else:
+        pace = limit = _Pace(decoding, in_flight_limit(client, per_thread=1))
+
+    def jobs() -> Iterator:
+        for sample_id, members, error in decoding.samples():
+            if error is not None:
+                builder.fail(index_of[sample_id], error)
+                continue
+            names = {f: m.name for f, m in decoding.todo[sample_id].items()}
+            yield builder.job(index_of[sample_id], members, names)
+
+    def settled() -> None:
+        decoding.finished()  # its slot goes back to the decoder
+        if pace is not None:
+            pace.step()
+
+    def on_result(result):
+        settled()
+        builder.on_result(result)
+        finished.add()
+
+    def on_error(job, exc):
+        settled()
+        builder.on_error(job, exc)
+
+    run_bounded(client, process_sample, builder.until_given_up(jobs()), limit, on_result, on_error)
+    return pace.at_once if pace is not None else 1
 
 
 def _is_new(out: str | Path) -> bool:
@@ -157,8 +167,9 @@ def _wanted(table: SampleTable, listing: Catalogue, pending: Iterable[int],
 
 
 class _Pace:
-    """How many samples are worked on at once, called as ``run_bounded``'s limit: as few as
-    keep up with the decoder, at most ``most()`` (the cluster's own limit). ``at_once`` only
+    """How many samples are worked on at once, called as ``run_bounded``'s limit (a query) and
+    stepped up by :meth:`step` as samples finish: as few as keep up with the decoder, at most
+    ``most()`` (the cluster's own limit). ``at_once`` only
     grows, so at the end it is the most samples worked on at once.
 
     A worker beyond what the decoder needs only competes with it for the cores and the caches:
@@ -182,6 +193,12 @@ class _Pace:
         self._since, self._waited = clock(), decoding.waited
 
     def __call__(self) -> int:
+        """How many samples may be in flight now."""
+        return min(self.at_once, self.most())
+
+    def step(self) -> None:
+        """Called as each sample finishes: take on one more when the decoder waited for the
+        workers, giving the decoder a slot for it."""
         now, waited = self.clock(), self.decoding.waited
         window = now - self._since
         if window >= self.MIN_WINDOW:
@@ -189,7 +206,6 @@ class _Pace:
                 self.at_once += 1
                 self.decoding.allow(1)
             self._since, self._waited = now, waited
-        return min(self.at_once, self.most())
 
 
 class _Cancelled(Exception):

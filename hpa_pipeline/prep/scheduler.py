@@ -37,6 +37,8 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from ..contract.progress import Progress, ProgressCallback, report
+
 LOCAL_CLUSTERS = ("threads", "processes")
 #: seconds to wait for the first worker of a cluster (--worker-timeout); a queue may be slow
 WORKER_TIMEOUT = 600.0
@@ -148,6 +150,20 @@ def cluster_from_recipe(recipe: dict):
     cluster = engine(**recipe["options"])
     cluster.scale(jobs=recipe["workers"])
     return cluster
+
+
+def cluster_line(info: dict) -> str:
+    """The one line that says which cluster runs the samples (from :func:`describe`)."""
+    if info["scheduler"].startswith("this process"):
+        return "dask: not started; one worker (--workers 1) runs each sample in this process"
+    dashboard = (f"; dashboard {info['dashboard']}" if info["dashboard"] else
+                 " (no dashboard: it comes with --cluster processes, a recipe or --scheduler, and needs bokeh)")
+    return f"dask: {info['workers']} worker(s), {info['threads']} thread(s) at {info['scheduler']}{dashboard}"
+
+
+def announcing(progress: ProgressCallback | None, task: str) -> Callable[[dict], None]:
+    """The ``on_cluster`` of :func:`dask_client` that reports the cluster line as a message of ``task``."""
+    return lambda info: report(progress, Progress(task, message=cluster_line(info)))
 
 
 @contextlib.contextmanager

@@ -27,6 +27,7 @@ import tifffile
 
 from ...contract.atomic import replacing
 from ...contract.labels import FILTERS, N_CLASSES, REAL_CLASS_COUNTS, REAL_N_SAMPLES, read_sample_table, write_labels_csv
+from ...contract.progress import Counter, ProgressCallback
 from .cells import render_sample
 
 #: TIFF compressions that ``--compression`` offers, as tifffile names them.
@@ -246,8 +247,9 @@ def write_folder(path: Path, members: Iterable[tuple[str, bytes]]) -> int:
 
 
 def make_dataset(out_dir: str | Path, spec: SynthSpec, workers: int = 1,
-                 progress: Callable[[int], None] | None = None) -> SynthResult:
-    """Write the synthetic dataset of ``spec`` into ``out_dir``; ``progress(n)`` per sample done.
+                 progress: ProgressCallback | None = None) -> SynthResult:
+    """Write the synthetic dataset of ``spec`` into ``out_dir``; ``progress`` gets the samples
+    written (task ``synth``).
 
     ``spec.form`` picks the form (:data:`FORMS`): the full-size 7z archives, the competition's PNG
     zips (``train.zip``, ``test.zip``), or an HPA v18-style JPEG folder (``hpa_v18/``) with
@@ -263,11 +265,13 @@ def make_dataset(out_dir: str | Path, spec: SynthSpec, workers: int = 1,
     train_name, test_name, csv_name = {"7z": (TRAIN_ARCHIVE, TEST_ARCHIVE, "train.csv"),
                                        "png-zip": ("train.zip", "test.zip", "train.csv"),
                                        "jpeg-folder": ("hpa_v18", None, "HPAv18RBGY_wodpl.csv")}[spec.form]
-    _write_split(out / train_name, 0, train_ids, train_labels, spec, workers, progress)
+    written = Counter(progress, "synth", spec.samples)
+    written.start()
+    _write_split(out / train_name, 0, train_ids, train_labels, spec, workers, written)
     write_labels_csv(out / csv_name, train_ids, train_labels)
     if spec.train_only:
         return SynthResult(out, out / train_name, None, out / csv_name, None, None, train_ids, [])
-    _write_split(out / test_name, 1, test_ids, test_labels, spec, workers, progress)
+    _write_split(out / test_name, 1, test_ids, test_labels, spec, workers, written)
     write_labels_csv(out / "test_labels.csv", test_ids, test_labels)
     write_labels_csv(out / "sample_submission.csv", test_ids, [(0,)] * len(test_ids), column="Predicted")
     return SynthResult(out, out / train_name, out / test_name, out / csv_name, out / "sample_submission.csv",
@@ -275,12 +279,12 @@ def make_dataset(out_dir: str | Path, spec: SynthSpec, workers: int = 1,
 
 
 def _write_split(archive: Path, split: int, split_ids: list[str], label_sets, spec: SynthSpec, workers: int,
-                 progress) -> None:
+                 written: Counter) -> None:
     """Render one split's samples in ``workers`` processes into its archive, zip or folder."""
     jobs = [_SampleJob(spec.seed, split, i, sid, labels, tuple(spec.image_sizes), spec.bit_depth, spec.compression,
                        spec.form)
             for i, (sid, labels) in enumerate(zip(split_ids, label_sets))]
-    members = _members_with_progress(bounded_map(render_members, jobs, workers), progress)
+    members = _members_counted(bounded_map(render_members, jobs, workers), written)
     if spec.form == "7z":
         write_archive(archive, members, spec.archive_method)
     elif spec.form == "png-zip":
@@ -289,8 +293,7 @@ def _write_split(archive: Path, split: int, split_ids: list[str], label_sets, sp
         write_folder(archive, members)
 
 
-def _members_with_progress(samples: Iterable[list[tuple[str, bytes]]], progress):
+def _members_counted(samples: Iterable[list[tuple[str, bytes]]], written: Counter):
     for members in samples:
         yield from members
-        if progress is not None:
-            progress(1)
+        written.add()
