@@ -170,7 +170,7 @@ def required_work(seven, archive: Path, tmp: Path) -> tuple[float, float]:
     """
     from hpa_pipeline.contract.labels import MEMBER_NAME, SampleTable
     from hpa_pipeline.contract.spec import StoreSpec
-    from hpa_pipeline.contract.store import create_store
+    from hpa_pipeline.contract.store import open_or_create_store
     from hpa_pipeline.prep.sevenzip import stream_block
     from hpa_pipeline.prep.memory import keep_freed_buffers
     from hpa_pipeline.prep.tasks import SampleJob, process_sample
@@ -188,7 +188,7 @@ def required_work(seven, archive: Path, tmp: Path) -> tuple[float, float]:
     receive = _cpu_seconds(before, resource.getrusage(resource.RUSAGE_SELF))
     stream_block(seven, archive, entries, keep, None)
     store, spec = tmp / "required.zarr", StoreSpec()
-    create_store(store, SampleTable(tuple(members), None), spec)
+    open_or_create_store(store, SampleTable(tuple(members), None), spec)
     samples = 0.0
     for index, (sample_id, sources) in enumerate(members.items()):
         job = SampleJob(index, sample_id, sources, str(store), spec.size, spec.levels)

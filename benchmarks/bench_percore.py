@@ -67,14 +67,14 @@ def profile(folder: Path, ids: list[str], encoding_of: dict, store: Path, passes
     runs: OpenCV and Blosc on this thread, freed buffers kept); each step's fastest of
     ``passes`` over the samples, so that a cold file cache or a slow spell is not what is timed."""
     from hpa_pipeline.contract.labels import SampleTable
-    from hpa_pipeline.contract.store import create_store
+    from hpa_pipeline.contract.store import open_or_create_store
     from hpa_pipeline.prep.memory import keep_freed_buffers
     from hpa_pipeline.prep.tasks import one_core_per_task
 
     one_core_per_task()
     keep_freed_buffers()
     spec = StoreSpec(size=1024)
-    create_store(store, SampleTable(tuple(ids), None), spec)
+    open_or_create_store(store, SampleTable(tuple(ids), None), spec)
     steps: dict[str, dict[str, list]] = {}
     for index, sample_id in [(i, s) for _ in range(passes) for i, s in enumerate(ids)]:
         times = steps.setdefault(encoding_of[sample_id], {"TIFF decode": [], "levels": [], "shard write": [],
