@@ -69,9 +69,9 @@ def profile(folder: Path, ids: list[str], encoding_of: dict, store: Path, passes
     from hpa_pipeline.contract.labels import SampleTable
     from hpa_pipeline.contract.store import open_or_create_store
     from hpa_pipeline.prep.memory import keep_freed_buffers
-    from hpa_pipeline.prep.tasks import one_core_per_task
+    from hpa_pipeline.contract.machine import one_thread_per_task
 
-    one_core_per_task()
+    one_thread_per_task()
     keep_freed_buffers()
     spec = StoreSpec(size=1024)
     open_or_create_store(store, SampleTable(tuple(ids), None), spec)

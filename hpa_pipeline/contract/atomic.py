@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,10 +17,15 @@ SUFFIX = ".partial"
 
 
 @contextmanager
-def replacing(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path to write; it replaces ``path`` when the block ends without error."""
+def replacing(path: str | Path, unique: bool = False) -> Iterator[Path]:
+    """Yield a temporary path to write; it replaces ``path`` when the block ends without error.
+
+    ``unique``: a temporary name of its own, for files that two processes may write at once (a
+    task retried after its worker was lost while the first attempt still runs): the last
+    rename wins, and neither sees the other's half-written file.
+    """
     path = Path(path)
-    tmp = path.with_name(path.name + SUFFIX)
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}{SUFFIX}" if unique else path.name + SUFFIX)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -28,8 +34,8 @@ def replacing(path: str | Path) -> Iterator[Path]:
         raise
 
 
-def write_bytes(path: str | Path, data) -> None:
-    with replacing(path) as tmp:
+def write_bytes(path: str | Path, data, unique: bool = False) -> None:
+    with replacing(path, unique) as tmp:
         tmp.write_bytes(data)
 
 

@@ -31,21 +31,41 @@ def join(location: str | Path, *parts: str) -> str:
     return str(Path(location, *parts))
 
 
-def _filesystem(url: str):
+def filesystem(url: str):
+    """``(fsspec filesystem, path inside it)`` of a URL: the one place a URL is resolved."""
     from fsspec.core import url_to_fs
 
     return url_to_fs(url)
 
 
+def file_names(location: str | Path) -> list[str]:
+    """The names (last part) of every file or object under ``location``."""
+    if is_url(location):
+        fs, path = filesystem(str(location))
+        return [name.rsplit("/", 1)[-1] for name in fs.find(path)]
+    return [p.name for p in Path(location).rglob("*") if p.is_file()]
+
+
+def remove_tree(location: str | Path) -> None:
+    """Delete ``location`` and everything under it (a folder, or the objects under a prefix)."""
+    if is_url(location):
+        fs, path = filesystem(str(location))
+        fs.rm(path, recursive=True)
+    else:
+        import shutil
+
+        shutil.rmtree(location)
+
+
 def put_bytes(url: str, data: bytes) -> None:
     """Write one object in a single PUT (atomic on object stores)."""
-    fs, path = _filesystem(url)
+    fs, path = filesystem(url)
     fs.pipe_file(path, data)
 
 
 def get_bytes(location: str) -> bytes | None:
     """The bytes of a file or object (local path or URL), or ``None`` when there is none."""
-    fs, path = _filesystem(str(location))
+    fs, path = filesystem(str(location))
     try:
         return fs.cat_file(path)
     except FileNotFoundError:
@@ -55,7 +75,7 @@ def get_bytes(location: str) -> bytes | None:
 def bytes_under(location: str | Path) -> int:
     """Total size of the files (objects) under ``location``; 0 when there is none."""
     if is_url(location):
-        fs, path = _filesystem(str(location))
+        fs, path = filesystem(str(location))
         return int(fs.du(path)) if fs.exists(path) else 0
     root = Path(location)
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root.exists() else 0

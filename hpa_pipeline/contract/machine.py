@@ -1,10 +1,11 @@
-"""Facts about the machine that both halves size their work by, and the one setting they share.
+"""Facts about the machine that both halves size their work by, and the settings they share.
 
 One helper for the usable core count: ``os.cpu_count()`` counts every core of the host, while a
 container or a batch job limited by CPU affinity (``taskset``, cgroups' cpusets, SLURM) may use
 only some of them; sizing a pool by the host's count oversubscribes the cores it was given.
 """
 import os
+import sys
 
 
 def usable_cores() -> int:
@@ -23,3 +24,28 @@ def one_blas_thread() -> None:
     works before anything imports NumPy, so the command line calls it first.
     """
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
+def start_method() -> str:
+    """How worker processes start: fork where the OS has it (the workers inherit the dataset
+    and its open metadata at no cost), spawn elsewhere."""
+    return "fork" if hasattr(os, "fork") else "spawn"
+
+
+def one_thread_per_task() -> None:
+    """OpenCV, Blosc and (where it is loaded) torch run on the calling thread only.
+
+    Each would start its own thread pool. The parallelism of a build is its tasks and that of
+    training its loader workers: N of them use N cores, and pools inside each only add thread
+    hand-offs and spinning threads that take CPU from the others (in ``ingest``, from 7zz).
+    Blosc starts its pool only when called from the main thread, which is where ``--workers 1``
+    runs the samples.
+    """
+    import cv2
+    import numcodecs.blosc
+
+    cv2.setNumThreads(0)
+    numcodecs.blosc.use_threads = False
+    numcodecs.blosc.set_nthreads(1)
+    if "torch" in sys.modules:  # never imported for it: the preprocessing half runs without torch
+        sys.modules["torch"].set_num_threads(1)

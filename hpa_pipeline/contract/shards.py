@@ -1,8 +1,8 @@
 """Writing one sample's shard of a local store directly, in the Zarr v3 sharding format.
 
-Why: zarr-python 3.1 spends about 0.5 ms of Python per inner chunk on a write (its async codec
-pipeline), about 80 ms for the 84 chunks of a 1024/512/256 sample: as much as decoding the four
-full-size TIFFs. Each task here writes whole shards that no other writer touches, so the
+Why: zarr-python 3.1 spends Python time per inner chunk on a write (its async codec pipeline):
+for the 84 chunks of a 1024/512/256 sample, as much as decoding the four full-size TIFFs
+(benchmarks/bench_build.py). Each task here writes whole shards that no other writer touches, so the
 general read-modify-write machinery is not needed: the inner chunks are Blosc-encoded with
 numcodecs (the same library zarr's ``BloscCodec`` calls), laid end to end, followed by the
 shard index that the v3 sharding spec defines: ``(offset, nbytes)`` little-endian uint64 pairs
@@ -15,7 +15,6 @@ object stores); reads from them, and other layouts, go through zarr itself.
 from __future__ import annotations
 
 import os
-import uuid
 from functools import lru_cache
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import numpy as np
 import zarr
 from numcodecs import Blosc
 
+from .atomic import write_bytes
 from .locations import is_url, join, put_bytes
 
 
@@ -91,9 +91,7 @@ def write_sample_shard(store: str, name: str, index: int, image: np.ndarray) -> 
         return
     target = Path(store, shard_key(name, index, image.ndim + 1))
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f"{target.name}.{uuid.uuid4().hex}.partial")
-    tmp.write_bytes(data)
-    os.replace(tmp, target)  # readers and killed writers never see half a shard
+    write_bytes(target, data, unique=True)  # readers and killed writers never see half a shard
 
 
 class ShardReader:

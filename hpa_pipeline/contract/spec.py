@@ -59,9 +59,9 @@ class StoreSpec:
         """The inner chunks' codec: Blosc with one block per chunk (``blocksize=chunk_bytes``).
 
         Why one block: Blosc's own choice for level 1 is a few tens of KiB, and its zstd
-        starts afresh on each block. Whole-chunk blocks gave the same size (within 1 %) with
-        zstd 15-45 % faster to write and to read, on 256² and 512² chunks of real HPA images,
-        8- and 16-bit (Blosc's threads, which smaller blocks would feed, are off here: the
+        starts afresh on each block. Whole-chunk blocks give the same size with zstd faster to
+        write and to read, on 256² and 512² chunks of real HPA images, 8- and 16-bit
+        (benchmarks/bench_store.py; Blosc's threads, which smaller blocks would feed, are off here: the
         parallelism is the samples).
         """
         if self.codec == "none":

@@ -31,7 +31,7 @@ import zarr
 
 from .atomic import SUFFIX, write_json
 from .labels import CLASS_NAMES, FILTERS, N_CLASSES, SampleTable
-from .locations import get_bytes, is_url, join, put_bytes
+from .locations import file_names, get_bytes, is_url, join, put_bytes, remove_tree
 from .shards import write_sample_shard
 from .spec import StoreError, StoreSpec, level_sizes  # noqa: F401 - re-exported: part of the store's interface
 
@@ -41,20 +41,24 @@ SMALL_CHUNK = 4096  # samples per chunk of the per-sample arrays
 REPORT_NAME = "report.json"
 
 
+def ngff_axes(sample_axis: bool) -> list[dict]:
+    """The axes in OME-NGFF vocabulary: ``c, y, x``, after a ``sample`` axis in the store."""
+    axes = [{"name": "c", "type": "channel"}, {"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
+    return [{"name": "sample", "type": "custom"}, *axes] if sample_axis else axes
+
+
+def ngff_levels(sizes: list[int], paths: list[str], sample_axis: bool) -> list[dict]:
+    """Each level's path and its scale relative to the top level, in OME-NGFF vocabulary."""
+    lead = [1.0, 1.0] if sample_axis else [1.0]
+    return [{"path": path, "coordinateTransformations": [{"type": "scale", "scale": [*lead, sizes[0] / s, sizes[0] / s]}]}
+            for path, s in zip(paths, sizes)]
+
+
 def _axes_description(spec: StoreSpec) -> dict:
     """Axes and levels in OME-NGFF vocabulary (names, types, per-level scale, channel labels)."""
     return {
-        "axes": [
-            {"name": "sample", "type": "custom"},
-            {"name": "c", "type": "channel"},
-            {"name": "y", "type": "space"},
-            {"name": "x", "type": "space"},
-        ],
-        "levels": [
-            {"path": f"images/{s}", "coordinateTransformations": [
-                {"type": "scale", "scale": [1.0, 1.0, spec.size / s, spec.size / s]}]}
-            for s in spec.sizes
-        ],
+        "axes": ngff_axes(sample_axis=True),
+        "levels": ngff_levels(spec.sizes, [f"images/{s}" for s in spec.sizes], sample_axis=True),
         "scale_unit": "pixel of the top level (sources are 2048² or 3072²: see source_shape)",
         "omero": {"channels": [{"label": f, "color": CHANNEL_COLORS[f]} for f in FILTERS]},
     }
@@ -92,14 +96,14 @@ def discard_unfinished_store(path: str, existing: zarr.Group, table: SampleTable
     user delete it, and nothing is lost.
     """
     if existing.attrs.get("hpa") is None and _holds_no_data(path):
-        _remove_tree(path)
+        remove_tree(path)
         return True
     try:
         _check_same_build(path, existing, table, spec)
     except StoreError:
         if existing.attrs.get("hpa") is None or _some_sample_done(existing):
             raise
-        _remove_tree(path)
+        remove_tree(path)
         return True
     return False
 
@@ -196,24 +200,7 @@ def _some_sample_done(root: zarr.Group) -> bool:
 
 def _holds_no_data(path: str) -> bool:
     """Whether a store folder holds only metadata (``zarr.json``), no written sample."""
-    if is_url(path):
-        from fsspec.core import url_to_fs
-
-        fs, root = url_to_fs(path)
-        return all(name.endswith("zarr.json") for name in fs.find(root))
-    return all(p.name == "zarr.json" for p in Path(path).rglob("*") if p.is_file())
-
-
-def _remove_tree(path: str) -> None:
-    if is_url(path):
-        from fsspec.core import url_to_fs
-
-        fs, root = url_to_fs(path)
-        fs.rm(root, recursive=True)
-    else:
-        import shutil
-
-        shutil.rmtree(path)
+    return all(name == "zarr.json" for name in file_names(path))
 
 
 def write_levels(path: str, index: int, levels: dict[int, np.ndarray]) -> None:

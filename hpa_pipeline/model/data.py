@@ -36,13 +36,12 @@ PyTorch's DataLoader through ``__getitems__``), met by :class:`StoreDataset` and
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..contract.labels import N_CLASSES
+from ..contract.machine import one_thread_per_task, start_method
 from ..contract.shards import ShardReader
 from ..contract.store import level_arrays, open_store
 
@@ -68,7 +67,7 @@ class StoreDataset(Dataset):
         self.store, self.level, self.crop, self.train = str(store), int(level), crop, train
         self.indices = np.asarray(indices, dtype=np.int64)
         self.mean = np.asarray(stats["mean"], np.float32)
-        self.std = np.maximum(np.asarray(stats["std"], np.float32), 1e-3)
+        self.std = np.asarray(stats["std"], np.float32)
         self.labels = root["labels"][:].astype(np.float32) if meta["has_labels"] else None
         self.seed, self.epoch, self.jitter, self.crop_grid = seed, 0, jitter, max(1, int(crop_grid))
         if crop is not None and crop > level:
@@ -223,10 +222,15 @@ class Normalizer(torch.nn.Module):
     (no ``unique()``, boolean masks or ``.tolist()`` on the device) and one kernel, not one per code.
     """
 
+    #: the smallest std divided by: a channel that is constant (all zero in a store of blank
+    #: yellow images) must not make the inputs infinite
+    STD_FLOOR = 1e-3
+
     def __init__(self, mean, std):
         super().__init__()
+        std = np.maximum(np.asarray(std, np.float32), self.STD_FLOOR)
         self.register_buffer("mean", torch.as_tensor(np.asarray(mean), dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("inv_std", 1.0 / torch.as_tensor(np.asarray(std), dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("inv_std", 1.0 / torch.as_tensor(std).view(1, -1, 1, 1))
         self._maps: dict = {}
 
     def _dihedral_maps(self, size: int, device) -> torch.Tensor:
@@ -308,12 +312,7 @@ def rare_class_weights(labels: np.ndarray, power: float = 0.5) -> np.ndarray:
 
 
 def _worker_init(_):
-    import cv2
-    import numcodecs.blosc
-
-    torch.set_num_threads(1)
-    cv2.setNumThreads(0)
-    numcodecs.blosc.set_nthreads(1)
+    one_thread_per_task()
 
 
 def _already_collated(batch):
@@ -327,7 +326,7 @@ def worker_options(workers: int, multiprocessing_context: str | None = None, pre
     if workers == 0:
         return {"num_workers": 0}
     return {"num_workers": workers, "worker_init_fn": _worker_init, "prefetch_factor": prefetch_factor,
-            "multiprocessing_context": multiprocessing_context or ("fork" if hasattr(os, "fork") else "spawn")}
+            "multiprocessing_context": multiprocessing_context or start_method()}
 
 
 def make_loader(dataset: StoreDataset, batch_size: int, workers: int, sampler: Sampler | None = None,

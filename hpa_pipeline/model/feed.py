@@ -1,7 +1,7 @@
 """The training feed: batches delivered to the training process at almost no cost to it.
 
-Measured on an H100 (benchmarks/bench_gpu.py), PyTorch's DataLoader reads crops fast enough, but delivering
-them takes time the training thread needs: each batch is written by a worker into its own
+PyTorch's DataLoader reads crops fast enough, but on a fast GPU delivering them takes time the
+training thread needs (benchmarks/bench_gpu.py measures both): each batch is written by a worker into its own
 array, copied into a new shared-memory block to cross the process boundary, rebuilt and
 unmapped by the training process, copied again into pinned memory by its pin-memory thread
 (holding the GIL), and only then copied to the GPU. More workers made it worse.
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import multiprocessing
-import os
 import queue
 import time
 import traceback
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 
 from ..contract.labels import N_CLASSES
+from ..contract.machine import one_thread_per_task, start_method
 
 #: seconds to wait for a batch before checking that the workers are alive
 POLL_S = 5.0
@@ -44,9 +44,7 @@ class FeedError(RuntimeError):
 
 def _worker_main(dataset, images, labels, indices, augmentation, tasks, results) -> None:
     """A feed worker: fill the slot each task names, answer ``(seq, slot, count, error)``."""
-    from .data import _worker_init
-
-    _worker_init(None)  # one thread for torch, OpenCV and Blosc: N workers use N cores
+    one_thread_per_task()
     images, labels, indices, augmentation = (t.numpy() for t in (images, labels, indices, augmentation))
     while True:
         task = tasks.get()
@@ -77,7 +75,7 @@ def _register_pinned(tensor: torch.Tensor) -> bool:
 def _unregister_pinned(tensor: torch.Tensor) -> None:
     """Undo :func:`_register_pinned` before the memory is unmapped. A registration outliving its
     mapping makes CUDA refuse whatever is later mapped at those addresses ("resource already
-    mapped", seen on an H100 as the next convolution's failure)."""
+    mapped", which shows up as the next convolution's failure)."""
     if int(torch.cuda.cudart().cudaHostUnregister(tensor.data_ptr())) != 0:
         _clear_cuda_error()
 
@@ -127,7 +125,7 @@ class BatchFeed:
             for tensor in registered if not self.pinned else ():
                 _unregister_pinned(tensor)
         self.copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
-        self._context = multiprocessing.get_context(context or ("fork" if hasattr(os, "fork") else "spawn"))
+        self._context = multiprocessing.get_context(context or start_method())
         self._processes: list = []
         self.worker_starts = 0  # processes started over the feed's life (== workers: started once)
         self._copy_done: dict[int, torch.cuda.Event] = {}

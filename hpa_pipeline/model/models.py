@@ -94,15 +94,19 @@ def _stem_conv(model: nn.Module) -> nn.Conv2d:
     return model.layer0.conv1
 
 
-def _widen_stem(model: nn.Module, rgb_weight: torch.Tensor | None = None) -> None:
-    """Replace the 3-channel first convolution by a 4-channel one (yellow = mean of RGB)."""
+def _widen_stem(model: nn.Module) -> None:
+    """Replace the 3-channel first convolution by a 4-channel one with the same RGB weights."""
     old = _stem_conv(model)
     new = nn.Conv2d(IN_CHANNELS, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False)
-    weight = old.weight.data if rgb_weight is None else rgb_weight
-    with torch.no_grad():
-        new.weight[:, :3] = weight
-        new.weight[:, 3:] = weight.mean(dim=1, keepdim=True)
+    _set_stem_from_rgb(new, old.weight.data)
     model.layer0.conv1 = new
+
+
+@torch.no_grad()
+def _set_stem_from_rgb(stem: nn.Conv2d, rgb: torch.Tensor) -> None:
+    """Red, green and blue keep their weights; yellow gets their mean."""
+    stem.weight[:, :3] = rgb
+    stem.weight[:, 3:] = rgb.mean(dim=1, keepdim=True)
 
 
 def _replace_head(model: nn.Module, num_classes: int) -> None:
@@ -163,9 +167,7 @@ def load_imagenet_weights(model: nn.Module, path: str | Path) -> None:
     if missing or unexpected:
         raise ModelError(f"{path} does not fit this arch: missing {missing[:5]}, unexpected {unexpected[:5]}")
     if rgb.shape[1] == 3:
-        with torch.no_grad():
-            _stem_conv(model).weight[:, :3] = rgb
-            _stem_conv(model).weight[:, 3:] = rgb.mean(dim=1, keepdim=True)
+        _set_stem_from_rgb(_stem_conv(model), rgb)
     elif rgb.shape[1] == IN_CHANNELS:
         with torch.no_grad():
             _stem_conv(model).weight.copy_(rgb)

@@ -281,7 +281,7 @@ def make_data(cfg: TrainConfig, plan: Plan, ranks: distributed.Ranks, device: to
     if steps < 1:
         raise RunError(f"fold {cfg.fold} has {len(train_set)} training samples: fewer than one batch "
                        f"for each of {ranks.world} process(es)")
-    normalize = Normalizer(plan.normalization["mean"], np.maximum(plan.normalization["std"], 1e-3)).to(device)
+    normalize = Normalizer(plan.normalization["mean"], plan.normalization["std"]).to(device)
     loss_fn = make_loss(cfg.loss, cfg.focal_gamma, cfg.class_weighting, train_labels).to(device)
     return Data(train_set, valid_set, cfg.batch_size, sampler, feeds, stream_loader, normalize, loss_fn, steps)
 

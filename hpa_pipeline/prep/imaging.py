@@ -155,7 +155,7 @@ class MemoryFile(io.RawIOBase):
 
     Why: ``io.BytesIO`` copies anything that is not ``bytes``, and archive members arrive as
     ``bytearray`` (filled in place by the decoder). For a 3072² channel that copy, with the
-    page faults of its fresh 9.4 MB, cost 4-5 ms: a quarter of a sample's TIFF reading.
+    page faults of its fresh memory, is a large part of the TIFF's reading.
     """
 
     def __init__(self, data: bytes | bytearray | memoryview):
@@ -338,8 +338,8 @@ def channel_sums(levels: dict[int, np.ndarray]) -> np.ndarray:
     """``(L, 4, 2)`` per-level, per-channel sum and sum of squares, for the store's statistics
     (``channel_sums`` of the store contract), levels largest first; exact integers.
 
-    8-bit levels: OpenCV's ``sumElems`` and squared L2 norm, one vectorised pass each (a
-    seventh of the histogram's time); the norm is accumulated in floating point, off by far
+    8-bit levels: OpenCV's ``sumElems`` and squared L2 norm, one vectorised pass each (far
+    quicker than a histogram); the norm is accumulated in floating point, off by far
     less than 0.5 below 2**53 / 255² pixels, so rounding makes it exact. 16-bit levels, whose
     squares could pass 2**53: from each channel's histogram.
     """
@@ -353,7 +353,7 @@ def channel_sums(levels: dict[int, np.ndarray]) -> np.ndarray:
             values = np.arange(counts.size, dtype=np.float64)
             weighted = counts * values
             # sums of products, not ``counts @ values``: a BLAS call wakes OpenBLAS's thread pool,
-            # whose spinning threads took 1 % of ingest's CPU from the decoder
+            # whose spinning threads take CPU from the decoder
             out[k, c] = weighted.sum(), (weighted * values).sum()
     return out
 

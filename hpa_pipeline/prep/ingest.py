@@ -41,8 +41,8 @@ _END = object()
 def ingest_workers() -> int:
     """All cores but one: the decoder (7zz or py7zr on a single LZMA2 stream) keeps one busy.
 
-    Measured on 2 cores (benchmarks/bench_decoders.py): one worker beats two on every archive
-    packing, since a second would only compete with the decoder (and starts a Dask cluster).
+    On 2 cores one worker beats two on every archive packing (benchmarks/bench_decoders.py):
+    a second would only compete with the decoder, and would start a Dask cluster.
     """
     return max(1, usable_cores() - 1)
 
@@ -172,11 +172,10 @@ class _Pace:
     ``most()`` (the cluster's own limit). ``at_once`` only
     grows, so at the end it is the most samples worked on at once.
 
-    A worker beyond what the decoder needs only competes with it for the cores and the caches:
-    on 16 cores, one LZMA2 stream of uncompressed TIFFs, ingest took 1.04x the time of ``7zz t``
-    with one worker and 1.16x with fifteen (7zz's own CPU 12.7 against 14.0 s). How many are
-    needed depends on the TIFFs: a sample's work is 0.15x its decoding when they are
-    uncompressed, 1.4x when deflated (LZMA2 finds little left to compress in those and decodes
+    A worker beyond what the decoder needs only competes with it for the cores and the caches
+    (benchmarks/bench_ingest.py, against ``7zz t`` alone). How many are needed depends on the
+    TIFFs: a sample's work is a small part of its decoding when they are uncompressed, more
+    than its decoding when deflated (LZMA2 finds little left to compress in those and decodes
     them fast). So it is measured: one sample at a time to start with, and one more
     whenever the decoder spent more than :attr:`SHARE` of the time since the last change
     waiting for a free slot, that is, for the workers.

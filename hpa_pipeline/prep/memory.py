@@ -21,8 +21,7 @@ def keep_freed_buffers() -> bool:
     Why: a sample's members (9-38 MB each) and level arrays are allocated and freed again for
     every sample. glibc maps blocks above its threshold afresh and returns freed heap beyond
     twice that, so each sample's tens of MB page-faulted in again, the kernel zeroing every
-    page: 70,000 page faults in an ``ingest`` of 16 3072² samples, 58,000 with this, and
-    about 6 ms less CPU a sample (2 cores). Page faults also serialise the threads of one
+    page (benchmarks/bench_memory.py counts the faults and the CPU with and without). Page faults also serialise the threads of one
     process on its memory map, which costs more with many worker threads. Memory stays
     bounded by what is in flight: a freed block is reused, not added to.
     """

@@ -12,25 +12,15 @@ from pathlib import Path
 
 import zarr
 
-from ..contract.store import CHANNEL_COLORS, level_arrays, open_store
+from ..contract.store import CHANNEL_COLORS, level_arrays, ngff_axes, ngff_levels, open_store
 
 NGFF_VERSION = "0.5"
 
 
 def _multiscales(name: str, sizes: list[int]) -> list[dict]:
-    top = sizes[0]
-    return [{
-        "name": name,
-        "axes": [
-            {"name": "c", "type": "channel"},
-            {"name": "y", "type": "space"},
-            {"name": "x", "type": "space"},
-        ],
-        "datasets": [
-            {"path": str(k), "coordinateTransformations": [{"type": "scale", "scale": [1.0, top / s, top / s]}]}
-            for k, s in enumerate(sizes)
-        ],
-    }]
+    paths = [str(k) for k in range(len(sizes))]
+    return [{"name": name, "axes": ngff_axes(sample_axis=False),
+             "datasets": ngff_levels(sizes, paths, sample_axis=False)}]
 
 
 def _omero(channels: list[str], dtype_max: int) -> dict:

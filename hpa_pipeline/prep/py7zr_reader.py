@@ -12,7 +12,7 @@ Facts this module is built on (py7zr 1.x):
   checks each member against the archive's listing itself: one damaged member, one failure.
 - py7zr keeps every sink it created until the extraction ends; a sink therefore hands its
   bytes on and drops them at ``close()``, or memory would grow by the whole archive.
-- LZMA2 decoding of one solid block runs on one core (35-40 MB/s of output). An archive with
+- LZMA2 decoding of one solid block runs on one core (benchmarks/bench_decoders.py). An archive with
   several solid blocks ("folders") is decoded by py7zr in parallel threads when it is opened
   from a path (not from a file object, so not for multi-volume archives).
 """
@@ -50,10 +50,14 @@ def open_archive(path: str | Path) -> py7zr.SevenZipFile:
         raise ArchiveError(f"{path}: not a readable 7z archive ({type(exc).__name__}: {exc})") from None
 
 
+def _member(info) -> Member:
+    """A :class:`Member` from py7zr's file info (a folder's size is None there)."""
+    return Member(info.filename, info.uncompressed or 0, info.crc32, info.is_directory, info.is_symlink)
+
+
 def list_members(path: str | Path) -> list[Member]:
     with open_archive(path) as archive:
-        return [Member(i.filename, i.uncompressed or 0, i.crc32, i.is_directory, i.is_symlink)
-                for i in archive.list()]
+        return [_member(i) for i in archive.list()]
 
 
 class _MemberSink(Py7zIO):
@@ -137,7 +141,7 @@ def stream_members(path: str | Path, wanted: Callable[[Member], bool], deliver: 
     with open_archive(path) as archive:
         members = {}
         for info in archive.list():
-            m = Member(info.filename, info.uncompressed or 0, info.crc32, info.is_directory, info.is_symlink)
+            m = _member(info)
             if not m.is_dir and m.unsafe_reason() is None and wanted(m):
                 members[m.name] = m
         if not members:

@@ -1,8 +1,8 @@
 """Decoding 7z archives with 7-Zip's own command-line program (``7zz``), member by member.
 
 Why (benchmarks/bench_decoders.py): py7zr (liblzma) decodes one LZMA2 stream
-on one thread, and one thread per solid block at most. 7-Zip's decoder is about 30 % faster on
-one thread and decodes an LZMA2 stream written in independent chunks (multi-threaded
+on one thread, and one thread per solid block at most. 7-Zip's decoder is faster on one
+thread and decodes an LZMA2 stream written in independent chunks (multi-threaded
 compression) on several threads. How Kaggle packed ``train_full_size.7z`` is not published, so
 :func:`describe` reads it from ``7zz l -slt`` (blocks, methods, dictionary) at run time.
 
@@ -233,9 +233,9 @@ class _SocketOutput:
 
     Why not a pipe: a pipe is read at most 1 MiB per call, and each call must take the GIL back
     before the next. With 15 worker threads running Python code, the reading thread waits for
-    the GIL after every read while 7zz waits on the full pipe. Measured on 2 cores with 3 threads
-    holding the GIL (a proxy for 16 cores' workers): 435 MB from 7zz took 12.1–14.0 s through the
-    pipe and 8.9–9.1 s through the socket (7.4 s with no other thread, both ways).
+    the GIL after every read while 7zz waits on the full pipe. With threads holding the GIL (as
+    a many-core cluster's workers do), the socket is the faster of the two; with no other
+    thread they are alike (benchmarks/bench_decoders.py, decoder ``7zz-pipe``).
     """
 
     SLICE = 8 << 20  # progress and CRC granularity

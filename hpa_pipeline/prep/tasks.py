@@ -9,12 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
-import numcodecs.blosc
 import numpy as np
 
 from .imaging import ImageError, channel_sums, make_levels, read_image
 from .memory import keep_freed_buffers
+from ..contract.machine import one_thread_per_task
 from ..contract.store import write_levels
 
 
@@ -47,22 +46,9 @@ class SampleResult:
         return self.error is None
 
 
-def one_core_per_task() -> None:
-    """OpenCV and Blosc run on the calling thread only.
-
-    Why: both start their own thread pools by default (Blosc only when called from the main
-    thread, which is where ``--workers 1`` runs the samples). The parallelism of a build is
-    its tasks, and in ``ingest`` the decoder needs the other cores: pools inside a task only
-    add thread hand-offs and spinning that take CPU from 7zz (measured on 2 cores: see the
-    README's ``decoders`` row).
-    """
-    cv2.setNumThreads(0)
-    numcodecs.blosc.use_threads = False
-
-
 def process_sample(job: SampleJob) -> SampleResult:
     """Read, check, downsample and write one sample; failures come back as a result."""
-    one_core_per_task()
+    one_thread_per_task()
     keep_freed_buffers()
     try:
         channels = {f: read_image(src, job.names.get(f) or (f if isinstance(src, (bytes, bytearray)) else str(src)), f)

@@ -34,8 +34,8 @@ from .cells import render_sample
 TIFF_COMPRESSIONS = {"none": None, "deflate": "zlib", "zlib": "zlib", "lzw": "lzw", "zstd": "zstd"}
 
 #: Archive coders. ``copy`` stores the (already compressed) TIFFs: LZMA2 gains little on them
-#: and writes at only 2-9 MB/s on one core, so ``copy`` is what keeps a 64-sample full-size
-#: dataset at about a minute. ``lzma2`` is what the real archives use; pick it to measure
+#: and writes slowly on one core, so ``copy`` is what keeps a full-size synthetic dataset
+#: quick to make. ``lzma2`` is what the real archives use; pick it to measure
 #: decoding as it will be on them.
 ARCHIVE_METHODS = {
     "copy": [{"id": py7zr.FILTER_COPY}],
