@@ -26,8 +26,9 @@ $(STAMP): setup.cfg pyproject.toml
 test: install
 	$(BIN)/python -m pytest -q
 
+# the loop to run between edits: pure functions and small in-process stores
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow and not integration"
 
 demo: install
 	$(HPA) --config pipelines/demo.yaml synth --out $(DEMO)

@@ -1,6 +1,7 @@
 import subprocess
 import sys
 
+import pytest
 from click.testing import CliRunner
 
 from hpa_pipeline import __version__
@@ -22,11 +23,13 @@ def test_version():
     assert result.exit_code == 0 and __version__ in result.output
 
 
+@pytest.mark.integration
 def test_python_dash_m_entry_point_works_without_make():
     out = subprocess.run([sys.executable, "-m", "hpa_pipeline", "--help"], capture_output=True, text=True, check=True)
     assert "synth" in out.stdout
 
 
+@pytest.mark.integration
 def test_numpys_blas_threads_are_one_unless_the_user_says_otherwise():
     """The CLI keeps NumPy's OpenBLAS to one thread (its idle pool spun ~0.2 CPU-s a command
     beside ingest's decoder), set before NumPy loads; a user's own setting wins."""

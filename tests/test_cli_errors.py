@@ -239,6 +239,7 @@ def test_a_slurm_recipe_without_sbatch_is_a_clear_error(small_store_inputs, monk
     assert not (tmp / "sl").exists()
 
 
+@pytest.mark.integration
 def test_a_rejected_job_submission_is_named_and_times_out(small_store_inputs, tmp_path, monkeypatch):
     pytest.importorskip("dask_jobqueue")
     tiff, csv, tmp = small_store_inputs
@@ -262,6 +263,7 @@ def test_a_rejected_job_submission_is_named_and_times_out(small_store_inputs, tm
     assert result.output.count("Traceback") == 0
 
 
+@pytest.mark.integration
 def test_ctrl_c_exits_130_with_what_was_saved(small_store_inputs, tmp_path):
     from hpa_pipeline.prep.synth import SynthSpec, make_dataset
 
@@ -324,6 +326,7 @@ def test_the_cluster_line_is_written_above_the_progress_bar(small_store_inputs):
     assert line.lstrip("\r ").startswith("dask:")  # on a line of its own, not inside the bar
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("command", ["ingest", "inspect"])
 def test_an_object_store_without_credentials_is_a_clear_error(small_store_inputs, command):
     """No credentials found (none set, none in files, no instance metadata): the error names the

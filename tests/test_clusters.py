@@ -20,6 +20,8 @@ from hpa_pipeline.contract.store import StoreSpec
 
 from .helpers import assert_same_stores, dataset_with_reference
 
+pytestmark = pytest.mark.integration  # subprocesses, clusters, object stores or kills
+
 PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
 SPEC = StoreSpec(size=128, levels=2, chunk=64)
 ARRAYS = ["images/128", "images/64", "source_shape", "source_dtype", "channel_sums", "done", "labels"]

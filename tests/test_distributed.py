@@ -16,6 +16,8 @@ from hpa_pipeline.prep.ingest import ingest
 from hpa_pipeline.contract.store import StoreSpec
 from hpa_pipeline.prep.synth import SynthSpec, make_dataset
 
+pytestmark = pytest.mark.integration  # subprocesses, clusters, object stores or kills
+
 # per-process batch 4: two processes, or one process accumulating two micro-batches of 4;
 # BatchNorm sees 4 samples at a time in both (no SyncBatchNorm on CPU)
 # (no dropout: each rank draws its own dropout masks, so only dropout-free runs can match bit for bit)

@@ -86,6 +86,7 @@ class Slow(StoreDataset):
         return super().fill(item, out)
 
 
+@pytest.mark.integration
 def test_a_dead_worker_is_an_error_not_a_hang(store, monkeypatch):
     import hpa_pipeline.model.feed as feed_module
 
@@ -136,6 +137,7 @@ def tiny(store, out, **overrides):
     return TrainConfig(**values)
 
 
+@pytest.mark.integration
 def test_workers_start_once_per_run_and_train_like_in_process_reading(store, tmp_path, monkeypatch):
     feeds = []
     real_init = BatchFeed.__init__
@@ -164,6 +166,7 @@ def test_epoch_size_sets_the_steps_and_draws_with_replacement(store, tmp_path):
 SYNCING = ("item", "tolist", "__bool__", "__float__", "__int__", "numpy", "cpu")
 
 
+@pytest.mark.integration
 def test_the_step_loop_does_not_wait_for_the_device(store, tmp_path, monkeypatch):
     """Every call in our code that would make the host wait for the device, made while an epoch
     trains, comes from the periodic loss read (check_finite), never from the per-step path."""
@@ -213,6 +216,7 @@ def test_the_feed_grows_to_the_workers_the_measured_wait_asks_for(store):
         feed.close()
 
 
+@pytest.mark.integration
 def test_workers_auto_trains_like_in_process_reading(store, tmp_path):
     train(tiny(store, tmp_path / "auto", workers=None, epochs=2))
     train(tiny(store, tmp_path / "inline", workers=0, epochs=2))

@@ -208,6 +208,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="glibc's malloc")
 def test_freed_sample_buffers_are_reused_without_page_faults():
     """The second sample's buffers come from memory the first one freed: no page faults

@@ -18,10 +18,10 @@ from hpa_pipeline.contract.store import StoreSpec
 from .helpers import assert_same_stores, random_sample, tiff_bytes, write_7z
 
 
-@pytest.fixture(autouse=True, params=["7zz", "py7zr", "7zz-pipe"])
+@pytest.fixture(params=["7zz", "py7zr", "7zz-pipe"])
 def decoder(request, monkeypatch):
-    """Every test here runs with both decoders: 7-Zip's 7zz and py7zr; and 7zz read
-    through a pipe, as where the system has no Unix sockets."""
+    """A test that decodes an archive asks for this and runs with both decoders: 7-Zip's 7zz
+    and py7zr; and 7zz read through a pipe, as where the system has no Unix sockets."""
     from hpa_pipeline.prep import archive, sevenzip
 
     name = request.param.split("-")[0]
@@ -111,7 +111,7 @@ def test_failed_samples_are_left_empty_and_not_done(bad_ingest):
     assert sorted({tuple(s) for s in good.tolist()}) == [(256, 256), (384, 384)]
 
 
-def test_rerun_retries_only_the_failed_ones(bad_archive, bad_ingest):
+def test_rerun_retries_only_the_failed_ones(decoder, bad_archive, bad_ingest):
     archive, csv, _ = bad_archive
     _, out, _ = bad_ingest
     before = zarr.open_group(str(out), mode="r")["images/128"][:10]
@@ -120,7 +120,7 @@ def test_rerun_retries_only_the_failed_ones(bad_archive, bad_ingest):
     assert np.array_equal(zarr.open_group(str(out), mode="r")["images/128"][:10], before)
 
 
-def test_cli_exit_status_and_summary(bad_archive, tmp_path):
+def test_cli_exit_status_and_summary(decoder, bad_archive, tmp_path):
     archive, csv, _ = bad_archive
     result = CliRunner().invoke(cli, ["ingest", str(archive), "--csv", str(csv), "--out", str(tmp_path / "s.zarr"),
                                       "--size", "128", "--levels", "2", "--workers", "1"])
@@ -129,7 +129,7 @@ def test_cli_exit_status_and_summary(bad_archive, tmp_path):
     assert "failed: absent: not in archive" in result.output
 
 
-def test_extract_refuses_unsafe_members_and_flattens(bad_archive, tmp_path):
+def test_extract_refuses_unsafe_members_and_flattens(decoder, bad_archive, tmp_path):
     archive, _, _ = bad_archive
     report = extract_archives([archive], tmp_path / "tiff")
     names = sorted(p.name for p in (tmp_path / "tiff").glob("*.tif"))
@@ -142,7 +142,7 @@ def test_extract_refuses_unsafe_members_and_flattens(bad_archive, tmp_path):
     assert again.written == 0 and again.skipped == report.written
 
 
-def test_extract_then_build_zarr_equals_ingest(small_dataset, tmp_path):
+def test_extract_then_build_zarr_equals_ingest(decoder, small_dataset, tmp_path):
     d = small_dataset
     a = ingest(d.train_archive, d.train_csv, tmp_path / "a.zarr", SPEC, workers=2)
     extract_archives([d.train_archive], tmp_path / "tiff")
@@ -151,7 +151,7 @@ def test_extract_then_build_zarr_equals_ingest(small_dataset, tmp_path):
     assert_same_arrays(tmp_path / "a.zarr", tmp_path / "b.zarr", ARRAYS + ["labels"])
 
 
-def test_extract_leaves_no_partial_file_and_resumes(small_dataset, tmp_path):
+def test_extract_leaves_no_partial_file_and_resumes(decoder, small_dataset, tmp_path):
     out = tmp_path / "tiff"
     out.mkdir()
     (out / "x_red.tif.partial").write_bytes(b"half")  # what a killed run leaves
@@ -167,7 +167,7 @@ def test_disk_space_is_checked_before_starting(tmp_path):
         check_free_space(tmp_path, needed=1 << 60)
 
 
-def test_crc_mismatch_fails_that_sample_only(tmp_path):
+def test_crc_mismatch_fails_that_sample_only(decoder, tmp_path):
     rng = np.random.default_rng(3)
     members = sample_members("a", random_sample(rng, 256), compression=None)
     members += sample_members("b", random_sample(rng, 256), compression=None)
@@ -182,7 +182,7 @@ def test_crc_mismatch_fails_that_sample_only(tmp_path):
     assert "CRC mismatch" in report.failed[0]["reason"] and report.failed[0]["id"] == "b"
 
 
-def test_damaged_lzma_stream_keeps_what_was_decoded(tmp_path):
+def test_damaged_lzma_stream_keeps_what_was_decoded(decoder, tmp_path):
     rng = np.random.default_rng(4)
     members = []
     for k in range(6):  # compressible images, so that LZMA2 really codes them
@@ -201,7 +201,7 @@ def test_damaged_lzma_stream_keeps_what_was_decoded(tmp_path):
 
 
 @pytest.mark.parametrize("content", [b"", b"not a 7z archive"])
-def test_unreadable_or_truncated_archive_is_a_clear_error(small_dataset, tmp_path, content):
+def test_unreadable_or_truncated_archive_is_a_clear_error(decoder, small_dataset, tmp_path, content):
     broken = tmp_path / "train_full_size.7z"
     broken.write_bytes(content or small_dataset.train_archive.read_bytes()[: 100_000])
     with pytest.raises(ArchiveError, match="train_full_size.7z: not a readable 7z archive"):
@@ -211,14 +211,14 @@ def test_unreadable_or_truncated_archive_is_a_clear_error(small_dataset, tmp_pat
     assert result.exit_code == 1 and "not a readable 7z archive" in result.output
 
 
-def test_empty_archive_fails_every_sample(small_dataset, tmp_path):
+def test_empty_archive_fails_every_sample(decoder, small_dataset, tmp_path):
     archive = write_7z(tmp_path / "empty.7z", [])
     report = ingest(archive, small_dataset.train_csv, tmp_path / "s.zarr", SPEC)
     assert report.written == 0 and len(report.failed) == 12
     assert all("not in archive empty.7z" in f["reason"] for f in report.failed)
 
 
-def test_multi_volume_archive(small_dataset, tmp_path):
+def test_multi_volume_archive(decoder, small_dataset, tmp_path):
     import multivolumefile
 
     data = small_dataset.train_archive.read_bytes()
@@ -246,14 +246,15 @@ def test_bad_csv_rows_stop_before_any_work_naming_the_row(bad_archive, tmp_path,
     assert not (tmp_path / "s.zarr").exists()
 
 
-def test_resuming_with_other_settings_is_refused(small_dataset, tmp_path):
+def test_resuming_with_other_settings_is_refused(decoder, small_dataset, tmp_path):
     ingest(small_dataset.train_archive, small_dataset.train_csv, tmp_path / "s.zarr", SPEC)
     result = CliRunner().invoke(cli, ["ingest", str(small_dataset.train_archive), "--csv", str(small_dataset.train_csv),
                                       "--out", str(tmp_path / "s.zarr"), "--size", "64", "--levels", "2"])
     assert result.exit_code == 1 and "--size 128 (stored) vs 64 (asked)" in result.output
 
 
-def test_several_solid_blocks_decode_in_parallel_to_the_same_store(small_dataset, tmp_path):
+@pytest.mark.integration
+def test_several_solid_blocks_decode_in_parallel_to_the_same_store(decoder, small_dataset, tmp_path):
     """Archives made by 7-Zip hold several solid blocks; both decoders decode them in parallel."""
     import subprocess
 
@@ -280,7 +281,8 @@ def test_several_solid_blocks_decode_in_parallel_to_the_same_store(small_dataset
     assert_same_arrays(tmp_path / "a.zarr", tmp_path / "b.zarr")
 
 
-def test_scheduler_address_runs_the_tasks_on_a_distributed_cluster(small_dataset, tmp_path):
+@pytest.mark.integration
+def test_scheduler_address_runs_the_tasks_on_a_distributed_cluster(decoder, small_dataset, tmp_path):
     """--scheduler takes any dask.distributed address: here a LocalCluster of two worker processes."""
     from distributed import LocalCluster
 
@@ -296,7 +298,7 @@ def test_scheduler_address_runs_the_tasks_on_a_distributed_cluster(small_dataset
     assert_same_arrays(tmp_path / "b.zarr", tmp_path / "c.zarr")
 
 
-def test_a_new_store_is_decoded_into_while_it_is_being_created(small_dataset, tmp_path, monkeypatch):
+def test_a_new_store_is_decoded_into_while_it_is_being_created(decoder, small_dataset, tmp_path, monkeypatch):
     """With nothing to resume, decoding starts before the store is opened (7zz works while zarr
     is imported, the store created and the cluster started); resuming opens the store first,
     since its done flags say which samples are wanted."""
@@ -324,7 +326,7 @@ def test_a_new_store_is_decoded_into_while_it_is_being_created(small_dataset, tm
     assert first.written == 12 and again.done_before == 12 and again.written == 0
 
 
-def test_a_store_that_cannot_be_created_stops_the_decoding_it_started(small_dataset, tmp_path, monkeypatch):
+def test_a_store_that_cannot_be_created_stops_the_decoding_it_started(decoder, small_dataset, tmp_path, monkeypatch):
     """The error is the store's; no decoder thread or 7zz process is left running."""
     import threading
 
@@ -348,7 +350,7 @@ def test_a_store_that_cannot_be_created_stops_the_decoding_it_started(small_data
     assert not [p for p in psutil.Process().children(recursive=True) if "7z" in p.name()]
 
 
-def test_an_error_raised_by_the_receiver_is_not_reported_as_a_damaged_archive(small_dataset):
+def test_an_error_raised_by_the_receiver_is_not_reported_as_a_damaged_archive(decoder, small_dataset):
     """An exception from ``deliver`` (a bug, a cancelled ingest) reaches the caller as itself,
     with every decoder: it says nothing about the archive."""
     from hpa_pipeline.prep.archive import stream_members
@@ -397,7 +399,8 @@ def test_the_pace_takes_one_more_sample_only_while_the_decoder_waits_for_the_wor
     assert at(6.0, 2.5) == 2
 
 
-def test_the_decoder_counts_its_waits_for_the_workers_but_not_for_the_start(small_dataset):
+@pytest.mark.integration
+def test_the_decoder_counts_its_waits_for_the_workers_but_not_for_the_start(decoder, small_dataset):
     """``waited``: the seconds the decoder was held back by samples not yet finished, from
     the first ``allow`` on; the pace reads it."""
     import time
@@ -424,7 +427,7 @@ def test_the_decoder_counts_its_waits_for_the_workers_but_not_for_the_start(smal
     assert run(0.1) > 0.5  # 12 samples of 0.1 s: the decoder, three samples ahead, waits on most
 
 
-def test_a_csv_of_other_samples_is_refused_before_a_store_exists(small_dataset, tmp_path):
+def test_a_csv_of_other_samples_is_refused_before_a_store_exists(decoder, small_dataset, tmp_path):
     """The test archive with train.csv: every sample would fail, and the store made for those
     ids would then refuse the right CSV ("holds other ids"), so nothing is created."""
     out = tmp_path / "s.zarr"
@@ -448,7 +451,7 @@ def test_build_zarr_refuses_a_csv_of_other_samples_too(small_dataset, tmp_path):
     assert not out.exists()
 
 
-def test_a_store_with_no_sample_done_is_built_again_with_the_options_asked(small_dataset, tmp_path):
+def test_a_store_with_no_sample_done_is_built_again_with_the_options_asked(decoder, small_dataset, tmp_path):
     """The default --size 1024 on smaller sources fails every sample; the advice it prints
     (a smaller --size) must then work on the same --out, as nothing finished would be lost."""
     args = ["ingest", str(small_dataset.train_archive), "--csv", str(small_dataset.train_csv), "--out",
@@ -460,7 +463,7 @@ def test_a_store_with_no_sample_done_is_built_again_with_the_options_asked(small
     assert zarr.open_group(str(tmp_path / "s.zarr"), mode="r")["images/128"].shape[0] == 12
 
 
-def test_a_run_whose_samples_all_fail_alike_stops_early(small_dataset, tmp_path, monkeypatch):
+def test_a_run_whose_samples_all_fail_alike_stops_early(decoder, small_dataset, tmp_path, monkeypatch):
     """--size above every source (e.g. 1024 on the competition's 512² PNGs): the run stops once
     the first samples all failed for one reason, instead of decoding the whole archive for a
     report of identical failures; the store, with nothing done, is built afresh next time."""

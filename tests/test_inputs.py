@@ -67,6 +67,7 @@ def test_real_pngs_build_a_store_whose_levels_are_their_area_averages(real_png_s
     assert root["source_shape"][0].tolist() == [512, 512]
 
 
+@pytest.mark.integration
 def test_a_zip_of_real_pngs_ingests_to_the_same_store(real_png_samples, tmp_path):
     folder, csv, archive, ids = real_png_samples
     spec = StoreSpec(size=256, levels=2, chunk=128)

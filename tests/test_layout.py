@@ -37,6 +37,7 @@ def test_prep_and_contract_import_without_torch_or_model():
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.integration
 def test_model_imports_without_prep():
     modules = modules_of("model")
     assert "hpa_pipeline.model.train" in modules
@@ -71,6 +72,7 @@ def test_no_module_imports_the_other_half_even_lazily(half, forbidden):
 @pytest.mark.parametrize("args", [["--help"], ["evaluate", "--help"], ["build-zarr", "--help"],
                                   ["ingest", "--help"], ["inspect", "--help"], ["extract", "--help"],
                                   ["train", "--help"], ["predict", "--help"]])
+@pytest.mark.integration
 def test_commands_start_without_torch(args):
     """The CLI module and every command's --help load no torch (train's options come from the
     torch-free TrainConfig)."""
@@ -82,6 +84,7 @@ def test_commands_start_without_torch(args):
     assert "Usage: hpa-pipe" in result.stdout
 
 
+@pytest.mark.integration
 def test_ingest_and_the_store_options_load_without_zarr_or_opencv():
     """``ingest`` starts decoding a new store's archive before it imports zarr (0.2 s) and
     OpenCV: the command line, the store options and the ingest module must not pull them in."""
@@ -93,6 +96,7 @@ def test_ingest_and_the_store_options_load_without_zarr_or_opencv():
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.integration
 def test_evaluate_runs_without_torch(tmp_path):
     truth = tmp_path / "truth.csv"
     truth.write_text("Id,Target\na,0 1\nb,2\n")

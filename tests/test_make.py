@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 import zarr
 
+pytestmark = pytest.mark.integration  # subprocesses, clusters, object stores or kills
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -145,6 +145,7 @@ def test_random_crops_depend_on_seed_epoch_and_sample_only(store):
     assert list(sampler) == list(sampler) and sorted(sampler) == list(range(12))
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("context", ["fork", "spawn"])
 def test_loader_workers_give_the_same_batches_as_in_process(store, context):
     dataset = StoreDataset(store, 128, np.arange(12), crop=64, train=True, seed=2)

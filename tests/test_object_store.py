@@ -22,6 +22,8 @@ from hpa_pipeline.contract.store import StoreSpec
 
 from .helpers import assert_same_stores, dataset_with_reference
 
+pytestmark = pytest.mark.integration  # subprocesses, clusters, object stores or kills
+
 pytest.importorskip("s3fs")
 moto_server = pytest.importorskip("moto.server")
 

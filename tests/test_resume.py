@@ -12,6 +12,8 @@ from hpa_pipeline.contract.store import StoreSpec
 
 from .helpers import assert_same_stores, dataset_with_reference, shards_written
 
+pytestmark = pytest.mark.integration  # subprocesses, clusters, object stores or kills
+
 SPEC = StoreSpec(size=256, levels=3, chunk=128)
 ARRAYS = ["images/256", "images/128", "images/64", "labels", "source_shape", "source_dtype", "channel_sums", "done"]
 

@@ -16,6 +16,8 @@ from hpa_pipeline.contract.store import StoreSpec
 
 from .helpers import assert_same_stores, dataset_with_reference, shards_written
 
+pytestmark = pytest.mark.integration  # subprocesses, clusters, object stores or kills
+
 SPEC = StoreSpec(size=256, levels=2, chunk=128)
 ARRAYS = ["images/256", "images/128", "source_shape", "source_dtype", "channel_sums", "done", "labels"]
 

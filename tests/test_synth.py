@@ -105,6 +105,7 @@ def image_stats(images_512):
     return np.mean(per_image_dark), np.percentile(values, [50, 90, 99])
 
 
+@pytest.mark.integration
 def test_intensity_statistics_are_near_the_real_pngs():
     real = [cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in sorted(need(REAL_PNG_DIR).glob("*.png"))]
     rng = np.random.default_rng(0)

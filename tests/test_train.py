@@ -41,6 +41,7 @@ def tiny_config(store, out, **overrides):
     return TrainConfig(**values)
 
 
+@pytest.mark.integration
 def test_trainer_learns_the_synthetic_patterns(four_class_store, tmp_path):
     _, store, _ = four_class_store
     summary = train(tiny_config(store, tmp_path / "run"))
@@ -51,6 +52,7 @@ def test_trainer_learns_the_synthetic_patterns(four_class_store, tmp_path):
     assert summary["best_valid_macro_f1"] > 0
 
 
+@pytest.mark.integration
 def test_run_folder_holds_everything(four_class_store, tmp_path):
     _, store, test_store = four_class_store
     run = tmp_path / "run"
@@ -96,6 +98,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(four_class_store, t
     assert state["epoch"] == 0
 
 
+@pytest.mark.integration
 def test_sigkill_then_resume_ends_like_an_uninterrupted_run(four_class_store, tmp_path):
     _, store, _ = four_class_store
     args = [sys.executable, "-m", "hpa_pipeline", "train", "--store", str(store), "--arch", "se_resnet_tiny",
@@ -135,6 +138,7 @@ def test_swa_is_the_equal_weight_mean_of_the_epochs_it_averages():
         assert torch.allclose(averaged, sum(s[key] for s in snapshots) / 3), key
 
 
+@pytest.mark.integration
 def test_swa_run_validates_and_saves_the_averaged_weights(four_class_store, tmp_path):
     _, store, _ = four_class_store
     run = tmp_path / "run"
@@ -151,3 +155,30 @@ def test_swa_run_validates_and_saves_the_averaged_weights(four_class_store, tmp_
     assert len(rows) == 4 and "nan" not in "".join(rows)
     with pytest.raises(ValueError, match="--ema or --swa-epochs"):
         tiny_config(store, run, ema=0.9, swa_epochs=1)
+
+
+@pytest.mark.integration
+def test_a_uint16_store_trains_and_predicts_on_its_16_bit_values(tmp_path):
+    """The model half reads a ``--dtype uint16`` store as it is: 16-bit crops (values above
+    255), normalised by that store's own statistics, a finite loss, and a prediction per sample."""
+    from hpa_pipeline.model.data import StoreDataset
+    from hpa_pipeline.model.inference import predict
+    from hpa_pipeline.model.run_folder import read_config
+
+    d = make_dataset(tmp_path / "data", SynthSpec(n_train=32, n_test=4, image_sizes=(256,), bit_depth=16, seed=3),
+                     workers=2)
+    spec = StoreSpec(size=128, levels=2, chunk=64, dtype="uint16")
+    store, test_store = tmp_path / "train.zarr", tmp_path / "test.zarr"
+    assert ingest(d.train_archive, d.train_csv, store, spec).exit_code == 0
+    assert ingest(d.test_archive, d.sample_submission, test_store, spec).exit_code == 0
+    dataset = StoreDataset(str(store), 64, np.arange(8), crop=64)
+    images = dataset.__getitems__(list(range(8)))[0].numpy()
+    assert images.dtype == np.uint16
+    assert int(images.max()) > 255 and dataset.mean.max() > 255  # 16-bit values, not 8-bit ones
+
+    summary = train(tiny_config(store, tmp_path / "run", epochs=2, batch_size=8, folds=2))
+    assert np.isfinite(summary["train_loss"])
+    _, normalization = read_config(tmp_path / "run" / "config.yaml")
+    assert max(normalization["mean"]) > 255
+    ids, probs, labels = predict(test_store, [tmp_path / "run"], workers=0, device="cpu")
+    assert len(ids) == 4 and probs.shape == (4, 28) and np.isfinite(probs).all() and labels.any(axis=1).all()

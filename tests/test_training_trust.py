@@ -239,6 +239,7 @@ def test_both_backends_apply_the_same_dropout_in_training():
     torch.testing.assert_close(out_a, out_b)
 
 
+@pytest.mark.integration
 def test_resume_takes_the_saved_options_and_refuses_changed_ones(data, tmp_path, monkeypatch):
     _, tmp = data
     run = tmp_path / "run"
@@ -316,6 +317,7 @@ def uninterrupted(data, tmp_path_factory):
     return run
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("point", ["after_best", "after_metrics", "after_last"])
 def test_a_kill_at_each_write_point_resumes_to_the_uninterrupted_run(data, uninterrupted, tmp_path, monkeypatch,
                                                                      point):
@@ -356,6 +358,7 @@ def external_store(data, tmp_path_factory):
     return tmp / "hpa_v18.zarr"
 
 
+@pytest.mark.integration
 def test_external_samples_always_train_and_never_validate(data, external_store, tmp_path, monkeypatch):
     seen = []
     real = train_module.StoreDataset.fill
@@ -379,6 +382,7 @@ def test_external_samples_always_train_and_never_validate(data, external_store, 
     assert yaml.safe_load((run / "config.yaml").read_text())["external"] == [str(external_store)]
 
 
+@pytest.mark.integration
 def test_a_run_with_external_data_resumes_exactly(data, external_store, tmp_path, monkeypatch):
     options = dict(external=(str(external_store),), steps_per_epoch=2)
     train(config(data, tmp_path / "whole", **options))
@@ -405,6 +409,7 @@ def test_an_external_store_sharing_ids_with_the_main_one_is_refused(data, tmp_pa
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_compiled_training_saves_plain_weights_that_predict_reads(data, tmp_path):
     """``--compile`` (torch.compile of the model and loss, inductor on the CPU here) trains,
