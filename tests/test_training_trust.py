@@ -12,7 +12,7 @@ from click.testing import CliRunner
 import hpa_pipeline.model.train as train_module
 from hpa_pipeline.cli import cli
 from hpa_pipeline.contract.store import StoreSpec
-from hpa_pipeline.model.data import Normalizer, StoreDataset, make_loader
+from hpa_pipeline.model.data import StoreDataset, make_loader
 from hpa_pipeline.model.inference import load_run, predict, predict_probs
 from hpa_pipeline.model.losses import MultilabelLoss, make_loss
 from hpa_pipeline.model.metrics import crossfit_macro_f1, macro_f1, per_class_f1, predict_labels, search_thresholds

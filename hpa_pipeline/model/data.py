@@ -33,6 +33,13 @@ PyTorch's DataLoader through ``__getitems__``), met by :class:`StoreDataset` and
   augmentation)``;
 - ``forget_readers()``: drop the open shard readers, so that processes started from this one
   open their own files rather than share the parent's.
+
+Why two readers: training runs for many epochs of small crops, where a DataLoader's per-batch
+copies and worker restarts would cost the training thread time every step, so it has the feed
+(batch slots filled in place by workers that live for the run). Prediction and validation
+outside training read each whole image once, in order, where the forward pass dwarfs the
+copies; and ``--stream`` (stores behind a URL) must read whole shards in the order the object
+store serves them. Both keep PyTorch's DataLoader (:func:`make_loader`, :mod:`.streaming`).
 """
 from __future__ import annotations
 

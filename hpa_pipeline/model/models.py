@@ -32,7 +32,6 @@ their mean (timm's own ``in_chans=4`` adaptation would tile R, G, B, R instead).
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch

@@ -319,6 +319,17 @@ def in_flight_limit(client, per_thread: int = 2, every_seconds: float = 1.0) -> 
     return limit
 
 
+def _run_here(fn: Callable, jobs: Iterable, on_result: Callable, on_error: Callable) -> None:
+    """:func:`run_bounded` without a cluster: each job in this thread, in order."""
+    for job in jobs:
+        try:
+            result = fn(job)
+        except Exception as exc:  # noqa: BLE001 - reported per sample, the run goes on
+            on_error(job, exc)
+            continue
+        on_result(result)
+
+
 def run_bounded(client, fn: Callable, jobs: Iterable, max_in_flight: Callable[[], int],
                 on_result: Callable, on_error: Callable, retries: int = 2) -> None:
     """Submit ``fn(job)`` for each job, at most ``max_in_flight()`` pending (the current limit,
@@ -329,13 +340,7 @@ def run_bounded(client, fn: Callable, jobs: Iterable, max_in_flight: Callable[[]
     each job runs here, in order.
     """
     if client is None:
-        for job in jobs:
-            try:
-                result = fn(job)
-            except Exception as exc:  # noqa: BLE001 - reported per sample, the run goes on
-                on_error(job, exc)
-                continue
-            on_result(result)
+        _run_here(fn, jobs, on_result, on_error)
         return
     from distributed import as_completed
 

@@ -387,6 +387,39 @@ def _makespan(sizes: list[int], workers: int) -> int:
     return max(loads)
 
 
+def _by_block(entries: list[Entry]) -> list[list[Entry]]:
+    """The entries grouped by solid block, in the order the blocks first appear."""
+    by_block: dict[int | None, list[Entry]] = {}
+    for entry in entries:
+        by_block.setdefault(entry.block, []).append(entry)
+    return list(by_block.values())
+
+
+def _processes_and_threads(n_blocks: int, processes: int | None, layout: Layout | None) -> tuple[int, int]:
+    """How many 7zz processes decode blocks at once, and the threads each gets."""
+    cores = usable_cores()
+    if processes is None and layout is not None:
+        processes, _ = decoding_plan(layout.block_sizes(), layout.chunks.chunk if layout.chunks else None, cores)
+    workers = max(1, min(n_blocks, processes or cores))
+    return workers, _threads_each(workers, cores)
+
+
+def _run_on_threads(work: Callable[[], None], workers: int) -> None:
+    """``work`` here for one worker, else on ``workers`` threads, waiting for them all.
+
+    Daemon threads, not a ThreadPoolExecutor: on Ctrl-C the caller's back-pressure may never
+    release a blocked deliver(), and an executor's threads would keep the interpreter from exiting.
+    """
+    if workers == 1:
+        work()
+        return
+    pool = [threading.Thread(target=work, name=f"7zz-block-{k}", daemon=True) for k in range(workers)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+
+
 def stream_members(seven: SevenZip, archive: str | Path, entries: list[Entry], deliver,
                    on_bytes: Callable[[int], None] | None = None, processes: int | None = None,
                    layout: Layout | None = None) -> list[str]:
@@ -397,10 +430,7 @@ def stream_members(seven: SevenZip, archive: str | Path, entries: list[Entry], d
     An exception raised by ``deliver`` (on any block's thread) stops every block, each 7zz
     killed, and is raised here.
     """
-    by_block: dict[int | None, list[Entry]] = {}
-    for entry in entries:
-        by_block.setdefault(entry.block, []).append(entry)
-    blocks = list(by_block.values())
+    blocks = _by_block(entries)
     if not blocks:
         return []
     lock = threading.Lock()
@@ -409,11 +439,7 @@ def stream_members(seven: SevenZip, archive: str | Path, entries: list[Entry], d
         with lock:
             on_bytes(n)
 
-    cores = usable_cores()
-    if processes is None and layout is not None:
-        processes, _ = decoding_plan(layout.block_sizes(), layout.chunks.chunk if layout.chunks else None, cores)
-    workers = max(1, min(len(blocks), processes or cores))
-    threads = _threads_each(workers, cores)
+    workers, threads = _processes_and_threads(len(blocks), processes, layout)
     pending = list(enumerate(blocks))
     results: dict[int, str | None] = {}
     failure: list[BaseException] = []  # the first exception raised on any block's thread
@@ -438,16 +464,7 @@ def stream_members(seven: SevenZip, archive: str | Path, entries: list[Entry], d
                     failure.append(exc)
                 return
 
-    if workers == 1:
-        work()
-    else:
-        # daemon threads, not a ThreadPoolExecutor: on Ctrl-C the caller's back-pressure may never
-        # release a blocked deliver(), and an executor's threads would keep the interpreter from exiting
-        pool = [threading.Thread(target=work, name=f"7zz-block-{k}", daemon=True) for k in range(workers)]
-        for thread in pool:
-            thread.start()
-        for thread in pool:
-            thread.join()
+    _run_on_threads(work, workers)
     if failure:
         raise failure[0]
     return [r for r in results.values() if r]
