@@ -66,3 +66,32 @@ def shards_written(store: Path, level: int) -> int:
     """How many samples have a shard of ``level`` on disk (written in the last step of a task)."""
     folder = store / "images" / str(level) / "c"
     return sum(1 for _ in folder.glob("*/0/0/0")) if folder.exists() else 0
+
+
+#: ``python -c`` program: ``hpa-pipe`` whose ``module.function`` sends this process ``signal``
+#: right after its ``count``-th call returns. A fault point the test controls, where a kill
+#: "some time later" would depend on the machine's speed.
+_SIGNAL_AT_CALL = """
+import importlib, os, signal, sys
+module_name, function, count, signum = sys.argv[1:5]
+module = importlib.import_module(module_name)
+real, calls = getattr(module, function), [0]
+def wrapped(*args, **kwargs):
+    result = real(*args, **kwargs)
+    calls[0] += 1
+    if calls[0] == int(count):
+        os.kill(os.getpid(), int(signum))
+    return result
+setattr(module, function, wrapped)
+sys.argv = ["hpa-pipe", *sys.argv[5:]]
+from hpa_pipeline.cli import main
+main()
+"""
+
+
+def hpa_pipe_signalled_at(module: str, function: str, count: int, signum: int, args: list[str]) -> list[str]:
+    """The command line of ``hpa-pipe ARGS`` that gets ``signum`` once ``module.function`` has
+    returned ``count`` times (looked up by name where it is called, so the wrapper is seen)."""
+    import sys
+
+    return [sys.executable, "-c", _SIGNAL_AT_CALL, module, function, str(count), str(int(signum)), *args]

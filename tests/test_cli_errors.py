@@ -5,12 +5,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from click.testing import CliRunner
 
 from hpa_pipeline.cli import cli
+
+from .helpers import hpa_pipe_signalled_at
 
 
 @pytest.fixture(scope="module")
@@ -223,11 +224,10 @@ def test_inspect_montage_of_zero_samples_is_a_usage_error(tmp_path):
 def test_an_unreachable_scheduler_fails_fast_before_the_store_exists(small_store_inputs):
     tiff, csv, tmp = small_store_inputs
     out = tmp / "sched.zarr"
-    started = time.perf_counter()
     result = CliRunner().invoke(cli, ["build-zarr", "--src", str(tiff), "--csv", str(csv), "--out", str(out),
                                       "--size", "64", "--levels", "1", "--scheduler", "tcp://127.0.0.1:1"])
     assert result.exit_code == 1 and "no Dask scheduler answers at tcp://127.0.0.1:1" in result.output
-    assert time.perf_counter() - started < 10 and not out.exists()
+    assert not out.exists()
 
 
 def test_a_slurm_recipe_without_sbatch_is_a_clear_error(small_store_inputs, monkeypatch):
@@ -253,13 +253,11 @@ def test_a_rejected_job_submission_is_named_and_times_out(small_store_inputs, tm
     recipe = tmp_path / "slurm.yaml"
     recipe.write_text(json.dumps({"kind": "slurm", "workers": 1, "options": {
         "cores": 1, "memory": "1GB", "python": sys.executable, "local_directory": str(tmp_path)}}))
-    started = time.perf_counter()
     result = CliRunner().invoke(cli, ["build-zarr", "--src", str(tiff), "--csv", str(csv), "--out", str(tmp_path / "s"),
                                       "--size", "64", "--levels", "1", "--cluster", str(recipe),
                                       "--worker-timeout", "20"])
     assert result.exit_code == 1, result.output
     assert "invalid partition" in result.output or "no Dask worker joined within 20 s" in result.output
-    assert time.perf_counter() - started < 60
     assert result.output.count("Traceback") == 0
 
 
@@ -269,17 +267,14 @@ def test_ctrl_c_exits_130_with_what_was_saved(small_store_inputs, tmp_path):
 
     d = make_dataset(tmp_path / "d", SynthSpec(n_train=24, n_test=1, image_sizes=(2048,), seed=3), workers=2)
     out = tmp_path / "s.zarr"
-    proc = subprocess.Popen([sys.executable, "-m", "hpa_pipeline", "ingest", str(d.train_archive), "--csv",
-                             str(d.train_csv), "--out", str(out), "--size", "2048", "--levels", "1", "--workers", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    shards = out / "images" / "2048" / "c"
-    while time.time() < deadline and not (shards.exists() and any(shards.rglob("*"))):
-        time.sleep(0.05)
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130, stderr[-2000:]
+    # Ctrl-C once the third sample's task has returned (--workers 1: tasks run in the main process)
+    interrupted = subprocess.run(
+        hpa_pipe_signalled_at("hpa_pipeline.prep.tasks", "process_sample", 3, signal.SIGINT,
+                              ["ingest", str(d.train_archive), "--csv", str(d.train_csv), "--out", str(out),
+                               "--size", "2048", "--levels", "1", "--workers", "1"]),
+        capture_output=True, text=True, timeout=300)
+    stderr = interrupted.stderr
+    assert interrupted.returncode == 130, stderr[-2000:]
     assert "interrupted:" in stderr and "samples saved in" in stderr and "Traceback" not in stderr
     rerun = subprocess.run([sys.executable, "-m", "hpa_pipeline", "ingest", str(d.train_archive), "--csv",
                             str(d.train_csv), "--out", str(out), "--size", "2048", "--levels", "1", "--workers", "1"],

@@ -1,16 +1,14 @@
 """SIGKILL at any moment, run again: the store equals an uninterrupted run."""
-import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import zarr
 
 from hpa_pipeline.contract.store import StoreSpec
 
-from .helpers import assert_same_stores, dataset_with_reference, shards_written
+from .helpers import assert_same_stores, dataset_with_reference, hpa_pipe_signalled_at, shards_written
 
 pytestmark = pytest.mark.integration  # subprocesses, clusters, object stores or kills
 
@@ -35,15 +33,12 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(dataset, tmp_path, comma
     out = tmp_path / "killed.zarr"
     args = command_line(command, d, tiff_dir, out)
     kills = []
-    for threshold in (2, 9, 17, 25):  # kill once this many samples have shards: at different points
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        while proc.poll() is None and shards_written(out, 64) < threshold:
-            time.sleep(0.01)
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            kills.append(shards_written(out, 64))
-        proc.wait()
-    assert kills and all(k < 32 for k in kills), f"no kill landed mid-run: {kills}"
+    for writes in (2, 7, 8, 8):  # killed after this many samples written by the run: about 2, 9, 17, 25 in all
+        killed = subprocess.run(hpa_pipe_signalled_at("hpa_pipeline.prep.tasks", "write_levels", writes,
+                                                      signal.SIGKILL, args[3:]), capture_output=True)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+        kills.append(shards_written(out, 64))
+    assert kills == sorted(kills) and kills[-1] < 32, kills
     done = int(zarr.open_group(str(out), mode="r")["done"][:].sum())
     assert done < 32  # the killed runs left work to do
     final = subprocess.run(args, capture_output=True, text=True)

@@ -1,10 +1,8 @@
 """The trainer: it learns the synthetic patterns, writes its run folder, resumes exactly after SIGKILL."""
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -16,6 +14,8 @@ from hpa_pipeline.prep.ingest import ingest
 from hpa_pipeline.contract.store import StoreSpec
 from hpa_pipeline.prep.synth import SynthSpec, make_dataset
 from hpa_pipeline.model.train import TrainConfig, TrainingDiverged, train
+
+from .helpers import hpa_pipe_signalled_at
 
 FOUR_CLASSES = [0, 2, 21, 23]  # nucleoplasm, nucleoli, plasma membrane, mitochondria
 
@@ -101,20 +101,19 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(four_class_store, t
 @pytest.mark.integration
 def test_sigkill_then_resume_ends_like_an_uninterrupted_run(four_class_store, tmp_path):
     _, store, _ = four_class_store
-    args = [sys.executable, "-m", "hpa_pipeline", "train", "--store", str(store), "--arch", "se_resnet_tiny",
-            "--level", "64", "--crop", "64", "--folds", "4", "--epochs", "4", "--batch-size", "16",
-            "--lr", "2e-3", "--workers", "0"]
-    subprocess.run(args + ["--out", str(tmp_path / "whole")], check=True, capture_output=True)
+    options = ["train", "--store", str(store), "--arch", "se_resnet_tiny", "--level", "64", "--crop", "64",
+               "--folds", "4", "--epochs", "4", "--batch-size", "16", "--lr", "2e-3", "--workers", "0"]
+    subprocess.run([sys.executable, "-m", "hpa_pipeline", *options, "--out", str(tmp_path / "whole")], check=True,
+                   capture_output=True)
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(args + ["--out", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while not (killed / "checkpoints" / "last.pt").exists() and proc.poll() is None:
-        time.sleep(0.05)
-    time.sleep(0.5)  # into the second epoch
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    # 90 training samples, batches of 16: 5 steps an epoch; killed after the 7th, in the second epoch
+    kill = hpa_pipe_signalled_at("hpa_pipeline.model.train", "optimizer_step", 7, signal.SIGKILL,
+                                 [*options, "--out", str(killed)])
+    assert subprocess.run(kill, capture_output=True).returncode == -signal.SIGKILL
     partial = torch.load(killed / "checkpoints" / "last.pt", weights_only=False)
-    assert partial["epoch"] < 3, "the kill came too late to test anything"
-    subprocess.run(args + ["--out", str(killed), "--resume"], check=True, capture_output=True)
+    assert partial["epoch"] == 0  # the first epoch's checkpoint, the second's steps lost
+    subprocess.run([sys.executable, "-m", "hpa_pipeline", *options, "--out", str(killed), "--resume"], check=True,
+                   capture_output=True)
     a = torch.load(tmp_path / "whole" / "checkpoints" / "last.pt", weights_only=False)
     b = torch.load(killed / "checkpoints" / "last.pt", weights_only=False)
     assert a["step"] == b["step"] and a["epoch"] == b["epoch"] == 3
