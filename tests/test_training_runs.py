@@ -1,4 +1,4 @@
-"""Trustworthy training: every number a real run reports is right, a run resumes
+"""Training runs: every number a run reports is right, a run resumes
 exactly, and a failed command leaves the run folder as it was."""
 import csv
 import json
