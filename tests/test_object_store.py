@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -20,7 +19,7 @@ from click.testing import CliRunner
 from hpa_pipeline.cli import cli
 from hpa_pipeline.contract.store import StoreSpec
 
-from .helpers import assert_same_stores, dataset_with_reference
+from .helpers import assert_same_stores, dataset_with_reference, hpa_pipe_signalled_at
 
 pytestmark = pytest.mark.integration  # subprocesses, clusters, object stores or kills
 
@@ -121,25 +120,15 @@ def test_train_and_predict_from_s3(data, s3_bucket, tmp_path):
 
 def test_build_zarr_to_s3_killed_mid_run_resumes_to_the_same_store(data, s3_bucket):
     """SIGKILL while shards are being PUT, then the same command again: the store equals a local build."""
-    import s3fs
-
     d, reference, tiff = data
     url = f"{s3_bucket}/killed.zarr"
-    args = [sys.executable, "-m", "hpa_pipeline", "build-zarr", "--src", str(tiff), "--csv", str(d.train_csv),
-            "--out", url, *STORE_OPTIONS]
-    fs = s3fs.S3FileSystem()
-
-    def shards_on_s3() -> int:
-        fs.invalidate_cache()
-        return len(fs.find("hpa/killed.zarr/images/64/c")) if fs.exists("hpa/killed.zarr/images/64/c") else 0
-
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while proc.poll() is None and shards_on_s3() < 4:
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    options = ["build-zarr", "--src", str(tiff), "--csv", str(d.train_csv), "--out", url, *STORE_OPTIONS]
+    killed = subprocess.run(hpa_pipe_signalled_at("hpa_pipeline.prep.tasks", "write_levels", 4, signal.SIGKILL,
+                                                  options), capture_output=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     done = int(zarr.open_group(url, mode="r")["done"][:].sum())
-    assert done < 16, "the kill came after the run had finished"
+    assert done < 16
+    args = [sys.executable, "-m", "hpa_pipeline", *options]
     final = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert final.returncode == 0, final.stderr[-2000:]
     assert "16/16 samples done" in final.stdout
