@@ -61,7 +61,7 @@ def parameters(run) -> dict[str, torch.Tensor]:
     """The trainable weights of ``last.pt`` (BatchNorm running statistics are per process)."""
     from hpa_pipeline.model.models import create_model
 
-    state = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     names = {name for name, _ in create_model("se_resnet_tiny").named_parameters()}
     return {k: v for k, v in state["model"].items() if k in names}, state["step"]
 
@@ -106,7 +106,7 @@ def test_a_killed_two_process_run_resumes_to_the_same_weights(store, one_process
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both workers
     proc.wait()
-    epoch_at_kill = torch.load(last, weights_only=False)["epoch"]
+    epoch_at_kill = torch.load(last, weights_only=True)["epoch"]
     assert epoch_at_kill < 2, "the run finished before it was killed"
     result = subprocess.run(args + ["--resume"], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -150,8 +150,8 @@ def test_workers_start_once_per_run_and_train_like_in_process_reading(store, tmp
     train(tiny(store, tmp_path / "workers"))
     assert [f.worker_starts for f in feeds] == [2, 1]  # training and validation, for 3 epochs
     train(tiny(store, tmp_path / "inline", workers=0))
-    a = torch.load(tmp_path / "workers" / "checkpoints" / "last.pt", weights_only=False)["model"]
-    b = torch.load(tmp_path / "inline" / "checkpoints" / "last.pt", weights_only=False)["model"]
+    a = torch.load(tmp_path / "workers" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "inline" / "checkpoints" / "last.pt", weights_only=True)["model"]
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
 
@@ -220,8 +220,8 @@ def test_the_feed_grows_to_the_workers_the_measured_wait_asks_for(store):
 def test_workers_auto_trains_like_in_process_reading(store, tmp_path):
     train(tiny(store, tmp_path / "auto", workers=None, epochs=2))
     train(tiny(store, tmp_path / "inline", workers=0, epochs=2))
-    a = torch.load(tmp_path / "auto" / "checkpoints" / "last.pt", weights_only=False)["model"]
-    b = torch.load(tmp_path / "inline" / "checkpoints" / "last.pt", weights_only=False)["model"]
+    a = torch.load(tmp_path / "auto" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "inline" / "checkpoints" / "last.pt", weights_only=True)["model"]
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
 

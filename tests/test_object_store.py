@@ -108,7 +108,7 @@ def test_train_and_predict_from_s3(data, s3_bucket, tmp_path):
                                  "--level", "64", "--crop", "64", "--folds", "4", "--epochs", "1",
                                  "--batch-size", "4", "--workers", "1", "--stream", "--stream-buffer", "4"])
     assert result.exit_code == 0, result.output
-    assert torch.load(streamed / "checkpoints" / "last.pt", weights_only=False)["step"] >= 2
+    assert torch.load(streamed / "checkpoints" / "last.pt", weights_only=True)["step"] >= 2
     submission = tmp_path / "submission.csv"
     result = runner.invoke(cli, ["predict", "--store", test_url, "--run", str(run), "--out", str(submission),
                                  "--workers", "0"])

@@ -94,7 +94,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(four_class_store, t
     monkeypatch.setattr(train_module, "make_loss", loss_that_breaks)
     with pytest.raises(TrainingDiverged, match="loss is nan at epoch 1.*last good checkpoint"):
         train(tiny_config(store, tmp_path / "run", epochs=3))
-    state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=False)
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
     assert state["epoch"] == 0
 
 
@@ -110,12 +110,12 @@ def test_sigkill_then_resume_ends_like_an_uninterrupted_run(four_class_store, tm
     kill = hpa_pipe_signalled_at("hpa_pipeline.model.train", "optimizer_step", 7, signal.SIGKILL,
                                  [*options, "--out", str(killed)])
     assert subprocess.run(kill, capture_output=True).returncode == -signal.SIGKILL
-    partial = torch.load(killed / "checkpoints" / "last.pt", weights_only=False)
+    partial = torch.load(killed / "checkpoints" / "last.pt", weights_only=True)
     assert partial["epoch"] == 0  # the first epoch's checkpoint, the second's steps lost
     subprocess.run([sys.executable, "-m", "hpa_pipeline", *options, "--out", str(killed), "--resume"], check=True,
                    capture_output=True)
-    a = torch.load(tmp_path / "whole" / "checkpoints" / "last.pt", weights_only=False)
-    b = torch.load(killed / "checkpoints" / "last.pt", weights_only=False)
+    a = torch.load(tmp_path / "whole" / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(killed / "checkpoints" / "last.pt", weights_only=True)
     assert a["step"] == b["step"] and a["epoch"] == b["epoch"] == 3
     for key in a["model"]:
         assert torch.allclose(a["model"][key].float(), b["model"][key].float(), atol=1e-6), key
@@ -142,9 +142,9 @@ def test_swa_run_validates_and_saves_the_averaged_weights(four_class_store, tmp_
     _, store, _ = four_class_store
     run = tmp_path / "run"
     train(tiny_config(store, run, epochs=3, swa_epochs=2, swa_bn_batches=3))
-    last = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    last = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert int(last["average"]["n_averaged"]) == 2  # epochs 1 and 2
-    best = torch.load(run / "checkpoints" / "best.pt", weights_only=False)
+    best = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
     if best["epoch"] == 2:  # the SWA weights, with BatchNorm statistics recomputed for them
         name = next(k for k in best["model"] if k.endswith("conv1.weight"))
         assert torch.equal(best["model"][name], last["average"][f"module.{name}"])

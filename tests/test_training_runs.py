@@ -69,7 +69,7 @@ def test_predict_normalises_with_the_training_statistics_not_the_test_stores(dat
     saved = yaml.safe_load((finished_run / "config.yaml").read_text())["normalization"]
     store_stats = json.loads((tmp / "train.zarr" / "zarr.json").read_text())["attributes"]["hpa"]["statistics"]["64"]
     assert saved["level"] == 64 and saved["mean"] == store_stats["mean"]
-    assert torch.load(finished_run / "checkpoints" / "best.pt", weights_only=False)["normalization"] == saved
+    assert torch.load(finished_run / "checkpoints" / "best.pt", weights_only=True)["normalization"] == saved
 
 
 def test_validation_and_predict_use_the_training_level_by_default(data, finished_run, monkeypatch):
@@ -261,7 +261,7 @@ def test_resume_takes_the_saved_options_and_refuses_changed_ones(data, tmp_path,
     assert result.exit_code == 0, result.output
     assert "resuming" in result.output and "epoch 2/3" in result.output
     assert yaml.safe_load((run / "config.yaml").read_text())["ema"] == 0.9
-    assert torch.load(run / "checkpoints" / "last.pt", weights_only=False)["average"] is not None
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["average"] is not None
 
 
 def test_a_failed_command_leaves_the_run_folder_as_it_was(data, finished_run):
@@ -296,7 +296,7 @@ def test_folds_made_with_other_options_are_not_reused(data, finished_run, tmp_pa
 
 
 def test_the_training_state_round_trips_every_generator(data, finished_run):
-    state = torch.load(finished_run / "checkpoints" / "last.pt", weights_only=False)
+    state = torch.load(finished_run / "checkpoints" / "last.pt", weights_only=True)
     assert set(state["rng"]) == {"torch", "cuda", "numpy", "python"}
     cfg = config(data, finished_run)
     plan = train_module.plan_run(cfg, train_module.RunFolder(finished_run))
@@ -335,8 +335,8 @@ def test_a_kill_at_each_write_point_resumes_to_the_uninterrupted_run(data, unint
         train(config(data, run, steps_per_epoch=2))
     monkeypatch.undo()
     train(config(data, run, steps_per_epoch=2), resume=True)
-    a = torch.load(uninterrupted / "checkpoints" / "last.pt", weights_only=False)
-    b = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    a = torch.load(uninterrupted / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert a["epoch"] == b["epoch"] == 2 and a["step"] == b["step"]
     for key in a["model"]:
         torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=1e-6, msg=key)
@@ -396,8 +396,8 @@ def test_a_run_with_external_data_resumes_exactly(data, external_store, tmp_path
         train(config(data, tmp_path / "killed", **options))
     monkeypatch.undo()
     train(config(data, tmp_path / "killed", **options), resume=True)
-    a = torch.load(tmp_path / "whole" / "checkpoints" / "last.pt", weights_only=False)["model"]
-    b = torch.load(tmp_path / "killed" / "checkpoints" / "last.pt", weights_only=False)["model"]
+    a = torch.load(tmp_path / "whole" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "killed" / "checkpoints" / "last.pt", weights_only=True)["model"]
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
 
@@ -419,10 +419,10 @@ def test_compiled_training_saves_plain_weights_that_predict_reads(data, tmp_path
     _, tmp = data
     eager = train(config(data, tmp_path / "eager", epochs=1))
     compiled = train(config(data, tmp_path / "compiled", epochs=1, compile=True))
-    weights = torch.load(tmp_path / "compiled" / "checkpoints" / "best.pt", map_location="cpu", weights_only=False)
+    weights = torch.load(tmp_path / "compiled" / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)
     assert not [k for k in weights["model"] if "_orig_mod" in k]
     assert weights["model"].keys() == torch.load(tmp_path / "eager" / "checkpoints" / "best.pt", map_location="cpu",
-                                                 weights_only=False)["model"].keys()
+                                                 weights_only=True)["model"].keys()
     assert compiled["train_loss"] == pytest.approx(eager["train_loss"], rel=0.05)
     ids, probs, _ = predict(tmp / "test.zarr", [tmp_path / "compiled"], workers=0, device="cpu")
     assert probs.shape == (len(ids), 28) and np.isfinite(probs).all()
@@ -438,3 +438,68 @@ def test_resume_of_a_folder_without_a_run_says_it_starts_a_new_one(data, tmp_pat
                                       "--workers", "0"])
     assert result.exit_code == 0, result.output
     assert f"--resume: no finished epoch in {tmp_path / 'typo'} yet; starting a new run there" in result.output
+
+
+# --- run folders from someone else -----------------------------------------------------------------
+
+class _RunsAShellCommand:
+    """What a crafted checkpoint holds: unpickling it calls ``os.system``."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def _crafted_copy(finished_run, tmp_path, name, payload):
+    import shutil
+
+    run = tmp_path / "shared_run"
+    shutil.copytree(finished_run, run)
+    state = torch.load(run / "checkpoints" / name, weights_only=True)
+    state["extra"] = payload
+    torch.save(state, run / "checkpoints" / name)
+    return run
+
+
+def test_predict_refuses_a_checkpoint_that_would_run_code(data, finished_run, tmp_path):
+    _, tmp = data
+    marker = tmp_path / "pwned"
+    run = _crafted_copy(finished_run, tmp_path, "best.pt", _RunsAShellCommand(marker))
+    result = CliRunner().invoke(cli, ["predict", "--store", str(tmp / "test.zarr"), "--run", str(run),
+                                      "--out", str(tmp_path / "sub.csv"), "--workers", "0"])
+    assert result.exit_code == 1 and "best.pt: refused" in result.output and "Traceback" not in result.output
+    assert not marker.exists() and not (tmp_path / "sub.csv").exists()
+
+
+def test_resume_refuses_a_checkpoint_that_would_run_code(data, finished_run, tmp_path):
+    marker = tmp_path / "pwned"
+    run = _crafted_copy(finished_run, tmp_path, "last.pt", _RunsAShellCommand(marker))
+    with pytest.raises(RunError, match="last.pt: refused"):
+        train(config(data, run, epochs=2), resume=True)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "other_arch"])
+def test_a_damaged_or_foreign_checkpoint_is_one_line_naming_it(data, finished_run, tmp_path, damage):
+    import shutil
+
+    _, tmp = data
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    best = run / "checkpoints" / "best.pt"
+    if damage == "truncated":
+        best.write_bytes(best.read_bytes()[: best.stat().st_size // 2])
+    elif damage == "garbage":
+        best.write_bytes(b"not a checkpoint at all")
+    else:
+        state = torch.load(best, weights_only=True)
+        state["model"] = {k: v for k, v in list(state["model"].items())[:3]}
+        torch.save(state, best)
+    result = CliRunner().invoke(cli, ["predict", "--store", str(tmp / "test.zarr"), "--run", str(run),
+                                      "--out", str(tmp_path / "sub.csv"), "--workers", "0"])
+    assert result.exit_code == 1 and "best.pt" in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output

@@ -17,6 +17,7 @@ import torch
 
 from ..contract.progress import Progress, ProgressCallback, report
 from ..contract.store import open_store
+from .checkpoints import load_checkpoint, load_weights
 from .config import TrainConfig
 from .data import Normalizer, dihedral
 from .metrics import predict_labels
@@ -98,9 +99,11 @@ def load_run(path: str | Path, device) -> TrainedRun:
     if normalization is None:
         raise RunError(f"{run.path} was trained before runs saved their normalisation statistics; "
                        f"retrain it to predict with it")
-    state = torch.load(run.best, map_location=device, weights_only=False)
+    state = load_checkpoint(run.best, device)
+    if not isinstance(state.get("model"), dict):
+        raise RunError(f"{run.best}: not a checkpoint of this project (no model weights)")
     model = create_model(cfg.arch, cfg.backend, drop_rate=cfg.drop_rate).to(device)
-    model.load_state_dict(state["model"])
+    load_weights(model, state["model"], run.best)
     thresholds = np.array(json.loads(run.thresholds.read_text())["thresholds"])
     return TrainedRun(run.path, model, cfg, thresholds, normalization)
 

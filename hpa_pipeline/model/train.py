@@ -39,6 +39,7 @@ from . import distributed
 from .averaging import averaging_kind, make_average, recompute_batchnorm
 from .config import TrainConfig
 from .data import CombinedDataset, EpochSampler, Normalizer, StoreDataset, make_loader, rare_class_weights
+from .checkpoints import load_checkpoint, load_weights, save_checkpoint
 from .feed import BatchFeed
 from .inference import autocast, predict_probs
 from .losses import make_loss
@@ -104,7 +105,7 @@ def _train(cfg: TrainConfig, run: RunFolder, progress, ranks: distributed.Ranks,
     with make_data(cfg, plan, ranks, device) as data:  # loader workers live until the run ends
         state = make_state(cfg, plan, data, device)
         if run.last.exists():
-            state.load_state_dict(torch.load(run.last, map_location=device, weights_only=False))
+            state.load_state_dict(load_checkpoint(run.last, device), run.last)
         if ranks.is_main:
             prepare_run_folder(run, cfg, plan, state)
         distributed.barrier(ranks)
@@ -302,16 +303,22 @@ def make_schedule(cfg: TrainConfig, optimizer, total_steps: int, steps_per_epoch
 
 
 def rng_states() -> dict:
+    """Every generator's state in tensors and plain values (what a safe checkpoint may hold)."""
+    kind, key, pos, has_gauss, cached = np.random.get_state()
     return {"torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": np.random.get_state(), "python": random.getstate()}
+            "numpy": {"kind": str(kind), "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+            "python": random.getstate()}
 
 
 def set_rng_states(states: dict) -> None:
     torch.set_rng_state(states["torch"])
     if states.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
-    np.random.set_state(states["numpy"])
+    n = states["numpy"]
+    np.random.set_state((n["kind"], n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
     random.setstate(states["python"])
 
 
@@ -330,8 +337,12 @@ class TrainState:
                 "average": self.average.state_dict() if self.average is not None else None,
                 "epoch": self.epoch, "step": self.step, "best": self.best, "rng": rng_states()}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
+    def load_state_dict(self, state: dict, path: Path | None = None) -> None:
+        """Restore what :meth:`state_dict` saved; a checkpoint that does not fit names ``path``."""
+        missing = {"model", "optimizer", "schedule", "scaler", "epoch", "step", "best", "rng"} - set(state)
+        if missing:
+            raise RunError(f"{path}: not a training checkpoint of this project (no {', '.join(sorted(missing))})")
+        load_weights(self.model, state["model"], path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.scaler.load_state_dict(state["scaler"])
@@ -508,7 +519,7 @@ def write_epoch(run: RunFolder, cfg: TrainConfig, plan: Plan, state: TrainState,
     metrics row, then last.pt."""
     started = time.perf_counter()
     if is_best:
-        save_atomic({"model": state.eval_model().state_dict(), "config": asdict(cfg), "epoch": row["epoch"],
+        save_checkpoint({"model": state.eval_model().state_dict(), "config": asdict(cfg), "epoch": row["epoch"],
                      "normalization": plan.normalization}, run.best)
         tuned = predict_labels(evaluation.probs, evaluation.thresholds)
         write_json(run.thresholds, {
@@ -527,13 +538,8 @@ def write_epoch(run: RunFolder, cfg: TrainConfig, plan: Plan, state: TrainState,
                 board.add_scalar(key, value, row["epoch"])
         board.flush()
     fault_point("after_metrics")
-    save_atomic(state.state_dict(), run.last)
+    save_checkpoint(state.state_dict(), run.last)
     fault_point("after_last")
-
-
-def save_atomic(obj, path: Path) -> None:
-    with replacing(path) as tmp:  # streamed to disk: a checkpoint can be GBs
-        torch.save(obj, tmp)
 
 
 def _tensorboard(run: RunFolder, first_epoch: int):
