@@ -68,3 +68,24 @@ def test_real_sample_submission_is_ids_only():
     assert len(table) == 11702 and not table.has_labels
     with pytest.raises(LabelError):
         table.label_matrix()
+
+
+@pytest.mark.parametrize("sample_id", ["00070df0-bbc3-11e8-b2bc-ac1f6b6435d0", "10580_1610_C1_1", "good00"])
+def test_the_competitions_and_hpa_v18s_ids_are_sample_ids(tmp_path, sample_id):
+    csv = tmp_path / "t.csv"
+    csv.write_text(f"Id,Target\n{sample_id},0\n")
+    assert read_sample_table(csv).ids == (sample_id,)
+
+
+@pytest.mark.parametrize("sample_id", ["../../victim", "a/b", "a\\\\b", ".hidden", "x..y", "sp ace", "a*b", "x" * 201])
+def test_an_id_that_could_leave_a_folder_is_refused_naming_the_row(tmp_path, sample_id):
+    csv = tmp_path / "t.csv"
+    csv.write_text(f"Id,Target\ngood,1\n{sample_id},0\n")
+    with pytest.raises(LabelError, match=r"t.csv row 2 .*is not a sample id"):
+        read_sample_table(csv)
+
+
+@pytest.mark.parametrize("token", ["²", "٣", "³1"])
+def test_a_unicode_digit_is_not_a_label(token):
+    with pytest.raises(LabelError, match="is not a non-negative integer"):
+        parse_target(f"1 {token}", "train.csv row 7 (id x)")

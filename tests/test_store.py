@@ -126,3 +126,25 @@ def test_inspect_checks_the_level_with_or_without_a_montage(stores):
     result = CliRunner().invoke(cli, ["inspect", str(train), "--level", "999"])
     assert result.exit_code == 1 and f"no level 999 in {train}; levels are [128, 64, 32]" in result.output, \
         result.output
+
+
+def test_export_ngff_never_writes_outside_out_for_a_store_whose_ids_climb(stores, tmp_path):
+    """A store from elsewhere whose ids hold ``../``: refused before anything is written, and
+    the folder the id points at is left as it was."""
+    import shutil
+
+    _, train, _ = stores
+    crafted = tmp_path / "crafted.zarr"
+    shutil.copytree(train, crafted)
+    root = zarr.open_group(str(crafted), mode="r+")
+    meta = dict(root.attrs["hpa"])
+    meta["ids"] = ["../../victim", *meta["ids"][1:]]
+    root.attrs["hpa"] = meta
+    victim = tmp_path / "victim.ome.zarr"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("mine")
+    out = tmp_path / "a" / "b"
+    result = CliRunner().invoke(cli, ["export-ngff", str(crafted), "--ids", "../../victim", "--out", str(out)])
+    assert result.exit_code == 1 and "'../../victim' is not a sample id" in result.output
+    assert "Traceback" not in result.output
+    assert (victim / "keep.txt").read_text() == "mine" and not (out.exists() and any(out.iterdir()))

@@ -69,6 +69,20 @@ class SampleTable:
         return labels_to_matrix(self.labels)
 
 
+#: What a sample id may be: letters, digits, ``_``, ``-`` and ``.``, starting with a letter or a
+#: digit, at most 200 characters. It admits the competition's UUIDs
+#: (``00070df0-bbc3-11e8-b2bc-ac1f6b6435d0``) and HPA v18's ``10580_1610_C1_1``, and nothing that
+#: could leave a folder when an id becomes a file name (``/``, ``\\``, ``..``, a leading dot).
+SAMPLE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
+
+
+def check_sample_id(sample_id: str, where: str) -> None:
+    """:class:`LabelError` naming ``where`` unless ``sample_id`` matches :data:`SAMPLE_ID`."""
+    if not isinstance(sample_id, str) or not SAMPLE_ID.match(sample_id) or ".." in sample_id:
+        raise LabelError(f"{where}: id {sample_id!r} is not a sample id (letters, digits, '_', '-' and '.', "
+                         f"starting with a letter or digit, at most 200 characters)")
+
+
 def parse_target(text: object, where: str) -> tuple[int, ...]:
     """Parse a space-separated target such as ``"16 0"`` into sorted unique class ids.
 
@@ -78,7 +92,7 @@ def parse_target(text: object, where: str) -> tuple[int, ...]:
         raise LabelError(f"{where}: empty target")
     out = set()
     for token in text.split():
-        if not token.isdigit():
+        if not (token.isascii() and token.isdigit()):  # "²" and "٣" are digits to str.isdigit
             raise LabelError(f"{where}: label {token!r} is not a non-negative integer")
         value = int(token)
         if value >= N_CLASSES:
@@ -112,6 +126,7 @@ def read_sample_table(csv_path: str | Path) -> SampleTable:
         where = f"{csv_path.name} row {row} (id {sample_id or '<empty>'})"
         if not sample_id:
             raise LabelError(f"{where}: empty id")
+        check_sample_id(sample_id, where)
         if sample_id in seen:
             raise LabelError(f"{where}: duplicate id, first seen in row {seen[sample_id]}")
         seen[sample_id] = row

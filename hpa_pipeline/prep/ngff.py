@@ -12,6 +12,7 @@ from pathlib import Path
 
 import zarr
 
+from ..contract.labels import check_sample_id
 from ..contract.store import CHANNEL_COLORS, level_arrays, ngff_axes, ngff_levels, open_store
 
 NGFF_VERSION = "0.5"
@@ -47,12 +48,16 @@ def export_ngff(store: str | Path, ids: list[str], out_dir: str | Path) -> list[
     not_done = [i for i in ids if not done[index_of[i]]]
     if not_done:
         raise ValueError(f"not written (yet) in {store}: {', '.join(not_done)}")
+    for sample_id in ids:  # ids become file names: none may lead out of out_dir
+        check_sample_id(sample_id, f"{store}")
     sizes = list(level_arrays(root))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for sample_id in ids:
         target = out_dir / f"{sample_id}.ome.zarr"
+        if target.resolve().parent != out_dir.resolve():
+            raise ValueError(f"{store}: id {sample_id!r} would be written outside {out_dir}")
         image = zarr.open_group(str(target), mode="w", zarr_format=3)
         first = root[f"images/{sizes[0]}"]
         for k, s in enumerate(sizes):
