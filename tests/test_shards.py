@@ -38,15 +38,59 @@ def test_rewriting_a_shard_replaces_it_whole(tmp_path):
 @pytest.mark.parametrize("compressors", [None, [BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle")]])
 def test_shard_reader_regions_equal_zarrs(tmp_path, compressors):
     """The loader's reader (only the chunks a region touches) against zarr, uncompressed and lz4."""
-    from hpa_pipeline.contract.shards import ShardReader
+    from hpa_pipeline.contract.shards import DamagedShard, ShardReader
 
     rng = np.random.default_rng(1)
     images = rng.integers(0, 255, (2, 4, 128, 128)).astype("uint8")
     zarr.create_array(str(tmp_path / "a"), shape=images.shape, dtype="uint8", chunks=(1, 1, 32, 32),
                       shards=(1, 4, 128, 128), compressors=compressors, fill_value=0)
-    write_sample_shard(str(tmp_path), "a", 0, images[0])  # sample 1 never written: reads as fill
+    write_sample_shard(str(tmp_path), "a", 0, images[0])  # sample 1 never written
     reader = ShardReader(str(tmp_path), "a")
     assert reader.layout is not None  # the direct path, not zarr's
     for y, x, h, w in ((0, 0, 128, 128), (7, 50, 64, 64), (96, 96, 32, 32), (31, 1, 33, 90)):
         assert np.array_equal(reader.read(0, y, x, h, w), images[0, :, y:y + h, x:x + w])
-        assert not reader.read(1, y, x, h, w).any()
+        with pytest.raises(DamagedShard, match="sample 1's shard is missing"):  # never zeros
+            reader.read(1, y, x, h, w)
+
+
+@pytest.fixture(scope="module")
+def damaged_inputs(small_dataset, tmp_path_factory):
+    """A clean 4-sample test store and a trained tiny run to predict with."""
+    from hpa_pipeline.contract.store import StoreSpec
+    from hpa_pipeline.prep.ingest import ingest
+
+    tmp = tmp_path_factory.mktemp("damage")
+    spec = StoreSpec(size=128, levels=2, chunk=64)
+    assert ingest(small_dataset.train_archive, small_dataset.train_csv, tmp / "clean.zarr", spec).exit_code == 0
+    return small_dataset, tmp / "clean.zarr"
+
+
+def _damage(store, how):
+    import shutil
+
+    damaged = store.parent / f"{how}.zarr"
+    if damaged.exists():
+        shutil.rmtree(damaged)
+    shutil.copytree(store, damaged)
+    shard = damaged / "images" / "64" / "c" / "3" / "0" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    if how == "deleted":
+        shard.unlink()
+    elif how == "truncated":
+        shard.write_bytes(bytes(data[:40]))
+    elif how == "index_flipped":
+        data[-10] ^= 0xFF
+        shard.write_bytes(bytes(data))
+    return damaged, shard
+
+
+@pytest.mark.parametrize("how", ["deleted", "truncated", "index_flipped"])
+def test_a_done_samples_damaged_shard_is_an_error_naming_the_file_never_zeros(damaged_inputs, how):
+    from hpa_pipeline.contract.shards import DamagedShard, ShardReader
+
+    _, clean = damaged_inputs
+    damaged, shard = _damage(clean, how)
+    reader = ShardReader(str(damaged), "images/64")
+    assert reader.read(2).any()  # the samples around it read as before
+    with pytest.raises(DamagedShard, match=rf"{shard}: sample 3"):
+        reader.read(3)

@@ -503,3 +503,40 @@ def test_a_damaged_or_foreign_checkpoint_is_one_line_naming_it(data, finished_ru
                                       "--out", str(tmp_path / "sub.csv"), "--workers", "0"])
     assert result.exit_code == 1 and "best.pt" in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def _with_damaged_shard(store, tmp_path, sample: int | None, level: int = 64):
+    """A copy of ``store`` with the shard index of ``sample`` (None: of every sample) flipped."""
+    import shutil
+
+    damaged = tmp_path / f"damaged_{store.name}"
+    shutil.copytree(store, damaged)
+    shards = damaged / "images" / str(level) / "c"
+    samples = [str(sample)] if sample is not None else [p.name for p in shards.iterdir()]
+    for shard in (shards / name / "0" / "0" / "0" for name in samples):
+        data = bytearray(shard.read_bytes())
+        data[-10] ^= 0xFF  # inside the shard index
+        shard.write_bytes(bytes(data))
+    return damaged, shards / str(sample if sample is not None else 0) / "0" / "0" / "0"
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_predict_stops_at_a_damaged_shard_naming_it(data, finished_run, tmp_path, workers):
+    _, tmp = data
+    damaged, shard = _with_damaged_shard(tmp / "test.zarr", tmp_path, 1)
+    result = CliRunner().invoke(cli, ["predict", "--store", str(damaged), "--run", str(finished_run),
+                                      "--out", str(tmp_path / "sub.csv"), "--workers", workers])
+    assert result.exit_code == 1 and f"{shard}: sample 1" in result.output and "CRC32C" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1, result.output
+    assert not (tmp_path / "sub.csv").exists()
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_train_stops_at_a_damaged_shard_naming_it(data, tmp_path, workers):
+    _, tmp = data
+    damaged, shard = _with_damaged_shard(tmp / "train.zarr", tmp_path, None)
+    result = CliRunner().invoke(cli, ["train", "--store", str(damaged), "--out", str(tmp_path / "run"),
+                                      "--arch", "se_resnet_tiny", "--level", "64", "--crop", "48", "--folds", "4",
+                                      "--epochs", "1", "--batch-size", "8", "--workers", workers])
+    assert result.exit_code == 1 and "'s shard index fails its CRC32C checksum" in result.output, result.output
+    assert "Traceback" not in result.output and str(shard.parent.parent.parent.parent) in result.output

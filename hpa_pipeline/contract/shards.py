@@ -25,6 +25,7 @@ from numcodecs import Blosc
 
 from .atomic import write_bytes
 from .locations import is_url, join, put_bytes
+from .spec import StoreError
 
 
 @lru_cache(maxsize=32)
@@ -94,6 +95,19 @@ def write_sample_shard(store: str, name: str, index: int, image: np.ndarray) -> 
     write_bytes(target, data, unique=True)  # readers and killed writers never see half a shard
 
 
+class DamagedShard(StoreError):
+    """A written sample's shard that is missing, cut short or fails a check; names the file."""
+
+    @classmethod
+    def from_loader(cls, exc: BaseException) -> "DamagedShard":
+        """The one line of a DamagedShard that PyTorch's DataLoader re-raised from a worker
+        with the worker's traceback in its message (the last line is the original message)."""
+        lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+        last = lines[-1] if lines else ""
+        prefix = f"{cls.__module__}.{cls.__name__}: "
+        return cls(last[len(prefix):] if last.startswith(prefix) else last)
+
+
 class ShardReader:
     """Reads regions of one sample from a local sharded level, decoding only the inner chunks
     the region touches: the read-side twin of :func:`write_sample_shard`, for the loader.
@@ -132,12 +146,9 @@ class ShardReader:
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
-            out[...] = 0  # a shard never written reads as the fill value
-            return out
+            raise DamagedShard(f"{path}: sample {index}'s shard is missing") from None
         try:
-            size = os.fstat(fd).st_size
-            index_bytes = os.pread(fd, self.n_chunks * 16, size - self.n_chunks * 16 - 4)
-            table = np.frombuffer(index_bytes, dtype="<u8").reshape(self.grid + (2,))
+            table = self._index(fd, path, index)
             c = self.chunk
             for cy in range(y // c, (y + h - 1) // c + 1):
                 for cx in range(x // c, (x + w - 1) // c + 1):
@@ -153,13 +164,38 @@ class ShardReader:
                         if self.blosc is None and _read_into(fd, int(offset), c, self.dtype.itemsize, rows, columns,
                                                              target):
                             continue
-                        raw = os.pread(fd, int(nbytes), int(offset))
-                        data = self.blosc.decode(raw) if self.blosc is not None else raw
-                        block = np.frombuffer(data, self.dtype).reshape(c, c)
+                        block = self._chunk(fd, path, index, int(offset), int(nbytes))
                         target[...] = block[rows, columns]
         finally:
             os.close(fd)
         return out
+
+    def _index(self, fd: int, path: Path, index: int) -> np.ndarray:
+        """The shard's index ``grid + (offset, nbytes)``, its CRC32C checked, every chunk inside the file."""
+        size = os.fstat(fd).st_size
+        n_index = self.n_chunks * 16
+        if size < n_index + 4:
+            raise DamagedShard(f"{path}: sample {index}'s shard is cut short ({size} bytes, smaller than its index)")
+        raw = os.pread(fd, n_index + 4, size - n_index - 4)
+        if google_crc32c.value(raw[:n_index]) != int.from_bytes(raw[n_index:], "little"):
+            raise DamagedShard(f"{path}: sample {index}'s shard index fails its CRC32C checksum (damaged or cut short)")
+        table = np.frombuffer(raw[:n_index], dtype="<u8").reshape(self.grid + (2,))
+        written = table[..., 0] != 2**64 - 1
+        if np.any(table[..., 0][written] + table[..., 1][written] > size - n_index - 4):
+            raise DamagedShard(f"{path}: sample {index}'s shard index points past the end of the file")
+        return table
+
+    def _chunk(self, fd: int, path: Path, index: int, offset: int, nbytes: int) -> np.ndarray:
+        """One decoded ``chunk x chunk`` inner chunk; damage that decoding finds names the file."""
+        raw = os.pread(fd, nbytes, offset)
+        expected = self.chunk * self.chunk * self.dtype.itemsize
+        try:
+            data = self.blosc.decode(raw) if self.blosc is not None else raw
+        except (RuntimeError, ValueError) as exc:
+            raise DamagedShard(f"{path}: sample {index}: an inner chunk does not decode ({exc})") from None
+        if len(data) != expected:
+            raise DamagedShard(f"{path}: sample {index}: an inner chunk decodes to {len(data)} bytes, not {expected}")
+        return np.frombuffer(data, self.dtype).reshape(self.chunk, self.chunk)
 
 
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") and "SC_IOV_MAX" in os.sysconf_names else 1024

@@ -33,6 +33,7 @@ import torch
 
 from ..contract.labels import N_CLASSES
 from ..contract.machine import one_thread_per_task, start_method
+from ..contract.shards import DamagedShard
 
 #: seconds to wait for a batch before checking that the workers are alive
 POLL_S = 5.0
@@ -55,6 +56,8 @@ def _worker_main(dataset, images, labels, indices, augmentation, tasks, results)
             for j, item in enumerate(items):
                 labels[slot, j], indices[slot, j], augmentation[slot, j] = dataset.fill(item, images[slot, j])
             results.put((seq, slot, len(items), None))
+        except DamagedShard as exc:  # the store's damage, not a bug: its one line is enough
+            results.put((seq, slot, 0, exc))
         except Exception:  # sent to the training process, which raises it there
             results.put((seq, slot, 0, traceback.format_exc()))
 
@@ -237,6 +240,8 @@ class BatchFeed:
                 if dead:
                     raise FeedError(f"loader worker process(es) {dead} died (out of memory? killed?)") from None
                 continue
+            if isinstance(error, DamagedShard):
+                raise DamagedShard(str(error))
             if error is not None:
                 raise FeedError(f"a loader worker failed:\n{error}")
             return seq, slot, count

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..contract.progress import Progress, ProgressCallback, report
+from ..contract.shards import DamagedShard
 from ..contract.store import open_store
 from .checkpoints import load_checkpoint, load_weights
 from .config import TrainConfig
@@ -137,8 +138,11 @@ def predict(store: str | Path, runs: list[str | Path], tta: int = 1, batch_size:
         def step(batches, offset=finished):
             report(progress, Progress("predict", offset + batches, total_batches, "batch"))
 
-        probs, indices, _ = predict_probs(run.model, loader, run.normalizer().to(dev), dev, run.config.amp,
-                                          run.config.channels_last, tta=tta, on_batch=step)
+        try:
+            probs, indices, _ = predict_probs(run.model, loader, run.normalizer().to(dev), dev, run.config.amp,
+                                              run.config.channels_last, tta=tta, on_batch=step)
+        except DamagedShard as exc:  # from a loader worker: its traceback text is in the message
+            raise DamagedShard.from_loader(exc) from None
         finished += len(loader)
         total = total + probs[np.argsort(indices)]
         thresholds.append(run.thresholds)
