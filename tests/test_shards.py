@@ -94,3 +94,28 @@ def test_a_done_samples_damaged_shard_is_an_error_naming_the_file_never_zeros(da
     assert reader.read(2).any()  # the samples around it read as before
     with pytest.raises(DamagedShard, match=rf"{shard}: sample 3"):
         reader.read(3)
+
+
+@pytest.mark.parametrize("codec", ["zstd", "none"])
+def test_a_flipped_byte_inside_a_chunk_is_found_by_the_reader_and_by_zarr(small_dataset, tmp_path, codec):
+    """Damage that leaves the index intact: each inner chunk's CRC32C (zarr's crc32c codec, so
+    any Zarr v3 reader checks it) is checked by the loader's reader, on the uncompressed fast
+    path too, before a pixel of it is used."""
+    from hpa_pipeline.contract.shards import DamagedShard, ShardReader
+    from hpa_pipeline.contract.store import StoreSpec
+    from hpa_pipeline.prep.ingest import ingest
+
+    store = tmp_path / "s.zarr"
+    assert ingest(small_dataset.train_archive, small_dataset.train_csv, store,
+                  StoreSpec(size=128, levels=2, chunk=64, codec=codec)).exit_code == 0
+    shard = store / "images" / "128" / "c" / "5" / "0" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    data[100] ^= 0x01  # one bit of the first chunk's payload
+    shard.write_bytes(bytes(data))
+    reader = ShardReader(str(store), "images/128")
+    assert reader.checksummed
+    with pytest.raises(DamagedShard, match=rf"{shard}: sample 5: an inner chunk fails its CRC32C"):
+        reader.read(5, 0, 0, 48, 48)  # a crop inside the damaged chunk
+    with pytest.raises(Exception, match="(?i)checksum|crc"):
+        zarr.open_array(str(store), path="images/128")[5]
+    assert reader.read(4).any()

@@ -110,15 +110,16 @@ def test_inner_chunks_are_one_blosc_block_each(tmp_path):
         spec = StoreSpec(size=128, levels=3, chunk=64, dtype=dtype)
         root = open_or_create_store(tmp_path / f"{dtype}.zarr", table, spec)
         for s in (128, 64, 32):
-            (blosc,) = root[f"images/{s}"].compressors
+            blosc, checksum = root[f"images/{s}"].compressors
             assert blosc.cname.value == "zstd" and blosc.clevel == 1
+            assert type(checksum).__name__ == "Crc32cCodec"  # every chunk carries its CRC32C
             assert blosc.blocksize == min(64, s) ** 2 * itemsize
         rng = np.random.default_rng(0)
         levels = {s: rng.integers(0, 200, (4, s, s)).astype(dtype) for s in (128, 64, 32)}
         write_levels(str(tmp_path / f"{dtype}.zarr"), 1, levels)
         for s, image in levels.items():
             assert np.array_equal(zarr.open_array(str(tmp_path / f"{dtype}.zarr"), path=f"images/{s}")[1], image)
-    assert StoreSpec(codec="none").compressors(4096) is None
+    assert [type(c).__name__ for c in StoreSpec(codec="none").compressors(4096)] == ["Crc32cCodec"]  # no Blosc
 
 
 def test_inspect_checks_the_level_with_or_without_a_montage(stores):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
+from typing import NamedTuple
 from pathlib import Path
 
 import google_crc32c
@@ -28,45 +29,68 @@ from .locations import is_url, join, put_bytes
 from .spec import StoreError
 
 
+class ShardLayout(NamedTuple):
+    """What the direct writer and reader need of a sharded array's metadata."""
+
+    chunk_shape: tuple[int, ...]
+    blosc: Blosc | None  # the inner chunks' compressor; None: uncompressed
+    checksummed: bool  # each inner chunk ends in its CRC32C (zarr's crc32c codec)
+
+
+#: the inner codec chains this writer produces (and the reader decodes directly)
+_INNER_CHAINS = (["BytesCodec"], ["BytesCodec", "BloscCodec"], ["BytesCodec", "Crc32cCodec"],
+                 ["BytesCodec", "BloscCodec", "Crc32cCodec"])
+
+
 @lru_cache(maxsize=32)
-def _layout(store: str, name: str, metadata_version: int) -> tuple[tuple[int, ...], Blosc | None] | None:
-    """Inner chunk shape and compressor of a sharded array, read once per metadata file version;
-    ``None`` for layouts this writer does not produce (zarr writes those itself)."""
+def _layout(store: str, name: str, metadata_version: int) -> ShardLayout | None:
+    """Inner chunk shape, compressor and checksum of a sharded array, read once per metadata
+    file version; ``None`` for layouts this writer does not produce (zarr writes those itself)."""
     array = zarr.open_array(store, path=name, mode="r")
     sharding = [c for c in array.metadata.codecs if type(c).__name__ == "ShardingCodec"]
     if len(sharding) != 1 or array.dtype.itemsize > 1 and array.dtype.byteorder == ">":
         return None
     sharding = sharding[0]
     inner = list(sharding.codecs)
-    if [type(c).__name__ for c in inner] not in (["BytesCodec"], ["BytesCodec", "BloscCodec"]):
+    chain = [type(c).__name__ for c in inner]
+    if chain not in _INNER_CHAINS:
         return None
     if [type(c).__name__ for c in sharding.index_codecs] != ["BytesCodec", "Crc32cCodec"]:
         return None
     if sharding.index_location.value != "end" or tuple(array.shards[1:]) != tuple(array.shape[1:]):
         return None
     blosc = None
-    if len(inner) == 2:
-        c = inner[1]
+    if "BloscCodec" in chain:
+        c = inner[chain.index("BloscCodec")]
         shuffle = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE, "bitshuffle": Blosc.BITSHUFFLE}
         blosc = Blosc(cname=c.cname.value, clevel=c.clevel, shuffle=shuffle[c.shuffle.value], blocksize=c.blocksize)
-    return tuple(sharding.chunk_shape), blosc
+    return ShardLayout(tuple(sharding.chunk_shape), blosc, chain[-1] == "Crc32cCodec")
 
 
-def encode_shard(shard: np.ndarray, chunk_shape: tuple[int, ...], blosc: Blosc | None) -> bytes:
-    """The bytes of one complete shard: encoded inner chunks, then the CRC32C-checked index."""
+def encode_shard(shard: np.ndarray, chunk_shape: tuple[int, ...], blosc: Blosc | None,
+                 checksummed: bool = True) -> bytes:
+    """The bytes of one complete shard: encoded inner chunks (each followed by its CRC32C when
+    ``checksummed``, as zarr's crc32c codec writes it), then the CRC32C-checked index."""
     grid = tuple(s // c for s, c in zip(shard.shape, chunk_shape))
     parts, index, offset = [], np.empty(grid + (2,), dtype="<u8"), 0
     for position in np.ndindex(*grid):
         block = tuple(slice(p * c, (p + 1) * c) for p, c in zip(position, chunk_shape))
         raw = np.ascontiguousarray(shard[block])
         data = blosc.encode(raw) if blosc is not None else raw.tobytes()
+        if checksummed:
+            data = bytes(data) + _crc32c_bytes(data)
         index[position] = (offset, len(data))
         parts.append(data)
         offset += len(data)
     index_bytes = index.tobytes()
     parts.append(index_bytes)
-    parts.append(np.uint32(google_crc32c.value(index_bytes)).astype("<u4").tobytes())
+    parts.append(_crc32c_bytes(index_bytes))
     return b"".join(parts)
+
+
+def _crc32c_bytes(data) -> bytes:
+    """The 4 little-endian bytes of ``data``'s CRC32C, as zarr's crc32c codec appends them."""
+    return google_crc32c.value(bytes(data)).to_bytes(4, "little")
 
 
 def _metadata_version(store: str, name: str) -> int:
@@ -85,8 +109,7 @@ def write_sample_shard(store: str, name: str, index: int, image: np.ndarray) -> 
     if layout is None:
         zarr.open_array(store, path=name, mode="r+")[index] = image
         return
-    chunk_shape, blosc = layout
-    data = encode_shard(image[np.newaxis], chunk_shape, blosc)
+    data = encode_shard(image[np.newaxis], layout.chunk_shape, layout.blosc, layout.checksummed)
     if is_url(store):
         put_bytes(join(store, shard_key(name, index, image.ndim + 1)), data)
         return
@@ -124,10 +147,13 @@ class ShardReader:
         layout = None if is_url(self.store) else _layout(self.store, name, _metadata_version(self.store, name))
         self.layout = layout
         if layout is not None:
-            chunk_shape, self.blosc = layout
+            chunk_shape, self.blosc, self.checksummed = layout
             self.chunk = chunk_shape[-1]
             self.grid = tuple(s // c for s, c in zip((1,) + tuple(self.shape[1:]), chunk_shape))
             self.n_chunks = int(np.prod(self.grid))
+            # (sample, inner chunk) whose CRC32C this reader has checked: the uncompressed fast path
+            # reads only a crop's rows, so a chunk is read whole and checked the first time
+            self._checked = np.zeros((self.shape[0], self.n_chunks), bool)
 
     def read(self, index: int, y: int = 0, x: int = 0, h: int | None = None, w: int | None = None,
              out: np.ndarray | None = None) -> np.ndarray:
@@ -161,10 +187,13 @@ class ShardReader:
                             continue
                         rows = slice(ys.start - cy * c, ys.stop - cy * c)
                         columns = slice(xs.start - cx * c, xs.stop - cx * c)
-                        if self.blosc is None and _read_into(fd, int(offset), c, self.dtype.itemsize, rows, columns,
-                                                             target):
+                        chunk_id = (ch * self.grid[2] + cy) * self.grid[3] + cx
+                        if self.blosc is None and (not self.checksummed or self._checked[index, chunk_id]) \
+                                and _read_into(fd, int(offset), c, self.dtype.itemsize, rows, columns, target):
                             continue
                         block = self._chunk(fd, path, index, int(offset), int(nbytes))
+                        if self.checksummed:
+                            self._checked[index, chunk_id] = True
                         target[...] = block[rows, columns]
         finally:
             os.close(fd)
@@ -189,6 +218,10 @@ class ShardReader:
         """One decoded ``chunk x chunk`` inner chunk; damage that decoding finds names the file."""
         raw = os.pread(fd, nbytes, offset)
         expected = self.chunk * self.chunk * self.dtype.itemsize
+        if self.checksummed:
+            raw, crc = raw[:-4], raw[-4:]
+            if len(crc) != 4 or _crc32c_bytes(raw) != crc:
+                raise DamagedShard(f"{path}: sample {index}: an inner chunk fails its CRC32C checksum")
         try:
             data = self.blosc.decode(raw) if self.blosc is not None else raw
         except (RuntimeError, ValueError) as exc:

@@ -56,7 +56,8 @@ class StoreSpec:
         return level_sizes(self.size, self.levels)
 
     def compressors(self, chunk_bytes: int):
-        """The inner chunks' codec: Blosc with one block per chunk (``blocksize=chunk_bytes``).
+        """The inner chunks' codecs: Blosc with one block per chunk (``blocksize=chunk_bytes``),
+        then each chunk's CRC32C.
 
         Why one block: Blosc's own choice for level 1 is a few tens of KiB, and its zstd
         starts afresh on each block. Whole-chunk blocks give the same size with zstd faster to
@@ -64,8 +65,10 @@ class StoreSpec:
         (benchmarks/bench_store.py; Blosc's threads, which smaller blocks would feed, are off here: the
         parallelism is the samples).
         """
-        if self.codec == "none":
-            return None
-        from zarr.codecs import BloscCodec  # here, not at the top: see the module's docstring
+        from zarr.codecs import BloscCodec, Crc32cCodec  # here, not at the top: see the module's docstring
 
-        return [BloscCodec(cname=self.codec, clevel=self.clevel, shuffle="noshuffle", blocksize=chunk_bytes)]
+        # every chunk ends in its CRC32C, so that any Zarr v3 reader finds damage at rest
+        checksum = Crc32cCodec()
+        if self.codec == "none":
+            return [checksum]
+        return [BloscCodec(cname=self.codec, clevel=self.clevel, shuffle="noshuffle", blocksize=chunk_bytes), checksum]
