@@ -77,11 +77,12 @@ def encode_shard(shard: np.ndarray, chunk_shape: tuple[int, ...], blosc: Blosc |
         block = tuple(slice(p * c, (p + 1) * c) for p, c in zip(position, chunk_shape))
         raw = np.ascontiguousarray(shard[block])
         data = blosc.encode(raw) if blosc is not None else raw.tobytes()
-        if checksummed:
-            data = bytes(data) + _crc32c_bytes(data)
-        index[position] = (offset, len(data))
         parts.append(data)
-        offset += len(data)
+        if checksummed:  # a part of its own: the chunk's bytes are joined once, not copied twice
+            parts.append(_crc32c_bytes(data))
+        nbytes = len(data) + 4 * checksummed
+        index[position] = (offset, nbytes)
+        offset += nbytes
     index_bytes = index.tobytes()
     parts.append(index_bytes)
     parts.append(_crc32c_bytes(index_bytes))
@@ -153,7 +154,8 @@ class ShardReader:
             self.n_chunks = int(np.prod(self.grid))
             # (sample, inner chunk) whose CRC32C this reader has checked: the uncompressed fast path
             # reads only a crop's rows, so a chunk is read whole and checked the first time
-            self._checked = np.zeros((self.shape[0], self.n_chunks), bool)
+            # (compressed chunks are decoded, and so checked, whole every time: nothing to keep)
+            self._checked = np.zeros((self.shape[0], self.n_chunks) if self.blosc is None else (0, 0), bool)
 
     def read(self, index: int, y: int = 0, x: int = 0, h: int | None = None, w: int | None = None,
              out: np.ndarray | None = None) -> np.ndarray:
@@ -192,7 +194,7 @@ class ShardReader:
                                 and _read_into(fd, int(offset), c, self.dtype.itemsize, rows, columns, target):
                             continue
                         block = self._chunk(fd, path, index, int(offset), int(nbytes))
-                        if self.checksummed:
+                        if self.checksummed and self.blosc is None:  # the fast path may use it now
                             self._checked[index, chunk_id] = True
                         target[...] = block[rows, columns]
         finally:
