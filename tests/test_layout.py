@@ -128,7 +128,7 @@ def test_prep_extra_installs_no_torch():
 def test_each_half_of_the_command_line_imports_only_its_own_half(module, forbidden):
     """The commands of one half call only that half's library (and the contract)."""
     imported = relative_imports(PACKAGE / "cli" / f"{module}.py")
-    assert "hpa_pipeline.contract.machine" in imported or "hpa_pipeline.contract.store" in imported
+    assert any(name.startswith("hpa_pipeline.contract.") for name in imported)  # the parser sees imports
     assert not sorted(name for name in imported if name.startswith(forbidden))
 
 

@@ -1,7 +1,10 @@
 """The ``hpa-pipe`` group: its commands in the order of the stages, and the entry point."""
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import traceback
 
 import click
 
@@ -11,15 +14,40 @@ from .recipes import load_recipe
 
 #: every command, in the order of the stages (``hpa-pipe --help`` lists them so)
 COMMANDS = (prep_commands.synth, prep_commands.extract, prep_commands.build_zarr, prep_commands.ingest,
-            prep_commands.inspect, prep_commands.export_ngff, model_commands.train, model_commands.predict,
+            prep_commands.inspect, prep_commands.verify,
+            prep_commands.export_ngff, model_commands.train, model_commands.predict,
             model_commands.evaluate)
 
 
 class StageOrder(click.Group):
-    """Lists commands in the order they were added (the stages), not alphabetically."""
+    """Lists commands in the order they were added (the stages), not alphabetically, and turns
+    the errors a user can act on into one line (:mod:`hpa_pipeline.contract.errors`)."""
 
     def list_commands(self, ctx):
         return list(self.commands)
+
+    def invoke(self, ctx):
+        from ..contract.errors import HpaError, explain_os_error
+
+        try:
+            return super().invoke(ctx)
+        except HpaError as exc:
+            if _debugging(ctx):
+                raise
+            raise click.ClickException(str(exc)) from None
+        except OSError as exc:
+            line = None if _debugging(ctx) else explain_os_error(exc)
+            if line is None:
+                raise
+            raise click.ClickException(line) from None
+
+
+def _debugging(ctx) -> bool:
+    return bool((ctx.obj or {}).get("debug"))
+
+
+def _set_debug(ctx, param, value) -> None:
+    ctx.ensure_object(dict)["debug"] = value or os.environ.get("HPA_PIPE_DEBUG", "") not in ("", "0")
 
 
 @click.group(cls=StageOrder, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -27,10 +55,12 @@ class StageOrder(click.Group):
 @click.option("--config", type=click.Path(exists=True, dir_okay=False), callback=load_recipe,
               is_eager=True, expose_value=False,
               help="YAML recipe (see pipelines/) giving option defaults per command.")
+@click.option("--debug", is_flag=True, is_eager=True, expose_value=False, callback=_set_debug,
+              help="Show the traceback of every error, not only of bugs (also: HPA_PIPE_DEBUG=1).")
 def cli():
     """Human Protein Atlas full-size archives -> chunked Zarr -> SENet classifiers.
 
-    Stages: synth | extract, build-zarr or ingest | inspect, export-ngff | train | predict | evaluate.
+    Stages: synth | extract, build-zarr or ingest | inspect, verify, export-ngff | train | predict | evaluate.
     """
 
 
@@ -38,11 +68,25 @@ for _command in COMMANDS:
     cli.add_command(_command)
 
 
+_terminated = False
+
+
+def _stop_as_on_ctrl_c(signum, frame) -> None:
+    """SIGTERM (a batch system's stop, ``kill``, ``timeout``) ends a command as Ctrl-C does:
+    what is finished is saved and the command says so; it exits 143 instead of 130."""
+    global _terminated
+    _terminated = True
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise KeyboardInterrupt
+
+
 def main():
     """The ``hpa-pipe`` entry point: Click's standalone handling, except that Ctrl-C exits with
-    status 130 and one line saying what was saved (never a traceback)."""
+    status 130 and one line saying what was saved (never a traceback), and a bug shows its
+    traceback with a request to report it."""
     from ..contract.atomic import Interrupted
 
+    signal.signal(signal.SIGTERM, _stop_as_on_ctrl_c)
     try:
         code = cli.main(prog_name="hpa-pipe", standalone_mode=False)
     except click.exceptions.Abort as exc:
@@ -50,8 +94,13 @@ def main():
         message = str(cause) if isinstance(cause, Interrupted) else (
             "interrupted: nothing was left half-written; run the same command again to resume")
         click.echo(f"\n{message}", err=True)
-        sys.exit(130)
+        sys.exit(143 if _terminated else 130)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
+    except Exception:  # a bug: its traceback, and a request to report it
+        traceback.print_exc()
+        click.echo("hpa-pipe: this is a bug in hpa-pipeline, not a problem with your data or options; please "
+                   "report it with the traceback above", err=True)
+        sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)

@@ -44,6 +44,13 @@ def train_options(fn):
     return fn
 
 
+def damaged_store_line(exc, stores) -> str:
+    """A damaged shard's one line, with what to do about it."""
+    stores = " ".join(stores) if isinstance(stores, (list, tuple)) else str(stores)
+    return (f"{exc}. Nothing was trained or predicted on it. `hpa-pipe verify {stores}` lists every damaged "
+            f"sample; `verify --repair` then the same ingest/build-zarr command rebuilds them")
+
+
 @click.command(short_help="Train an SENet on one fold (resumable).")
 @recipe_option
 @train_options
@@ -52,9 +59,8 @@ def train_options(fn):
 @click.pass_context
 def train(ctx, resume, **options):
     """Train an SENet on one fold of a store (checkpoints every epoch, resumable)."""
-    from ..contract.store import StoreError
+    from ..contract.shards import DamagedShard
     from ..model.distributed import ranks_from_env
-    from ..model.models import ModelError
     from ..model.train import TrainingDiverged
     from ..model.train import train as run_training
 
@@ -69,8 +75,8 @@ def train(ctx, resume, **options):
     bar = ProgressBar("train", "valid", unit="step", enabled=main_rank)
     try:
         summary = run_training(cfg, resume=resume, progress=bar, given=given)
-    except (StoreError, ModelError, ValueError, FileNotFoundError) as exc:
-        raise click.ClickException(str(exc)) from None
+    except DamagedShard as exc:
+        raise click.ClickException(damaged_store_line(exc, cfg.store)) from None
     except TrainingDiverged as exc:
         bar.close()
         click.echo(f"stopped: {exc}", err=True)
@@ -98,10 +104,9 @@ def train(ctx, resume, **options):
 @click.option("--device", default="auto", show_default=True, help="auto (a GPU if there is one), cpu, cuda or cuda:N.")
 def predict(store, runs, tta, out, batch_size, workers, device):
     """Write a Kaggle submission (Id,Predicted) from one or more runs, with TTA and thresholds."""
-    from ..contract.store import StoreError
+    from ..contract.shards import DamagedShard
     from ..model.inference import predict as run_predict
-    from ..model.run_folder import RunError
-    from ..model.submission import SubmissionError, write_submission
+    from ..model.submission import write_submission
 
     writable_file(out, "--out")
     bar = ProgressBar("predict", unit="batch")
@@ -110,8 +115,8 @@ def predict(store, runs, tta, out, batch_size, workers, device):
                                      device=device, progress=bar)
         bar.close()
         write_submission(out, ids, labels)
-    except (StoreError, SubmissionError, RunError, ValueError, FileNotFoundError) as exc:
-        raise click.ClickException(str(exc)) from None
+    except DamagedShard as exc:
+        raise click.ClickException(damaged_store_line(exc, (store,))) from None
     finally:
         bar.close()
     click.echo(f"predict: {len(ids)} rows, {labels.sum(1).mean():.2f} labels per row -> {out}")
@@ -125,13 +130,9 @@ def predict(store, runs, tta, out, batch_size, workers, device):
               help="Id,Target CSV of the truth (train.csv, or test_labels.csv of synthetic data).")
 def evaluate(submission, labels_csv):
     """Macro F1 of a submission and the per-class table."""
-    from ..contract.labels import LabelError
-    from ..model.submission import SubmissionError, constant_baseline, evaluate as run_evaluate
+    from ..model.submission import constant_baseline, evaluate as run_evaluate
 
-    try:
-        score, table = run_evaluate(submission, labels_csv)
-    except (SubmissionError, LabelError) as exc:
-        raise click.ClickException(str(exc)) from None
+    score, table = run_evaluate(submission, labels_csv)
     click.echo(table)
     click.echo(f"evaluate: macro F1 {score:.4f} (constant most-frequent-class predictor: "
                f"{constant_baseline(labels_csv):.4f})")

@@ -42,7 +42,6 @@ from .recipes import recipe_option
 def synth(out_dir, n_train, n_test, image_sizes, bit_depth, compression, archive_method, labels_csv, form, seed,
           workers):
     """Write a synthetic dataset in the competition's on-disk format."""
-    from ..contract.labels import LabelError
     from ..prep.synth import SynthSpec, make_dataset
 
     try:
@@ -53,8 +52,6 @@ def synth(out_dir, n_train, n_test, image_sizes, bit_depth, compression, archive
     bar = ProgressBar("synth")
     try:
         result = make_dataset(out_dir, spec, workers=workers, progress=bar)
-    except LabelError as exc:
-        raise click.ClickException(str(exc)) from None
     finally:
         bar.close()
     click.echo(f"wrote {len(result.train_ids)} train and {len(result.test_ids)} test samples to {result.out_dir}")
@@ -68,16 +65,14 @@ def synth(out_dir, n_train, n_test, image_sizes, bit_depth, compression, archive
 @decoder_option
 def extract(archives, out, decoder):
     """Unpack 7z archives (or .7z.001 volumes) or zip archives to DIR/<id>_<filter>.<tif|png|jpg>, resumably."""
-    from ..prep.archive import ArchiveError, describe_archive
-    from ..prep.extract import DiskSpaceError, extract_archives
+    from ..prep.archive import describe_archive
+    from ..prep.extract import extract_archives
 
     bar = ProgressBar("extract", unit="B")
     try:
         for archive in archives:
             bar.write(describe_archive(archive, decoder))
         report = extract_archives(list(archives), out, progress=bar, decoder=decoder)
-    except (ArchiveError, DiskSpaceError) as exc:
-        raise click.ClickException(str(exc)) from None
     finally:
         bar.close()
     finish_report(report.problems(), f"extract: {report.summary()}", f"{out}/extract_report.json", report.exit_code)
@@ -85,17 +80,9 @@ def extract(archives, out, decoder):
 
 def _run_store_command(build, desc, **kwargs):
     """Run ``build_zarr`` or ``ingest`` with a bar of samples; print its report and exit."""
-    from ..contract.labels import LabelError
-    from ..contract.spec import StoreError
-    from ..prep.archive import ArchiveError
-    from ..prep.builder import SystematicFailure
-    from ..prep.scheduler import ClusterError
-
     bar = ProgressBar(desc)
     try:
         report = build(progress=bar, **kwargs)
-    except (LabelError, StoreError, ArchiveError, ClusterError, FileNotFoundError, SystematicFailure) as exc:
-        raise click.ClickException(str(exc)) from None
     finally:
         bar.close()
     finish_report(report.problems(), f"{report.command}: {report.summary()}", f"{report.store}/report.json",
@@ -122,13 +109,10 @@ def build_zarr(src, **options):
 def ingest(archive, decoder, **options):
     """Build the dataset store straight from a 7z or zip archive (TIFF, PNG or JPEG members): nothing
     unpacked to disk, resumably."""
-    from ..prep.archive import ArchiveError, describe_archive
+    from ..prep.archive import describe_archive
     from ..prep.ingest import ingest as run_ingest
 
-    try:
-        click.echo(describe_archive(archive, decoder), err=True)
-    except ArchiveError as exc:
-        raise click.ClickException(str(exc)) from None
+    click.echo(describe_archive(archive, decoder), err=True)
     _run_store_command(run_ingest, "ingest", archive=archive, decoder=decoder, **store_arguments(options))
 
 
@@ -145,21 +129,48 @@ def inspect(store, montage, n_samples, level, as_json):
     """Show a store: samples done/failed/missing, levels, chunking, bytes, channel statistics."""
     import json
 
-    from ..contract.store import StoreError
     from ..prep.inspect import format_inspection, inspect_store, montage_level, write_montage
 
     if montage is not None:
         writable_file(montage, "--montage")
         if montage.suffix.lower() != ".png":
             raise click.BadParameter(f"{montage}: the montage is a PNG file; name it *.png", param_hint="--montage")
+    info = inspect_store(store)
+    montage_level(store, [lv["size"] for lv in info["levels"]], level)  # checked with or without --montage
+    click.echo(json.dumps(info, indent=1) if as_json else format_inspection(info))
+    if montage:
+        click.echo(f"montage: {write_montage(store, montage, n=n_samples, level=level)}")
+
+
+@click.command(short_help="Check every done sample of a store for damage.")
+@recipe_option
+@click.argument("store")
+@click.option("--repair", is_flag=True,
+              help="Mark damaged samples not done (their shards removed), so that the same ingest or build-zarr "
+                   "command, run again, rebuilds exactly those.")
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+def verify(store, repair, as_json):
+    """Read back every done sample of STORE and check it: shards present, index and chunk checksums,
+    decodable, pixels matching the sums written with them; the per-sample arrays and metadata.
+    Exit 0 only for an undamaged store, 3 when damage was found."""
+    import json
+
+    from ..prep.verify import verify_store
+
+    bar = ProgressBar("verify")
     try:
-        info = inspect_store(store)
-        montage_level(store, [lv["size"] for lv in info["levels"]], level)  # checked with or without --montage
-        click.echo(json.dumps(info, indent=1) if as_json else format_inspection(info))
-        if montage:
-            click.echo(f"montage: {write_montage(store, montage, n=n_samples, level=level)}")
-    except (StoreError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
+        report = verify_store(store, repair=repair, progress=bar)
+    finally:
+        bar.close()
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=1))
+        raise SystemExit(0 if report.clean else 3)
+    problems = [("damaged", f"{i}: {why}") for i, why in report.damaged.items()]
+    finish_line = f"verify: {report.summary()}"
+    for kind, line in problems + [("store", p) for p in report.store_problems]:
+        click.echo(f"  {kind}: {line}", err=True)
+    click.echo(finish_line)
+    raise SystemExit(0 if report.clean else 3)
 
 
 @click.command("export-ngff", short_help="Samples as OME-Zarr 0.5 images.")
@@ -170,15 +181,11 @@ def inspect(store, montage, n_samples, level, as_json):
               help="Folder for the <id>.ome.zarr images.")
 def export_ngff(store, ids, out):
     """Write chosen samples as OME-Zarr 0.5 multiscale images (napari, OME-Zarr readers)."""
-    from ..contract.store import StoreError
     from ..prep.ngff import export_ngff as run_export
 
     wanted = [i.strip() for i in ids.split(",") if i.strip()]
     if not wanted:
         raise click.BadParameter(f"{ids!r} names no sample id", param_hint="--ids")
-    try:
-        paths = run_export(store, wanted, out)
-    except (StoreError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
+    paths = run_export(store, wanted, out)
     for path in paths:
         click.echo(str(path))

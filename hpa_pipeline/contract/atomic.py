@@ -17,12 +17,12 @@ SUFFIX = ".partial"
 
 
 @contextmanager
-def replacing(path: str | Path, unique: bool = False) -> Iterator[Path]:
+def replacing(path: str | Path, unique: bool = True) -> Iterator[Path]:
     """Yield a temporary path to write; it replaces ``path`` when the block ends without error.
 
-    ``unique``: a temporary name of its own, for files that two processes may write at once (a
-    task retried after its worker was lost while the first attempt still runs): the last
-    rename wins, and neither sees the other's half-written file.
+    The temporary name is unique (``unique=False``: ``<name>.partial``), for files that two
+    processes may write at once (a task retried after its worker was lost while the first
+    attempt still runs): the last rename wins, and neither sees the other's half-written file.
     """
     path = Path(path)
     tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}{SUFFIX}" if unique else path.name + SUFFIX)
@@ -34,7 +34,7 @@ def replacing(path: str | Path, unique: bool = False) -> Iterator[Path]:
         raise
 
 
-def write_bytes(path: str | Path, data, unique: bool = False) -> None:
+def write_bytes(path: str | Path, data, unique: bool = True) -> None:
     with replacing(path, unique) as tmp:
         tmp.write_bytes(data)
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from .errors import HpaError
 
 CLASS_NAMES: tuple[str, ...] = (
     "Nucleoplasm", "Nuclear membrane", "Nucleoli", "Nucleoli fibrillar center",
@@ -41,7 +42,7 @@ REAL_CLASS_COUNTS: tuple[int, ...] = (
 REAL_N_SAMPLES = 31072
 
 
-class LabelError(ValueError):
+class LabelError(HpaError, ValueError):
     """A CSV row whose id or target breaks the label rules of the store contract."""
 
 

@@ -51,6 +51,11 @@ def remove_tree(location: str | Path) -> None:
     if is_url(location):
         fs, path = filesystem(str(location))
         fs.rm(path, recursive=True)
+    elif Path(location).is_symlink():  # a link to a folder elsewhere: empty the folder, keep the link
+        import shutil
+
+        for child in Path(location).iterdir():
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
     else:
         import shutil
 

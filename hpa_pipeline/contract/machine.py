@@ -49,3 +49,25 @@ def one_thread_per_task() -> None:
     numcodecs.blosc.set_nthreads(1)
     if "torch" in sys.modules:  # never imported for it: the preprocessing half runs without torch
         sys.modules["torch"].set_num_threads(1)
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Make this worker process end when the process that started it (``parent_pid``) ends, even
+    by SIGKILL: a loader worker blocked on its queue would otherwise live on, orphaned, holding
+    its memory. Linux's ``PR_SET_PDEATHSIG`` does it; elsewhere the worker's own checks of
+    :func:`parent_alive` must. A parent that died before the call is caught by the check here."""
+    import signal
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if not parent_alive(parent_pid):
+        os._exit(1)
+
+
+def parent_alive(parent_pid: int) -> bool:
+    """Whether the process that started this one still runs (an orphan is adopted by another)."""
+    return os.getppid() == parent_pid

@@ -6,18 +6,19 @@ and ``ingest`` starts decoding an archive, before zarr's import (about 0.2 s) is
 from __future__ import annotations
 
 from dataclasses import dataclass
+from .errors import HpaError, OptionError
 
 
 def level_sizes(size: int, levels: int) -> list[int]:
     """``[size, size/2, ...]``, ``levels`` long; each must stay an integer."""
     sizes = [size >> k for k in range(levels)]
     if levels < 1 or any(s << k != size for k, s in enumerate(sizes)) or sizes[-1] < 1:
-        raise ValueError(f"--size {size} cannot be halved {levels - 1} times into whole pixels; use a size "
+        raise OptionError(f"--size {size} cannot be halved {levels - 1} times into whole pixels; use a size "
                          f"divisible by {2 ** (levels - 1)} (e.g. 1024) or fewer --levels")
     return sizes
 
 
-class StoreError(ValueError):
+class StoreError(HpaError, ValueError):
     """A store that does not match what was asked (another size, other ids) or is not a store."""
 
 
@@ -34,22 +35,22 @@ class StoreSpec:
 
     def __post_init__(self):
         if self.size < 1 or self.levels < 1:
-            raise ValueError(f"--size must be a positive number of pixels and --levels at least 1 "
+            raise OptionError(f"--size must be a positive number of pixels and --levels at least 1 "
                              f"(e.g. --size 1024 --levels 3: 1024, 512, 256); got --size {self.size} "
                              f"--levels {self.levels}")
         level_sizes(self.size, self.levels)  # raises on sizes that do not halve
         if self.chunk < 1:
-            raise ValueError(f"--chunk must be a positive number of pixels (e.g. 256), got {self.chunk}")
+            raise OptionError(f"--chunk must be a positive number of pixels (e.g. 256), got {self.chunk}")
         for s in self.sizes:
             if self.chunk < s and s % self.chunk:
-                raise ValueError(f"--chunk {self.chunk} does not divide level {s} (levels {self.sizes}); "
+                raise OptionError(f"--chunk {self.chunk} does not divide level {s} (levels {self.sizes}); "
                                  f"use a power of two such as 256")
         if not 0 <= self.clevel <= 9:
-            raise ValueError(f"--clevel must be 0-9 (Blosc's levels), got {self.clevel}")
+            raise OptionError(f"--clevel must be 0-9 (Blosc's levels), got {self.clevel}")
         if self.dtype not in ("uint8", "uint16"):
-            raise ValueError(f"dtype must be uint8 or uint16, not {self.dtype!r}")
+            raise OptionError(f"dtype must be uint8 or uint16, not {self.dtype!r}")
         if self.codec not in ("zstd", "lz4", "none"):
-            raise ValueError(f"codec must be zstd, lz4 or none, not {self.codec!r}")
+            raise OptionError(f"codec must be zstd, lz4 or none, not {self.codec!r}")
 
     @property
     def sizes(self) -> list[int]:

@@ -127,6 +127,9 @@ def _open_group(path: str, mode: str) -> zarr.Group:
         return zarr.open_group(path, mode=mode)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
         raise
+    except ValueError as exc:  # json's decoding error, or metadata zarr does not accept
+        raise StoreError(f"{join(path, 'zarr.json')}: damaged metadata file ({exc}); the store cannot be "
+                         f"read") from None
     except Exception as exc:
         if not is_url(path):
             raise
@@ -240,19 +243,33 @@ class SampleBook:
                 self.root[name][block] = values[block]
         self._dirty.clear()
 
+    def mark_not_done(self, index: int) -> None:
+        """Stage sample ``index`` as not done (``verify --repair``: its shards were damaged)."""
+        self.source_shape[index] = 0
+        self.source_dtype[index] = 0
+        self.channel_sums[index] = 0
+        self.done[index] = False
+        self._dirty.add(index // self.chunk)
+
     def statistics(self, sizes: list[int]) -> dict:
         """Per-level, per-channel mean and std over the done samples (for normalisation)."""
-        stats = {}
-        n = int(self.done.sum())
-        if n == 0:
-            return stats
-        totals = self.channel_sums[self.done].sum(axis=0)  # (L, 4, 2)
-        for k, s in enumerate(sizes):
-            count = n * s * s
-            mean = totals[k, :, 0] / count
-            std = np.sqrt(np.maximum(totals[k, :, 1] / count - mean**2, 0))
-            stats[str(s)] = {"mean": mean.round(4).tolist(), "std": std.round(4).tolist(), "n_samples": n}
+        return channel_statistics(self.done, self.channel_sums, sizes)
+
+
+def channel_statistics(done: np.ndarray, channel_sums: np.ndarray, sizes: list[int]) -> dict:
+    """``attributes["hpa"]["statistics"]``: per level, per channel mean and std over the done
+    samples, from their ``channel_sums`` (``verify`` recomputes it to check the stored one)."""
+    stats = {}
+    n = int(done.sum())
+    if n == 0:
         return stats
+    totals = channel_sums[done].sum(axis=0)  # (L, 4, 2)
+    for k, s in enumerate(sizes):
+        count = n * s * s
+        mean = totals[k, :, 0] / count
+        std = np.sqrt(np.maximum(totals[k, :, 1] / count - mean**2, 0))
+        stats[str(s)] = {"mean": mean.round(4).tolist(), "std": std.round(4).tolist(), "n_samples": n}
+    return stats
 
 
 def level_arrays(root: zarr.Group) -> dict[int, zarr.Array]:
@@ -268,7 +285,30 @@ def open_store(path: str | Path, mode: str = "r") -> zarr.Group:
         raise StoreError(f"{path}: no dataset store there") from None
     if "hpa" not in root.attrs:
         raise StoreError(f"{path}: a Zarr group, but not an hpa-pipeline dataset store")
+    check_metadata_files(str(path), root.attrs["hpa"])
     return root
+
+
+def metadata_files(meta: dict) -> list[str]:
+    """The metadata files of a store (``attributes["hpa"]`` tells its levels and arrays)."""
+    arrays = [f"images/{s}" for s in StoreSpec(**meta["spec"]).sizes] + (["labels"] if meta.get("has_labels") else [])
+    arrays += ["source_shape", "source_dtype", "channel_sums", "done"]
+    return ["images/zarr.json", *[f"{name}/zarr.json" for name in arrays]]
+
+
+def check_metadata_files(path: str, meta: dict) -> None:
+    """Every metadata file of a local store parses: a damaged one is named, not a traceback from
+    deep inside zarr when the array is first used (a URL store's are read by zarr as needed)."""
+    if is_url(path):
+        return
+    for name in metadata_files(meta):
+        file = Path(path, name)
+        try:
+            json.loads(file.read_bytes())
+        except FileNotFoundError:
+            raise StoreError(f"{file}: a metadata file of the store is missing; the store cannot be read") from None
+        except ValueError as exc:
+            raise StoreError(f"{file}: damaged metadata file ({exc}); the store cannot be read") from None
 
 
 def write_report(path: str | Path, report: dict) -> str:
@@ -283,8 +323,13 @@ def write_report(path: str | Path, report: dict) -> str:
 
 
 def read_report(path: str | Path) -> dict | None:
+    """The store's ``report.json``, or None before the first run finished."""
     data = get_bytes(join(path, REPORT_NAME))
-    return json.loads(data) if data else None
+    try:
+        return json.loads(data) if data else None
+    except ValueError as exc:
+        raise StoreError(f"{join(path, REPORT_NAME)}: damaged report file ({exc}); run the same ingest or "
+                         f"build-zarr command again to rewrite it") from None
 
 
 def remove_partial_files(path: str | Path) -> int:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 
 
 from .names import ARCHS, BACKENDS, LOSSES, PRECISIONS, SCHEDULES
+from ..contract.errors import OptionError
 
 
 #: option kinds besides the plain types str, int, float and bool
@@ -87,18 +88,18 @@ class TrainConfig:
         """The optimizer's numbers, named as options: torch would refuse some with its own
         message, and accept a negative warm-up or focusing exponent as a silently odd run."""
         if not (0 < self.lr < math.inf):  # also refuses nan
-            raise ValueError(f"--lr must be a number above 0, got {self.lr}")
+            raise OptionError(f"--lr must be a number above 0, got {self.lr}")
         for name in ("weight_decay", "warmup_epochs", "focal_gamma"):
             value = getattr(self, name)
             if not (0 <= value < math.inf):
-                raise ValueError(f"--{name.replace('_', '-')} must be a number of 0 or more, got {value}")
+                raise OptionError(f"--{name.replace('_', '-')} must be a number of 0 or more, got {value}")
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown training options {unknown}")
+            raise OptionError(f"unknown training options {unknown}")
         return cls(**values)
 
     def __post_init__(self):
@@ -106,33 +107,33 @@ class TrainConfig:
         for f in fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
-                raise ValueError(f"--{f.name.replace('_', '-')} {getattr(self, f.name)!r} is not one of {choices}")
+                raise OptionError(f"--{f.name.replace('_', '-')} {getattr(self, f.name)!r} is not one of {choices}")
         if not 0 <= self.fold < self.folds or self.folds < 2:
-            raise ValueError(f"--fold must be between 0 and --folds - 1 ({self.folds - 1}), with --folds >= 2; "
+            raise OptionError(f"--fold must be between 0 and --folds - 1 ({self.folds - 1}), with --folds >= 2; "
                              f"got --fold {self.fold} --folds {self.folds}")
         for name in ("epochs", "batch_size", "accumulate", "level", "crop", "crop_grid", "stream_buffer",
                      "swa_bn_batches", "epoch_size", "steps_per_epoch", "val_level"):
             value = getattr(self, name)
             if value is not None and value < 1:  # None: the option's "not given" default
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+                raise OptionError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
         self._check_numbers()
         if self.stream and self.epoch_size is not None:
-            raise ValueError("--stream reads every sample once per epoch; it cannot use --epoch-size")
+            raise OptionError("--stream reads every sample once per epoch; it cannot use --epoch-size")
         if self.crop > self.level:
-            raise ValueError(f"--crop {self.crop} is larger than --level {self.level}")
+            raise OptionError(f"--crop {self.crop} is larger than --level {self.level}")
         if not 0 <= self.drop_rate < 1 or not 0 <= self.ema < 1:
-            raise ValueError("--drop-rate and --ema must be in [0, 1)")
+            raise OptionError("--drop-rate and --ema must be in [0, 1)")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(self.device)):
-            raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, not {self.device!r}")
+            raise OptionError(f"--device must be auto, cpu, cuda or cuda:N, not {self.device!r}")
         if isinstance(self.workers, str) and self.workers.lower() == "auto":
             self.workers = None
         if self.workers is not None and self.workers < 0:
-            raise ValueError(f"--workers must be 0 (read in the training process) or more, got {self.workers}")
+            raise OptionError(f"--workers must be 0 (read in the training process) or more, got {self.workers}")
         if self.stream and self.external:
-            raise ValueError("--stream reads one store; it cannot take --external stores")
+            raise OptionError("--stream reads one store; it cannot take --external stores")
         if self.stream and self.oversample:
-            raise ValueError("--stream reads every sample once per epoch; it cannot --oversample")
+            raise OptionError("--stream reads every sample once per epoch; it cannot --oversample")
         if self.ema > 0 and self.swa_epochs > 0:
-            raise ValueError("choose one weight average: --ema or --swa-epochs, not both")
+            raise OptionError("choose one weight average: --ema or --swa-epochs, not both")
         if not 0 <= self.swa_epochs <= self.epochs:
-            raise ValueError(f"--swa-epochs must be between 0 and --epochs ({self.epochs})")
+            raise OptionError(f"--swa-epochs must be between 0 and --epochs ({self.epochs})")

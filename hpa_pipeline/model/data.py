@@ -51,6 +51,7 @@ from ..contract.labels import N_CLASSES
 from ..contract.machine import one_thread_per_task, start_method
 from ..contract.shards import ShardReader
 from ..contract.store import level_arrays, open_store
+from ..contract.errors import OptionError
 
 
 class StoreDataset(Dataset):
@@ -67,10 +68,10 @@ class StoreDataset(Dataset):
         meta = root.attrs["hpa"]
         levels = list(level_arrays(root))
         if int(level) not in levels:
-            raise ValueError(f"{store} has no level {level}; levels: {levels}")
+            raise OptionError(f"{store} has no level {level}; levels: {levels}")
         stats = meta.get("statistics", {}).get(str(level))
         if not stats:
-            raise ValueError(f"{store}: no channel statistics for level {level} (was the build finished?)")
+            raise OptionError(f"{store}: no channel statistics for level {level} (was the build finished?)")
         self.store, self.level, self.crop, self.train = str(store), int(level), crop, train
         self.indices = np.asarray(indices, dtype=np.int64)
         self.mean = np.asarray(stats["mean"], np.float32)
@@ -78,7 +79,7 @@ class StoreDataset(Dataset):
         self.labels = root["labels"][:].astype(np.float32) if meta["has_labels"] else None
         self.seed, self.epoch, self.jitter, self.crop_grid = seed, 0, jitter, max(1, int(crop_grid))
         if crop is not None and crop > level:
-            raise ValueError(f"crop {crop} is larger than level {level}")
+            raise OptionError(f"crop {crop} is larger than level {level}")
         self._reader = None
 
     def set_epoch(self, epoch: int) -> None:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.distributed as dist
+from ..contract.errors import OptionError
 
 
 @dataclass(frozen=True)
@@ -64,11 +65,11 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, not {name!r}") from None
+        raise OptionError(f"--device must be auto, cpu, cuda or cuda:N, not {name!r}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: no CUDA GPU is available on this machine; use --device cpu or auto")
+        raise OptionError(f"--device {name}: no CUDA GPU is available on this machine; use --device cpu or auto")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s)")
+        raise OptionError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s)")
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank)
     return device

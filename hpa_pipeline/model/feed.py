@@ -22,6 +22,7 @@ the training process with the worker's traceback; a worker that dies is an error
 from __future__ import annotations
 
 import math
+import os
 import multiprocessing
 import queue
 import time
@@ -32,7 +33,7 @@ import numpy as np
 import torch
 
 from ..contract.labels import N_CLASSES
-from ..contract.machine import one_thread_per_task, start_method
+from ..contract.machine import die_with_parent, one_thread_per_task, parent_alive, start_method
 from ..contract.shards import DamagedShard
 
 #: seconds to wait for a batch before checking that the workers are alive
@@ -43,12 +44,19 @@ class FeedError(RuntimeError):
     """A worker failed (its traceback is in the message) or died."""
 
 
-def _worker_main(dataset, images, labels, indices, augmentation, tasks, results) -> None:
-    """A feed worker: fill the slot each task names, answer ``(seq, slot, count, error)``."""
+def _worker_main(dataset, images, labels, indices, augmentation, tasks, results, parent_pid: int) -> None:
+    """A feed worker: fill the slot each task names, answer ``(seq, slot, count, error)``; it
+    ends with the training process, however that ends (SIGKILL included)."""
+    die_with_parent(parent_pid)
     one_thread_per_task()
     images, labels, indices, augmentation = (t.numpy() for t in (images, labels, indices, augmentation))
     while True:
-        task = tasks.get()
+        try:
+            task = tasks.get(timeout=POLL_S)
+        except queue.Empty:
+            if not parent_alive(parent_pid):  # where the OS cannot end it with its parent
+                return
+            continue
         if task is None:
             return
         seq, slot, items = task
@@ -149,7 +157,7 @@ class BatchFeed:
         process = self._context.Process(
             target=_worker_main, daemon=True,
             args=(self.dataset, self.images, self.labels, self.indices, self.augmentation, self._tasks,
-                  self._results))
+                  self._results, os.getpid()))
         process.start()
         self._processes.append(process)
         self.worker_starts += 1

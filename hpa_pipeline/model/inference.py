@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..contract.progress import Progress, ProgressCallback, report
+from ..contract.locks import store_locked
 from ..contract.shards import DamagedShard
 from ..contract.store import open_store
 from .checkpoints import load_checkpoint, load_weights
@@ -24,6 +25,7 @@ from .data import Normalizer, dihedral
 from .metrics import predict_labels
 from .models import create_model
 from .run_folder import RunError, RunFolder, read_config
+from ..contract.spec import StoreError
 
 
 def tta_views(images: torch.Tensor, n: int):
@@ -111,6 +113,13 @@ def load_run(path: str | Path, device) -> TrainedRun:
 
 def predict(store: str | Path, runs: list[str | Path], tta: int = 1, batch_size: int = 16, workers: int = 2,
             device: str = "auto", progress: ProgressCallback | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """:func:`predict_store` holding a reader's lock on the store: no writer changes it meanwhile."""
+    with store_locked(store, shared=True):
+        return predict_store(store, runs, tta, batch_size, workers, device, progress)
+
+
+def predict_store(store: str | Path, runs: list[str | Path], tta: int = 1, batch_size: int = 16, workers: int = 2,
+                  device: str = "auto", progress: ProgressCallback | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
     """``(ids, mean probabilities (n, 28), predicted labels (n, 28) bool)`` over the whole store.
 
     Each run predicts at its own validation level with its own training
@@ -126,7 +135,7 @@ def predict(store: str | Path, runs: list[str | Path], tta: int = 1, batch_size:
     done = root["done"][:]
     if not done.all():
         missing = [meta["ids"][i] for i in np.flatnonzero(~done)[:5]]
-        raise ValueError(f"{store}: {int((~done).sum())} samples not written (e.g. {missing}); "
+        raise StoreError(f"{store}: {int((~done).sum())} samples not written (e.g. {missing}); "
                          f"finish the ingest (see report.json) before predicting")
     dev = pick_device(device)
     trained = [load_run(run, dev) for run in runs]

@@ -39,6 +39,7 @@ from torch import nn
 
 from ..contract.labels import N_CLASSES
 from .names import ARCHS, BACKENDS
+from ..contract.errors import HpaError
 
 IN_CHANNELS = 4
 DEFAULT_DROP_RATE = 0.2
@@ -57,7 +58,7 @@ SOURCES = {
 SCRATCH = (None, "", "none", "scratch")
 
 
-class ModelError(ValueError):
+class ModelError(HpaError, ValueError):
     """An unknown arch or backend, or weights that are missing or do not fit."""
 
 

@@ -29,12 +29,13 @@ import yaml
 from ..contract.atomic import replacing
 from .config import TrainConfig
 from .folds import make_folds
+from ..contract.errors import HpaError
 
 #: options that change how a run is executed, not what it computes; a resume may change them
 FREE_ON_RESUME = ("store", "out", "workers", "device")
 
 
-class RunError(ValueError):
+class RunError(HpaError, ValueError):
     """A run folder that cannot be used as asked; says why and what to do."""
 
 

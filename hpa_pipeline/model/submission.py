@@ -15,9 +15,10 @@ import numpy as np
 from ..contract.labels import (N_CLASSES, LabelError, parse_target, read_csv_table, read_sample_table,
                                write_labels_csv)
 from .metrics import f1_table, macro_f1
+from ..contract.errors import HpaError
 
 
-class SubmissionError(ValueError):
+class SubmissionError(HpaError, ValueError):
     """A malformed submission: names the row and what is wrong."""
 
 

@@ -32,6 +32,7 @@ import torch
 
 from ..contract.atomic import Interrupted, replacing, write_json
 from ..contract.labels import CLASS_NAMES
+from ..contract.locks import store_locked
 from ..contract.machine import usable_cores
 from ..contract.progress import Progress, ProgressCallback, report
 from ..contract.store import open_store
@@ -75,10 +76,11 @@ def train(cfg: TrainConfig, resume: bool = False, progress: ProgressCallback | N
     :mod:`.distributed` for who does what.
     """
     run = RunFolder(Path(cfg.out))
-    cfg = config_for_run(run, cfg, resume, given)
     try:
-        with distributed.start(cfg.device) as (ranks, device):
-            return _train(cfg, run, progress if ranks.is_main else None, ranks, device, resume)
+        with writing_run_folder(cfg.out):
+            cfg = config_for_run(run, cfg, resume, given)
+            with reading_stores(cfg), distributed.start(cfg.device) as (ranks, device):
+                return _train(cfg, run, progress if ranks.is_main else None, ranks, device, resume)
     except KeyboardInterrupt as exc:
         if isinstance(exc, Interrupted):
             raise
@@ -86,6 +88,23 @@ def train(cfg: TrainConfig, resume: bool = False, progress: ProgressCallback | N
         raise Interrupted(f"interrupted: {run.path} keeps its checkpoint after {epochs} finished epoch(s); "
                           f"add --resume to continue" if epochs else
                           f"interrupted before the first epoch finished; nothing to resume in {run.path}") from None
+
+
+def writing_run_folder(out: str):
+    """The run folder's lock, for the run's life: one training writes a run folder (under
+    torchrun the first process takes it for all; :mod:`..contract.locks`)."""
+    if distributed.ranks_from_env().is_main:
+        return store_locked(out, what="run folder")
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def reading_stores(cfg: TrainConfig):
+    """A reader's lock on the train store and each external one: no ingest changes them meanwhile."""
+    with contextlib.ExitStack() as stack:
+        for store in (cfg.store, *cfg.external):
+            stack.enter_context(store_locked(store, shared=True))
+        yield
 
 
 def start_message(run: RunFolder, last_epoch: int, epochs: int, step: int, resume: bool) -> str:

@@ -36,9 +36,10 @@ DECODERS = ("auto", "7zz", "py7zr")
 DEFAULT_DECODER = "auto"
 
 from ..contract.labels import MEMBER_NAME  # noqa: E402 - the file-name rule of the contract
+from ..contract.errors import HpaError
 
 
-class ArchiveError(RuntimeError):
+class ArchiveError(HpaError, RuntimeError):
     """The archive itself is unusable: not a 7z file, truncated, a bad CRC, a missing volume."""
 
 

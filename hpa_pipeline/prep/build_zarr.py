@@ -14,7 +14,9 @@ from ..contract.machine import usable_cores
 from ..contract.progress import Counter, ProgressCallback
 from .scheduler import WORKER_TIMEOUT, announcing, check_cluster_choice, dask_client, in_flight_limit, run_bounded
 from ..contract.store import StoreSpec
+from ..contract.locks import writes_store
 from .tasks import process_sample
+from ..contract.errors import OptionError
 
 
 def index_tiff_folder(src: str | Path) -> tuple[dict[str, dict[str, Path]], list[str]]:
@@ -24,7 +26,7 @@ def index_tiff_folder(src: str | Path) -> tuple[dict[str, dict[str, Path]], list
     unknown: list[str] = []
     src = Path(src)
     if not src.is_dir():
-        raise FileNotFoundError(f"{src}: no such folder")
+        raise OptionError(f"{src}: no such folder")
     for path in sorted(p for p in src.rglob("*") if p.is_file() and p.name != EXTRACT_REPORT):
         match = MEMBER_NAME.match(path.name)
         if match and not path.name.endswith(".partial"):
@@ -39,6 +41,7 @@ def index_tiff_folder(src: str | Path) -> tuple[dict[str, dict[str, Path]], list
     return by_id, unknown
 
 
+@writes_store
 def build_zarr(src: str | Path, csv: str | Path, out: str | Path, spec: StoreSpec, workers: int | None = None,
                scheduler: str | None = None, cluster: str = "threads", progress: ProgressCallback | None = None,
                threads_per_worker: int = 1, worker_timeout: float = WORKER_TIMEOUT,

@@ -18,6 +18,7 @@ from ..contract.labels import SampleTable
 from ..contract.store import SampleBook, StoreSpec, open_or_create_store, remove_partial_files, write_report
 from .exit_status import EXIT_SOME_FAILED
 from .tasks import SampleJob, SampleResult
+from ..contract.errors import HpaError
 
 
 @dataclass
@@ -65,7 +66,7 @@ class BuildReport:
         return ", ".join(parts) + f" in {self.seconds:.1f}s{at_once}"
 
 
-class SystematicFailure(RuntimeError):
+class SystematicFailure(HpaError, RuntimeError):
     """The first samples of a run all failed for one reason, and none was written: the cause is
     the options or the source as a whole, not a bad file, so the run stops."""
 

@@ -2,7 +2,8 @@
 
 A member is held in memory until complete (a TIFF is a few MB), its CRC checked against the
 archive's listing, written under a temporary name and renamed: so a crash never leaves a
-half-written ``.tif``, and a re-run skips every file already there with the listed size.
+half-written ``.tif``, and a re-run skips every file already there with the listed size and
+CRC-32. One extract at a time writes into a folder (its lock, :mod:`..contract.locks`).
 Free space is checked against the listed sizes of the files still to write before anything
 is decoded. Unsafe members (absolute paths, ``..``, links) and files that are not HPA images
 are refused by name and listed in ``extract_report.json``.
@@ -17,12 +18,15 @@ from pathlib import Path
 from .archive import ArchiveError, Member, catalogue, list_members, stream_members
 from ..contract.atomic import SUFFIX, write_bytes, write_json
 from ..contract.progress import Counter, ProgressCallback
+from .checksum import crc32
 from .exit_status import EXIT_SOME_FAILED
+from ..contract.errors import HpaError
+from ..contract.locks import folder_locked
 
 REPORT_NAME = "extract_report.json"
 
 
-class DiskSpaceError(OSError):
+class DiskSpaceError(HpaError, OSError):
     """Not enough free space for the files still to extract."""
 
 
@@ -77,11 +81,25 @@ def plan_extract(archive: str | Path, out_dir: Path, decoder: str | None = None)
     for members in listing.images.values():
         for m in members.values():
             target = out_dir / m.basename
-            if target.exists() and target.stat().st_size == m.size:
+            if _already_extracted(target, m):
                 plan.skipped += 1
             else:
                 plan.todo.append(m)
     return plan
+
+
+def _already_extracted(target: Path, member: Member) -> bool:
+    """Whether ``target`` holds ``member`` already: the same size and, where the archive lists
+    one, the same CRC-32 (a file damaged since, or another file of that size, is extracted again)."""
+    if not target.is_file() or target.stat().st_size != member.size:
+        return False
+    if member.crc32 is None:
+        return True
+    value = 0
+    with target.open("rb") as f:
+        while block := f.read(16 << 20):
+            value = crc32(block, value)
+    return value == member.crc32
 
 
 def check_free_space(out_dir: Path, needed: int, margin: int = 256 * 2**20) -> None:
@@ -103,7 +121,13 @@ def extract_archives(archives: list[str | Path], out_dir: str | Path,
     ``py7zr`` (see :mod:`.archive`).
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with folder_locked(out, "extract target"):
+        return _extract_archives(archives, out, progress, decoder)
+
+
+def _extract_archives(archives: list[str | Path], out: Path, progress: ProgressCallback | None,
+                      decoder: str | None) -> ExtractReport:
+    """:func:`extract_archives`, holding the target's lock."""
     for leftover in out.glob(f"*{SUFFIX}"):
         leftover.unlink()
     plans = [plan_extract(a, out, decoder) for a in archives]

@@ -51,12 +51,13 @@ import tifffile
 
 from ..contract.labels import FILTERS
 from ..contract.spec import level_sizes  # noqa: F401 - re-exported: levels are part of the store contract
+from ..contract.errors import HpaError
 
 SUPPORTED_DTYPES = (np.uint8, np.uint16)
 UINT16_TO_UINT8 = 257.0
 
 
-class ImageError(ValueError):
+class ImageError(HpaError, ValueError):
     """A TIFF that cannot be used: unreadable, wrong dtype or shape, channels that disagree."""
 
 

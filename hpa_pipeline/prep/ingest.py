@@ -29,6 +29,7 @@ from ..contract.locations import is_url
 from ..contract.machine import usable_cores
 from ..contract.progress import Counter, ProgressCallback
 from ..contract.spec import StoreSpec
+from ..contract.locks import writes_store
 from .memory import keep_freed_buffers
 from .scheduler import WORKER_TIMEOUT, announcing, check_cluster_choice, dask_client, in_flight_limit, run_bounded
 
@@ -47,6 +48,7 @@ def ingest_workers() -> int:
     return max(1, usable_cores() - 1)
 
 
+@writes_store
 def ingest(archive: str | Path, csv: str | Path, out: str | Path, spec: StoreSpec, workers: int | None = None,
            scheduler: str | None = None, cluster: str = "threads", progress: ProgressCallback | None = None,
            threads_per_worker: int = 1, worker_timeout: float = WORKER_TIMEOUT, decoder: str | None = None,

@@ -10,6 +10,8 @@ import numpy as np
 from ..contract.labels import FILTERS
 from ..contract.locations import bytes_under, join
 from ..contract.store import level_arrays, open_store, read_report
+from ..contract.errors import OptionError
+from ..contract.spec import StoreError
 
 
 def _codec_names(array) -> list[str]:
@@ -89,7 +91,7 @@ def montage_level(path: str | Path, sizes: list[int], level: int | None = None) 
     if level is None:
         return min(sizes, key=lambda s: abs(s - 256))
     if level not in sizes:
-        raise ValueError(f"no level {level} in {path}; levels are {sizes}")
+        raise OptionError(f"no level {level} in {path}; levels are {sizes}")
     return level
 
 
@@ -101,7 +103,7 @@ def write_montage(path: str | Path, out_png: str | Path, n: int = 16, level: int
     size = montage_level(path, list(level_arrays(root)), level)
     done = np.flatnonzero(root["done"][:])[:n]
     if done.size == 0:
-        raise ValueError(f"{path}: no sample is done yet, nothing to show")
+        raise StoreError(f"{path}: no sample is done yet, nothing to show")
     images = root[f"images/{size}"]
     labels = root["labels"][:] if meta["has_labels"] else None
     tiles = []

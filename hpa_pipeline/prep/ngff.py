@@ -14,6 +14,7 @@ import zarr
 
 from ..contract.labels import check_sample_id
 from ..contract.store import CHANNEL_COLORS, level_arrays, ngff_axes, ngff_levels, open_store
+from ..contract.spec import StoreError
 
 NGFF_VERSION = "0.5"
 
@@ -43,11 +44,11 @@ def export_ngff(store: str | Path, ids: list[str], out_dir: str | Path) -> list[
     index_of = {sample_id: i for i, sample_id in enumerate(meta["ids"])}
     unknown = [i for i in ids if i not in index_of]
     if unknown:
-        raise ValueError(f"not in {store}: {', '.join(unknown)}")
+        raise StoreError(f"not in {store}: {', '.join(unknown)}")
     done = root["done"][:]
     not_done = [i for i in ids if not done[index_of[i]]]
     if not_done:
-        raise ValueError(f"not written (yet) in {store}: {', '.join(not_done)}")
+        raise StoreError(f"not written (yet) in {store}: {', '.join(not_done)}")
     for sample_id in ids:  # ids become file names: none may lead out of out_dir
         check_sample_id(sample_id, f"{store}")
     sizes = list(level_arrays(root))
@@ -57,7 +58,7 @@ def export_ngff(store: str | Path, ids: list[str], out_dir: str | Path) -> list[
     for sample_id in ids:
         target = out_dir / f"{sample_id}.ome.zarr"
         if target.resolve().parent != out_dir.resolve():
-            raise ValueError(f"{store}: id {sample_id!r} would be written outside {out_dir}")
+            raise StoreError(f"{store}: id {sample_id!r} would be written outside {out_dir}")
         image = zarr.open_group(str(target), mode="w", zarr_format=3)
         first = root[f"images/{sizes[0]}"]
         for k, s in enumerate(sizes):

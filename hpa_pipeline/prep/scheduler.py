@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from ..contract.progress import Progress, ProgressCallback, report
+from ..contract.errors import HpaError
 
 LOCAL_CLUSTERS = ("threads", "processes")
 #: seconds to wait for the first worker of a cluster (--worker-timeout); a queue may be slow
@@ -51,7 +52,7 @@ RECIPE_KINDS = {  # kind: (module, class, extra to install)
 }
 
 
-class ClusterError(ValueError):
+class ClusterError(HpaError, ValueError):
     """A cluster choice or recipe that cannot be used; says why."""
 
 

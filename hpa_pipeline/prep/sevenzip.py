@@ -39,11 +39,12 @@ from pathlib import Path
 
 from .checksum import crc32
 from ..contract.machine import usable_cores
+from ..contract.errors import HpaError
 
 MIN_VERSION = (18, 3)
 
 
-class SevenZipError(RuntimeError):
+class SevenZipError(HpaError, RuntimeError):
     """7zz cannot read the archive (the message is 7zz's own)."""
 
 

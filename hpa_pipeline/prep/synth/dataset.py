@@ -29,6 +29,7 @@ from ...contract.atomic import replacing
 from ...contract.labels import FILTERS, N_CLASSES, REAL_CLASS_COUNTS, REAL_N_SAMPLES, read_sample_table, write_labels_csv
 from ...contract.progress import Counter, ProgressCallback
 from .cells import render_sample
+from ...contract.errors import OptionError
 
 #: TIFF compressions that ``--compression`` offers, as tifffile names them.
 TIFF_COMPRESSIONS = {"none": None, "deflate": "zlib", "zlib": "zlib", "lzw": "lzw", "zstd": "zstd"}
@@ -81,20 +82,20 @@ class SynthSpec:
 
     def __post_init__(self):
         if self.form not in FORMS:
-            raise ValueError(f"unknown form {self.form!r}; choose from {FORMS}")
+            raise OptionError(f"unknown form {self.form!r}; choose from {FORMS}")
         if self.bit_depth not in (8, 16):
-            raise ValueError(f"bit depth must be 8 or 16, not {self.bit_depth}")
+            raise OptionError(f"bit depth must be 8 or 16, not {self.bit_depth}")
         if self.compression not in TIFF_COMPRESSIONS:
-            raise ValueError(f"unknown TIFF compression {self.compression!r}; choose from {sorted(TIFF_COMPRESSIONS)}")
+            raise OptionError(f"unknown TIFF compression {self.compression!r}; choose from {sorted(TIFF_COMPRESSIONS)}")
         if self.archive_method not in ARCHIVE_METHODS:
-            raise ValueError(f"unknown archive method {self.archive_method!r}; choose from {sorted(ARCHIVE_METHODS)}")
+            raise OptionError(f"unknown archive method {self.archive_method!r}; choose from {sorted(ARCHIVE_METHODS)}")
         if self.n_train < 0 or self.n_test < 0 or self.samples == 0:
             note = "; --form jpeg-folder writes training samples only" if self.train_only else ""
-            raise ValueError(f"nothing to write: n_train {self.n_train}, n_test {self.n_test} (counts of 0 or more, "
+            raise OptionError(f"nothing to write: n_train {self.n_train}, n_test {self.n_test} (counts of 0 or more, "
                              f"at least one sample{note})")
         bad = [s for s in self.image_sizes if s < 64 or s % 4]
         if bad or not self.image_sizes:
-            raise ValueError(f"image sizes must be multiples of 4 and at least 64, got {self.image_sizes}")
+            raise OptionError(f"image sizes must be multiples of 4 and at least 64, got {self.image_sizes}")
 
 
 @dataclass

@@ -1,0 +1,133 @@
+"""``hpa-pipe verify``: damage at rest is found and named per sample, and ``--repair`` followed by
+the same ingest command rebuilds exactly the damaged samples into a store equal to a clean build."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import zarr
+from click.testing import CliRunner
+
+from hpa_pipeline.cli import cli
+from hpa_pipeline.contract.store import StoreSpec
+from hpa_pipeline.prep.ingest import ingest
+
+from .helpers import assert_same_stores
+
+SPEC = dict(size=128, levels=2, chunk=64)
+
+
+@pytest.fixture(scope="module", params=["zstd", "none"])
+def clean(small_dataset, tmp_path_factory, request):
+    store = tmp_path_factory.mktemp("verify") / f"clean-{request.param}.zarr"
+    assert ingest(small_dataset.train_archive, small_dataset.train_csv, store,
+                  StoreSpec(codec=request.param, **SPEC)).exit_code == 0
+    return store
+
+
+def _copy(clean, tmp_path):
+    store = tmp_path / "damaged.zarr"
+    shutil.copytree(clean, store)
+    return store
+
+
+def _shard(store, level, index):
+    return store / "images" / str(level) / "c" / str(index) / "0" / "0" / "0"
+
+
+def _flip(path, at):
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _verify(*args):
+    return CliRunner().invoke(cli, ["verify", *map(str, args)])
+
+
+def test_an_undamaged_store_verifies_clean(clean):
+    result = _verify(clean)
+    assert result.exit_code == 0, result.output
+    assert "12 done samples checked, 0 damaged, 0 store problems" in result.output
+    report = json.loads(_verify(clean, "--json").output)
+    assert report["clean"] and report["checked"] == 12 and report["chunk_checksums"]
+
+
+def test_each_kind_of_damage_is_one_line_naming_the_sample(clean, tmp_path, small_dataset):
+    store = _copy(clean, tmp_path)
+    ids = zarr.open_group(str(store), mode="r").attrs["hpa"]["ids"]
+    _flip(_shard(store, 128, 1), 100)  # a bit inside a chunk
+    _shard(store, 64, 4).unlink()  # a deleted shard
+    shard = _shard(store, 128, 7)
+    shard.write_bytes(shard.read_bytes()[:50])  # a shard cut short
+    _flip(_shard(store, 64, 9), -10)  # a bit of the index
+    result = _verify(store)
+    assert result.exit_code == 3
+    damaged = [line for line in result.output.splitlines() if line.strip().startswith("damaged:")]
+    assert len(damaged) == 4
+    for index, what in ((1, "CRC32C"), (4, "missing"), (7, "cut short"), (9, "index fails its CRC32C")):
+        [line] = [d for d in damaged if f"damaged: {ids[index]}:" in d]
+        assert what in line and f"/c/{index}/0/0/0" in line
+    assert "4 damaged" in result.output and "--repair" in result.output
+    report = json.loads(_verify(store, "--json").output)
+    assert not report["clean"] and set(report["damaged"]) == {ids[i] for i in (1, 4, 7, 9)}
+
+
+def test_repair_then_the_same_ingest_rebuilds_exactly_the_damaged_samples(clean, tmp_path, small_dataset):
+    store = _copy(clean, tmp_path)
+    codec = "none" if "none" in clean.name else "zstd"
+    _flip(_shard(store, 128, 2), 200)
+    _shard(store, 64, 5).unlink()
+    result = _verify(store, "--repair")
+    assert result.exit_code == 3 and "2 marked not done" in result.output
+    assert not zarr.open_group(str(store), mode="r")["done"][:][[2, 5]].any()
+    assert _verify(store).exit_code == 0  # what is left is sound (and the statistics agree with it)
+    again = ingest(small_dataset.train_archive, small_dataset.train_csv, store, StoreSpec(codec=codec, **SPEC))
+    assert again.exit_code == 0 and (again.written, again.done_before) == (2, 10)
+    assert_same_stores(store, clean, ["images/128", "images/64", "labels", "done", "channel_sums", "source_shape"],
+                       statistics=True)
+    for index in range(12):
+        for level in (128, 64):
+            assert _shard(store, level, index).read_bytes() == _shard(clean, level, index).read_bytes()
+
+
+def test_a_lost_labels_chunk_and_stale_statistics_are_store_problems(clean, tmp_path):
+    store = _copy(clean, tmp_path)
+    (store / "labels" / "c" / "0" / "0").unlink()  # would read as "no label" for every sample
+    group = zarr.open_group(str(store), mode="r+")
+    meta = dict(group.attrs["hpa"])
+    meta["statistics"]["128"]["mean"][0] += 1.0
+    group.attrs["hpa"] = meta
+    result = _verify(store)
+    assert result.exit_code == 3
+    assert "a chunk of labels is missing" in result.output and "statistics do not match" in result.output
+
+
+def test_a_damaged_metadata_file_is_one_line_naming_it(clean, tmp_path):
+    store = _copy(clean, tmp_path)
+    level_meta = store / "images" / "64" / "zarr.json"
+    level_meta.write_text(level_meta.read_text()[:40])
+    result = _verify(store)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"{level_meta}: damaged metadata file" in result.output
+
+
+def test_a_store_without_chunk_checksums_is_still_checked_by_its_sums(small_dataset, tmp_path, monkeypatch):
+    """A store written before chunks carried a CRC32C: verify says so, and a flipped pixel is
+    still found, because the pixels no longer add up to the sums written with them."""
+    from zarr.codecs import BloscCodec
+
+    monkeypatch.setattr(StoreSpec, "compressors", lambda self, nbytes: [] if self.codec == "none" else [
+        BloscCodec(cname=self.codec, clevel=self.clevel, shuffle="noshuffle", blocksize=nbytes)])
+    store = tmp_path / "old.zarr"
+    assert ingest(small_dataset.train_archive, small_dataset.train_csv, store,
+                  StoreSpec(codec="none", **SPEC)).exit_code == 0
+    assert "no chunk checksums" in _verify(store).output and _verify(store).exit_code == 0
+    _flip(_shard(store, 128, 3), 1000)
+    result = _verify(store)
+    assert result.exit_code == 3 and "do not add up to the sums" in result.output
+
+
+def test_verify_of_a_folder_that_is_no_store_is_one_line(tmp_path):
+    result = _verify(tmp_path)
+    assert result.exit_code == 1 and "no dataset store there" in result.output
