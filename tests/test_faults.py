@@ -75,3 +75,80 @@ def test_a_killed_or_terminated_training_leaves_no_loader_worker(stores, tmp_pat
         assert result.returncode == 143, result.stderr[-2000:]
         assert "interrupted" in result.stderr and "Traceback" not in result.stderr
     assert _gone(mark) == []
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real tmpfs of 256 MiB at ``tmp_path/disk`` (root only; skipped elsewhere); the test fills it."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def _fill(disk: Path, leave: int = 0) -> Path:
+    """Fill ``disk`` until about ``leave`` bytes are free (0: not a page is left); returns the
+    filler file to delete."""
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        for block in (1 << 16, 1 << 12, 1):
+            try:
+                while os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize > leave or not leave:
+                    os.write(fd, b"\0" * block)
+            except OSError:
+                pass
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_a_full_disk_stops_ingest_with_one_line_and_the_rerun_finishes(small_dataset, small_disk):
+    out = small_disk / "s.zarr"
+    args = ["ingest", str(small_dataset.train_archive), "--csv", str(small_dataset.train_csv), "--out", str(out),
+            "--size", "128", "--levels", "2", "--chunk", "64", "--workers", "1"]
+    filler = _fill(small_disk, leave=300_000)  # room for the store's metadata and a few samples
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1, result.output
+    assert "no space left on the device" in result.output and "Traceback" not in result.output
+    assert "samples are saved whole" in result.output or "free space and run the same command again" in result.output
+    filler.unlink()
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 0 and "12/12 samples done" in again.output, again.output
+    assert CliRunner().invoke(cli, ["verify", str(out)]).exit_code == 0
+    assert not list(out.rglob("*.partial"))
+
+
+def test_a_full_disk_keeps_the_earlier_submission(stores, small_disk, tmp_path):
+    run = tmp_path / "run"
+    assert CliRunner().invoke(cli, _train_args(stores, run, workers="0")[:-2] + ["--steps-per-epoch", "1",
+                                                                               "--epochs", "1"]).exit_code == 0
+    submission = small_disk / "submission.csv"
+    submission.write_text("Id,Predicted\nearlier,0\n")
+    _fill(small_disk)
+    result = CliRunner().invoke(cli, ["predict", "--store", str(stores / "test.zarr"), "--run", str(run),
+                                      "--out", str(submission), "--workers", "0", "--device", "cpu"])
+    assert result.exit_code == 1 and "no space left on the device" in result.output, result.output
+    assert "Traceback" not in result.output
+    assert submission.read_text() == "Id,Predicted\nearlier,0\n"
+    assert [p.name for p in small_disk.iterdir()] == ["submission.csv", "filler"] or \
+        sorted(p.name for p in small_disk.iterdir()) == ["filler", "submission.csv"]
+
+
+def test_a_full_disk_while_checkpointing_keeps_the_last_checkpoint(stores, small_disk):
+    import torch
+
+    run = small_disk / "run"
+    args = _train_args(stores, run, workers="0")
+    first = CliRunner().invoke(cli, args[:args.index("--epochs")] + ["--epochs", "1"] + args[args.index("--epochs") + 2:])
+    assert first.exit_code == 0, first.output
+    last = (run / "checkpoints" / "last.pt").read_bytes()
+    _fill(small_disk)
+    result = CliRunner().invoke(cli, args + ["--resume"])
+    assert result.exit_code == 1 and "no space left on the device" in result.output, result.output
+    assert "Traceback" not in result.output
+    assert (run / "checkpoints" / "last.pt").read_bytes() == last
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 0
+    assert not list(run.rglob("*.partial"))

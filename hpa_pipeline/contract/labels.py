@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 from .errors import HpaError
+from .atomic import replacing
 
 CLASS_NAMES: tuple[str, ...] = (
     "Nucleoplasm", "Nuclear membrane", "Nucleoli", "Nucleoli fibrillar center",
@@ -206,7 +207,7 @@ def write_labels_csv(path: str | Path, ids, label_sets, column: str = "Target") 
     """Write ``Id,<column>`` rows with ascending space-separated labels."""
     import csv
 
-    with open(path, "w", newline="") as f:
+    with replacing(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(["Id", column])
         writer.writerows([sample_id, format_target(c)] for sample_id, c in zip(ids, label_sets))

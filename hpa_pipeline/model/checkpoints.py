@@ -9,6 +9,8 @@ with one line naming it.
 """
 from __future__ import annotations
 
+import errno
+import os
 import pickle
 import zipfile
 from pathlib import Path
@@ -20,9 +22,22 @@ from .run_folder import RunError
 
 
 def save_checkpoint(obj: dict, path: Path) -> None:
-    """Write ``obj`` to ``path`` whole or not at all (a temporary name, then a rename)."""
+    """Write ``obj`` to ``path`` whole or not at all (a temporary name, then a rename); the
+    earlier checkpoint stays when the disk fills up."""
     with replacing(path) as tmp:  # streamed to disk: a checkpoint can be GBs
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as exc:  # torch's writer reports a failed write as "unexpected pos" & co.
+            if _disk_full(tmp):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
+            raise
+
+
+def _disk_full(path: Path) -> bool:
+    """Whether the file system of ``path`` has (next to) no space left: the cause of a failed write."""
+    import shutil
+
+    return shutil.disk_usage(path.parent).free < 1 << 20
 
 
 def load_checkpoint(path: Path, device) -> dict:

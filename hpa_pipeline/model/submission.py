@@ -16,6 +16,7 @@ from ..contract.labels import (N_CLASSES, LabelError, parse_target, read_csv_tab
                                write_labels_csv)
 from .metrics import f1_table, macro_f1
 from ..contract.errors import HpaError
+from ..contract.atomic import replacing
 
 
 class SubmissionError(HpaError, ValueError):
@@ -23,8 +24,11 @@ class SubmissionError(HpaError, ValueError):
 
 
 def write_submission(path: str | Path, ids: list[str], labels: np.ndarray) -> Path:
-    write_labels_csv(path, ids, [np.flatnonzero(row) for row in labels], column="Predicted")
-    validate_submission(path, ids)
+    """Write the submission under a temporary name, check it, then rename it over ``path``: a
+    full disk or a kill leaves the earlier submission as it was."""
+    with replacing(path) as tmp:
+        write_labels_csv(tmp, ids, [np.flatnonzero(row) for row in labels], column="Predicted")
+        validate_submission(tmp, ids)
     return Path(path)
 
 

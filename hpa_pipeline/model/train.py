@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..contract.atomic import Interrupted, replacing, write_json
+from ..contract.atomic import Interrupted, replacing, write_bytes, write_json
 from ..contract.labels import CLASS_NAMES
 from ..contract.locks import store_locked
 from ..contract.machine import usable_cores
@@ -547,7 +547,7 @@ def write_epoch(run: RunFolder, cfg: TrainConfig, plan: Plan, state: TrainState,
             **{k: v for k, v in row.items() if k.startswith("valid_macro_f1")},
             "support": evaluation.truth.sum(0).astype(int).tolist(),
             "per_class_f1": per_class_f1(evaluation.truth, tuned).tolist()})
-        (run.path / "f1_table.txt").write_text(f1_table(evaluation.truth, tuned) + "\n")
+        write_bytes(run.path / "f1_table.txt", (f1_table(evaluation.truth, tuned) + "\n").encode())
     fault_point("after_best")
     row = {**row, "checkpoint_s": round(time.perf_counter() - started, 3)}
     append_metrics(run, row)
@@ -569,6 +569,12 @@ def _tensorboard(run: RunFolder, first_epoch: int):
     except ImportError:
         return None
     return SummaryWriter(str(run.path / "tensorboard"), purge_step=first_epoch if first_epoch > 0 else None)
+
+
+def save_figure(fig, path: Path) -> None:
+    """A matplotlib figure as a PNG, written whole or not at all."""
+    with replacing(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
 
 
 def plot_run(run: RunFolder) -> None:
@@ -596,7 +602,7 @@ def plot_run(run: RunFolder) -> None:
     for axis in (a, b):
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
-    fig.savefig(run.path / "curves.png", dpi=100)
+    save_figure(fig, run.path / "curves.png")
     plt.close(fig)
     if run.thresholds.exists():
         result = json.loads(run.thresholds.read_text())
@@ -613,5 +619,5 @@ def plot_run(run: RunFolder) -> None:
         ax.set(xlabel=f"F1 (tuned thresholds, best epoch {result['epoch'] + 1}); (n) = validation samples",
                xlim=(0, 1))
         fig.tight_layout()
-        fig.savefig(run.path / "per_class_f1.png", dpi=100)
+        save_figure(fig, run.path / "per_class_f1.png")
         plt.close(fig)

@@ -31,7 +31,8 @@ class BuildReport:
     n_samples: int
     done_before: int = 0
     written: int = 0
-    failed: list[dict] = field(default_factory=list)  # {"id", "reason"} for each sample not written
+    #: {"id", "reason"} for each sample not written; "exception": the type of an unexpected failure
+    failed: list[dict] = field(default_factory=list)
     not_in_csv: list[str] = field(default_factory=list)  # ids found in the source but not in the CSV
     unknown_files: list[str] = field(default_factory=list)  # files that are not <id>_<filter>.tif
     refused: list[str] = field(default_factory=list)  # unsafe archive members, with the reason
@@ -50,7 +51,8 @@ class BuildReport:
     def problems(self) -> list[tuple[str, str]]:
         """(kind, line) of an archive error and of each failed sample, for a report's reader."""
         archive = [("archive error", self.archive_error)] if self.archive_error else []
-        return archive + [("failed", failure["reason"]) for failure in self.failed]
+        return archive + [(f"failed (unexpected {failure['exception']}: a bug? see the report)"
+                           if "exception" in failure else "failed", failure["reason"]) for failure in self.failed]
 
     def summary(self) -> str:
         parts = [f"{self.done}/{self.n_samples} samples done ({self.written} written now, "
@@ -69,6 +71,10 @@ class BuildReport:
 class SystematicFailure(HpaError, RuntimeError):
     """The first samples of a run all failed for one reason, and none was written: the cause is
     the options or the source as a whole, not a bad file, so the run stops."""
+
+
+class DiskFull(HpaError, OSError):
+    """The store's disk filled up during a build; what was written is whole and kept."""
 
 
 def failure_kind(sample_id: str, reason: str) -> str:
@@ -103,6 +109,7 @@ class StoreBuilder:
         self.book = SampleBook(self.root)
         self.report = BuildReport(command, self.out, source, len(table), done_before=int(self.book.done.sum()))
         self.failures: dict[int, str] = {}
+        self.exceptions: dict[int, str] = {}  # index -> exception type of an unexpected failure
         self.started = time.perf_counter()
         self._last_flush = time.perf_counter()
         # the kind of the failures so far and how many, while all alike (:func:`failure_kind`); None once
@@ -119,6 +126,8 @@ class StoreBuilder:
                          self.spec.dtype, names or {}, self.upscale)
 
     def on_result(self, result: SampleResult) -> None:
+        if result.disk_full:
+            self._stop_on_a_full_disk()
         if result.ok:
             self.book.mark_done(result.index, result.source_shape, result.source_bits, result.sums)
             self.report.written += 1
@@ -127,12 +136,12 @@ class StoreBuilder:
                 self.book.flush()
                 self._last_flush = time.perf_counter()
         else:
-            self.fail(result.index, result.error)
+            self.fail(result.index, result.error, result.exception)
             self._give_up_if_all_alike(result.sample_id, result.error)
 
     def on_error(self, job: SampleJob, exc: BaseException) -> None:
         reason = f"{job.sample_id}: task failed ({type(exc).__name__}: {exc})"
-        self.fail(job.index, reason)
+        self.fail(job.index, reason, type(exc).__name__)
         self._give_up_if_all_alike(job.sample_id, reason)
 
     def until_given_up(self, jobs: Iterable[SampleJob]) -> Iterator[SampleJob]:
@@ -165,8 +174,21 @@ class StoreBuilder:
             self.given_up = (f"stopped: the first {count + 1} samples all failed alike, e.g. {reason}; nothing "
                              f"was written in this run. Fix the cause and run the command again{afresh}")
 
-    def fail(self, index: int, reason: str) -> None:
+    def fail(self, index: int, reason: str, exception: str | None = None) -> None:
+        """Record a sample not written; ``exception``: the type of an unexpected failure."""
         self.failures[index] = reason
+        if exception is not None:
+            self.exceptions[index] = exception
+
+    def _stop_on_a_full_disk(self) -> None:
+        """Save the done flags (if there is room) and stop: every later sample would fail alike."""
+        try:
+            self.book.flush()
+        except OSError:
+            pass  # the flags of the last second are lost: those samples are simply redone
+        done = int(self.book.done.sum())
+        raise DiskFull(f"{self.out}: no space left on the device; {done}/{len(self.table)} samples are saved "
+                       f"whole (nothing is half-written): free space and run the same command again to go on")
 
     @contextmanager
     def saving_on_interrupt(self):
@@ -187,7 +209,9 @@ class StoreBuilder:
         self.root.attrs["hpa"] = meta
         for key, value in extra.items():
             setattr(self.report, key, value)
-        self.report.failed = [{"id": self.table.ids[i], "reason": r} for i, r in sorted(self.failures.items())]
+        self.report.failed = [{"id": self.table.ids[i], "reason": r,
+                               **({"exception": self.exceptions[i]} if i in self.exceptions else {})}
+                              for i, r in sorted(self.failures.items())]
         self.report.seconds = time.perf_counter() - self.started
         write_report(self.out, asdict(self.report))
         return self.report

@@ -12,6 +12,7 @@ from ..contract.locations import bytes_under, join
 from ..contract.store import level_arrays, open_store, read_report
 from ..contract.errors import OptionError
 from ..contract.spec import StoreError
+from ..contract.atomic import write_bytes
 
 
 def _codec_names(array) -> list[str]:
@@ -119,6 +120,9 @@ def write_montage(path: str | Path, out_png: str | Path, n: int = 16, level: int
     rows = [np.hstack(tiles[i:i + columns]) for i in range(0, len(tiles), columns)]
     grid = np.vstack(rows)
     out_png = Path(out_png)
-    if not cv2.imwrite(str(out_png), grid):
+    ok, encoded = cv2.imencode(".png", grid)
+    if ok:
+        write_bytes(out_png, encoded.tobytes())
+    if not ok:
         raise OSError(f"could not write {out_png}")
     return out_png

@@ -8,6 +8,10 @@ level, 2 at the next, and so on (axes carry no unit).
 """
 from __future__ import annotations
 
+import os
+import shutil
+import uuid
+
 from pathlib import Path
 
 import zarr
@@ -37,6 +41,35 @@ def _omero(channels: list[str], dtype_max: int) -> dict:
     }
 
 
+def _write_image(path: Path, root, index: int, sample_id: str, sizes: list[int], channels: list[str]) -> None:
+    """Sample ``index`` of the store as one OME-Zarr 0.5 multiscale image at ``path``."""
+    image = zarr.open_group(str(path), mode="w-", zarr_format=3)
+    first = root[f"images/{sizes[0]}"]
+    for k, s in enumerate(sizes):
+        data = root[f"images/{s}"][index]
+        chunk = min(256, s)
+        array = image.create_array(str(k), shape=data.shape, dtype=data.dtype, chunks=(1, chunk, chunk),
+                                   dimension_names=("c", "y", "x"))
+        array[:] = data
+    image.attrs["ome"] = {
+        "version": NGFF_VERSION,
+        "multiscales": _multiscales(sample_id, sizes),
+        "omero": _omero(channels, int(255 if first.dtype == "uint8" else 65535)),
+    }
+
+
+def _replace_folder(new: Path, target: Path) -> None:
+    """Put the finished folder ``new`` at ``target``; an earlier export there goes only now, so a
+    kill or a full disk while exporting leaves it as it was."""
+    old = None
+    if target.exists():
+        old = target.with_name(f"{target.name}.{uuid.uuid4().hex}.replaced")
+        os.replace(target, old)
+    os.replace(new, target)
+    if old is not None:
+        shutil.rmtree(old)
+
+
 def export_ngff(store: str | Path, ids: list[str], out_dir: str | Path) -> list[Path]:
     """Write ``out_dir/<id>.ome.zarr`` for each id; unknown or not-done ids are errors naming them."""
     root = open_store(store)
@@ -59,18 +92,12 @@ def export_ngff(store: str | Path, ids: list[str], out_dir: str | Path) -> list[
         target = out_dir / f"{sample_id}.ome.zarr"
         if target.resolve().parent != out_dir.resolve():
             raise StoreError(f"{store}: id {sample_id!r} would be written outside {out_dir}")
-        image = zarr.open_group(str(target), mode="w", zarr_format=3)
-        first = root[f"images/{sizes[0]}"]
-        for k, s in enumerate(sizes):
-            data = root[f"images/{s}"][index_of[sample_id]]
-            chunk = min(256, s)
-            array = image.create_array(str(k), shape=data.shape, dtype=data.dtype, chunks=(1, chunk, chunk),
-                                       dimension_names=("c", "y", "x"))
-            array[:] = data
-        image.attrs["ome"] = {
-            "version": NGFF_VERSION,
-            "multiscales": _multiscales(sample_id, sizes),
-            "omero": _omero(meta["channels"], int(255 if first.dtype == "uint8" else 65535)),
-        }
+        partial = target.with_name(f"{target.name}.{uuid.uuid4().hex}.partial")
+        try:
+            _write_image(partial, root, index_of[sample_id], sample_id, sizes, meta["channels"])
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        _replace_folder(partial, target)
         written.append(target)
     return written

@@ -6,6 +6,7 @@ coordinator marks it done after reading the result.
 """
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +41,8 @@ class SampleResult:
     source_shape: tuple[int, int] = (0, 0)
     source_bits: int = 0
     sums: np.ndarray | None = None
+    disk_full: bool = False  # the store's disk filled up: the run stops (every later sample would fail too)
+    exception: str | None = None  # the type of an unexpected failure (a bug, or a store fault): kept in the report
 
     @property
     def ok(self) -> bool:
@@ -64,5 +67,10 @@ def process_sample(job: SampleJob) -> SampleResult:
         if not message.startswith(job.sample_id):
             message = f"{job.sample_id}: {message}"
         return SampleResult(job.index, job.sample_id, message)
-    except Exception as exc:  # a bug or a store failure: still one sample, with its cause
-        return SampleResult(job.index, job.sample_id, f"{job.sample_id}: {type(exc).__name__}: {exc}")
+    except OSError as exc:
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        return SampleResult(job.index, job.sample_id, f"{job.sample_id}: {type(exc).__name__}: {exc}", disk_full=full,
+                            exception=None if full else type(exc).__name__)
+    except Exception as exc:  # a bug or a store failure: still one sample, with its cause and type
+        return SampleResult(job.index, job.sample_id, f"{job.sample_id}: {type(exc).__name__}: {exc}",
+                            exception=type(exc).__name__)
