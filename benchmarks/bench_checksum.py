@@ -51,7 +51,10 @@ def run() -> dict:
                 build_zarr(tiff, data / "train.csv", plain, spec, workers=2)
             build_zarr(tiff, data / "train.csv", checked, spec, workers=2)
             n = 48
-            first = {store: first_pass_crops_per_second(store, n) for store in (plain, checked)}
+            first = {}
+            for store in (plain, checked, plain, checked):  # alternated, best of two: the first read of a
+                # store also pays for its opening, whichever is measured first
+                first[store] = max(first.get(store, 0.0), first_pass_crops_per_second(store, n))
             steady = {}
             for store in (plain, checked, plain, checked):  # alternated: the machine's drift hits both
                 dataset = StoreDataset(str(store), 1024, np.arange(n), crop=CROP, train=True)

@@ -71,8 +71,14 @@ class Member:
             return "has an absolute path"
         if ".." in name.split("/"):
             return "has a '..' path component"
+        if self.size > MAX_MEMBER_BYTES:
+            return (f"declares {self.size / 2**30:.1f} GiB unpacked, over the limit of {MAX_MEMBER_BYTES / 2**30:.0f} "
+                    f"GiB per image (a real HPA channel is under 20 MB; a member this large would exhaust memory)")
         return None
 
+
+#: the most an archive member may unpack to; each is held in memory while its sample is processed
+MAX_MEMBER_BYTES = 1 << 30
 
 VOLUME_SUFFIX = re.compile(r"\.(\d{3,4})$")
 

@@ -54,6 +54,10 @@ from ..contract.spec import level_sizes  # noqa: F401 - re-exported: levels are 
 from ..contract.errors import HpaError
 
 SUPPORTED_DTYPES = (np.uint8, np.uint16)
+#: the most pixels one channel image may declare (16384²; the competition's are 2048² or 3072²):
+#: checked from the header before anything is allocated, so a hostile or broken header that
+#: declares 100,000² fails its sample instead of exhausting memory
+MAX_PIXELS = 16384 * 16384
 UINT16_TO_UINT8 = 257.0
 
 
@@ -79,6 +83,7 @@ def read_image(source: bytes | str | Path, name: str | None = None, filt: str | 
     import imagecodecs
 
     data = source if isinstance(source, (bytes, bytearray, memoryview)) else Path(source).read_bytes()
+    _check_declared_size(_declared_shape(data, suffix), label)
     try:
         image = imagecodecs.png_decode(data) if suffix == ".png" else imagecodecs.jpeg8_decode(data)
     except Exception as exc:  # truncated or corrupt file
@@ -90,6 +95,33 @@ def read_image(source: bytes | str | Path, name: str | None = None, filt: str | 
     if image.dtype not in SUPPORTED_DTYPES:
         raise ImageError(f"{label}: sample type {image.dtype}, expected uint8 or uint16")
     return image
+
+
+def _check_declared_size(shape: tuple[int, ...] | None, label: str) -> None:
+    """Refuse an image whose header declares more than :data:`MAX_PIXELS` pixels per channel."""
+    if shape is None:
+        return
+    height, width = (list(shape) + [1, 1])[:2]
+    if height * width > MAX_PIXELS:
+        raise ImageError(f"{label}: declares {width}x{height} pixels, over the limit of {MAX_PIXELS:,} per channel "
+                         f"(the competition's images are 2048² or 3072²); not decoded")
+
+
+def _declared_shape(data, suffix: str) -> tuple[int, int] | None:
+    """``(height, width)`` from a PNG's IHDR or a JPEG's SOF marker, without decoding; None when
+    the header is not found (the decoder then reports the damage)."""
+    data = memoryview(data)
+    if suffix == ".png":
+        if len(data) >= 24 and bytes(data[12:16]) == b"IHDR":
+            return int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big")
+        return None
+    at = 2
+    while at + 9 <= len(data) and data[at] == 0xFF:
+        marker, length = data[at + 1], int.from_bytes(data[at + 2:at + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start of frame
+            return int.from_bytes(data[at + 5:at + 7], "big"), int.from_bytes(data[at + 7:at + 9], "big")
+        at += 2 + length
+    return None
 
 
 def _mostly_below(others: list[np.ndarray], named: np.ndarray) -> bool:
@@ -135,6 +167,7 @@ def read_tiff(source: bytes | str | Path, name: str | None = None) -> np.ndarray
             if len(tif.pages) != 1:
                 raise ImageError(f"{label}: {len(tif.pages)} pages, expected one single-channel image")
             page = tif.pages[0]
+            _check_declared_size(page.shape, label)
             _check_not_truncated(page, tif.filehandle.size, label)
             image = _uncompressed_view(page, source, tif.byteorder)
             if image is None:

@@ -162,7 +162,9 @@ def _wanted(table: SampleTable, listing: Catalogue, pending: Iterable[int],
         elif sample_id in repeated:
             unusable[sample_id] = repeated[sample_id]
         elif missing := [f for f in FILTERS if f not in members]:
-            unusable[sample_id] = f"{sample_id}: missing channel(s) {', '.join(missing)} in the archive"
+            refusals = [r for r in listing.refused if sample_id in r]  # e.g. a member declaring gigabytes
+            why = f" (refused: {'; '.join(refusals)})" if refusals else " in the archive"
+            unusable[sample_id] = f"{sample_id}: missing channel(s) {', '.join(missing)}{why}"
         else:
             todo[sample_id] = members
     return todo, unusable
