@@ -87,3 +87,23 @@ def test_a_huge_tiff_header_fails_only_its_sample(small_dataset, tmp_path):
                                       str(tmp_path / "s.zarr"), *STORE_ARGS])
     assert result.exit_code == 3 and "11/12 samples done" in result.output, result.output
     assert "declares 100000x100000 pixels" in result.output
+
+
+@pytest.mark.parametrize("decoder", ["7zz", "py7zr"])
+def test_member_names_with_wildcards_and_leading_spaces_are_read_by_both_decoders(small_dataset, tmp_path, decoder):
+    """Legal names that 7-Zip's list file would take as wildcards (``*``, ``?``) or whose spaces
+    a listing parser would strip: every sample is read, whatever its folder is called."""
+    from hpa_pipeline.prep.archive import resolve_decoder
+
+    if decoder == "7zz" and resolve_decoder("auto") is None:
+        pytest.skip("no 7zz here")
+    from .helpers import write_7z
+
+    folders = [" lead", "star*", "what?", "trail ", "plain"]
+    members = [(f"{folders[k % len(folders)]}/{name}", data)
+               for k, (name, data) in enumerate(sorted(read_archive_members(small_dataset.train_archive)))]
+    archive = write_7z(tmp_path / "odd.7z", members)
+    result = CliRunner().invoke(cli, ["ingest", str(archive), "--csv", str(small_dataset.train_csv), "--out",
+                                      str(tmp_path / "s.zarr"), "--decoder", decoder, *STORE_ARGS])
+    assert result.exit_code == 0, result.output
+    assert "12/12 samples done" in result.output

@@ -211,11 +211,13 @@ def describe(seven: SevenZip, archive: str | Path) -> Layout:
 
 
 def _fields(text: str) -> dict[str, str]:
+    """``key = value`` lines of a listing; a ``Path`` is kept exactly (leading and trailing spaces
+    are legal in member names), other values are stripped."""
     out = {}
     for line in text.splitlines():
         key, sep, value = line.partition(" = ")
         if sep:
-            out[key.strip()] = value.strip()
+            out[key.strip()] = value if key.strip() == "Path" else value.strip()
     return out
 
 
@@ -305,13 +307,16 @@ def stream_block(seven: SevenZip, archive: str | Path, entries: list[Entry], del
     """Decode ``entries`` (one block's wanted members, in archive order) with one 7zz process;
     ``deliver(entry, data, error)`` for each. Returns 7zz's error when the stream broke off."""
     names = sorted({e.name for e in entries})
+    # 7-Zip trims each line of a list file: names with spaces at an end go on the command line
+    exact = [n for n in names if n != n.strip()]
     with tempfile.NamedTemporaryFile("w", suffix=".txt", encoding="utf-8", delete=False) as listing:
-        listing.write("\n".join(names) + "\n")
-    args = [seven.path, "x", "-so", "-bd", "-y", "-sccUTF-8", "-scsUTF-8"]
+        listing.write("\n".join(n for n in names if n == n.strip()) + "\n")
+    # -spd: the list file's names are names, not wildcards (a legal '*' or '?' would match others)
+    args = [seven.path, "x", "-so", "-bd", "-y", "-spd", "-sccUTF-8", "-scsUTF-8"]
     if threads:
         args.append(f"-mmt{threads}")
     output = _SocketOutput() if USE_SOCKET else _PipeOutput()
-    process = subprocess.Popen(args + [str(archive), f"@{listing.name}"], stdout=output.child_stdout,
+    process = subprocess.Popen(args + [str(archive), f"@{listing.name}", *exact], stdout=output.child_stdout,
                                stderr=subprocess.PIPE, bufsize=0)
     output.started(process)
     stderr_parts: list[bytes] = []
