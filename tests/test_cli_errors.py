@@ -369,3 +369,19 @@ def test_synth_sample_counts_are_checked(tmp_path, counts, message):
     assert result.exit_code == 2 and message in result.output, result.output
     assert not (tmp_path / "d").exists()
 
+
+
+@pytest.mark.parametrize("text, message", [
+    ("train:\n  n_train: [1, 2]\n", "expected a single value"),
+    ("synth:\n  n_train: {a: 1}\n", "expected a single value"),
+    ("a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+     "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n",
+     "YAML aliases"),
+    ("train: !!python/object/apply:os.system ['echo pwned']\n", "cannot read recipe"),
+])
+def test_a_recipe_value_of_the_wrong_kind_or_a_yaml_bomb_is_one_line(tmp_path, text, message):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(text.replace("n_train: [1, 2]", "epochs: [1, 2]"))
+    result = CliRunner().invoke(cli, ["--config", str(recipe), "synth", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output

@@ -540,3 +540,37 @@ def test_train_stops_at_a_damaged_shard_naming_it(data, tmp_path, workers):
                                       "--epochs", "1", "--batch-size", "8", "--workers", workers])
     assert result.exit_code == 1 and "'s shard index fails its CRC32C checksum" in result.output, result.output
     assert "Traceback" not in result.output and str(shard.parent.parent.parent.parent) in result.output
+
+
+@pytest.mark.parametrize("damage", ["thresholds_27", "thresholds_text", "metrics_row", "config_tag", "config_list"])
+def test_a_damaged_run_file_is_one_line_naming_it(data, finished_run, tmp_path, damage):
+    """thresholds.json with 27 values, a garbage metrics.csv row, a config.yaml with a YAML tag
+    that would build an object: one line naming the file, for predict and for --resume."""
+    import json
+    import shutil
+
+    _, tmp = data
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    file = {"thresholds_27": "thresholds.json", "thresholds_text": "thresholds.json", "metrics_row": "metrics.csv",
+            "config_tag": "config.yaml", "config_list": "config.yaml"}[damage]
+    path = run / file
+    if damage == "thresholds_27":
+        values = json.loads(path.read_text())
+        values["thresholds"] = values["thresholds"][:27]
+        path.write_text(json.dumps(values))
+    elif damage == "thresholds_text":
+        path.write_text("{not json")
+    elif damage == "metrics_row":
+        path.write_text(path.read_text() + "1,garbage,\x00,,\n")
+    elif damage == "config_tag":
+        path.write_text("!!python/object/apply:os.system ['echo pwned']\n")
+    else:
+        path.write_text("- just\n- a list\n")
+    args = (["predict", "--store", str(tmp / "test.zarr"), "--run", str(run), "--out", str(tmp_path / "sub.csv"),
+             "--workers", "0"] if damage != "metrics_row" else
+            ["train", "--out", str(run), "--resume", "--workers", "0"])
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1, result.output
+    assert f"{file}" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "sub.csv").exists()

@@ -23,8 +23,10 @@ def read_recipe(path: str, commands: dict[str, click.Command]) -> dict[str, dict
     against ``commands``; names may be written with ``_`` or ``-``."""
     import yaml
 
+    from ..contract.yaml_files import load_yaml
+
     try:
-        recipe = yaml.safe_load(Path(path).read_text()) or {}
+        recipe = load_yaml(Path(path).read_text()) or {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise click.BadParameter(f"cannot read recipe {path}: {exc}", param_hint="--config") from None
     if not isinstance(recipe, dict) or not all(isinstance(v, dict) for v in recipe.values()):
@@ -42,15 +44,30 @@ def read_recipe(path: str, commands: dict[str, click.Command]) -> dict[str, dict
 
 
 def _check_options(path: str, section, options: dict, command: click.Command) -> None:
-    valid = {p.name for p in command.params if p.name and not p.name.startswith("config")}
-    for key in options:
+    params = {p.name: p for p in command.params if p.name and not p.name.startswith("config")}
+    valid = set(params)
+    for key, value in options.items():
         wanted = str(key).replace("-", "_")
+        if wanted in params:
+            _check_value(path, section, key, value, params[wanted])
         if wanted not in valid:
             near = [ALIASES[wanted]] if ALIASES.get(wanted) in valid else difflib.get_close_matches(wanted, valid, n=1)
             raise click.BadParameter(
                 f"{path}: {section}: unknown option {key!r}"
                 + (f"; did you mean {near[0]!r}?" if near else f"; options: {', '.join(sorted(valid))}"),
                 param_hint="--config")
+
+
+def _check_value(path: str, section, key, value, param: click.Parameter) -> None:
+    """A recipe value is a plain scalar (a list of them for a repeatable option); Click then
+    checks it as it checks the command line."""
+    scalar = (str, int, float, bool, type(None))
+    multiple = getattr(param, "multiple", False)
+    if isinstance(value, scalar) or multiple and isinstance(value, list) and all(isinstance(v, scalar) for v in value):
+        return
+    kind = "a single value or a list of them" if multiple else "a single value (a number, a word or true/false)"
+    raise click.BadParameter(f"{path}: {section}: {key} is {type(value).__name__} {value!r:.80}; expected {kind}",
+                             param_hint="--config")
 
 
 def _commands(ctx: click.Context) -> dict[str, click.Command]:

@@ -26,6 +26,7 @@ from .metrics import predict_labels
 from .models import create_model
 from .run_folder import RunError, RunFolder, read_config
 from ..contract.spec import StoreError
+from ..contract.labels import N_CLASSES
 
 
 def tta_views(images: torch.Tensor, n: int):
@@ -93,6 +94,22 @@ class TrainedRun:
         return Normalizer(self.normalization["mean"], self.normalization["std"])
 
 
+def read_thresholds(path: Path) -> np.ndarray:
+    """The 28 per-class thresholds of a ``thresholds.json``, each a number in [0, 1]; anything
+    else is a :class:`RunError` naming the file."""
+    try:
+        values = json.loads(path.read_text())["thresholds"]
+        thresholds = np.array(values, dtype=np.float64)
+    except FileNotFoundError:
+        raise RunError(f"{path}: missing (has this run finished an epoch?)") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RunError(f"{path}: not a readable thresholds file ({type(exc).__name__}: {exc})") from None
+    if thresholds.shape != (N_CLASSES,) or not np.all((thresholds >= 0) & (thresholds <= 1)):
+        raise RunError(f"{path}: expected {N_CLASSES} thresholds between 0 and 1, found "
+                       f"{thresholds.size} values{'' if thresholds.size != N_CLASSES else ' outside [0, 1]'}")
+    return thresholds
+
+
 def load_run(path: str | Path, device) -> TrainedRun:
     """The best weights of a run, its options, thresholds and training normalisation."""
     run = RunFolder(Path(path))
@@ -107,7 +124,7 @@ def load_run(path: str | Path, device) -> TrainedRun:
         raise RunError(f"{run.best}: not a checkpoint of this project (no model weights)")
     model = create_model(cfg.arch, cfg.backend, drop_rate=cfg.drop_rate).to(device)
     load_weights(model, state["model"], run.best)
-    thresholds = np.array(json.loads(run.thresholds.read_text())["thresholds"])
+    thresholds = read_thresholds(run.thresholds)
     return TrainedRun(run.path, model, cfg, thresholds, normalization)
 
 

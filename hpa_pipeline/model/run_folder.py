@@ -30,6 +30,7 @@ from ..contract.atomic import replacing
 from .config import TrainConfig
 from .folds import make_folds
 from ..contract.errors import HpaError
+from ..contract.yaml_files import load_yaml
 
 #: options that change how a run is executed, not what it computes; a resume may change them
 FREE_ON_RESUME = ("store", "out", "workers", "device")
@@ -77,10 +78,18 @@ def read_config(path: Path) -> tuple[TrainConfig, dict | None]:
     written before it was saved)."""
     if not path.exists():
         raise RunError(f"{path.parent}: no config.yaml (is this a run folder?)")
-    values = yaml.safe_load(path.read_text()) or {}
+    try:
+        values = load_yaml(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise RunError(f"{path}: not a readable run configuration ({str(exc).splitlines()[0][:200]})") from None
+    if not isinstance(values, dict):
+        raise RunError(f"{path}: not a run configuration (a YAML mapping of options)")
     normalization = values.pop("normalization", None)
     known = {f.name for f in fields(TrainConfig)}
-    return TrainConfig.from_dict({k: v for k, v in values.items() if k in known}), normalization
+    try:
+        return TrainConfig.from_dict({k: v for k, v in values.items() if k in known}), normalization
+    except (TypeError, ValueError) as exc:
+        raise RunError(f"{path}: a saved option is not valid ({exc})") from None
 
 
 def write_config(run: RunFolder, cfg: TrainConfig, normalization: dict) -> None:
@@ -113,7 +122,9 @@ def config_for_run(run: RunFolder, cfg: TrainConfig, resume: bool, given: set[st
         raise RunError(f"--resume continues {run.path} with its saved options; these differ:\n  "
                        + "\n  ".join(differences)
                        + "\n(leave them out to resume, or start a new run in another --out)")
-    return TrainConfig(**{**asdict(saved), **{name: getattr(cfg, name) for name in FREE_ON_RESUME}})
+    # the free options the user gave (a moved --store, other --workers); the saved ones otherwise
+    free = {name: getattr(cfg, name) for name in FREE_ON_RESUME if name in given or name == "out"}
+    return TrainConfig(**{**asdict(saved), **free})
 
 
 def plan_folds(run: RunFolder, ids: list[str], labels: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -139,24 +150,40 @@ def write_folds(run: RunFolder, ids: list[str], folds: np.ndarray) -> None:
         writer.writerows(zip(ids, folds.tolist()))
 
 
+def read_metrics(run: RunFolder) -> list[dict]:
+    """The rows of ``metrics.csv`` (none before the first epoch), each checked: an epoch number
+    and numbers in every column; a damaged row is a :class:`RunError` naming the file and row."""
+    if not run.metrics.exists():
+        return []
+    try:
+        rows = list(csv.DictReader(run.metrics.open(newline="")))
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise RunError(f"{run.metrics}: not a readable metrics table ({exc})") from None
+    for n, row in enumerate(rows, start=2):
+        try:
+            int(row["epoch"])
+            [float(v) for v in row.values()]
+        except (KeyError, TypeError, ValueError):
+            raise RunError(f"{run.metrics} line {n}: a damaged row ({dict(row)!r:.200}); delete that line (and "
+                           f"the ones after it) and resume to redo those epochs") from None
+    return rows
+
+
+def write_metrics(run: RunFolder, rows: list[dict]) -> None:
+    """``metrics.csv`` with ``rows``, written whole (a temporary name, then a rename)."""
+    with replacing(run.metrics) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[-1]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def append_metrics(run: RunFolder, row: dict) -> None:
-    new = not run.metrics.exists()
-    with run.metrics.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
+    write_metrics(run, [*read_metrics(run), row])
 
 
 def cut_metrics(run: RunFolder, last_epoch: int) -> None:
     """Drop rows after ``last_epoch`` (written by a run killed before its checkpoint)."""
-    if not run.metrics.exists():
-        return
-    rows = list(csv.DictReader(run.metrics.open()))
+    rows = read_metrics(run)
     kept = [r for r in rows if int(r["epoch"]) <= last_epoch]
-    if len(kept) == len(rows):
-        return
-    with replacing(run.metrics) as tmp, tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(kept)
+    if len(kept) != len(rows):
+        write_metrics(run, kept) if kept else run.metrics.unlink()

@@ -46,7 +46,7 @@ from .inference import autocast, predict_probs
 from .losses import make_loss
 from .metrics import crossfit_macro_f1, f1_table, macro_f1, per_class_f1, predict_labels, search_thresholds
 from .models import create_model, resolve_weights
-from .run_folder import (RunError, RunFolder, append_metrics, config_for_run, cut_metrics, plan_folds,
+from .run_folder import (RunError, RunFolder, append_metrics, config_for_run, cut_metrics, plan_folds, read_metrics,
                          write_config, write_folds)
 from .streaming import ShardStream, make_stream_loader
 
@@ -579,7 +579,6 @@ def save_figure(fig, path: Path) -> None:
 
 def plot_run(run: RunFolder) -> None:
     """``curves.png`` (loss and macro F1 per epoch) and ``per_class_f1.png``."""
-    import csv
 
     import matplotlib
 
@@ -587,7 +586,7 @@ def plot_run(run: RunFolder) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    rows = list(csv.DictReader(run.metrics.open()))
+    rows = read_metrics(run)
     epochs = [int(r["epoch"]) + 1 for r in rows]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     a.plot(epochs, [float(r["train_loss"]) for r in rows], label="train (augmented crops)")
