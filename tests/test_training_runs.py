@@ -574,3 +574,51 @@ def test_a_damaged_run_file_is_one_line_naming_it(data, finished_run, tmp_path, 
     assert result.exit_code == 1, result.output
     assert f"{file}" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "sub.csv").exists()
+
+
+@pytest.fixture(scope="module")
+def uint16_stores(data, tmp_path_factory):
+    """The same samples as ``data``'s stores, built as uint16."""
+    d, _ = data
+    tmp = tmp_path_factory.mktemp("u16")
+    spec = StoreSpec(size=128, levels=2, chunk=64, dtype="uint16")
+    assert ingest(d.train_archive, d.train_csv, tmp / "train.zarr", spec).exit_code == 0
+    assert ingest(d.test_archive, d.sample_submission, tmp / "test.zarr", spec).exit_code == 0
+    return tmp
+
+
+def test_a_run_refuses_data_other_than_it_trained_on(data, finished_run, uint16_stores, tmp_path):
+    """--resume on a store of other content, predict on a store of another dtype, --external of
+    another dtype: each refused by name, never a silent change of normalisation."""
+    import shutil
+
+    _, tmp = data
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    resume = CliRunner().invoke(cli, ["train", "--out", str(run), "--resume", "--store",
+                                      str(uint16_stores / "train.zarr"), "--workers", "0"])
+    assert resume.exit_code == 1 and "is uint16, but" in resume.output and "trained on uint8" in resume.output
+    predict = CliRunner().invoke(cli, ["predict", "--store", str(uint16_stores / "test.zarr"), "--run", str(run),
+                                       "--out", str(tmp_path / "sub.csv"), "--workers", "0"])
+    assert predict.exit_code == 1 and "was trained on uint8 images" in predict.output
+    with pytest.raises(RunError, match="--external .* is uint16 and --store is uint8"):
+        train(config(data, tmp_path / "ext", epochs=1, external=(str(uint16_stores / "train.zarr"),)))
+
+
+def test_train_says_how_many_samples_it_uses_and_leaves_out(data, tmp_path):
+    import shutil
+
+    import zarr
+
+    _, tmp = data
+    store = tmp_path / "train.zarr"
+    shutil.copytree(tmp / "train.zarr", store)
+    done = zarr.open_group(str(store), mode="r+")["done"]
+    flags = done[:]
+    flags[:2] = False  # two samples failed in the build
+    done[:] = flags
+    messages = []
+    train(config(data, tmp_path / "run", store=str(store), epochs=1, steps_per_epoch=1),
+          progress=lambda e: messages.append(e.message) if e.message else None)
+    [line] = [m for m in messages if m.startswith("training on")]
+    assert f"2 samples of {store} are not done" in line and "left out" in line

@@ -131,3 +131,20 @@ def test_a_store_without_chunk_checksums_is_still_checked_by_its_sums(small_data
 def test_verify_of_a_folder_that_is_no_store_is_one_line(tmp_path):
     result = _verify(tmp_path)
     assert result.exit_code == 1 and "no dataset store there" in result.output
+
+
+def test_a_corrected_csv_on_rerun_updates_the_stores_labels(clean, tmp_path, small_dataset):
+    """Same ids, one label fixed: the rerun writes the CSV's labels (images untouched) and says so."""
+    store = _copy(clean, tmp_path)
+    rows = small_dataset.train_csv.read_text().splitlines()
+    sample_id, target = rows[3].split(",")
+    fixed = "27" if target != "27" else "0"
+    csv = tmp_path / "train.csv"
+    csv.write_text("\n".join(rows[:3] + [f"{sample_id},{fixed}"] + rows[4:]) + "\n")
+    codec = "none" if "none" in clean.name else "zstd"
+    report = ingest(small_dataset.train_archive, csv, store, StoreSpec(codec=codec, **SPEC))
+    assert report.exit_code == 0 and report.labels_updated == [sample_id]
+    assert f"labels of 1 samples updated from the CSV ({sample_id})" in report.summary()
+    labels = zarr.open_group(str(store), mode="r")["labels"][:]
+    assert np.flatnonzero(labels[2]).tolist() == [int(fixed)]
+    assert_same_stores(store, clean, ["images/128", "images/64", "done"])

@@ -156,6 +156,11 @@ def predict_store(store: str | Path, runs: list[str | Path], tta: int = 1, batch
                          f"finish the ingest (see report.json) before predicting")
     dev = pick_device(device)
     trained = [load_run(run, dev) for run in runs]
+    for run in trained:  # a run normalises by its training data's statistics: same dtype, or nonsense
+        trained_on = run.normalization.get("dtype")
+        if trained_on is not None and trained_on != meta["spec"]["dtype"]:
+            raise RunError(f"{run.path} was trained on {trained_on} images and --store {store} is "
+                           f"{meta['spec']['dtype']}; build the test store with --dtype {trained_on}")
     loaders = [make_loader(StoreDataset(str(store), run.level, np.arange(len(done))), batch_size, workers)
                for run in trained]
     total_batches, finished = sum(len(loader) for loader in loaders), 0

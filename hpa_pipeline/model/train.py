@@ -46,8 +46,8 @@ from .inference import autocast, predict_probs
 from .losses import make_loss
 from .metrics import crossfit_macro_f1, f1_table, macro_f1, per_class_f1, predict_labels, search_thresholds
 from .models import create_model, resolve_weights
-from .run_folder import (RunError, RunFolder, append_metrics, config_for_run, cut_metrics, plan_folds, read_metrics,
-                         write_config, write_folds)
+from .run_folder import (RunError, RunFolder, append_metrics, config_for_run, cut_metrics, plan_folds, read_config,
+                         read_metrics, write_config, write_folds)
 from .streaming import ShardStream, make_stream_loader
 
 #: steps between reads of the running loss (progress bar, NaN check); each read waits for the GPU
@@ -134,6 +134,7 @@ def _train(cfg: TrainConfig, run: RunFolder, progress, ranks: distributed.Ranks,
         startup_s = time.perf_counter() - started
         # say which: a mistyped --resume --out starts a new run, and must not do so silently
         report(progress, Progress("train", message=start_message(run, state.epoch, cfg.epochs, state.step, resume)))
+        report(progress, Progress("train", message=samples_message(cfg, plan, len(plan.ids))))
         for epoch in range(state.epoch + 1, cfg.epochs):
             speed = train_one_epoch(cfg, epoch, state, step, data, ranks, device, progress)
             evaluation = validate(cfg, epoch, state, data, ranks, device, progress)
@@ -181,9 +182,40 @@ def plan_run(cfg: TrainConfig, run: RunFolder) -> Plan:
     if len(valid_idx) == 0:
         raise RunError(f"fold {cfg.fold} of {cfg.store} has no finished samples to validate on")
     level_stats = stats[str(cfg.level)]
-    return Plan(list(meta["ids"]), labels, folds, train_idx, valid_idx,
-                {"level": cfg.level, "mean": list(level_stats["mean"]), "std": list(level_stats["std"])},
-                [plan_external(store, cfg.level, set(meta["ids"])) for store in cfg.external])
+    dtype = meta["spec"]["dtype"]
+    normalization = {"level": cfg.level, "mean": list(level_stats["mean"]), "std": list(level_stats["std"]),
+                     "dtype": dtype}
+    check_same_training_data(run, cfg.store, normalization)
+    return Plan(list(meta["ids"]), labels, folds, train_idx, valid_idx, normalization,
+                [plan_external(store, cfg.level, set(meta["ids"]), dtype) for store in cfg.external])
+
+
+def check_same_training_data(run: RunFolder, store: str, normalization: dict) -> None:
+    """A resumed run goes on with the data it started on: the same dtype and the same channel
+    statistics at its level (a store of other content under the same ids is refused by name)."""
+    if not run.config.exists() or not run.last.exists():  # nothing trained yet: nothing to stay with
+        return
+    _, saved = read_config(run.config)
+    if not saved:
+        return
+    if saved.get("dtype", normalization["dtype"]) != normalization["dtype"]:
+        raise RunError(f"--store {store} is {normalization['dtype']}, but {run.path} trained on "
+                       f"{saved['dtype']} images; resume with the store it trained on")
+    if not np.allclose(saved["mean"], normalization["mean"]) or not np.allclose(saved["std"], normalization["std"]):
+        raise RunError(f"--store {store}: its level-{normalization['level']} statistics differ from those "
+                       f"{run.path} trained with (mean {normalization['mean']} vs {saved['mean']}): another store, "
+                       f"or one changed since; resume with the data it trained on, or start a new run")
+
+
+def samples_message(cfg: TrainConfig, plan: Plan, n_samples: int) -> str:
+    """How many samples the run uses, and how many of the store it leaves out (not done)."""
+    used = len(plan.train_idx) + len(plan.valid_idx)
+    external = sum(len(done) for _, done, _ in plan.external)
+    left_out = n_samples - used
+    return (f"training on {len(plan.train_idx)} samples" + (f" (+{external} external)" if external else "")
+            + f", validating on {len(plan.valid_idx)} (fold {cfg.fold})"
+            + (f"; {left_out} samples of {cfg.store} are not done (failed or missing: see its report.json) and "
+               f"are left out" if left_out else ""))
 
 
 def open_labelled_store(store: str, levels: dict[str, int], role: str):
@@ -200,10 +232,13 @@ def open_labelled_store(store: str, levels: dict[str, int], role: str):
     return root, meta
 
 
-def plan_external(store: str, level: int, main_ids: set[str]) -> tuple[str, np.ndarray, np.ndarray]:
-    """An external store's finished samples and labels; it must have labels and the level, and
-    share no id with the main store (a sample in both would leak into validation)."""
+def plan_external(store: str, level: int, main_ids: set[str], dtype: str) -> tuple[str, np.ndarray, np.ndarray]:
+    """An external store's finished samples and labels; it must have labels, the level and the
+    main store's dtype, and share no id with it (a sample in both would leak into validation)."""
     root, meta = open_labelled_store(store, {"--level": level}, "--external")
+    if meta["spec"]["dtype"] != dtype:
+        raise RunError(f"--external {store} is {meta['spec']['dtype']} and --store is {dtype}: their pixel values "
+                       f"are on other scales; build both with the same --dtype")
     shared = main_ids.intersection(meta["ids"])
     if shared:
         raise RunError(f"--external {store} shares {len(shared)} id(s) with --store (e.g. {sorted(shared)[0]}): "

@@ -37,6 +37,7 @@ class BuildReport:
     unknown_files: list[str] = field(default_factory=list)  # files that are not <id>_<filter>.tif
     refused: list[str] = field(default_factory=list)  # unsafe archive members, with the reason
     archive_error: str | None = None
+    labels_updated: list[str] = field(default_factory=list)  # ids whose labels the CSV changed on this rerun
     seconds: float = 0.0
     samples_at_once: int | None = None  # ingest: the most samples worked on at once (its pace)
 
@@ -63,6 +64,9 @@ class BuildReport:
             parts.append(f"{len(self.unknown_files)} unknown files ignored")
         if self.refused:
             parts.append(f"{len(self.refused)} unsafe members refused")
+        if self.labels_updated:
+            shown = ", ".join(self.labels_updated[:3]) + (" ..." if len(self.labels_updated) > 3 else "")
+            parts.append(f"labels of {len(self.labels_updated)} samples updated from the CSV ({shown})")
         n = self.samples_at_once
         at_once = f", up to {n} sample{'s' if n != 1 else ''} at once" if n else ""
         return ", ".join(parts) + f" in {self.seconds:.1f}s{at_once}"
@@ -90,7 +94,21 @@ def start_build(out: str | Path, table: SampleTable, spec: StoreSpec, command: s
     there, and start the bookkeeping of this run."""
     root = open_or_create_store(out, table, spec, source=source)
     remove_partial_files(str(out))
-    return StoreBuilder(root, out, table, spec, command, source, upscale)
+    builder = StoreBuilder(root, out, table, spec, command, source, upscale)
+    builder.report.labels_updated = follow_the_csv_labels(root, table)
+    return builder
+
+
+def follow_the_csv_labels(root, table: SampleTable) -> list[str]:
+    """Make the store's labels those of the CSV given (a corrected ``train.csv`` on a rerun);
+    returns the ids whose labels changed. Images are unaffected: only ``labels`` is rewritten."""
+    if not table.has_labels or "labels" not in root:
+        return []
+    stored, wanted = root["labels"][:], table.label_matrix()
+    changed = (stored != wanted).any(axis=1)
+    if changed.any():
+        root["labels"][:] = wanted
+    return [table.ids[i] for i in changed.nonzero()[0]]
 
 
 class StoreBuilder:
