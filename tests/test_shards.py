@@ -119,3 +119,25 @@ def test_a_flipped_byte_inside_a_chunk_is_found_by_the_reader_and_by_zarr(small_
     with pytest.raises(Exception, match="(?i)checksum|crc"):
         zarr.open_array(str(store), path="images/128")[5]
     assert reader.read(4).any()
+
+
+@pytest.mark.parametrize("kind", ["big_endian", "fill_value", "dot_keys"])
+def test_layouts_the_direct_path_does_not_assume_go_through_zarr(tmp_path, kind):
+    """Each assumption of the direct writer and reader is checked, not taken: a big-endian bytes
+    codec, a fill value other than 0 and '.'-separated chunk keys are written and read by zarr."""
+    from zarr.codecs import BytesCodec
+
+    from hpa_pipeline.contract.shards import ShardReader
+
+    options = {"big_endian": dict(serializer=BytesCodec(endian="big"), dtype="uint16"),
+               "fill_value": dict(fill_value=7, dtype="uint8"),
+               "dot_keys": dict(chunk_key_encoding={"name": "default", "separator": "."}, dtype="uint8")}[kind]
+    dtype = options.pop("dtype")
+    zarr.create_array(str(tmp_path / "a"), shape=(2, 4, 64, 64), dtype=dtype, chunks=(1, 1, 32, 32),
+                      shards=(1, 4, 64, 64), compressors=None, **options)
+    image = np.random.default_rng(0).integers(0, 200, (4, 64, 64)).astype(dtype)
+    write_sample_shard(str(tmp_path), "a", 1, image)
+    reader = ShardReader(str(tmp_path), "a")
+    assert reader.layout is None
+    assert np.array_equal(reader.read(1), image)
+    assert np.array_equal(zarr.open_array(str(tmp_path / "a"), mode="r")[1], image)

@@ -37,26 +37,42 @@ class ShardLayout(NamedTuple):
     checksummed: bool  # each inner chunk ends in its CRC32C (zarr's crc32c codec)
 
 
-#: the inner codec chains this writer produces (and the reader decodes directly)
-_INNER_CHAINS = (["BytesCodec"], ["BytesCodec", "BloscCodec"], ["BytesCodec", "Crc32cCodec"],
-                 ["BytesCodec", "BloscCodec", "Crc32cCodec"])
+def _inner_chain(codecs) -> list[str] | None:
+    """The inner codec chain as names, checked by class: the bytes codec, then optionally Blosc,
+    then optionally crc32c; None for any other chain (zarr writes and reads those itself)."""
+    from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec
+
+    kinds = {BytesCodec: "BytesCodec", BloscCodec: "BloscCodec", Crc32cCodec: "Crc32cCodec"}
+    names = [next((name for cls, name in kinds.items() if isinstance(c, cls)), None) for c in codecs]
+    chains = (["BytesCodec"], ["BytesCodec", "BloscCodec"], ["BytesCodec", "Crc32cCodec"],
+              ["BytesCodec", "BloscCodec", "Crc32cCodec"])
+    return names if names in [list(chain) for chain in chains] else None
 
 
 @lru_cache(maxsize=32)
 def _layout(store: str, name: str, metadata_version: int) -> ShardLayout | None:
     """Inner chunk shape, compressor and checksum of a sharded array, read once per metadata
-    file version; ``None`` for layouts this writer does not produce (zarr writes those itself)."""
+    file version; ``None`` for layouts this writer does not produce (zarr writes those itself):
+    every assumption the direct path makes is checked here, by class, not taken for granted."""
+    from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
+
     array = zarr.open_array(store, path=name, mode="r")
-    sharding = [c for c in array.metadata.codecs if type(c).__name__ == "ShardingCodec"]
-    if len(sharding) != 1 or array.dtype.itemsize > 1 and array.dtype.byteorder == ">":
+    sharding = [c for c in array.metadata.codecs if isinstance(c, ShardingCodec)]
+    if len(sharding) != 1 or len(array.metadata.codecs) != 1:
         return None
     sharding = sharding[0]
     inner = list(sharding.codecs)
-    chain = [type(c).__name__ for c in inner]
-    if chain not in _INNER_CHAINS:
+    chain = _inner_chain(inner)
+    index = list(sharding.index_codecs)
+    if chain is None or len(index) != 2 or not isinstance(index[0], BytesCodec) or not isinstance(index[1], Crc32cCodec):
         return None
-    if [type(c).__name__ for c in sharding.index_codecs] != ["BytesCodec", "Crc32cCodec"]:
+    if array.dtype.itemsize > 1 and inner[0].endian is not None and inner[0].endian.value != "little":
         return None
+    encoding = array.metadata.chunk_key_encoding
+    if getattr(encoding, "name", "default") != "default" or getattr(encoding, "separator", "/") != "/":
+        return None  # shard_key builds default "/"-separated keys
+    if array.fill_value != 0:
+        return None  # the reader fills empty chunks with 0
     if sharding.index_location.value != "end" or tuple(array.shards[1:]) != tuple(array.shape[1:]):
         return None
     blosc = None
