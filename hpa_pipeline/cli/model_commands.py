@@ -10,8 +10,8 @@ from pathlib import Path
 
 import click
 
-from ..model.config import COUNT_OR_AUTO, STORES, TrainConfig
-from .options import CountOrAuto, writable_file
+from ..model.config import COUNT_OR_AUTO, FOLD_OR_ALL, STORES, TrainConfig
+from .options import CountOrAuto, FoldOrAll, writable_file
 from .progress import ProgressBar
 from .recipes import recipe_option
 
@@ -22,6 +22,8 @@ def _train_option(f) -> callable:
     name, kind, help_text = "--" + f.name.replace("_", "-"), f.metadata["kind"], f.metadata["help"]
     if kind is STORES:
         return click.option(name, multiple=True, default=default, metavar="STORE", help=help_text)
+    if kind is FOLD_OR_ALL:
+        return click.option(name, type=FoldOrAll(), default=default, metavar="K|all", show_default=True, help=help_text)
     if kind is COUNT_OR_AUTO:
         return click.option(name, type=CountOrAuto(), default=default, metavar="N|auto", show_default="auto",
                             help=help_text)
@@ -83,7 +85,10 @@ def train(ctx, resume, **options):
         raise SystemExit(4) from None
     finally:
         bar.close()
-    if main_rank:
+    if main_rank and "cross_validation" in summary:
+        click.echo(f"train: out-of-fold macro F1 {summary['oof_macro_f1_crossfit']:.4f} (cross-fitted; "
+                   f"{summary['oof_macro_f1']:.4f} in sample); cross-validation in {cfg.out}")
+    elif main_rank:
         click.echo(f"train: best validation macro F1 {summary.get('best_valid_macro_f1', float('nan')):.4f} "
                    f"after {summary.get('step', 0)} steps; run in {cfg.out}")
 
@@ -102,24 +107,70 @@ def train(ctx, resume, **options):
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
               help="DataLoader worker processes reading the test store (0: read in this process).")
 @click.option("--device", default="auto", show_default=True, help="auto (a GPU if there is one), cpu, cuda or cuda:N.")
-def predict(store, runs, tta, out, batch_size, workers, device):
-    """Write a Kaggle submission (Id,Predicted) from one or more runs, with TTA and thresholds."""
+@click.option("--thresholds", "thresholds_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="thresholds.json to use instead of the runs' own (e.g. from hpa-pipe thresholds).")
+@click.option("--probs", "probs_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the probability table (Id, then columns 0..27), as oof.csv is laid out.")
+def predict(store, runs, tta, out, batch_size, workers, device, thresholds_file, probs_file):
+    """Write a Kaggle submission (Id,Predicted) from one or more runs, with TTA and thresholds.
+
+    A cross-validation folder (train --fold all) stands for its folds, averaged, with the
+    thresholds chosen on its out-of-fold table."""
     from ..contract.shards import DamagedShard
     from ..model.inference import predict as run_predict
     from ..model.submission import write_submission
 
+    from ..model.probs_table import write_probs
+
     writable_file(out, "--out")
+    if probs_file is not None:
+        writable_file(probs_file, "--probs")
     bar = ProgressBar("predict", unit="batch")
     try:
-        ids, _, labels = run_predict(store, list(runs), tta=tta, batch_size=batch_size, workers=workers,
-                                     device=device, progress=bar)
+        ids, probs, labels = run_predict(store, list(runs), tta=tta, batch_size=batch_size, workers=workers,
+                                         device=device, progress=bar, thresholds=thresholds_file)
         bar.close()
         write_submission(out, ids, labels)
+        if probs_file is not None:
+            write_probs(probs_file, ids, probs)
     except DamagedShard as exc:
         raise click.ClickException(damaged_store_line(exc, (store,))) from None
     finally:
         bar.close()
     click.echo(f"predict: {len(ids)} rows, {labels.sum(1).mean():.2f} labels per row -> {out}")
+
+
+@click.command(short_help="Thresholds from the out-of-fold tables of fold runs.")
+@recipe_option
+@click.option("--run", "runs", type=click.Path(exists=True, file_okay=False, path_type=Path), multiple=True,
+              required=True, help="Fold run folder (train --fold k, each with its oof.csv); repeat for each fold.")
+@click.option("--strategy", type=click.Choice(["f1", "ratio", "fixed"]), default="f1", show_default=True,
+              help="f1: per class, maximise F1; ratio: predict each class for its share of the labels; fixed: 0.5.")
+@click.option("--scale", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="Factor on the f1 strategy's thresholds.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="thresholds.json to write (for predict --thresholds).")
+@click.option("--oof", "oof_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the combined out-of-fold table.")
+def thresholds(runs, strategy, scale, out, oof_file):
+    """Combine the out-of-fold tables of fold runs trained apart (one per GPU or machine), choose
+    thresholds on the whole and report each strategy's out-of-fold macro F1."""
+    from ..contract.atomic import write_json
+    from ..model.cross_validation import combine_runs
+
+    writable_file(out, "--out")
+    result = combine_runs(list(runs), strategy, scale)
+    write_json(out, result)
+    if oof_file is not None:
+        from ..model.cross_validation import combined_table
+        from ..model.probs_table import write_probs
+
+        write_probs(oof_file, *combined_table(list(runs)))
+    for name, scores in result["strategies"].items():
+        click.echo(f"  {name:<6} out-of-fold macro F1 {scores['macro_f1_crossfit']:.4f} cross-fitted, "
+                   f"{scores['macro_f1_in_sample']:.4f} in sample")
+    click.echo(f"thresholds: {result['strategy']} over {result['n_samples']} samples of folds {result['folds']} "
+               f"(of {result['n_folds']}) -> {out}")
 
 
 @click.command(short_help="Macro F1 and per-class table of a submission.")

@@ -98,6 +98,20 @@ class CountOrAuto(click.ParamType):
         return count
 
 
+class FoldOrAll(click.ParamType):
+    """A fold number, or ``all`` (cross-validation: every fold in turn)."""
+
+    name = "K|all"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or (isinstance(value, str) and value.strip().lower() == "all"):
+            return value if isinstance(value, int) else "all"
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a fold number or 'all'", param, ctx)
+
+
 def writable_file(path: Path, what: str) -> None:
     """Check an output file's folder before any work, not after it."""
     folder = path.parent if str(path.parent) else Path(".")

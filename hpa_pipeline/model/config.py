@@ -19,6 +19,7 @@ from ..contract.errors import OptionError
 #: option kinds besides the plain types str, int, float and bool
 STORES = "stores"  # a store, repeatable: a tuple of them
 COUNT_OR_AUTO = "count-or-auto"  # 0 or more, or "auto" (None)
+FOLD_OR_ALL = "fold-or-all"  # a fold number, or "all" (every fold in turn: cross-validation)
 
 
 def option(kind, default, help: str, choices: tuple | None = None):
@@ -53,7 +54,8 @@ class TrainConfig:
     val_level: int | None = option(int, None, "Level for validation and predict, whole images [default: --level, the "
                                          "scale the model trained at].")
     folds: int = option(int, 5, "Number of multilabel stratified folds of the store.")
-    fold: int = option(int, 0, "Validation fold (0..folds-1).")
+    fold: int | str = option(FOLD_OR_ALL, 0, "Validation fold (0..folds-1), or 'all': every fold in turn into "
+                                              "<out>/fold<k>/, then the out-of-fold table, thresholds and F1.")
     epochs: int = option(int, 20, "Training epochs.")
     epoch_size: int | None = option(int, None, "Samples per epoch [default: the training fold]; more than the fold "
                                           "draws with replacement.")
@@ -83,6 +85,12 @@ class TrainConfig:
     seed: int = option(int, 0, "Seed of folds, crops, order and initialisation: same seed, same run.")
     device: str = option(str, "auto", "auto (a GPU if there is one), cpu, cuda or cuda:N.")
     steps_per_epoch: int | None = option(int, None, "Cap on optimizer steps per epoch.")
+    tta: int = option(int, 1, "Test-time views (flips/rotations, 1-8) of the out-of-fold table written at the end "
+                              "(oof.csv, from the best epoch's weights).")
+    threshold_strategy: str = option(str, "f1", "How thresholds are chosen from out-of-fold probabilities: f1 "
+                                                "(per class, maximise F1), ratio (predicted positive share = the "
+                                                "class's share in the labels) or fixed (0.5).", ("f1", "ratio", "fixed"))
+    threshold_scale: float = option(float, 1.0, "Factor on the f1 strategy's thresholds (e.g. 0.7 to predict more).")
 
     def _check_numbers(self) -> None:
         """The optimizer's numbers, named as options: torch would refuse some with its own
@@ -108,8 +116,14 @@ class TrainConfig:
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 raise OptionError(f"--{f.name.replace('_', '-')} {getattr(self, f.name)!r} is not one of {choices}")
-        if not 0 <= self.fold < self.folds or self.folds < 2:
-            raise OptionError(f"--fold must be between 0 and --folds - 1 ({self.folds - 1}), with --folds >= 2; "
+        if isinstance(self.fold, str) and self.fold.strip().lower() == "all":
+            self.fold = "all"
+        elif isinstance(self.fold, str) and self.fold.strip().isdigit():
+            self.fold = int(self.fold)
+        if not isinstance(self.fold, int) and self.fold != "all":
+            raise OptionError(f"--fold must be a fold number or 'all', got {self.fold!r}")
+        if self.folds < 2 or self.fold != "all" and not 0 <= self.fold < self.folds:
+            raise OptionError(f"--fold must be between 0 and --folds - 1 ({self.folds - 1}) or 'all', with --folds >= 2; "
                              f"got --fold {self.fold} --folds {self.folds}")
         for name in ("epochs", "batch_size", "accumulate", "level", "crop", "crop_grid", "stream_buffer",
                      "swa_bn_batches", "epoch_size", "steps_per_epoch", "val_level"):
@@ -135,5 +149,9 @@ class TrainConfig:
             raise OptionError("--stream reads every sample once per epoch; it cannot --oversample")
         if self.ema > 0 and self.swa_epochs > 0:
             raise OptionError("choose one weight average: --ema or --swa-epochs, not both")
+        if not 1 <= self.tta <= 8:
+            raise OptionError(f"--tta must be between 1 and 8 (the flips and rotations), got {self.tta}")
+        if not 0 < self.threshold_scale <= 10:
+            raise OptionError(f"--threshold-scale must be above 0, got {self.threshold_scale}")
         if not 0 <= self.swa_epochs <= self.epochs:
             raise OptionError(f"--swa-epochs must be between 0 and --epochs ({self.epochs})")

@@ -129,10 +129,28 @@ def load_run(path: str | Path, device) -> TrainedRun:
 
 
 def predict(store: str | Path, runs: list[str | Path], tta: int = 1, batch_size: int = 16, workers: int = 2,
-            device: str = "auto", progress: ProgressCallback | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """:func:`predict_store` holding a reader's lock on the store: no writer changes it meanwhile."""
+            device: str = "auto", progress: ProgressCallback | None = None,
+            thresholds: str | Path | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """:func:`predict_store` holding a reader's lock on the store: no writer changes it meanwhile.
+
+    A cross-validation folder in ``runs`` stands for its folds, with its thresholds (chosen on
+    the whole out-of-fold table); ``thresholds``: a ``thresholds.json`` that overrides them all.
+    """
+    from .cross_validation import fold_runs, is_cross_validation
+
+    expanded, chosen = [], None
+    for run in runs:
+        if is_cross_validation(run):
+            expanded += fold_runs(run)
+            chosen = Path(run) / "thresholds.json" if len(runs) == 1 else None
+        else:
+            expanded.append(run)
+    chosen = thresholds if thresholds is not None else chosen
     with store_locked(store, shared=True):
-        return predict_store(store, runs, tta, batch_size, workers, device, progress)
+        ids, probs, labels = predict_store(store, expanded, tta, batch_size, workers, device, progress)
+    if chosen is not None:
+        labels = predict_labels(probs, read_thresholds(Path(chosen)))
+    return ids, probs, labels
 
 
 def predict_store(store: str | Path, runs: list[str | Path], tta: int = 1, batch_size: int = 16, workers: int = 2,

@@ -63,21 +63,23 @@ def search_thresholds(y_true: np.ndarray, probs: np.ndarray, grid=None, rounds: 
     return thresholds
 
 
-def crossfit_macro_f1(y_true: np.ndarray, probs: np.ndarray, seed: int = 0) -> float:
+def crossfit_macro_f1(y_true: np.ndarray, probs: np.ndarray, seed: int = 0, choose=None) -> float:
     """Macro F1 of tuned thresholds, scored out of sample.
 
-    The validation fold is split in two halves at random; thresholds searched on one half label
-    the other, and the reverse; the macro F1 of all those labels is the figure. Searching and
-    scoring on the same samples (``valid_macro_f1_tuned_in_sample``) overstates it, most for
-    classes with a few positives per fold.
+    The table is split in two halves at random; thresholds chosen on one half (``choose(truth,
+    probs)``, default :func:`search_thresholds`) label the other, and the reverse; the macro F1
+    of all those labels is the figure. Choosing and scoring on the same samples
+    (``valid_macro_f1_tuned_in_sample``) overstates it, most for classes with a few positives
+    per fold.
     """
+    choose = choose or search_thresholds
     n = len(y_true)
     if n < 2:
         return float("nan")
     half = np.random.default_rng(seed).permutation(n) < n // 2
     pred = np.zeros_like(y_true, dtype=bool)
     for search, score in ((half, ~half), (~half, half)):
-        pred[score] = predict_labels(probs[score], search_thresholds(y_true[search], probs[search]))
+        pred[score] = predict_labels(probs[score], choose(y_true[search], probs[search]))
     return macro_f1(y_true, pred)
 
 

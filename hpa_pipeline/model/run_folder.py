@@ -68,6 +68,11 @@ class RunFolder:
     def thresholds(self) -> Path:
         return self.path / "thresholds.json"
 
+    @property
+    def oof(self) -> Path:
+        """The fold's out-of-fold probabilities (its validation samples, best epoch), written last."""
+        return self.path / "oof.csv"
+
     def check_writable(self) -> None:
         if self.path.exists() and not self.path.is_dir():
             raise RunError(f"--out {self.path} is a file, not a run folder")

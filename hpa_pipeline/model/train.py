@@ -48,6 +48,7 @@ from .metrics import crossfit_macro_f1, f1_table, macro_f1, per_class_f1, predic
 from .models import create_model, resolve_weights
 from .run_folder import (RunError, RunFolder, append_metrics, config_for_run, cut_metrics, plan_folds, read_config,
                          read_metrics, write_config, write_folds)
+from .probs_table import write_probs
 from .streaming import ShardStream, make_stream_loader
 
 #: steps between reads of the running loss (progress bar, NaN check); each read waits for the GPU
@@ -75,6 +76,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: ProgressCallback | N
     which must agree with them. Under ``torchrun`` every process calls this; see
     :mod:`.distributed` for who does what.
     """
+    if cfg.fold == "all":
+        from .cross_validation import train_folds
+
+        return train_folds(cfg, resume, progress, given)
     run = RunFolder(Path(cfg.out))
     try:
         with writing_run_folder(cfg.out):
@@ -147,9 +152,32 @@ def _train(cfg: TrainConfig, run: RunFolder, progress, ranks: distributed.Ranks,
                 write_epoch(run, cfg, plan, state, row, evaluation, is_best, board)
             distributed.barrier(ranks)  # no rank runs ahead of a checkpoint it may have to resume from
             summary, startup_s = {**row, "best_valid_macro_f1": state.best}, 0.0
+        if state.epoch == cfg.epochs - 1 and not run.oof.exists():  # finished: its out-of-fold table
+            write_out_of_fold(run, cfg, plan, state, data, ranks, device, progress)
     if ranks.is_main and run.metrics.exists():
         plot_run(run)
     return summary
+
+
+def write_out_of_fold(run: RunFolder, cfg: TrainConfig, plan: Plan, state: TrainState, data: Data, ranks, device,
+                      progress) -> None:
+    """``oof.csv``: the validation fold's probabilities from the best epoch's weights, with
+    ``--tta`` views; what cross-validation puts together and chooses thresholds from."""
+    best = load_checkpoint(run.best, device)
+    model = state.eval_model()
+    load_weights(model, best["model"], run.best)
+    total = data.valid_steps
+
+    def step(done):
+        report(progress, Progress("valid", done, total, "step", "out-of-fold table"))
+
+    probs, indices, _ = predict_probs(model, data.valid_batches(), data.normalize, device, cfg.amp,
+                                      cfg.channels_last, tta=cfg.tta, on_batch=step)
+    probs, indices = distributed.gather_arrays((probs, indices), ranks)
+    if ranks.is_main:
+        order = np.argsort(indices)
+        write_probs(run.oof, [plan.ids[i] for i in indices[order]], probs[order])
+    distributed.barrier(ranks)
 
 
 # --- planning: everything checked before anything is written --------------------------------

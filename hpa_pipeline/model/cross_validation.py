@@ -1,0 +1,164 @@
+"""Cross-validation: every fold in turn, then the out-of-fold table, thresholds and macro F1.
+
+A cross-validation folder (``train --fold all --out CV``)::
+
+    CV/config.yaml      the options (each fold's run folder has its own copy, with its fold)
+    CV/fold<k>/         a run folder per fold, as ``train --fold k`` writes it, with its oof.csv
+    CV/folds.csv        Id,fold of every sample of the store
+    CV/oof.csv          Id,0..27: each sample's probabilities from the fold that did not train on it
+    CV/thresholds.json  thresholds chosen on the whole out-of-fold table, and every strategy's
+                        out-of-fold macro F1 (in sample and cross-fitted)
+    CV/cv.json          written last: the folds, the strategy, the out-of-fold macro F1
+
+Folds that ran apart (one per GPU or machine, ``train --fold k``) are combined the same way by
+:func:`combine_runs` (``hpa-pipe thresholds``), which refuses runs whose folds disagree.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from ..contract.atomic import write_json
+from ..contract.locks import store_locked
+from ..contract.progress import Progress, ProgressCallback, report
+from ..contract.store import open_store
+from .config import TrainConfig
+from .probs_table import read_probs, write_probs
+from .run_folder import RunError, RunFolder, config_for_run, read_config, write_config
+from .thresholds import choose_thresholds
+
+CV_NAME = "cv.json"
+
+
+def fold_folder(out: str | Path, k: int) -> Path:
+    return Path(out) / f"fold{k}"
+
+
+def is_cross_validation(path: str | Path) -> bool:
+    """Whether ``path`` is a finished cross-validation folder (it holds ``cv.json``)."""
+    return (Path(path) / CV_NAME).is_file()
+
+
+def fold_runs(path: str | Path) -> list[Path]:
+    """The fold run folders of a finished cross-validation folder."""
+    record = json.loads((Path(path) / CV_NAME).read_text())
+    return [Path(path) / name for name in record["runs"]]
+
+
+def train_folds(cfg: TrainConfig, resume: bool, progress: ProgressCallback | None, given: set[str] | None) -> dict:
+    """Train fold 0 .. folds-1 of ``cfg`` into ``<out>/fold<k>/`` (a fold with its out-of-fold
+    table is finished and skipped on ``resume``), then put the folds together."""
+    from .train import train
+
+    out = Path(cfg.out)
+    with store_locked(out, what="cross-validation folder"):
+        cfg = _cv_config(out, cfg, resume, given)
+        for k in range(cfg.folds):
+            run = RunFolder(fold_folder(out, k))
+            if run.oof.exists():
+                report(progress, Progress("train", message=f"fold {k + 1}/{cfg.folds}: finished, kept"))
+                continue
+            report(progress, Progress("train", message=f"fold {k + 1}/{cfg.folds}"))
+            train(replace(cfg, fold=k, out=str(run.path)), resume=resume or run.config.exists(), progress=progress,
+                  given=given)
+        result = combine_runs([fold_folder(out, k) for k in range(cfg.folds)], cfg.threshold_strategy,
+                              cfg.threshold_scale, cfg.seed, write_to=out)
+    report(progress, Progress("train", message=f"out-of-fold macro F1 {result['oof_macro_f1_crossfit']:.4f} "
+                                                f"(cross-fitted; {result['oof_macro_f1']:.4f} in sample) over "
+                                                f"{result['n_samples']} samples; {out}/oof.csv"))
+    return {"best_valid_macro_f1": result["oof_macro_f1_crossfit"], "oof_macro_f1": result["oof_macro_f1"],
+            "oof_macro_f1_crossfit": result["oof_macro_f1_crossfit"], "step": 0, "cross_validation": str(out)}
+
+
+def _cv_config(out: Path, cfg: TrainConfig, resume: bool, given: set[str] | None) -> TrainConfig:
+    """The options of the cross-validation: new (refused where a run is already there), or the
+    saved ones on ``resume`` (with the options that may change)."""
+    folder = RunFolder(out)
+    if not resume and (folder.config.exists() or fold_folder(out, 0).exists()):
+        raise RunError(f"{out} already holds a cross-validation; continue it with --resume, or choose another --out")
+    saved = config_for_run(folder, cfg, resume, given)
+    saved = replace(saved, fold="all")
+    out.mkdir(parents=True, exist_ok=True)
+    write_config(folder, saved, {})
+    return saved
+
+
+def _read_folds(path: Path) -> dict[str, int]:
+    try:
+        return {row["Id"]: int(row["fold"]) for row in csv.DictReader(path.open(newline=""))}
+    except FileNotFoundError:
+        raise RunError(f"{path}: missing (is this a run folder?)") from None
+    except (KeyError, ValueError, csv.Error) as exc:
+        raise RunError(f"{path}: not a readable folds table ({exc})") from None
+
+
+def _checked_runs(runs: list[str | Path]) -> tuple[list[RunFolder], list[TrainConfig], dict[str, int]]:
+    """The fold runs, their options and their common folds; runs of other splits, or two runs
+    of one fold, are refused."""
+    runs = [RunFolder(Path(r)) for r in runs]
+    configs = [read_config(r.config)[0] for r in runs]
+    folds = _read_folds(runs[0].folds)
+    for run in runs[1:]:
+        if _read_folds(run.folds) != folds:
+            raise RunError(f"{run.path}: its folds differ from {runs[0].path}'s (another store, --folds or --seed); "
+                           f"only folds of one split can be put together")
+    seen = [c.fold for c in configs]
+    if len(set(seen)) != len(seen):
+        raise RunError(f"two runs validate the same fold ({sorted(seen)}); give each fold once")
+    return runs, configs, folds
+
+
+def combined_table(runs: list[str | Path]) -> tuple[list[str], np.ndarray]:
+    """The runs' out-of-fold tables as one, in the store's sample order."""
+    runs, configs, _ = _checked_runs(runs)
+    return _combined(runs, open_store(configs[0].store).attrs["hpa"]["ids"])
+
+
+def _combined(runs: list[RunFolder], store_ids: list[str]) -> tuple[list[str], np.ndarray]:
+    tables = [read_probs(r.oof) for r in runs]
+    ids = [i for table_ids, _ in tables for i in table_ids]
+    probs = np.concatenate([p for _, p in tables])
+    position = {sample_id: k for k, sample_id in enumerate(store_ids)}
+    unknown = [i for i in ids if i not in position]
+    if unknown:
+        raise RunError(f"{runs[0].path}: out-of-fold ids not in the store, e.g. {unknown[0]}")
+    order = np.argsort([position[i] for i in ids])
+    return [ids[k] for k in order], probs[order]
+
+
+def combine_runs(runs: list[str | Path], strategy: str = "f1", scale: float = 1.0, seed: int = 0,
+                 write_to: str | Path | None = None) -> dict:
+    """Put the out-of-fold tables of fold runs together and choose thresholds on the whole;
+    with ``write_to``, also write its ``oof.csv``, ``folds.csv``, ``thresholds.json`` and ``cv.json``."""
+    runs, configs, folds = _checked_runs(runs)
+    root = open_store(configs[0].store)
+    store_ids = root.attrs["hpa"]["ids"]
+    ids, probs = _combined(runs, store_ids)
+    labels = root["labels"][:]
+    position = {sample_id: k for k, sample_id in enumerate(store_ids)}
+    truth = labels[[position[i] for i in ids]]
+    shares = labels[root["done"][:]].mean(axis=0)  # the training labels' share of each class (ratio)
+    result = choose_thresholds(truth, probs, strategy, scale, shares, seed)
+    result.update({"runs": [str(r.path) for r in runs], "folds": sorted(c.fold for c in configs),
+                   "n_samples": len(ids), "n_folds": 1 + max(folds.values()), "store": configs[0].store})
+    if write_to is not None:
+        _write_cross_validation(Path(write_to), runs, ids, probs, folds, store_ids, result)
+    return result
+
+
+def _write_cross_validation(out: Path, runs, ids, probs, folds, store_ids, result) -> None:
+    write_probs(out / "oof.csv", ids, probs)
+    from ..contract.atomic import replacing
+
+    with replacing(out / "folds.csv") as tmp, tmp.open("w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["Id", "fold"])
+        writer.writerows((i, folds[i]) for i in store_ids if i in folds)
+    write_json(out / "thresholds.json", result)
+    write_json(out / CV_NAME, {"runs": [r.path.name for r in runs], "strategy": result["strategy"],
+                               "oof_macro_f1": result["oof_macro_f1"],
+                               "oof_macro_f1_crossfit": result["oof_macro_f1_crossfit"]})

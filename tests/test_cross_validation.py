@@ -1,0 +1,176 @@
+"""Cross-validation as one workflow: every fold in one command (resumable as a whole), the
+out-of-fold table with every training id once, thresholds chosen on it by each strategy, folds
+trained apart and combined, and predict from a cross-validation folder."""
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import hpa_pipeline.model.train as train_module
+from hpa_pipeline.cli import cli
+from hpa_pipeline.contract.store import StoreSpec
+from hpa_pipeline.model.metrics import macro_f1, predict_labels
+from hpa_pipeline.model.probs_table import read_probs
+from hpa_pipeline.model.run_folder import RunError
+from hpa_pipeline.model.thresholds import choose_thresholds, ratio_thresholds
+from hpa_pipeline.prep.ingest import ingest
+from hpa_pipeline.prep.synth import SynthSpec, make_dataset
+
+pytestmark = pytest.mark.integration  # whole training runs
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cv")
+    d = make_dataset(tmp / "data", SynthSpec(n_train=30, n_test=6, image_sizes=(256,), seed=5), workers=2)
+    spec = StoreSpec(size=128, levels=2, chunk=64)
+    assert ingest(d.train_archive, d.train_csv, tmp / "train.zarr", spec).exit_code == 0
+    assert ingest(d.test_archive, d.sample_submission, tmp / "test.zarr", spec).exit_code == 0
+    return d, tmp
+
+
+def _train(stores, out, fold="all", *extra):
+    _, tmp = stores
+    return ["train", "--store", str(tmp / "train.zarr"), "--out", str(out), "--arch", "se_resnet_tiny", "--level",
+            "64", "--crop", "48", "--folds", "3", "--fold", str(fold), "--epochs", "1", "--batch-size", "8",
+            "--workers", "0", "--steps-per-epoch", "1", "--weights", "none", "--device", "cpu", *extra]
+
+
+@pytest.fixture(scope="module")
+def cv_run(stores, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cvrun") / "cv"
+    result = CliRunner().invoke(cli, _train(stores, out))
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+def test_fold_all_trains_every_fold_and_writes_the_out_of_fold_table(stores, cv_run):
+    d, tmp = stores
+    out, output = cv_run
+    assert [p.name for p in sorted(out.glob("fold*")) if p.is_dir()] == ["fold0", "fold1", "fold2"]
+    ids, probs = read_probs(out / "oof.csv")
+    train_ids = [r["Id"] for r in csv.DictReader(d.train_csv.open())]
+    assert sorted(ids) == sorted(train_ids) and len(ids) == len(set(ids))  # every training id exactly once
+    assert probs.shape == (30, 28) and ((probs >= 0) & (probs <= 1)).all()
+    folds = {r["Id"]: int(r["fold"]) for r in csv.DictReader((out / "folds.csv").open())}
+    for k in range(3):  # each row comes from the fold that did not train on it
+        fold_ids, fold_probs = read_probs(out / f"fold{k}" / "oof.csv")
+        assert {folds[i] for i in fold_ids} == {k}
+        assert np.allclose(probs[[ids.index(i) for i in fold_ids]], fold_probs)
+    thresholds = json.loads((out / "thresholds.json").read_text())
+    assert len(thresholds["thresholds"]) == 28 and thresholds["strategy"] == "f1"
+    assert set(thresholds["strategies"]) == {"f1", "ratio", "fixed"}
+    assert f"out-of-fold macro F1 {thresholds['oof_macro_f1_crossfit']:.4f} (cross-fitted" in output
+    assert json.loads((out / "cv.json").read_text())["runs"] == ["fold0", "fold1", "fold2"]
+
+
+def test_fold_all_resumes_at_the_fold_where_it_stopped(stores, tmp_path, monkeypatch):
+    out = tmp_path / "cv"
+    calls = {"n": 0}
+
+    def crash(name):
+        if name == "after_last":
+            calls["n"] += 1
+            if calls["n"] == 2:  # fold 1's epoch: fold 0 is finished
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "fault_point", crash)
+    result = CliRunner().invoke(cli, _train(stores, out))
+    assert result.exit_code != 0  # Ctrl-C (the CLI runner reports it as an abort)
+    monkeypatch.undo()
+    assert (out / "fold0" / "oof.csv").exists() and not (out / "fold1" / "oof.csv").exists()
+    kept = (out / "fold0" / "oof.csv").read_bytes()
+    again = CliRunner().invoke(cli, _train(stores, out, "all", "--resume"))
+    assert again.exit_code == 0, again.output
+    assert "fold 1/3: finished, kept" in again.output
+    assert (out / "fold0" / "oof.csv").read_bytes() == kept
+    assert len(read_probs(out / "oof.csv")[0]) == 30
+    fresh = CliRunner().invoke(cli, _train(stores, out))
+    assert fresh.exit_code == 1 and "already holds a cross-validation; continue it with --resume" in fresh.output
+
+
+def test_folds_trained_apart_combine_as_one_cross_validation(stores, cv_run, tmp_path):
+    out, _ = cv_run
+    apart = []
+    for k in range(3):  # the same folds, trained one by one (as on three machines)
+        run = tmp_path / f"run{k}"
+        shutil.copytree(out / f"fold{k}", run)
+        apart.append(run)
+    result = CliRunner().invoke(cli, ["thresholds", *sum((["--run", str(r)] for r in apart), []), "--strategy",
+                                      "ratio", "--out", str(tmp_path / "t.json"), "--oof", str(tmp_path / "oof.csv")])
+    assert result.exit_code == 0, result.output
+    assert read_probs(tmp_path / "oof.csv")[0] == read_probs(out / "oof.csv")[0]
+    assert np.allclose(read_probs(tmp_path / "oof.csv")[1], read_probs(out / "oof.csv")[1])
+    assert json.loads((tmp_path / "t.json").read_text())["strategy"] == "ratio"
+    twice = CliRunner().invoke(cli, ["thresholds", "--run", str(apart[0]), "--run", str(out / "fold0"),
+                                     "--out", str(tmp_path / "u.json")])
+    assert twice.exit_code == 1 and "validate the same fold" in twice.output
+    other = tmp_path / "other"
+    shutil.copytree(apart[1], other)
+    rows = (other / "folds.csv").read_text().splitlines()
+    rows[1] = rows[1][:-1] + ("0" if not rows[1].endswith("0") else "1")
+    (other / "folds.csv").write_text("\n".join(rows) + "\n")
+    disagree = CliRunner().invoke(cli, ["thresholds", "--run", str(apart[0]), "--run", str(other),
+                                        "--out", str(tmp_path / "v.json")])
+    assert disagree.exit_code == 1 and "folds differ" in disagree.output
+
+
+def test_predict_from_a_cross_validation_folder_averages_its_folds(stores, cv_run, tmp_path):
+    _, tmp = stores
+    out, _ = cv_run
+    args = ["predict", "--store", str(tmp / "test.zarr"), "--workers", "0", "--device", "cpu"]
+    cv = CliRunner().invoke(cli, args + ["--run", str(out), "--out", str(tmp_path / "cv.csv"),
+                                         "--probs", str(tmp_path / "probs.csv")])
+    assert cv.exit_code == 0, cv.output
+    folds = CliRunner().invoke(cli, args + sum((["--run", str(out / f"fold{k}")] for k in range(3)), [])
+                               + ["--out", str(tmp_path / "folds.csv"), "--probs", str(tmp_path / "probs3.csv")])
+    assert folds.exit_code == 0
+    ids, probs = read_probs(tmp_path / "probs.csv")
+    assert np.allclose(probs, read_probs(tmp_path / "probs3.csv")[1]) and len(ids) == 6
+    chosen = np.array(json.loads((out / "thresholds.json").read_text())["thresholds"])
+    expected = predict_labels(probs, chosen)
+    rows = list(csv.DictReader((tmp_path / "cv.csv").open()))
+    assert [sorted(map(int, r["Predicted"].split())) for r in rows] == [np.flatnonzero(e).tolist() for e in expected]
+    fixed = tmp_path / "fixed.json"
+    fixed.write_text(json.dumps({"thresholds": [0.99] * 28}))
+    override = CliRunner().invoke(cli, args + ["--run", str(out), "--out", str(tmp_path / "o.csv"), "--thresholds",
+                                               str(fixed)])
+    assert override.exit_code == 0
+    rows = list(csv.DictReader((tmp_path / "o.csv").open()))
+    assert all(len(r["Predicted"].split()) == 1 for r in rows)  # only the empty-row rule's top class
+
+
+def test_each_threshold_strategy_on_a_hand_made_table():
+    truth = np.zeros((8, 28), bool)
+    truth[:4, 0] = True  # class 0: half the rows
+    truth[:2, 1] = True  # class 1: a quarter
+    probs = np.full((8, 28), 0.01)
+    probs[:, 0] = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2]
+    probs[:, 1] = [0.6, 0.55, 0.5, 0.45, 0.4, 0.35, 0.3, 0.25]
+    ratio = ratio_thresholds(truth, probs)
+    assert (probs[:, 0] > ratio[0]).sum() == 4 and (probs[:, 1] > ratio[1]).sum() == 2
+    assert ratio[5] == 1.0  # a class without positives is never predicted but by the empty-row rule
+    f1 = choose_thresholds(truth, probs, "f1")
+    assert macro_f1(truth, predict_labels(probs, np.array(f1["thresholds"]))) == pytest.approx(f1["oof_macro_f1"])
+    # searched on the table, f1 is at least as good there as any other strategy
+    assert f1["oof_macro_f1"] >= max(v["macro_f1_in_sample"] for v in f1["strategies"].values()) - 1e-12
+    assert choose_thresholds(truth, probs, "fixed")["thresholds"] == [0.5] * 28
+    scaled = choose_thresholds(truth, probs, "f1", scale=0.5)["thresholds"]
+    assert np.allclose(scaled, np.array(f1["thresholds"]) * 0.5)
+    for scores in f1["strategies"].values():
+        assert 0 <= scores["macro_f1_crossfit"] <= 1
+
+
+def test_a_fold_run_writes_its_own_out_of_fold_table(stores, tmp_path):
+    run = tmp_path / "run"
+    result = CliRunner().invoke(cli, _train(stores, run, 1, "--tta", "2"))
+    assert result.exit_code == 0, result.output
+    ids, probs = read_probs(run / "oof.csv")
+    folds = {r["Id"]: int(r["fold"]) for r in csv.DictReader((run / "folds.csv").open())}
+    assert ids and {folds[i] for i in ids} == {1}
+    assert len(ids) == sum(1 for f in folds.values() if f == 1)
+    with pytest.raises(RunError, match="no such probability table"):
+        read_probs(tmp_path / "missing.csv")
