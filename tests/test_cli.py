@@ -13,7 +13,7 @@ def test_help_lists_every_stage_with_one_line():
     assert result.exit_code == 0
     commands = result.output.split("Commands:")[1].strip().splitlines()
     names = [line.split()[0] for line in commands]
-    assert names == ["synth", "extract", "build-zarr", "ingest", "inspect", "verify", "export-ngff", "train",
+    assert names == ["synth", "extract", "build-zarr", "ingest", "inspect", "verify", "duplicates", "export-ngff", "train",
                      "thresholds", "predict", "evaluate"]  # in stage order
     assert all(len(line.split()) > 1 and not line.endswith("...") for line in commands)  # whole one-liners
 

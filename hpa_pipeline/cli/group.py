@@ -14,7 +14,7 @@ from .recipes import load_recipe
 
 #: every command, in the order of the stages (``hpa-pipe --help`` lists them so)
 COMMANDS = (prep_commands.synth, prep_commands.extract, prep_commands.build_zarr, prep_commands.ingest,
-            prep_commands.inspect, prep_commands.verify,
+            prep_commands.inspect, prep_commands.verify, prep_commands.duplicates,
             prep_commands.export_ngff, model_commands.train, model_commands.thresholds, model_commands.predict,
             model_commands.evaluate)
 
@@ -60,7 +60,8 @@ def _set_debug(ctx, param, value) -> None:
 def cli():
     """Human Protein Atlas full-size archives -> chunked Zarr -> SENet classifiers.
 
-    Stages: synth | extract, build-zarr or ingest | inspect, verify, export-ngff | train, thresholds | predict | evaluate.
+    Stages: synth | extract, build-zarr or ingest | inspect, verify, duplicates, export-ngff |
+    train, thresholds | predict | evaluate.
     """
 
 

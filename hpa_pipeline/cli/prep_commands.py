@@ -37,16 +37,19 @@ from .recipes import recipe_option
                    "jpeg-folder: HPA v18-style JPEGs (each filter in its colour) in hpa_v18/ with "
                    "HPAv18RBGY_wodpl.csv, training samples only.")
 @click.option("--seed", default=0, show_default=True, help="Same seed, same images and labels.")
+@click.option("--duplicates", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Near-duplicates to plant: copies of training samples under new ids (shifted, rescaled, "
+                   "brightened, re-encoded as JPEG), every other one in the test split; listed in duplicates.csv.")
 @click.option("--workers", type=click.IntRange(min=1), default=usable_cores(), show_default=True,
               help="Processes rendering samples at once (each renders one sample).")
 def synth(out_dir, n_train, n_test, image_sizes, bit_depth, compression, archive_method, labels_csv, form, seed,
-          workers):
+          duplicates, workers):
     """Write a synthetic dataset in the competition's on-disk format."""
     from ..prep.synth import SynthSpec, make_dataset
 
     try:
         spec = SynthSpec(n_train, n_test, image_sizes, int(bit_depth), compression, archive_method, seed, labels_csv,
-                         form)
+                         form, duplicates)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     bar = ProgressBar("synth")
@@ -171,6 +174,35 @@ def verify(store, repair, as_json):
         click.echo(f"  {kind}: {line}", err=True)
     click.echo(finish_line)
     raise SystemExit(0 if report.clean else 3)
+
+
+@click.command(short_help="Near-duplicate samples within and across stores.")
+@recipe_option
+@click.argument("stores", nargs=-1, required=True)
+@click.option("--max-distance", type=click.IntRange(0, 64), default=12, show_default=True,
+              help="Largest Hamming distance of the 64-bit pHashes, on each of red, green and blue (1st place's 12).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="CSV of the pairs: store_a,id_a,store_b,id_b,distance.")
+def duplicates(stores, max_distance, out):
+    """Find near-duplicate samples within and across STORES (train, test, external) by their
+    perceptual hashes; print a summary (groups, label conflicts, test samples that duplicate
+    training samples) and write the pairs."""
+    from ..prep.duplicates import find_duplicates, write_pairs
+
+    if out is not None:
+        writable_file(out, "--out")
+    bar = ProgressBar("hash")
+    try:
+        report = find_duplicates(list(stores), max_distance, progress=bar)
+    finally:
+        bar.close()
+    for row in report.pairs[:10]:
+        click.echo(f"  {row[1]} ({row[0]})  ~  {row[3]} ({row[2]})  distance {row[4]}", err=True)
+    if len(report.pairs) > 10:
+        click.echo(f"  ... and {len(report.pairs) - 10} more" + (f": see {out}" if out else ""), err=True)
+    if out is not None:
+        write_pairs(out, report)
+    click.echo(f"duplicates: {report.summary()}" + (f"; pairs in {out}" if out else ""))
 
 
 @click.command("export-ngff", short_help="Samples as OME-Zarr 0.5 images.")

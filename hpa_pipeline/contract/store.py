@@ -8,6 +8,7 @@ Layout (``n`` samples in CSV order, levels ``S0 > S1 > ...``)::
     source_shape      (n, 2)        int32, full-size height and width (0 until written)
     source_dtype      (n,)          uint8, bits per pixel of the source TIFFs: 8 or 16 (0 until written)
     channel_sums      (n, L, 4, 2)  float64, per sample, level and channel: sum and sum of squares
+    phash             (n, 4)        uint64, per sample and channel: 64-bit perceptual hash (0 until written)
     done              (n,)          bool, set only by the coordinating process
     report.json                     samples not written in the last run, and why
 
@@ -76,7 +77,10 @@ def open_or_create_store(path: str | Path, table: SampleTable, spec: StoreSpec, 
         raise StoreError(f"{path} is a file, not a store folder; choose another --out")
     existing = _existing_group(path)
     if existing is not None and not discard_unfinished_store(path, existing, table, spec):
-        return zarr.open_group(path, mode="r+")
+        root = zarr.open_group(path, mode="r+")
+        if "phash" not in root:
+            _create_phash(root, len(table))
+        return root
     if not is_url(path) and Path(path).exists() and any(Path(path).iterdir()):
         raise StoreError(f"{path} exists, is not empty and is not an hpa-pipeline store; choose another --out")
     try:
@@ -162,6 +166,7 @@ def _new_store(path: str, table: SampleTable, spec: StoreSpec, source: str) -> z
     root.create_array("source_dtype", shape=(n,), dtype="uint8", chunks=(small,), fill_value=0)
     root.create_array("channel_sums", shape=(n, spec.levels, 4, 2), dtype="float64",
                       chunks=(small, spec.levels, 4, 2), fill_value=0.0)
+    _create_phash(root, n)
     root.create_array("done", shape=(n,), dtype=bool, chunks=(small,), fill_value=False)
     root.attrs["hpa"] = {
         "format_version": FORMAT_VERSION,
@@ -175,6 +180,11 @@ def _new_store(path: str, table: SampleTable, spec: StoreSpec, source: str) -> z
         **_axes_description(spec),
     }
     return root
+
+
+def _create_phash(root: zarr.Group, n: int) -> None:
+    """The ``phash`` array (stores written before it get it on their next build command)."""
+    root.create_array("phash", shape=(n, 4), dtype="uint64", chunks=(min(SMALL_CHUNK, max(1, n)), 4), fill_value=0)
 
 
 def _check_same_build(path, root, table: SampleTable, spec: StoreSpec) -> None:
@@ -225,18 +235,23 @@ class SampleBook:
         self.source_shape = root["source_shape"][:]
         self.source_dtype = root["source_dtype"][:]
         self.channel_sums = root["channel_sums"][:]
+        self.phash = root["phash"][:] if "phash" in root else np.zeros((len(self.done), 4), np.uint64)
         self.chunk = root["done"].chunks[0]
         self._dirty: set[int] = set()
 
-    def mark_done(self, index: int, source_shape, source_bits: int, sums: np.ndarray) -> None:
+    def mark_done(self, index: int, source_shape, source_bits: int, sums: np.ndarray,
+                  hashes: np.ndarray | None = None) -> None:
         self.source_shape[index] = source_shape
         self.source_dtype[index] = source_bits
         self.channel_sums[index] = sums
+        if hashes is not None:
+            self.phash[index] = hashes
         self.done[index] = True
         self._dirty.add(index // self.chunk)
 
     def flush(self) -> None:
-        for name in ("source_shape", "source_dtype", "channel_sums", "done"):
+        names = ("source_shape", "source_dtype", "channel_sums", *(("phash",) if "phash" in self.root else ()), "done")
+        for name in names:
             values = getattr(self, name)
             for c in sorted(self._dirty):
                 block = slice(c * self.chunk, min((c + 1) * self.chunk, len(self.done)))
@@ -248,6 +263,7 @@ class SampleBook:
         self.source_shape[index] = 0
         self.source_dtype[index] = 0
         self.channel_sums[index] = 0
+        self.phash[index] = 0
         self.done[index] = False
         self._dirty.add(index // self.chunk)
 

@@ -54,6 +54,10 @@ class TrainConfig:
     val_level: int | None = option(int, None, "Level for validation and predict, whole images [default: --level, the "
                                          "scale the model trained at].")
     folds: int = option(int, 5, "Number of multilabel stratified folds of the store.")
+    group_duplicates: bool = option(bool, True, "Keep near-duplicate samples (by the store's perceptual hashes) in "
+                                                "one fold, and leave --external duplicates of validation samples out.")
+    duplicate_distance: int = option(int, 12, "Largest Hamming distance of the pHashes, on each of red, green and "
+                                              "blue, for two samples to be duplicates (1st place's 12).")
     fold: int | str = option(FOLD_OR_ALL, 0, "Validation fold (0..folds-1), or 'all': every fold in turn into "
                                               "<out>/fold<k>/, then the out-of-fold table, thresholds and F1.")
     epochs: int = option(int, 20, "Training epochs.")

@@ -132,11 +132,13 @@ def config_for_run(run: RunFolder, cfg: TrainConfig, resume: bool, given: set[st
     return TrainConfig(**{**asdict(saved), **free})
 
 
-def plan_folds(run: RunFolder, ids: list[str], labels: np.ndarray, k: int, seed: int) -> np.ndarray:
+def plan_folds(run: RunFolder, ids: list[str], labels: np.ndarray, k: int, seed: int,
+               groups: np.ndarray | None = None) -> np.ndarray:
     """The run's fold of each sample: read from ``folds.csv`` when it exists (it must match the
-    store's ids, ``k`` and the seed of the saved config), else made; nothing is written here."""
+    store's ids, ``k`` and the seed of the saved config), else made (duplicate ``groups`` kept
+    together); nothing is written here."""
     if not run.folds.exists():
-        return make_folds(labels, k, seed)
+        return make_folds(labels, k, seed, groups)
     rows = list(csv.DictReader(run.folds.open()))
     if [r["Id"] for r in rows] != list(ids):
         raise RunError(f"{run.folds} belongs to another store (ids differ); use another --out")

@@ -21,6 +21,7 @@ the end of the epoch; the augmentation runs without synchronisation (:class:`.da
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import random
 import time
@@ -43,6 +44,7 @@ from .data import CombinedDataset, EpochSampler, Normalizer, StoreDataset, make_
 from .checkpoints import load_checkpoint, load_weights, save_checkpoint
 from .feed import BatchFeed
 from .inference import autocast, predict_probs
+from ..contract.duplicates import find_pairs, groups_of
 from .losses import make_loss
 from .metrics import crossfit_macro_f1, f1_table, macro_f1, per_class_f1, predict_labels, search_thresholds
 from .models import create_model, resolve_weights
@@ -191,8 +193,9 @@ class Plan:
     folds: np.ndarray  # (n,) fold of each sample
     train_idx: np.ndarray
     valid_idx: np.ndarray
-    normalization: dict  # {"level", "mean", "std"}: the training level's channel statistics
+    normalization: dict  # {"level", "mean", "std", "dtype"}: the training level's channel statistics
     external: list  # (store, done sample indices, their labels) of each --external store
+    external_left_out: list  # (store, id, why) of the external samples left out as duplicates
 
 
 def plan_run(cfg: TrainConfig, run: RunFolder) -> Plan:
@@ -204,7 +207,9 @@ def plan_run(cfg: TrainConfig, run: RunFolder) -> Plan:
     resolve_weights(cfg.arch, cfg.weights)  # a missing weights file fails now, not after set-up
     done = root["done"][:]
     labels = root["labels"][:].astype(np.float32)
-    folds = plan_folds(run, meta["ids"], labels, cfg.folds, cfg.seed)
+    hashes = store_hashes(root) if cfg.group_duplicates else None
+    groups = None if hashes is None else groups_of(len(done), find_pairs(hashes, None, cfg.duplicate_distance))
+    folds = plan_folds(run, meta["ids"], labels, cfg.folds, cfg.seed, groups)
     train_idx = np.flatnonzero((folds != cfg.fold) & done)
     valid_idx = np.flatnonzero((folds == cfg.fold) & done)
     if len(valid_idx) == 0:
@@ -214,8 +219,10 @@ def plan_run(cfg: TrainConfig, run: RunFolder) -> Plan:
     normalization = {"level": cfg.level, "mean": list(level_stats["mean"]), "std": list(level_stats["std"]),
                      "dtype": dtype}
     check_same_training_data(run, cfg.store, normalization)
+    main = MainStore(list(meta["ids"]), hashes, labels, folds == cfg.fold, cfg.duplicate_distance)
+    external = [plan_external(store, cfg.level, set(meta["ids"]), dtype, main) for store in cfg.external]
     return Plan(list(meta["ids"]), labels, folds, train_idx, valid_idx, normalization,
-                [plan_external(store, cfg.level, set(meta["ids"]), dtype) for store in cfg.external])
+                [e[:3] for e in external], [row for e in external for row in e[3]])
 
 
 def check_same_training_data(run: RunFolder, store: str, normalization: dict) -> None:
@@ -243,7 +250,9 @@ def samples_message(cfg: TrainConfig, plan: Plan, n_samples: int) -> str:
     return (f"training on {len(plan.train_idx)} samples" + (f" (+{external} external)" if external else "")
             + f", validating on {len(plan.valid_idx)} (fold {cfg.fold})"
             + (f"; {left_out} samples of {cfg.store} are not done (failed or missing: see its report.json) and "
-               f"are left out" if left_out else ""))
+               f"are left out" if left_out else "")
+            + (f"; {len(plan.external_left_out)} external samples left out as duplicates (listed in "
+               f"external_left_out.csv)" if plan.external_left_out else ""))
 
 
 def open_labelled_store(store: str, levels: dict[str, int], role: str):
@@ -260,9 +269,49 @@ def open_labelled_store(store: str, levels: dict[str, int], role: str):
     return root, meta
 
 
-def plan_external(store: str, level: int, main_ids: set[str], dtype: str) -> tuple[str, np.ndarray, np.ndarray]:
-    """An external store's finished samples and labels; it must have labels, the level and the
-    main store's dtype, and share no id with it (a sample in both would leak into validation)."""
+def store_hashes(root) -> np.ndarray | None:
+    """A store's ``(n, 4)`` perceptual hashes, zero for samples not done; None for a store
+    written before hashes were stored (no duplicates are then known)."""
+    if "phash" not in root:
+        return None
+    hashes = root["phash"][:]
+    hashes[~root["done"][:]] = 0
+    return hashes
+
+
+@dataclass
+class MainStore:
+    """What the external stores are checked against: the train store's hashes and labels, and
+    which of its samples validate in this fold."""
+
+    ids: list[str]
+    hashes: np.ndarray | None
+    labels: np.ndarray
+    validating: np.ndarray
+    max_distance: int
+
+
+def external_left_out(hashes: np.ndarray | None, labels: np.ndarray, main: MainStore) -> dict[int, str]:
+    """External samples to leave out, with why: a duplicate of a validation sample (it would
+    leak it into training), or of a training sample whose labels differ (the competition's
+    label wins over the external one)."""
+    if hashes is None or main.hashes is None:
+        return {}
+    left = {}
+    for i, j, _ in find_pairs(hashes, main.hashes, main.max_distance):
+        if main.validating[j]:
+            left[int(i)] = f"duplicates validation sample {main.ids[j]}"
+        elif not np.array_equal(labels[i] > 0.5, main.labels[j] > 0.5):
+            left.setdefault(int(i), f"duplicates training sample {main.ids[j]} with other labels (the "
+                                    f"competition's labels win)")
+    return left
+
+
+def plan_external(store: str, level: int, main_ids: set[str], dtype: str, main: MainStore) -> tuple:
+    """An external store's finished samples and labels, less its duplicates of validation
+    samples and its disagreeing duplicates (:func:`external_left_out`); with the rows
+    ``(store, id, reason)`` left out. It must have labels, the level and the main store's dtype,
+    and share no id with it (a sample in both would leak into validation)."""
     root, meta = open_labelled_store(store, {"--level": level}, "--external")
     if meta["spec"]["dtype"] != dtype:
         raise RunError(f"--external {store} is {meta['spec']['dtype']} and --store is {dtype}: their pixel values "
@@ -271,8 +320,11 @@ def plan_external(store: str, level: int, main_ids: set[str], dtype: str) -> tup
     if shared:
         raise RunError(f"--external {store} shares {len(shared)} id(s) with --store (e.g. {sorted(shared)[0]}): "
                        f"they would be in validation and in training")
-    done = np.flatnonzero(root["done"][:])
-    return str(store), done, root["labels"][:].astype(np.float32)[done]
+    labels = root["labels"][:].astype(np.float32)
+    left = external_left_out(store_hashes(root), labels, main) if main.hashes is not None else {}
+    done = np.array([i for i in np.flatnonzero(root["done"][:]) if int(i) not in left], dtype=np.int64)
+    rows = [(str(store), meta["ids"][i], why) for i, why in sorted(left.items())]
+    return str(store), done, labels[done], rows
 
 
 def prepare_run_folder(run: RunFolder, cfg: TrainConfig, plan: Plan, state: TrainState) -> None:
@@ -281,6 +333,11 @@ def prepare_run_folder(run: RunFolder, cfg: TrainConfig, plan: Plan, state: Trai
     write_config(run, cfg, plan.normalization)
     if not run.folds.exists():
         write_folds(run, plan.ids, plan.folds)
+    if plan.external_left_out:
+        with replacing(run.path / "external_left_out.csv") as tmp, tmp.open("w", newline="") as f:
+            writer = csv.writer(f, lineterminator="\n")
+            writer.writerow(["store", "Id", "why"])
+            writer.writerows(plan.external_left_out)
     if state.epoch < 0:
         run.metrics.unlink(missing_ok=True)
     cut_metrics(run, state.epoch)

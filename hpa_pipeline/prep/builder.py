@@ -147,7 +147,7 @@ class StoreBuilder:
         if result.disk_full:
             self._stop_on_a_full_disk()
         if result.ok:
-            self.book.mark_done(result.index, result.source_shape, result.source_bits, result.sums)
+            self.book.mark_done(result.index, result.source_shape, result.source_bits, result.sums, result.hashes)
             self.report.written += 1
             self._alike = None
             if time.perf_counter() - self._last_flush > self.FLUSH_SECONDS:

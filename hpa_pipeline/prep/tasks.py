@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .hashing import sample_hashes
 from .imaging import ImageError, channel_sums, make_levels, read_image
 from .memory import keep_freed_buffers
 from ..contract.machine import one_thread_per_task
@@ -41,6 +42,7 @@ class SampleResult:
     source_shape: tuple[int, int] = (0, 0)
     source_bits: int = 0
     sums: np.ndarray | None = None
+    hashes: np.ndarray | None = None  # (4,) uint64 perceptual hash per channel (.hashing)
     disk_full: bool = False  # the store's disk filled up: the run stops (every later sample would fail too)
     exception: str | None = None  # the type of an unexpected failure (a bug, or a store fault): kept in the report
 
@@ -61,7 +63,7 @@ def process_sample(job: SampleJob) -> SampleResult:
         del channels
         write_levels(job.store, job.index, levels.levels)
         return SampleResult(job.index, job.sample_id, None, levels.source_shape, levels.source_bits,
-                            channel_sums(levels.levels))
+                            channel_sums(levels.levels), hashes=sample_hashes(levels.levels))
     except ImageError as exc:
         message = str(exc)
         if not message.startswith(job.sample_id):

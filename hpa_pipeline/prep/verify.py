@@ -118,7 +118,7 @@ def _missing_small_chunks(path: str, root, done: np.ndarray) -> list[str]:
         return []
     problems = []
     chunk = root["done"].chunks[0]
-    names = (["labels"] if "labels" in root else []) + list(_BOOK_ARRAYS)
+    names = (["labels"] if "labels" in root else []) + list(_BOOK_ARRAYS) + (["phash"] if "phash" in root else [])
     for name in names:
         for c in range(-(-len(done) // chunk)):
             needed = name == "labels" or done[c * chunk:(c + 1) * chunk].any()

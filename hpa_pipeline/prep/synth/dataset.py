@@ -69,6 +69,7 @@ class SynthSpec:
     seed: int = 0
     labels_csv: str | Path | None = None  # real train.csv to draw label sets from
     form: str = "7z"  # see FORMS
+    duplicates: int = 0  # near-duplicates planted under new ids (see plant_duplicates), listed in duplicates.csv
 
     @property
     def train_only(self) -> bool:
@@ -93,6 +94,9 @@ class SynthSpec:
             note = "; --form jpeg-folder writes training samples only" if self.train_only else ""
             raise OptionError(f"nothing to write: n_train {self.n_train}, n_test {self.n_test} (counts of 0 or more, "
                              f"at least one sample{note})")
+        if self.duplicates < 0 or self.duplicates and not self.n_train:
+            raise OptionError(f"--duplicates {self.duplicates}: a count of 0 or more, of copies of training samples "
+                              f"(so at least one training sample)")
         bad = [s for s in self.image_sizes if s < 64 or s % 4]
         if bad or not self.image_sizes:
             raise OptionError(f"image sizes must be multiples of 4 and at least 64, got {self.image_sizes}")
@@ -161,13 +165,20 @@ class _SampleJob:
     bit_depth: int
     compression: str
     form: str = "7z"
+    twin_of: int | None = None  # a planted near-duplicate: the index of the training sample it copies
 
 
 def render_members(job: _SampleJob) -> list[tuple[str, bytes]]:
     """The four ``(<id>_<filter>.<tif|png|jpg>, bytes)`` members of one sample, by name order."""
-    rng = np.random.default_rng([job.seed, job.split, job.index])
-    size = int(rng.choice(job.image_sizes))
-    channels = render_sample(rng, job.labels, size, job.bit_depth)
+    if job.twin_of is None:
+        rng = np.random.default_rng([job.seed, job.split, job.index])
+        size = int(rng.choice(job.image_sizes))
+        channels = render_sample(rng, job.labels, size, job.bit_depth)
+    else:  # the original's images (its own random stream), then altered as a re-upload would be
+        rng = np.random.default_rng([job.seed, 0, job.twin_of])
+        size = int(rng.choice(job.image_sizes))
+        channels = near_duplicate(render_sample(rng, job.labels, size, job.bit_depth),
+                                  np.random.default_rng([job.seed, TWIN_STREAM, job.index]))
     if job.form == "7z":
         return sorted((f"{job.sample_id}_{f}.tif", encode_tiff(channels[f], job.compression)) for f in FILTERS)
     import imagecodecs  # PNG/JPEG only: uncompressed TIFFs need no codec library (the GPU image has none)
@@ -179,6 +190,44 @@ def render_members(job: _SampleJob) -> list[tuple[str, bytes]]:
         members = [(f"{job.sample_id}_{f}.jpg",
                     imagecodecs.jpeg8_encode(_coloured(_eight_bit(channels[f], size), f), level=95)) for f in FILTERS]
     return sorted(members)
+
+
+#: the random stream of the planted duplicates' alterations (splits use 0 and 1)
+TWIN_STREAM = 2
+
+
+def near_duplicate(channels: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """The same field of view as another file would hold it: shifted by up to 8 pixels, rescaled
+    by up to 3 %, brightened by up to 15 % and, for 8-bit images, re-encoded as JPEG (quality 90),
+    one alteration for all four channels (as HPA v18's images differ from the competition's)."""
+    import cv2
+    import imagecodecs
+
+    size = next(iter(channels.values())).shape[0]
+    scale, gain = 1.0 + rng.uniform(0, 0.03), 1.0 + rng.uniform(0, 0.15)
+    dy, dx = rng.integers(-8, 9, 2)
+    matrix = cv2.getRotationMatrix2D((size / 2, size / 2), 0.0, scale)
+    matrix[:, 2] += (dx, dy)
+    out = {}
+    for f, image in channels.items():
+        moved = cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        top = np.iinfo(image.dtype).max
+        moved = np.clip(moved.astype(np.float64) * gain, 0, top).astype(image.dtype)
+        if image.dtype == np.uint8:
+            moved = imagecodecs.jpeg8_decode(imagecodecs.jpeg8_encode(moved, level=90))
+        out[f] = moved
+    return out
+
+
+def plant_duplicates(spec: SynthSpec, train_ids: list[str], train_labels, test: bool) -> list[tuple]:
+    """``(twin id, split, index of the training sample it copies, its labels)`` of each planted
+    duplicate: copies of the first training samples in turn, every other one into the test split
+    (when there is one), each under a new id."""
+    taken = set(train_ids)
+    fresh = [i for i in new_ids(np.random.default_rng([spec.seed, TWIN_STREAM]), 2 * spec.duplicates + len(taken))
+             if i not in taken][:spec.duplicates]
+    return [(twin, 1 if test and k % 2 else 0, k % len(train_ids), train_labels[k % len(train_ids)])
+            for k, twin in enumerate(fresh)]
 
 
 def _eight_bit(image: np.ndarray, size: int) -> np.ndarray:
@@ -266,13 +315,20 @@ def make_dataset(out_dir: str | Path, spec: SynthSpec, workers: int = 1,
     train_name, test_name, csv_name = {"7z": (TRAIN_ARCHIVE, TEST_ARCHIVE, "train.csv"),
                                        "png-zip": ("train.zip", "test.zip", "train.csv"),
                                        "jpeg-folder": ("hpa_v18", None, "HPAv18RBGY_wodpl.csv")}[spec.form]
-    written = Counter(progress, "synth", spec.samples)
+    twins = plant_duplicates(spec, train_ids, train_labels, test=not spec.train_only)
+    written = Counter(progress, "synth", spec.samples + len(twins))
     written.start()
-    _write_split(out / train_name, 0, train_ids, train_labels, spec, workers, written)
+    train_rows = _write_split(out / train_name, 0, train_ids, train_labels, spec, workers, written,
+                              [t for t in twins if t[1] == 0])
+    train_ids, train_labels = [r[0] for r in train_rows], [r[1] for r in train_rows]
     write_labels_csv(out / csv_name, train_ids, train_labels)
+    if twins:
+        _write_twins(out / "duplicates.csv", twins, train_rows)
     if spec.train_only:
         return SynthResult(out, out / train_name, None, out / csv_name, None, None, train_ids, [])
-    _write_split(out / test_name, 1, test_ids, test_labels, spec, workers, written)
+    test_rows = _write_split(out / test_name, 1, test_ids, test_labels, spec, workers, written,
+                             [t for t in twins if t[1] == 1])
+    test_ids, test_labels = [r[0] for r in test_rows], [r[1] for r in test_rows]
     write_labels_csv(out / "test_labels.csv", test_ids, test_labels)
     write_labels_csv(out / "sample_submission.csv", test_ids, [(0,)] * len(test_ids), column="Predicted")
     return SynthResult(out, out / train_name, out / test_name, out / csv_name, out / "sample_submission.csv",
@@ -280,11 +336,15 @@ def make_dataset(out_dir: str | Path, spec: SynthSpec, workers: int = 1,
 
 
 def _write_split(archive: Path, split: int, split_ids: list[str], label_sets, spec: SynthSpec, workers: int,
-                 written: Counter) -> None:
-    """Render one split's samples in ``workers`` processes into its archive, zip or folder."""
-    jobs = [_SampleJob(spec.seed, split, i, sid, labels, tuple(spec.image_sizes), spec.bit_depth, spec.compression,
-                       spec.form)
-            for i, (sid, labels) in enumerate(zip(split_ids, label_sets))]
+                 written: Counter, twins: list[tuple] = ()) -> list[tuple[str, tuple]]:
+    """Render one split's samples (and the duplicates planted in it) in ``workers`` processes
+    into its archive, zip or folder; returns its ``(id, labels)`` in id order."""
+    common = (tuple(spec.image_sizes), spec.bit_depth, spec.compression, spec.form)
+    jobs = [_SampleJob(spec.seed, split, i, sid, labels, *common) for i, (sid, labels) in enumerate(zip(split_ids,
+                                                                                                      label_sets))]
+    jobs += [_SampleJob(spec.seed, split, k, twin, labels, *common, twin_of=original)
+             for k, (twin, _, original, labels) in enumerate(twins)]
+    jobs.sort(key=lambda job: job.sample_id)  # archives list their members by name, as the real ones
     members = _members_counted(bounded_map(render_members, jobs, workers), written)
     if spec.form == "7z":
         write_archive(archive, members, spec.archive_method)
@@ -292,6 +352,18 @@ def _write_split(archive: Path, split: int, split_ids: list[str], label_sets, sp
         write_zip(archive, members)
     else:
         write_folder(archive, members)
+    return [(job.sample_id, job.labels) for job in jobs]
+
+
+def _write_twins(path: Path, twins: list[tuple], train_rows: list[tuple[str, tuple]]) -> None:
+    """``duplicates.csv``: each planted duplicate, its split, and the training sample it copies."""
+    import csv
+
+    originals = sorted({sid for sid, _ in train_rows} - {t[0] for t in twins})
+    with replacing(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["Id", "split", "copy_of"])
+        writer.writerows((twin, ("train", "test")[split], originals[index]) for twin, split, index, _ in twins)
 
 
 def _members_counted(samples: Iterable[list[tuple[str, bytes]]], written: Counter):
