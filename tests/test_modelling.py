@@ -236,3 +236,36 @@ def test_shard_stream_gives_each_sample_its_usual_crop_once(store):
         stream.set_epoch(epoch)
         orders.append([int(i) for _, _, i, _ in stream])
     assert sorted(orders[0]) == sorted(orders[1]) == list(range(n)) and orders[0] != orders[1]
+
+
+def test_lovasz_hinge_on_a_hand_computed_case():
+    """logits (2, -1, 0.5), targets (1, 0, 0): errors 1 - logit * sign = (-1, 0, 1.5); sorted
+    (1.5, 0, -1) with truth (0, 0, 1); Jaccard (0.5, 2/3, 1), gradient (0.5, 1/6, 1/3); the
+    loss is relu(errors) . gradient = 1.5 * 0.5 = 0.75."""
+    import torch
+
+    from hpa_pipeline.model.losses import MultilabelLoss, lovasz_grad, lovasz_hinge
+
+    loss = lovasz_hinge(torch.tensor([2.0, -1.0, 0.5]), torch.tensor([1.0, 0.0, 0.0]))
+    assert float(loss) == pytest.approx(0.75)
+    assert torch.allclose(lovasz_grad(torch.tensor([0.0, 0.0, 1.0])), torch.tensor([0.5, 1 / 6, 1 / 3]))
+    assert float(lovasz_hinge(torch.tensor([5.0, -5.0]), torch.tensor([1.0, 0.0]))) == 0.0  # margins met
+    logits, targets = torch.randn(4, 28), (torch.rand(4, 28) > 0.8).float()
+    combined = MultilabelLoss("focal+lovasz")(logits, targets)
+    assert float(combined) == pytest.approx(float(MultilabelLoss("focal")(logits, targets) + lovasz_hinge(logits, targets)))
+
+
+def test_per_image_normalisation_uses_each_images_own_statistics():
+    import torch
+
+    from hpa_pipeline.model.data import Normalizer
+
+    images = torch.stack([torch.full((4, 8, 8), 10, dtype=torch.uint8), torch.randint(0, 255, (4, 8, 8),
+                                                                                     dtype=torch.uint8)])
+    images[1, 0, 0, 0] = 0
+    out = Normalizer([100.0] * 4, [50.0] * 4, per_image=True)(images)
+    assert torch.all(out[0] == 0)  # a constant image is all zeros, not infinite
+    assert torch.allclose(out[1].mean(dim=(1, 2)), torch.zeros(4), atol=1e-5)
+    assert torch.allclose(out[1].std(dim=(1, 2)), torch.ones(4), atol=1e-4)
+    store = Normalizer([100.0] * 4, [50.0] * 4)(images)
+    assert torch.allclose(store[0], torch.full((4, 8, 8), -1.8))

@@ -622,3 +622,31 @@ def test_train_says_how_many_samples_it_uses_and_leaves_out(data, tmp_path):
           progress=lambda e: messages.append(e.message) if e.message else None)
     [line] = [m for m in messages if m.startswith("training on")]
     assert f"2 samples of {store} are not done" in line and "left out" in line
+
+
+def test_init_from_starts_from_another_runs_best_weights(data, finished_run, tmp_path):
+    import yaml
+
+    run = tmp_path / "finetune"
+    train(config(data, run, epochs=1, steps_per_epoch=1, lr=1e-12, warmup_epochs=0, init_from=str(finished_run)))
+    start = torch.load(finished_run / "checkpoints" / "best.pt", weights_only=True)["model"]
+    tuned = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
+    weights = [k for k in start if "weight" in k and "bn" not in k and start[k].dtype.is_floating_point]
+    for key in weights:  # a step of lr 1e-12 leaves the weights where the other run left them
+        torch.testing.assert_close(tuned[key], start[key], rtol=0, atol=1e-6, msg=key)
+    assert yaml.safe_load((run / "config.yaml").read_text())["init_from"] == str(finished_run)
+    with pytest.raises(RunError, match="--init-from .*: no checkpoints/best.pt"):
+        train(config(data, tmp_path / "other", epochs=1, init_from=str(tmp_path / "nowhere")))
+
+
+def test_per_image_normalisation_and_focal_lovasz_train_and_predict(data, tmp_path):
+    _, tmp = data
+    run = tmp_path / "run"
+    summary = train(config(data, run, epochs=1, steps_per_epoch=2, normalize="image", loss="focal+lovasz"))
+    assert np.isfinite(summary["train_loss"])
+    result = CliRunner().invoke(cli, ["predict", "--store", str(tmp / "test.zarr"), "--run", str(run), "--out",
+                                      str(tmp_path / "sub.csv"), "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    from hpa_pipeline.model.inference import load_run
+
+    assert load_run(run, torch.device("cpu")).normalizer().per_image

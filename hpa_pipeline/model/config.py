@@ -46,6 +46,11 @@ class TrainConfig:
     drop_rate: float = option(float, 0.2, "Dropout before the classifier, the same for both backends.")
     level: int = option(int, 1024, "Store level to train on; validation and predict use it too (whole images).")
     crop: int = option(int, 512, "Random training crop size (pixels of --level).")
+    normalize: str = option(str, "store", "store: by the train store's channel statistics; image: each image by its "
+                                          "own mean and std per channel (for stores of very different statistics, "
+                                          "e.g. with --external HPA v18).", ("store", "image"))
+    init_from: str = option(str, "", "Start from the best weights of this run folder (a new optimiser and schedule), "
+                                     "e.g. fine-tuning at 1024 a run trained at 512.")
     crop_grid: int = option(int, 1, "Crop origins on this grid (e.g. the store's chunk size: fastest reads); "
                                "1 = any offset.")
     stream: bool = option(bool, False, "Read whole shards in streaming order with a shuffle buffer "
@@ -70,8 +75,8 @@ class TrainConfig:
     warmup_epochs: float = option(float, 1.0, "Linear warm-up, in epochs, before the cosine decay.")
     schedule: str = option(str, "cosine", "Learning-rate schedule: linear warm-up then cosine, or one-cycle.",
                            SCHEDULES)
-    loss: str = option(str, "bce", "Binary cross-entropy, or focal loss (validation loss is the same function).",
-                       LOSSES)
+    loss: str = option(str, "bce", "Binary cross-entropy, focal loss, or focal plus the Lovász hinge (1st place); "
+                                   "the validation loss is the same function.", LOSSES)
     focal_gamma: float = option(float, 2.0, "Focusing exponent of the focal loss.")
     class_weighting: bool = option(bool, False, "Weight each class's positives by sqrt((1-f)/f) of its frequency f.")
     oversample: bool = option(bool, False, "Sample rare classes more often.")

@@ -234,8 +234,12 @@ class Normalizer(torch.nn.Module):
     #: yellow images) must not make the inputs infinite
     STD_FLOOR = 1e-3
 
-    def __init__(self, mean, std):
+    def __init__(self, mean, std, per_image: bool = False):
+        """``mean``, ``std``: the store's per-channel statistics; ``per_image``: each image (or
+        crop) by its own mean and std per channel instead (3rd place: official and external
+        images have very different statistics)."""
         super().__init__()
+        self.per_image = per_image
         std = np.maximum(np.asarray(std, np.float32), self.STD_FLOOR)
         self.register_buffer("mean", torch.as_tensor(np.asarray(mean), dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("inv_std", 1.0 / torch.as_tensor(std).view(1, -1, 1, 1))
@@ -249,15 +253,23 @@ class Normalizer(torch.nn.Module):
             self._maps[key] = torch.stack([dihedral(pixels, code).reshape(-1) for code in range(8)])
         return self._maps[key]
 
+    def _standardise(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float()
+        if not self.per_image:
+            return (x - self.mean) * self.inv_std
+        mean = x.mean(dim=(2, 3), keepdim=True)
+        std = x.std(dim=(2, 3), keepdim=True).clamp_min(1.0)  # one grey level: a constant channel stays 0
+        return (x - mean) / std
+
     def forward(self, images: torch.Tensor, augmentation: torch.Tensor | None = None) -> torch.Tensor:
         if augmentation is None:
-            return (images.float() - self.mean) * self.inv_std
+            return self._standardise(images)
         n, c, h, w = images.shape
         if h != w:
             raise ValueError(f"augmented items must be square, got {h}x{w}")
         index = self._dihedral_maps(h, images.device)[augmentation[:, 0].long()]  # (n, h*w)
         turned = torch.gather(images.reshape(n, c, h * w), 2, index[:, None, :].expand(n, c, h * w))
-        x = (turned.view(n, c, h, w).float() - self.mean) * self.inv_std
+        x = self._standardise(turned.view(n, c, h, w))
         gain, offset = augmentation[:, 1:5, None, None], augmentation[:, 5:9, None, None]
         return x * gain + offset
 

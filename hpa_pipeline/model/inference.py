@@ -91,7 +91,8 @@ class TrainedRun:
         return self.config.val_level or self.config.level
 
     def normalizer(self) -> Normalizer:
-        return Normalizer(self.normalization["mean"], self.normalization["std"])
+        return Normalizer(self.normalization["mean"], self.normalization["std"],
+                          per_image=self.config.normalize == "image")
 
 
 def read_thresholds(path: Path) -> np.ndarray:

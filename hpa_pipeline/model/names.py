@@ -9,7 +9,7 @@ ARCHS = ("se_resnext50_32x4d", "se_resnet50", "se_resnext101_32x4d", "senet154",
 #: libraries that build them (the same network and state-dict keys either way)
 BACKENDS = ("timm", "pretrainedmodels")
 #: training (and validation) losses of :class:`~hpa_pipeline.model.losses.MultilabelLoss`
-LOSSES = ("bce", "focal")
+LOSSES = ("bce", "focal", "focal+lovasz")
 #: learning-rate schedules
 SCHEDULES = ("cosine", "onecycle")
 #: mixed-precision modes on CUDA

@@ -205,6 +205,9 @@ def plan_run(cfg: TrainConfig, run: RunFolder) -> Plan:
                                      "--store")
     stats = meta["statistics"]
     resolve_weights(cfg.arch, cfg.weights)  # a missing weights file fails now, not after set-up
+    if cfg.init_from and not RunFolder(Path(cfg.init_from)).best.exists():
+        raise RunError(f"--init-from {cfg.init_from}: no checkpoints/best.pt there (give a run folder; for a "
+                       f"cross-validation, one of its fold<k> folders)")
     done = root["done"][:]
     labels = root["labels"][:].astype(np.float32)
     hashes = store_hashes(root) if cfg.group_duplicates else None
@@ -421,7 +424,8 @@ def make_data(cfg: TrainConfig, plan: Plan, ranks: distributed.Ranks, device: to
     if steps < 1:
         raise RunError(f"fold {cfg.fold} has {len(train_set)} training samples: fewer than one batch "
                        f"for each of {ranks.world} process(es)")
-    normalize = Normalizer(plan.normalization["mean"], plan.normalization["std"]).to(device)
+    normalize = Normalizer(plan.normalization["mean"], plan.normalization["std"],
+                           per_image=cfg.normalize == "image").to(device)
     loss_fn = make_loss(cfg.loss, cfg.focal_gamma, cfg.class_weighting, train_labels).to(device)
     return Data(train_set, valid_set, cfg.batch_size, sampler, feeds, stream_loader, normalize, loss_fn, steps)
 
@@ -499,6 +503,9 @@ class TrainState:
 
 def make_state(cfg: TrainConfig, plan: Plan, data: Data, device: torch.device) -> TrainState:
     model = create_model(cfg.arch, cfg.backend, cfg.weights, drop_rate=cfg.drop_rate).to(device)
+    if cfg.init_from:  # another run's best weights (then a new optimiser and schedule)
+        start = RunFolder(Path(cfg.init_from))
+        load_weights(model, load_checkpoint(start.best, device).get("model", {}), start.best)
     if cfg.sync_bn and distributed.ranks_from_env().active:
         if device.type != "cuda":
             raise RunError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel)")
