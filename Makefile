@@ -14,7 +14,7 @@ SIZE ?= 1024
 DEMO ?= build/demo
 RECIPE ?= pipelines/ingest.yaml
 
-.PHONY: install test test-fast demo ingest bench bench-gpu clean
+.PHONY: install test test-fast demo ingest train-cv bench bench-gpu clean
 
 install: $(STAMP)
 
@@ -39,8 +39,8 @@ demo: install
 	$(HPA) --config pipelines/demo.yaml build-zarr --src $(DEMO)/v18/hpa_v18 --csv $(DEMO)/v18/HPAv18RBGY_wodpl.csv \
 		--out $(DEMO)/hpa_v18.zarr --size 256
 	$(HPA) --config pipelines/demo.yaml train --store $(DEMO)/train.zarr --external $(DEMO)/hpa_v18.zarr \
-		--out $(DEMO)/run --resume
-	$(HPA) --config pipelines/demo.yaml predict --store $(DEMO)/test.zarr --run $(DEMO)/run --out $(DEMO)/submission.csv
+		--out $(DEMO)/cv --resume
+	$(HPA) --config pipelines/demo.yaml predict --store $(DEMO)/test.zarr --run $(DEMO)/cv --out $(DEMO)/submission.csv
 	$(HPA) evaluate --submission $(DEMO)/submission.csv --labels $(DEMO)/test_labels.csv
 
 # Both archives into train.zarr and test.zarr; resumable (run it again after a crash).
@@ -52,6 +52,12 @@ ingest: install
 	$(HPA) --config $(RECIPE) ingest $(DATA)/test_full_size.7z --csv $(DATA)/sample_submission.csv \
 		--out $(OUT)/test.zarr --size $(SIZE) || rc=$$?; \
 	exit $$rc
+
+# The cross-validated workflow (pipelines/cv.yaml) on the stores of make ingest: every fold,
+# the out-of-fold macro F1, and a submission from all folds. Resumable: run it again after a crash.
+train-cv: install
+	$(HPA) --config pipelines/cv.yaml train --store $(OUT)/train.zarr --out $(OUT)/cv --resume
+	$(HPA) --config pipelines/cv.yaml predict --store $(OUT)/test.zarr --run $(OUT)/cv --out $(OUT)/submission.csv
 
 bench: install
 	$(BIN)/python -m benchmarks $(BENCH)

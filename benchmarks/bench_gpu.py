@@ -13,7 +13,13 @@ loss, the dihedral/jitter augmentation and normalisation on the device, batch 64
    weights from scratch, batch 64, ``--epoch-size`` for at least 200 steps in one epoch): its
    steady-state images/s, and its start-up, validation and checkpoint times projected to the
    real data (24,900 training and 6,200 validation samples per fold);
-4. the feed alone (no training): images/s and the CPU cores it used (workers and this process).
+4. the feed alone (no training): images/s and the CPU cores it used (workers and this process);
+5. the loader-fed rate and the cores it took on a store of the **default** ingest recipe
+   (Blosc-zstd 1 with chunk checksums), beside the ``--codec none`` one of 2-4;
+6. a learning check: SE-ResNeXt50 from scratch on a synthetic twin of about 2,000 samples
+   (512² sources, the 256 level, 224² crops) for GPU_LEARN_S seconds of training (default 120)
+   in three epochs, eager and compiled: the validation macro F1 of each (they must agree within
+   noise: compilation changes the speed, not what is learned).
 
 Each of 1-3 eager and with ``torch.compile``. Targets: loader-fed >= 0.97 of
 memory-fed; ``train`` steady state >= 0.95 of memory-fed; epoch overheads <= 5 % of an epoch at
@@ -59,7 +65,7 @@ def workers_for(step_rate: float, per_worker_rate: float, cores: int) -> int:
     return int(max(1, min(cores - 1, math.ceil(1.3 * step_rate / max(per_worker_rate, 1e-6)))))
 
 
-def _store() -> Path:
+def _store(codec: str = "none") -> Path:
     from hpa_pipeline.contract.store import StoreSpec
     from hpa_pipeline.prep.build_zarr import build_zarr
     from hpa_pipeline.prep.extract import extract_archives
@@ -70,10 +76,53 @@ def _store() -> Path:
     tiff = BENCH_DATA / f"{name}_tiff"
     if not tiff.exists():
         extract_archives([data / "train_full_size.7z"], tiff)
-    store = BENCH_DATA / f"{name}_none.zarr"
+    store = BENCH_DATA / f"{name}_{codec}.zarr"
     if not (store / "report.json").exists():
-        build_zarr(tiff, data / "train.csv", store, StoreSpec(size=LEVEL, codec="none"))
+        build_zarr(tiff, data / "train.csv", store, StoreSpec(size=LEVEL, codec=codec))
     return store
+
+
+N_LEARN = 64 if DRY_RUN else 2000
+LEARN_S = float(os.environ.get("GPU_LEARN_S", 5 if DRY_RUN else 120))
+
+
+def _learning_store() -> Path:
+    """The learning check's synthetic twin: N_LEARN samples of 512² sources, levels 256 and 128."""
+    from hpa_pipeline.contract.store import StoreSpec
+    from hpa_pipeline.prep.build_zarr import build_zarr
+    from hpa_pipeline.prep.extract import extract_archives
+
+    name = f"learn{N_LEARN}"
+    data = synth_data(name, n_train=N_LEARN, n_test=1, compression="none", image_sizes=(512,))
+    tiff = BENCH_DATA / f"{name}_tiff"
+    if not tiff.exists():
+        extract_archives([data / "train_full_size.7z"], tiff)
+    store = BENCH_DATA / f"{name}.zarr"
+    if not (store / "report.json").exists():
+        build_zarr(tiff, data / "train.csv", store, StoreSpec(size=256, levels=2, codec="none"))
+    return store
+
+
+def _learning_check(store: Path, compiled: bool, img_s: float, workers: int) -> dict:
+    """Three epochs from scratch sized to LEARN_S seconds at the measured rate; the last
+    epoch's validation macro F1 (at 0.5 and tuned, cross-fitted) and the seconds it took."""
+    import csv
+
+    from hpa_pipeline.model.config import TrainConfig
+    from hpa_pipeline.model.train import train
+
+    level, crop = (128, 96) if DRY_RUN else (256, 224)
+    steps = max(2, int(LEARN_S * img_s * (CROP / crop) ** 2 / BATCH / 3))  # smaller crops run faster
+    with tempfile.TemporaryDirectory(dir=BENCH_DATA) as tmp:
+        cfg = TrainConfig(store=str(store), out=str(Path(tmp) / "run"), arch=ARCH, weights="none", level=level,
+                          crop=crop, folds=5, fold=0, epochs=3, batch_size=BATCH, steps_per_epoch=steps, lr=1e-3,
+                          warmup_epochs=0.3, loss="focal", compile=compiled, workers=workers, device=DEVICE)
+        started = time.perf_counter()
+        train(cfg)
+        seconds = time.perf_counter() - started
+        last = list(csv.DictReader((Path(tmp) / "run" / "metrics.csv").open()))[-1]
+    return {"valid_macro_f1": float(last["valid_macro_f1"]), "crossfit": float(last["valid_macro_f1_tuned_crossfit"]),
+            "steps": 3 * steps, "seconds": round(seconds, 1)}
 
 
 def _step_module(compiled: bool, labels: np.ndarray):
@@ -176,7 +225,7 @@ def _train_itself(store: Path, compiled: bool, workers: int, eval_rate: float) -
         dry = {"arch": ARCH, "level": LEVEL, "crop": CROP, "device": "cpu"} if DRY_RUN else {}
         cfg = TrainConfig(**{**recipe, "store": str(store), "out": str(Path(tmp) / "run"), "weights": "none",
                              "batch_size": BATCH, "epochs": 2, "epoch_size": BATCH * TRAIN_STEPS,
-                             "compile": compiled, "workers": workers, **dry})
+                             "compile": compiled, "workers": workers, "swa_epochs": 0, "tta": 1, **dry})
         train(cfg)
         first, row = list(csv.DictReader((Path(tmp) / "run" / "metrics.csv").open()))[:2]
         n_valid = sum(1 for r in csv.DictReader((Path(tmp) / "run" / "folds.csv").open()) if r["fold"] == "0")
@@ -241,6 +290,7 @@ def run() -> dict:
             f"{mode}: loader-fed / memory-fed (target >= 0.97)": round(fed / memory, 3),
             f"{mode}: feed alone img/s, CPU cores used": f"{alone['img_s']}, {alone['cores_used']}",
         })
+        figures.update(_default_codec_feed(model, step, normalize, memory, mode))
         save(NAME, figures)  # before the longest part: a run cut off in `train` keeps these
         if eval_rate is None:  # validation is not compiled: measured once
             eval_rate = _eval_rate(model, normalize)
@@ -262,7 +312,41 @@ def run() -> dict:
                 f"{itself['real_overhead_share']}, {itself['loader_share']}",
         })
         result = report(NAME, figures)  # after each mode: a cut-off run keeps the first
+    learn_store = _learning_store()
+    for mode in modes:
+        learned = _learning_check(learn_store, mode == "compile", figures[f"{mode}: memory-fed img/s"],
+                                  figures[f"{mode}: workers (chosen from the rates unless GPU_WORKERS)"])
+        figures[f"{mode}: learning check ({N_LEARN} synthetic samples, {learned['steps']} steps, "
+                f"{learned['seconds']} s): validation macro F1 at 0.5, tuned (cross-fitted)"] = \
+            f"{learned['valid_macro_f1']:.4f}, {learned['crossfit']:.4f}"
+        result = report(NAME, figures)
     return result
+
+
+def _default_codec_feed(model, step, normalize, memory: float, mode: str) -> dict:
+    """The loader-fed rate on a store of the default ingest recipe (Blosc-zstd 1), with the
+    workers its own per-worker rate asks for, and the cores the feed took."""
+    import torch
+
+    from hpa_pipeline.model.data import StoreDataset
+    from hpa_pipeline.model.feed import BatchFeed
+
+    dataset = StoreDataset(str(_store("zstd")), LEVEL, np.arange(N), crop=CROP, train=True)
+    start = time.perf_counter()
+    dataset.__getitems__([k % N for k in range(BATCH)])
+    per_worker = BATCH / (time.perf_counter() - start)
+    workers = int(os.environ.get("GPU_WORKERS_ZSTD") or workers_for(memory, per_worker, os.cpu_count() or 2))
+    feed = BatchFeed(dataset, BATCH, workers, torch.device(DEVICE))
+    try:
+        fed = _timed_steps(model, step, ((b[0], b[1], b[3]) for b in feed.batches(_endless(N))), normalize, STEPS)
+        alone = _feed_alone(feed, STEPS)
+    finally:
+        feed.close()
+    return {f"{mode}: default store (zstd-1): one worker crops/s, workers": f"{round(per_worker, 1)}, {workers}",
+            f"{mode}: default store (zstd-1): loader-fed img/s": round(fed, 1),
+            f"{mode}: default store (zstd-1): loader-fed / memory-fed": round(fed / memory, 3),
+            f"{mode}: default store (zstd-1): feed alone img/s, CPU cores used": f"{alone['img_s']}, "
+                                                                                f"{alone['cores_used']}"}
 
 
 if __name__ == "__main__":

@@ -174,3 +174,13 @@ def test_a_fold_run_writes_its_own_out_of_fold_table(stores, tmp_path):
     assert len(ids) == sum(1 for f in folds.values() if f == 1)
     with pytest.raises(RunError, match="no such probability table"):
         read_probs(tmp_path / "missing.csv")
+
+
+def test_evaluate_scores_the_out_of_fold_table_with_its_thresholds(stores, cv_run):
+    d, _ = stores
+    out, _ = cv_run
+    result = CliRunner().invoke(cli, ["evaluate", "--submission", str(out / "oof.csv"), "--thresholds",
+                                      str(out / "thresholds.json"), "--labels", str(d.train_csv)])
+    assert result.exit_code == 0, result.output
+    in_sample = json.loads((out / "thresholds.json").read_text())["oof_macro_f1"]
+    assert f"evaluate: macro F1 {in_sample:.4f}" in result.output

@@ -176,14 +176,17 @@ def thresholds(runs, strategy, scale, out, oof_file):
 @click.command(short_help="Macro F1 and per-class table of a submission.")
 @recipe_option
 @click.option("--submission", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
-              help="Id,Predicted CSV to score (from predict, or out-of-fold predictions).")
+              help="Id,Predicted CSV to score (from predict); with --thresholds, a probability table (oof.csv of "
+                   "a cross-validation, or predict --probs).")
+@click.option("--thresholds", "thresholds_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="thresholds.json that labels a probability table given as --submission.")
 @click.option("--labels", "labels_csv", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
               help="Id,Target CSV of the truth (train.csv, or test_labels.csv of synthetic data).")
-def evaluate(submission, labels_csv):
+def evaluate(submission, labels_csv, thresholds_file):
     """Macro F1 of a submission and the per-class table."""
     from ..model.submission import constant_baseline, evaluate as run_evaluate
 
-    score, table = run_evaluate(submission, labels_csv)
+    score, table = run_evaluate(submission, labels_csv, thresholds_file)
     click.echo(table)
     click.echo(f"evaluate: macro F1 {score:.4f} (constant most-frequent-class predictor: "
                f"{constant_baseline(labels_csv):.4f})")

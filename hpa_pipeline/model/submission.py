@@ -14,7 +14,7 @@ import numpy as np
 
 from ..contract.labels import (N_CLASSES, LabelError, parse_target, read_csv_table, read_sample_table,
                                write_labels_csv)
-from .metrics import f1_table, macro_f1
+from .metrics import f1_table, macro_f1, predict_labels
 from ..contract.errors import HpaError
 from ..contract.atomic import replacing
 
@@ -75,12 +75,22 @@ def validate_submission(path: str | Path, expected_ids: list[str]) -> None:
         raise SubmissionError(f"{Path(path).name}: rows are not in the order of the sample submission")
 
 
-def evaluate(submission: str | Path, labels_csv: str | Path) -> tuple[float, str]:
-    """Macro F1 of a submission against a labels CSV (``Id,Target``), and the per-class table."""
+def evaluate(submission: str | Path, labels_csv: str | Path, thresholds: str | Path | None = None) -> tuple[float, str]:
+    """Macro F1 of a submission against a labels CSV (``Id,Target``), and the per-class table.
+
+    With ``thresholds`` (a ``thresholds.json``), ``submission`` is a probability table (``oof.csv``,
+    ``predict --probs``) labelled by them under the empty-row rule, as ``predict`` would."""
     truth_table = read_sample_table(labels_csv)
     if not truth_table.has_labels:
         raise SubmissionError(f"{labels_csv}: no Target column to score against")
-    ids, predicted = read_submission(submission)
+    if thresholds is not None:
+        from .inference import read_thresholds
+        from .probs_table import read_probs
+
+        ids, probs = read_probs(submission)
+        predicted = predict_labels(probs, read_thresholds(Path(thresholds)))
+    else:
+        ids, predicted = read_submission(submission)
     check_ids(submission, ids, truth_table.ids, Path(labels_csv).name)
     index = {sample_id: i for i, sample_id in enumerate(truth_table.ids)}
     truth = truth_table.label_matrix()[[index[i] for i in ids]]
