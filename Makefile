@@ -14,7 +14,7 @@ SIZE ?= 1024
 DEMO ?= build/demo
 RECIPE ?= pipelines/ingest.yaml
 
-.PHONY: install test test-fast demo ingest train-cv bench bench-gpu clean
+.PHONY: install test test-fast demo ingest train-cv docs bench bench-gpu clean
 
 install: $(STAMP)
 
@@ -42,6 +42,9 @@ demo: install
 		--out $(DEMO)/cv --resume
 	$(HPA) --config pipelines/demo.yaml predict --store $(DEMO)/test.zarr --run $(DEMO)/cv --out $(DEMO)/submission.csv
 	$(HPA) evaluate --submission $(DEMO)/submission.csv --labels $(DEMO)/test_labels.csv
+	# the model leaves the project: a bioimage.io package, and raw images classified with it (no store)
+	$(HPA) export $(DEMO)/cv --out $(DEMO)/package
+	$(HPA) classify $(DEMO)/test_full_size.7z --model $(DEMO)/package --out $(DEMO)/classified.csv
 
 # Both archives into train.zarr and test.zarr; resumable (run it again after a crash).
 # Runs both even if the first reports failed samples; exits 3 if either did (see report.json).
@@ -58,6 +61,10 @@ ingest: install
 train-cv: install
 	$(HPA) --config pipelines/cv.yaml train --store $(OUT)/train.zarr --out $(OUT)/cv --resume
 	$(HPA) --config pipelines/cv.yaml predict --store $(OUT)/test.zarr --run $(OUT)/cv --out $(OUT)/submission.csv
+
+# The documentation site into build/site/, offline; broken links fail (strict).
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 bench: install
 	$(BIN)/python -m benchmarks $(BENCH)

@@ -19,7 +19,9 @@ loss, the dihedral/jitter augmentation and normalisation on the device, batch 64
 6. a learning check: SE-ResNeXt50 from scratch on a synthetic twin of about 2,000 samples
    (512² sources, the 256 level, 224² crops) for GPU_LEARN_S seconds of training (default 120)
    in three epochs, eager and compiled: the validation macro F1 of each (they must agree within
-   noise: compilation changes the speed, not what is learned).
+   noise: compilation changes the speed, not what is learned);
+7. whole images classified per second by an exported SE-ResNeXt50, PyTorch and ONNX Runtime
+   (its CUDA provider where the image has one), at 512² and 1024² (benchmarks/bench_classify.py).
 
 Each of 1-3 eager and with ``torch.compile``. Targets: loader-fed >= 0.97 of
 memory-fed; ``train`` steady state >= 0.95 of memory-fed; epoch overheads <= 5 % of an epoch at
@@ -319,6 +321,11 @@ def run() -> dict:
         figures[f"{mode}: learning check ({N_LEARN} synthetic samples, {learned['steps']} steps, "
                 f"{learned['seconds']} s): validation macro F1 at 0.5, tuned (cross-fitted)"] = \
             f"{learned['valid_macro_f1']:.4f}, {learned['crossfit']:.4f}"
+        result = report(NAME, figures)
+    if not DRY_RUN:  # 7. classifying whole images with an exported model (benchmarks/bench_classify.py)
+        from .bench_classify import measure
+
+        figures.update({f"classify {k}": v for k, v in measure("cuda").items()})
         result = report(NAME, figures)
     return result
 

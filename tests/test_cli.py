@@ -14,7 +14,7 @@ def test_help_lists_every_stage_with_one_line():
     commands = result.output.split("Commands:")[1].strip().splitlines()
     names = [line.split()[0] for line in commands]
     assert names == ["synth", "extract", "build-zarr", "ingest", "inspect", "verify", "duplicates", "export-ngff", "train",
-                     "thresholds", "predict", "evaluate"]  # in stage order
+                     "thresholds", "predict", "evaluate", "export", "classify"]  # in stage order
     assert all(len(line.split()) > 1 and not line.endswith("...") for line in commands)  # whole one-liners
 
 

@@ -9,14 +9,14 @@ import traceback
 import click
 
 from .. import __version__
-from . import model_commands, prep_commands
+from . import deploy_commands, model_commands, prep_commands
 from .recipes import load_recipe
 
 #: every command, in the order of the stages (``hpa-pipe --help`` lists them so)
 COMMANDS = (prep_commands.synth, prep_commands.extract, prep_commands.build_zarr, prep_commands.ingest,
             prep_commands.inspect, prep_commands.verify, prep_commands.duplicates,
             prep_commands.export_ngff, model_commands.train, model_commands.thresholds, model_commands.predict,
-            model_commands.evaluate)
+            model_commands.evaluate, deploy_commands.export, deploy_commands.classify)
 
 
 class StageOrder(click.Group):
@@ -61,7 +61,7 @@ def cli():
     """Human Protein Atlas full-size archives -> chunked Zarr -> SENet classifiers.
 
     Stages: synth | extract, build-zarr or ingest | inspect, verify, duplicates, export-ngff |
-    train, thresholds | predict | evaluate.
+    train, thresholds | predict | evaluate | export, classify.
     """
 
 

@@ -36,7 +36,7 @@ from ..contract.labels import CLASS_NAMES
 from ..contract.locks import store_locked
 from ..contract.machine import usable_cores
 from ..contract.progress import Progress, ProgressCallback, report
-from ..contract.store import open_store
+from ..contract.store import StoreSpec, open_store
 from . import distributed
 from .averaging import averaging_kind, make_average, recompute_batchnorm
 from .config import TrainConfig
@@ -78,6 +78,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: ProgressCallback | N
     which must agree with them. Under ``torchrun`` every process calls this; see
     :mod:`.distributed` for who does what.
     """
+    cfg = with_absolute_stores(cfg)
     if cfg.fold == "all":
         from .cross_validation import train_folds
 
@@ -95,6 +96,19 @@ def train(cfg: TrainConfig, resume: bool = False, progress: ProgressCallback | N
         raise Interrupted(f"interrupted: {run.path} keeps its checkpoint after {epochs} finished epoch(s); "
                           f"add --resume to continue" if epochs else
                           f"interrupted before the first epoch finished; nothing to resume in {run.path}") from None
+
+
+def with_absolute_stores(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with its local stores as absolute paths: a run folder names its data wherever it is
+    used from (predict, export, thresholds run in other folders)."""
+    from dataclasses import replace
+
+    from ..contract.locations import is_url
+
+    def absolute(store: str) -> str:
+        return store if not store or is_url(store) else str(Path(store).resolve())
+
+    return replace(cfg, store=absolute(cfg.store), external=tuple(absolute(s) for s in cfg.external))
 
 
 def writing_run_folder(out: str):
@@ -220,7 +234,7 @@ def plan_run(cfg: TrainConfig, run: RunFolder) -> Plan:
     level_stats = stats[str(cfg.level)]
     dtype = meta["spec"]["dtype"]
     normalization = {"level": cfg.level, "mean": list(level_stats["mean"]), "std": list(level_stats["std"]),
-                     "dtype": dtype}
+                     "dtype": dtype, "sizes": list(StoreSpec(**meta["spec"]).sizes)}
     check_same_training_data(run, cfg.store, normalization)
     main = MainStore(list(meta["ids"]), hashes, labels, folds == cfg.fold, cfg.duplicate_distance)
     external = [plan_external(store, cfg.level, set(meta["ids"]), dtype, main) for store in cfg.external]

@@ -1,0 +1,97 @@
+"""The ``rdf.yaml`` of an exported package (bioimage.io model spec 0.5), and reading a package back.
+
+The description is built with ``bioimageio.spec``'s own classes, so the spec checks it as it is
+made; :func:`validate_package` loads the written file back the way a consumer does.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from .. import __version__
+from ..contract.labels import CLASS_NAMES
+from ..model.run_folder import RunError
+
+RDF = "rdf.yaml"
+
+
+def _tensors(deployed, image: np.ndarray):
+    from bioimageio.spec.model import v0_5 as spec
+
+    space = [spec.SpaceInputAxis(id=spec.AxisId(a), size=spec.ParameterizedSize(min=64, step=32),
+                                 scale=2048 / deployed.level,
+                                 description=f"pixels of the {deployed.level}² level; scale: full-size (2048²) "
+                                             f"pixels per pixel") for a in ("y", "x")]
+    top = float(np.iinfo(image.dtype).max)
+    inputs = spec.InputTensorDescr(
+        id=spec.TensorId("image"), description="raw pixels, channels red, green, blue, yellow; normalised in the graph",
+        axes=[spec.BatchAxis(), spec.ChannelAxis(channel_names=[spec.Identifier(c) for c in
+                                                                 ("red", "green", "blue", "yellow")]), *space],
+        test_tensor=spec.FileDescr(source=Path("test_input.npy")),
+        data=spec.IntervalOrRatioDataDescr(type=str(image.dtype), range=(0.0, top)))
+    from .export import class_id
+
+    outputs = spec.OutputTensorDescr(
+        id=spec.TensorId("probabilities"), description="probability of each of the 28 locations (sigmoid in the graph)",
+        axes=[spec.BatchAxis(), spec.ChannelAxis(channel_names=[spec.Identifier(class_id(n)) for n in CLASS_NAMES])],
+        test_tensor=spec.FileDescr(source=Path("test_output.npy")),
+        data=spec.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)))
+    return inputs, outputs
+
+
+def write_description(deployed, folder: Path, image: np.ndarray, difference: float) -> Path:
+    """Build, check and write ``rdf.yaml`` for the files already in ``folder``."""
+    import torch
+    from bioimageio.spec import ValidationContext, save_bioimageio_yaml_only
+    from bioimageio.spec.model import v0_5 as spec
+
+    from .export import CITATIONS, OPSET, PROJECT_URL, package_config
+
+    with ValidationContext(root=folder, perform_io_checks=True):
+        inputs, outputs = _tensors(deployed, image)
+        descr = spec.ModelDescr(
+            name=f"HPA protein localisation {deployed.config['arch']}",
+            description="Multilabel classifier of the 28 subcellular protein locations of the Human Protein Atlas "
+                        "Image Classification competition (4-channel confocal images), from hpa-pipeline.",
+            authors=[spec.Author(name="hpa-pipeline contributors")],
+            cite=[spec.CiteEntry(text=text, doi=spec.Doi(doi)) for text, doi in CITATIONS],
+            license=spec.LicenseId("MIT"), git_repo=spec.HttpUrl(PROJECT_URL),
+            documentation=spec.FileDescr(source=Path("README.md")), covers=[spec.FileDescr(source=Path("cover.png"))],
+            tags=["classification", "human-protein-atlas", "subcellular-localization", "fluorescence", "2d"],
+            version=spec.Version(__version__), inputs=[inputs], outputs=[outputs],
+            weights=spec.WeightsDescr(
+                onnx=spec.OnnxWeightsDescr(source=Path("weights.onnx"), opset_version=OPSET),
+                torchscript=spec.TorchscriptWeightsDescr(source=Path("weights_torchscript.pt"),
+                                                         pytorch_version=spec.Version(torch.__version__.split("+")[0]))),
+            config={"hpa_pipeline": package_config(deployed, difference),
+                    "bioimageio": {"reproducibility_tolerance": [{"absolute_tolerance": 1e-4, "relative_tolerance": 1e-3,
+                                                                  "mismatched_elements_per_million": 0}]}},
+        )
+    save_bioimageio_yaml_only(descr, folder / RDF)
+    return folder / RDF
+
+
+def validate_package(folder: str | Path) -> str:
+    """Load ``rdf.yaml`` as a consumer would; the validation summary's status (``valid-format``)."""
+    from bioimageio.spec import load_description
+
+    descr = load_description(Path(folder) / RDF, perform_io_checks=True)
+    return descr.validation_summary.status
+
+
+def read_package(folder: str | Path) -> dict:
+    """This project's part of a package's ``config`` (class names, thresholds, level, sizes,
+    dtype), read without bioimageio.spec: a microscope PC needs only ONNX Runtime."""
+    path = Path(folder) / RDF
+    try:
+        rdf = yaml.safe_load(path.read_text())
+        config = rdf["config"]["hpa_pipeline"]
+    except FileNotFoundError:
+        raise RunError(f"{path}: no such file (give the folder hpa-pipe export wrote)") from None
+    except (yaml.YAMLError, KeyError, TypeError) as exc:
+        raise RunError(f"{path}: not a package exported by hpa-pipeline ({type(exc).__name__}: {exc})") from None
+    if len(config.get("thresholds", [])) != len(CLASS_NAMES):
+        raise RunError(f"{path}: expected {len(CLASS_NAMES)} thresholds in config.hpa_pipeline")
+    return config

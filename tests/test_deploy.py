@@ -1,0 +1,163 @@
+"""From a trained run to the microscope: a bioimage.io package that bioimageio.spec validates and
+bioimageio.core's model test reproduces from the package alone, ONNX Runtime agreeing with
+PyTorch (on the real SE-ResNeXt50 too), and classify giving the probabilities that ingest
+followed by predict gives, from a run (PyTorch) or a package (ONNX Runtime, no torch)."""
+import csv
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from hpa_pipeline.cli import cli
+from hpa_pipeline.contract.store import StoreSpec
+from hpa_pipeline.model.probs_table import read_probs
+from hpa_pipeline.prep.ingest import ingest
+from hpa_pipeline.prep.synth import SynthSpec, make_dataset
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("bioimageio.spec")
+pytestmark = pytest.mark.integration  # whole runs and exports
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("deploy")
+    d = make_dataset(tmp / "data", SynthSpec(n_train=24, n_test=6, image_sizes=(256, 384), seed=9), workers=2)
+    spec = StoreSpec(size=128, levels=2, chunk=64)
+    assert ingest(d.train_archive, d.train_csv, tmp / "train.zarr", spec).exit_code == 0
+    assert ingest(d.test_archive, d.sample_submission, tmp / "test.zarr", spec).exit_code == 0
+    result = CliRunner().invoke(cli, ["train", "--store", str(tmp / "train.zarr"), "--out", str(tmp / "run"), "--arch",
+                                      "se_resnet_tiny", "--level", "64", "--crop", "48", "--folds", "3", "--epochs",
+                                      "1", "--batch-size", "8", "--workers", "0", "--steps-per-epoch", "2",
+                                      "--weights", "none", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    package = tmp / "package"
+    exported = CliRunner().invoke(cli, ["export", str(tmp / "run"), "--out", str(package)])
+    assert exported.exit_code == 0, exported.output
+    return d, tmp, package, exported.output
+
+
+def test_the_package_is_valid_and_reproduces_its_test_outputs(trained):
+    from bioimageio.core import test_model
+
+    _, tmp, package, output = trained
+    assert "rdf.yaml (valid-format" in output
+    for name in ("rdf.yaml", "weights.onnx", "weights_torchscript.pt", "test_input.npy", "test_output.npy",
+                 "cover.png", "README.md"):
+        assert (package / name).is_file(), name
+    summary = test_model(package / "rdf.yaml")  # the package alone, as a consumer runs it
+    assert summary.status == "passed", [d.name for d in summary.details if d.status != "passed"]
+    rdf = yaml.safe_load((package / "rdf.yaml").read_text())
+    config = rdf["config"]["hpa_pipeline"]
+    run_thresholds = json.loads((tmp / "run" / "thresholds.json").read_text())["thresholds"]
+    assert config["thresholds"] == pytest.approx(run_thresholds) and len(config["class_names"]) == 28
+    assert config["level"] == 64 and config["store_sizes"] == [128, 64] and config["dtype"] == "uint8"
+    assert config["onnx_max_difference"] <= 1e-4
+    assert [c for c in rdf["inputs"][0]["axes"] if c["type"] == "channel"][0]["channel_names"] == [
+        "red", "green", "blue", "yellow"]
+    assert np.load(package / "test_input.npy").shape == (1, 4, 64, 64)
+
+
+def test_an_out_holding_something_else_is_refused(trained, tmp_path):
+    _, tmp, _, _ = trained
+    (tmp_path / "notes.txt").write_text("keep")
+    result = CliRunner().invoke(cli, ["export", str(tmp / "run"), "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "holds no package" in result.output
+    assert (tmp_path / "notes.txt").read_text() == "keep"
+
+
+def _classify(*args):
+    return CliRunner().invoke(cli, ["classify", *map(str, args)])
+
+
+def test_classify_equals_ingest_then_predict(trained, tmp_path):
+    d, tmp, package, _ = trained
+    predicted = CliRunner().invoke(cli, ["predict", "--store", str(tmp / "test.zarr"), "--run", str(tmp / "run"),
+                                         "--out", str(tmp_path / "sub.csv"), "--probs", str(tmp_path / "probs.csv"),
+                                         "--workers", "0", "--device", "cpu"])
+    assert predicted.exit_code == 0, predicted.output
+    ids, expected = read_probs(tmp_path / "probs.csv")
+    for how, source in (("--run", tmp / "run"), ("--model", package)):
+        out = tmp_path / f"classified{how}.csv"
+        result = _classify(d.test_archive, how, source, "--out", out)
+        assert result.exit_code == 0, result.output
+        rows = list(csv.DictReader(out.open()))
+        assert [r["Id"] for r in rows] == sorted(ids)
+        got = np.array([[float(r[str(c)]) for c in range(28)] for r in rows])
+        order = np.argsort(ids)
+        np.testing.assert_allclose(got, expected[order], atol=2e-6 if how == "--run" else 1e-4)
+    submission = {r["Id"]: r["Predicted"] for r in csv.DictReader((tmp_path / "sub.csv").open())}
+    assert {r["Id"]: r["Predicted"] for r in csv.DictReader((tmp_path / "classified--run.csv").open())} == submission
+
+
+def test_bad_and_incomplete_samples_are_listed_and_the_rest_classified(trained, tmp_path):
+    d, tmp, package, _ = trained
+    from hpa_pipeline.prep.extract import extract_archives
+
+    folder = tmp_path / "tiff"
+    extract_archives([d.test_archive], folder)
+    files = sorted(folder.glob("*.tif"))
+    files[0].unlink()  # one sample loses a channel
+    files[5].write_bytes(b"not a tiff")  # another's file is damaged
+    single = tmp_path / "single"
+    single.mkdir()
+    for f in files[8:12]:  # one more sample given as four single files
+        shutil.copy(f, single / f.name)
+    result = _classify(folder, "--model", package, "--out", tmp_path / "r.csv")
+    assert result.exit_code == 3, result.output
+    assert result.output.count("not classified:") == 2 and "missing channel(s)" in result.output
+    assert "unreadable TIFF" in result.output and "Traceback" not in result.output
+    assert "4 samples classified, 2 not" in result.output
+    again = _classify(*sorted(single.iterdir()), "--model", package, "--out", tmp_path / "s.csv")
+    assert again.exit_code == 0 and "1 samples classified, 0 not" in again.output
+
+
+def test_a_package_classifies_without_torch(trained, tmp_path):
+    d, _, package, _ = trained
+    program = ("import sys; sys.modules['torch'] = None\n"  # any import of torch fails
+               "sys.argv = ['hpa-pipe', *sys.argv[1:]]\nfrom hpa_pipeline.cli import main\nmain()\n")
+    result = subprocess.run([sys.executable, "-c", program, "classify", str(d.test_archive), "--model", str(package),
+                             "--out", str(tmp_path / "r.csv")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(list(csv.DictReader((tmp_path / "r.csv").open()))) == 6
+
+
+def test_a_cross_validation_exports_as_one_averaged_package(trained, tmp_path):
+    _, tmp, _, _ = trained
+    cv = tmp_path / "cv"
+    result = CliRunner().invoke(cli, ["train", "--store", str(tmp / "train.zarr"), "--out", str(cv), "--arch",
+                                      "se_resnet_tiny", "--level", "64", "--crop", "48", "--folds", "2", "--fold",
+                                      "all", "--epochs", "1", "--batch-size", "8", "--workers", "0",
+                                      "--steps-per-epoch", "1", "--weights", "none", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    exported = CliRunner().invoke(cli, ["export", str(cv), "--out", str(tmp_path / "pkg")])
+    assert exported.exit_code == 0 and "2 fold(s)" in exported.output, exported.output
+    config = yaml.safe_load((tmp_path / "pkg" / "rdf.yaml").read_text())["config"]["hpa_pipeline"]
+    assert config["thresholds"] == pytest.approx(json.loads((cv / "thresholds.json").read_text())["thresholds"])
+    assert len(config["runs"]) == 2
+
+
+@pytest.mark.slow
+def test_onnx_runtime_agrees_with_pytorch_on_se_resnext50(tmp_path):
+    """The real architecture (random weights: no download), 4 channels, raw uint8 in, sigmoid
+    out: ONNX Runtime's probabilities within 1e-4 of PyTorch's at two sizes and batches."""
+    import torch
+
+    from hpa_pipeline.deploy.export import ONNX_TOLERANCE, onnx_difference, write_weights
+    from hpa_pipeline.deploy.graph import RawToProbabilities
+    from hpa_pipeline.model.data import Normalizer
+    from hpa_pipeline.model.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("se_resnext50_32x4d", weights="none").eval()
+    module = RawToProbabilities([model], [Normalizer([20.0] * 4, [30.0] * 4)]).eval()
+    example = np.random.default_rng(0).integers(0, 255, (1, 4, 128, 128)).astype(np.uint8)
+    write_weights(module, torch.from_numpy(example), tmp_path)
+    difference = onnx_difference(module, tmp_path, example)
+    print(f"SE-ResNeXt50: largest |ONNX Runtime - PyTorch| = {difference:.2e}")
+    assert difference <= ONNX_TOLERANCE
