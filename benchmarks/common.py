@@ -55,7 +55,8 @@ def timer():
 def save(name: str, figures: dict) -> dict:
     """Save one benchmark's figures so far with the machine, as JSON; a long benchmark saves
     after each part, so a run cut off by a time limit keeps what it measured."""
-    record = {"benchmark": name, "machine": machine(), "figures": figures,
+    command = "make bench-gpu" if name.startswith("gpu") else f"make bench BENCH={name}"
+    record = {"benchmark": name, "command": command, "machine": machine(), "figures": figures,
               "date": time.strftime("%Y-%m-%d %H:%M")}
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     (RESULTS_DIR / f"{name}.json").write_text(json.dumps(record, indent=2))

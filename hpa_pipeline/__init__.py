@@ -13,4 +13,4 @@ Three subpackages show the architecture (:mod:`hpa_pipeline.contract` is what th
 ``hpa_pipeline.cli`` is the thin Click front end; it imports a command's half only when that
 command runs.
 """
-__version__ = "0.1.0"
+__version__ = "0.2.0"

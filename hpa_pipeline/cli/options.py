@@ -51,8 +51,9 @@ def store_options(fn):
         click.option("--worker-timeout", type=click.FloatRange(min=1), default=600, show_default=True,
                      help="Seconds to wait for the first Dask worker of --scheduler or a cluster recipe."),
         click.option("--upscale", is_flag=True,
-                     help="Interpolate sources smaller than --size up to it (e.g. 512² PNGs into a 1024 level; "
-                          "adds no detail, and cells look larger than in full-size sources); else they fail by id."),
+                     help="Interpolate sources smaller than --size up to it (e.g. 512² PNGs into a 1024 level: the same "
+                          "field of view, so cells keep their size but are blurrier; no detail is added); else "
+                          "they fail by id."),
         click.option("--scheduler", default=None, metavar="tcp://HOST:PORT",
                      help="Address of a running dask.distributed scheduler to use instead."),
     ]

@@ -1,0 +1,47 @@
+"""The documentation site builds offline with --strict (a broken link or a missing page fails),
+its CLI reference is generated from every command, and nothing in the project points outside it."""
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.integration
+def test_the_site_builds_strictly_with_every_command_and_the_benchmark_results(tmp_path):
+    pytest.importorskip("mkdocs")
+    pytest.importorskip("mkdocs_click")
+    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path)],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    from hpa_pipeline.cli import cli
+
+    reference = (tmp_path / "cli" / "index.html").read_text()
+    for name, command in cli.commands.items():
+        assert f"hpa-pipe {name}" in reference, name
+        for param in command.params:
+            if getattr(param, "opts", None) and param.opts[0].startswith("--") and param.opts[0] != "--help":
+                assert param.opts[0] in reference, (name, param.opts[0])
+    benchmarks = (tmp_path / "benchmarks" / "index.html").read_text()
+    assert "checksum" in benchmarks and "<!-- benchmark-results -->" not in benchmarks
+    assert "What changed for users" in (tmp_path / "changelog" / "index.html").read_text()
+
+
+def test_nothing_in_the_project_reads_or_links_outside_it():
+    offenders = []
+    for path in [*REPO.glob("hpa_pipeline/**/*.py"), *REPO.glob("docs/**/*.md"), REPO / "README.md",
+                 *REPO.glob("pipelines/*.yaml"), REPO / "Makefile"]:
+        if "../shared" in path.read_text():
+            offenders.append(str(path.relative_to(REPO)))
+    assert not offenders
+
+
+def test_the_readme_is_a_front_page():
+    readme = (REPO / "README.md").read_text()
+    assert len(readme.splitlines()) <= 150
+    for needed in ("make demo", "make test", ".venv/bin/hpa-pipe", "--codec", "export", "Exit statuses"):
+        assert needed in readme, needed
+    assert shutil.which("make") is None or "docs:" in (REPO / "Makefile").read_text()
