@@ -31,6 +31,8 @@ class StageOrder(click.Group):
 
         try:
             return super().invoke(ctx)
+        except click.exceptions.NoSuchOption as exc:
+            raise _with_our_name(exc) from None
         except HpaError as exc:
             if _debugging(ctx):
                 raise
@@ -40,6 +42,18 @@ class StageOrder(click.Group):
             if line is None:
                 raise
             raise click.ClickException(line) from None
+
+
+def _with_our_name(exc: click.exceptions.NoSuchOption) -> click.exceptions.NoSuchOption:
+    """``--learning-rate`` (another tool's name) suggests ``--lr`` (ours), as recipes do."""
+    from .recipes import ALIASES
+
+    ours = ALIASES.get(exc.option_name.lstrip("-").replace("-", "_"))
+    if ours is None:
+        return exc
+    return click.exceptions.NoSuchOption(
+        exc.option_name, message=f"No such option {exc.option_name!r}. Did you mean '--{ours.replace('_', '-')}'?",
+        ctx=exc.ctx)
 
 
 def _debugging(ctx) -> bool:
@@ -70,6 +84,8 @@ for _command in COMMANDS:
 
 
 _terminated = False
+#: the commands whose rerun goes on where an interrupted run stopped
+RESUMABLE = ("extract", "build-zarr", "ingest", "train", "verify")
 
 
 def _stop_as_on_ctrl_c(signum, frame) -> None:
@@ -92,8 +108,10 @@ def main():
         code = cli.main(prog_name="hpa-pipe", standalone_mode=False)
     except click.exceptions.Abort as exc:
         cause = exc.__cause__ or exc.__context__
+        resumable = any(arg in RESUMABLE for arg in sys.argv[1:])
         message = str(cause) if isinstance(cause, Interrupted) else (
-            "interrupted: nothing was left half-written; run the same command again to resume")
+            "interrupted: nothing was left half-written" + ("; run the same command again to resume" if resumable
+                                                            else ""))
         click.echo(f"\n{message}", err=True)
         sys.exit(143 if _terminated else 130)
     except click.ClickException as exc:

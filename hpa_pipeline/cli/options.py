@@ -16,6 +16,14 @@ def int_list(ctx, param, value: str) -> tuple[int, ...]:
         raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
 
 
+def _cluster_choice(ctx, param, value: str) -> str:
+    """``threads``, ``processes`` or a recipe file that exists: anything else is a usage error."""
+    if value in ("threads", "processes") or os.path.isfile(value):
+        return value
+    hint = f"; did you mean pipelines/cluster-{value}.yaml?" if value in ("slurm", "pbs", "kubernetes") else ""
+    raise click.BadParameter(f"{value!r} is not threads, processes or a cluster recipe file{hint}")
+
+
 def store_options(fn):
     """Options shared by build-zarr and ingest: the store layout and where the work runs."""
     options = [
@@ -46,6 +54,7 @@ def store_options(fn):
         click.option("--threads-per-worker", type=click.IntRange(min=1), default=1, show_default=True,
                      help="Threads in each worker process of --cluster processes."),
         click.option("--cluster", default="threads", show_default=True, metavar="threads|processes|RECIPE.yaml",
+                     callback=_cluster_choice,
                      help="Local Dask cluster (threads of this process, or one process per worker), or a "
                           "SLURM/PBS/Kubernetes cluster recipe (pipelines/cluster-*.yaml)."),
         click.option("--worker-timeout", type=click.FloatRange(min=1), default=600, show_default=True,

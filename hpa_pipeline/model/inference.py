@@ -114,6 +114,9 @@ def read_thresholds(path: Path) -> np.ndarray:
 def load_run(path: str | Path, device) -> TrainedRun:
     """The best weights of a run, its options, thresholds and training normalisation."""
     run = RunFolder(Path(path))
+    if (run.path / "zarr.json").exists():
+        raise RunError(f"{run.path} is a dataset store, not a run folder: give it as --store, and a run "
+                       f"folder (from train) as --run")
     if not run.best.exists():
         raise RunError(f"{run.path}: no checkpoints/best.pt (has this run finished an epoch?)")
     cfg, normalization = read_config(run.config)
@@ -139,6 +142,10 @@ def predict(store: str | Path, runs: list[str | Path], tta: int = 1, batch_size:
     """
     from .cross_validation import fold_runs, is_cross_validation
 
+    resolved = [Path(r).resolve() for r in runs]
+    repeated = sorted({str(r) for r in resolved if resolved.count(r) > 1})
+    if repeated:
+        raise RunError(f"--run {repeated[0]} is given twice: each run counts once in the average")
     expanded, chosen = [], None
     for run in runs:
         if is_cross_validation(run):

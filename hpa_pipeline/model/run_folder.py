@@ -77,6 +77,20 @@ class RunFolder:
         if self.path.exists() and not self.path.is_dir():
             raise RunError(f"--out {self.path} is a file, not a run folder")
 
+    #: what a run folder may hold before its first checkpoint (a run killed early)
+    RUN_FILES = {"config.yaml", "folds.csv", "metrics.csv", "checkpoints", "tensorboard", "external_left_out.csv",
+                 "thresholds.json", "f1_table.txt", "oof.csv", "curves.png", "per_class_f1.png"}
+
+    def check_not_foreign(self) -> None:
+        """A new run goes into a new or empty folder, or one a killed run left: never into a
+        folder of other files, which its files would mix into."""
+        if self.path.is_dir():
+            foreign = sorted(p.name for p in self.path.iterdir() if p.name not in self.RUN_FILES
+                             and not p.name.startswith("."))
+            if foreign:
+                raise RunError(f"--out {self.path} is not empty and not a run folder (it holds {', '.join(foreign[:3])}"
+                               f"{' ...' if len(foreign) > 3 else ''}); choose a new folder")
+
 
 def read_config(path: Path) -> tuple[TrainConfig, dict | None]:
     """A run's ``config.yaml``: its options and the normalisation it trained with (None for runs
@@ -116,6 +130,7 @@ def config_for_run(run: RunFolder, cfg: TrainConfig, resume: bool, given: set[st
         if run.last.exists() or run.best.exists():
             raise RunError(f"{run.path} already holds a run (checkpoints/); continue it with --resume, "
                            f"or choose another --out")
+        run.check_not_foreign()
         return cfg
     if not run.config.exists():
         return cfg  # nothing to resume yet: a new run
@@ -124,9 +139,11 @@ def config_for_run(run: RunFolder, cfg: TrainConfig, resume: bool, given: set[st
     differences = [f"--{name.replace('_', '-')}: saved {getattr(saved, name)!r}, given {getattr(cfg, name)!r}"
                    for name in sorted(given - set(FREE_ON_RESUME)) if getattr(saved, name) != getattr(cfg, name)]
     if differences:
+        more = ("; for more epochs of a finished run, start a new one from its weights: --init-from "
+                f"{run.path} --out NEW" if any(d.startswith("--epochs") for d in differences) else "")
         raise RunError(f"--resume continues {run.path} with its saved options; these differ:\n  "
                        + "\n  ".join(differences)
-                       + "\n(leave them out to resume, or start a new run in another --out)")
+                       + f"\n(leave them out to resume, or start a new run in another --out{more})")
     # the free options the user gave (a moved --store, other --workers); the saved ones otherwise
     free = {name: getattr(cfg, name) for name in FREE_ON_RESUME if name in given or name == "out"}
     return TrainConfig(**{**asdict(saved), **free})

@@ -33,6 +33,7 @@ import torch
 
 from ..contract.atomic import Interrupted, replacing, write_bytes, write_json
 from ..contract.labels import CLASS_NAMES
+from ..contract.errors import OptionError
 from ..contract.locks import store_locked
 from ..contract.machine import usable_cores
 from ..contract.progress import Progress, ProgressCallback, report
@@ -78,6 +79,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: ProgressCallback | N
     which must agree with them. Under ``torchrun`` every process calls this; see
     :mod:`.distributed` for who does what.
     """
+    if not cfg.out:
+        raise OptionError("--out is required: the run folder to write (or to --resume)")
     cfg = with_absolute_stores(cfg)
     if cfg.fold == "all":
         from .cross_validation import train_folds
@@ -130,6 +133,9 @@ def reading_stores(cfg: TrainConfig):
 
 def start_message(run: RunFolder, last_epoch: int, epochs: int, step: int, resume: bool) -> str:
     """What the run starts from: its last finished epoch, or a new run (also under --resume)."""
+    if last_epoch >= epochs - 1:
+        return (f"{run.path} is finished ({epochs}/{epochs} epochs); nothing to train. For more epochs, start a "
+                f"new run from its weights: --init-from {run.path} --out NEW")
     if last_epoch >= 0:
         return f"resuming {run.path} at epoch {last_epoch + 2}/{epochs} (step {step})"
     if resume:
@@ -141,6 +147,7 @@ def _train(cfg: TrainConfig, run: RunFolder, progress, ranks: distributed.Ranks,
            resume: bool) -> dict:
     started = time.perf_counter()
     plan = plan_run(cfg, run)  # every check; nothing written yet
+    check_precision(cfg, device)
     torch.manual_seed(cfg.seed)
     with make_data(cfg, plan, ranks, device) as data:  # loader workers live until the run ends
         state = make_state(cfg, plan, data, device)
@@ -515,6 +522,13 @@ class TrainState:
         return self.average.module
 
 
+def check_precision(cfg: TrainConfig, device: torch.device) -> None:
+    """``--amp bf16`` needs a GPU with bfloat16 (Ampere or later); a V100 or T4 gets one line."""
+    if device.type == "cuda" and cfg.amp == "bf16" and not torch.cuda.is_bf16_supported():
+        raise OptionError(f"--amp bf16: {torch.cuda.get_device_name(device)} has no bfloat16; use --amp fp16 "
+                          f"(with loss scaling) or --amp none")
+
+
 def make_state(cfg: TrainConfig, plan: Plan, data: Data, device: torch.device) -> TrainState:
     model = create_model(cfg.arch, cfg.backend, cfg.weights, drop_rate=cfg.drop_rate).to(device)
     if cfg.init_from:  # another run's best weights (then a new optimiser and schedule)
@@ -688,7 +702,9 @@ def write_epoch(run: RunFolder, cfg: TrainConfig, plan: Plan, state: TrainState,
             **{k: v for k, v in row.items() if k.startswith("valid_macro_f1")},
             "support": evaluation.truth.sum(0).astype(int).tolist(),
             "per_class_f1": per_class_f1(evaluation.truth, tuned).tolist()})
-        write_bytes(run.path / "f1_table.txt", (f1_table(evaluation.truth, tuned) + "\n").encode())
+        heading = (f"Per-class F1 of the validation fold at epoch {row['epoch'] + 1} (best), with the thresholds of "
+                   f"thresholds.json (searched on this fold: in sample)\n")
+        write_bytes(run.path / "f1_table.txt", (heading + f1_table(evaluation.truth, tuned) + "\n").encode())
     fault_point("after_best")
     row = {**row, "checkpoint_s": round(time.perf_counter() - started, 3)}
     append_metrics(run, row)

@@ -81,7 +81,7 @@ def _jobs(builder: StoreBuilder, files: dict[str, dict[str, Path]], src: str | P
         sample_id = builder.table.ids[index]
         found = files.get(sample_id)
         if not found:
-            builder.fail(index, f"{sample_id}: no TIFF for this id in {src}")
+            builder.fail(index, f"{sample_id}: no image (TIFF, PNG or JPEG) for this id in {src}")
             continue
         jobs.append(builder.job(index, {f: str(p) for f, p in found.items()}))
     return jobs
