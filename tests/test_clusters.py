@@ -64,7 +64,7 @@ def test_unknown_cluster_is_a_usage_error(small_dataset, tmp_path):
     result = CliRunner().invoke(cli, ["ingest", str(small_dataset.train_archive), "--csv",
                                       str(small_dataset.train_csv), "--out", str(tmp_path / "s.zarr"),
                                       "--cluster", "gpu-farm"])
-    assert result.exit_code == 1 and "unknown cluster 'gpu-farm'" in result.output
+    assert result.exit_code == 2 and "'gpu-farm' is not threads, processes or a cluster recipe file" in result.output
 
 
 def _stand_in_slurm(bin_dir: Path, jobs_dir: Path) -> None:

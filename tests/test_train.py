@@ -65,7 +65,7 @@ def test_run_folder_holds_everything(four_class_store, tmp_path):
     assert rows[0].startswith("epoch,step,lr,train_loss,valid_loss,valid_macro_f1") and len(rows) == 3
     assert "macro F1" in (run / "f1_table.txt").read_text()
     out = tmp_path / "submission.csv"
-    result = CliRunner().invoke(cli, ["predict", "--store", str(test_store), "--run", str(run), "--run", str(run),
+    result = CliRunner().invoke(cli, ["predict", "--store", str(test_store), "--run", str(run),
                                       "--tta", "8", "--out", str(out), "--workers", "0"])
     assert result.exit_code == 0, result.output
     assert out.read_text().splitlines()[0] == "Id,Predicted" and len(out.read_text().splitlines()) == 9
