@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..contract.labels import CLASS_NAMES, FILTERS
+from ..contract.labels import CLASS_NAMES
 from ..contract.shards import ShardReader
 from ..contract.store import open_store
 from ..model.run_folder import RunError
@@ -100,13 +100,12 @@ def onnx_difference(module: torch.nn.Module, folder: Path, example: np.ndarray) 
 
 
 def write_cover(image: np.ndarray, path: Path) -> None:
-    """The test sample as an RGB composite PNG (red + yellow/2, green + yellow/2, blue)."""
+    """The test sample as the RGB composite ``inspect`` draws (yellow shown as yellow), a PNG."""
     import matplotlib.image
 
-    x = image[0].astype(np.float32) / (257.0 if image.dtype == np.uint16 else 1.0)
-    red, green, blue, yellow = (x[FILTERS.index(f)] for f in ("red", "green", "blue", "yellow"))
-    rgb = np.clip(np.stack([red + yellow / 2, green + yellow / 2, blue], axis=-1), 0, 255).astype(np.uint8)
-    matplotlib.image.imsave(path, rgb)
+    from ..prep.inspect import composite
+
+    matplotlib.image.imsave(path, composite(image[0]))
 
 
 def write_documentation(deployed: DeployedRun, path: Path, sample_id: str) -> None:
