@@ -201,14 +201,67 @@ def test_damaged_lzma_stream_keeps_what_was_decoded(decoder, tmp_path):
 
 
 @pytest.mark.parametrize("content", [b"", b"not a 7z archive"])
-def test_unreadable_or_truncated_archive_is_a_clear_error(decoder, small_dataset, tmp_path, content):
+def test_unreadable_archive_is_a_clear_error(decoder, small_dataset, tmp_path, content):
     broken = tmp_path / "train_full_size.7z"
-    broken.write_bytes(content or small_dataset.train_archive.read_bytes()[: 100_000])
+    broken.write_bytes(content)
     with pytest.raises(ArchiveError, match="train_full_size.7z: not a readable 7z archive"):
         ingest(broken, small_dataset.train_csv, tmp_path / "s.zarr", SPEC)
     result = CliRunner().invoke(cli, ["ingest", str(broken), "--csv", str(small_dataset.train_csv),
                                       "--out", str(tmp_path / "s.zarr")])
     assert result.exit_code == 1 and "not a readable 7z archive" in result.output
+
+
+def test_a_truncated_archive_says_it_looks_incomplete(decoder, small_dataset, tmp_path):
+    data = small_dataset.train_archive.read_bytes()
+    cut = tmp_path / "train_full_size.7z"
+    cut.write_bytes(data[: len(data) // 2])  # a download that stopped half-way
+    result = CliRunner().invoke(cli, ["ingest", str(cut), "--csv", str(small_dataset.train_csv), "--out",
+                                      str(tmp_path / "s.zarr")])
+    assert result.exit_code == 1
+    assert (f"train_full_size.7z looks incomplete: {len(data) // 2:,} of the {len(data):,} bytes its header "
+            f"needs (an interrupted download") in result.output
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_a_truncated_zip_says_it_looks_incomplete(tmp_path):
+    import zipfile
+
+    whole = tmp_path / "whole.zip"
+    with zipfile.ZipFile(whole, "w") as z:
+        z.writestr("a_red.png", b"x" * 5000)
+    cut = tmp_path / "train.zip"
+    cut.write_bytes(whole.read_bytes()[:3000])
+    csv = tmp_path / "train.csv"
+    csv.write_text("Id,Target\na,0\n")
+    result = CliRunner().invoke(cli, ["ingest", str(cut), "--csv", str(csv), "--out", str(tmp_path / "s.zarr")])
+    assert result.exit_code == 1 and "train.zip looks incomplete: a zip file without its end record" in result.output
+
+
+def _volumes(small_dataset, tmp_path):
+    import multivolumefile
+
+    data = small_dataset.train_archive.read_bytes()
+    with multivolumefile.MultiVolume(tmp_path / "train_full_size.7z", mode="wb", volume=len(data) // 4 + 1,
+                                     ext_digits=3) as vol:  # named like 7-Zip's volumes
+        vol.write(data)
+    return [tmp_path / f"train_full_size.7z.{k:03d}" for k in (1, 2, 3, 4)]
+
+
+@pytest.mark.parametrize("missing", [2, 3])  # the last volume (.004 absent) and one in the middle (.003)
+def test_a_missing_volume_is_named(decoder, small_dataset, tmp_path, missing):
+    volumes = _volumes(small_dataset, tmp_path)
+    volumes[missing].unlink()
+    result = CliRunner().invoke(cli, ["ingest", str(volumes[0]), "--csv", str(small_dataset.train_csv), "--out",
+                                      str(tmp_path / "s.zarr")])
+    assert result.exit_code == 1
+    assert f"volume {volumes[missing]} is missing" in result.output
+
+
+def test_a_cut_last_volume_is_named(small_dataset, tmp_path):
+    volumes = _volumes(small_dataset, tmp_path)
+    volumes[3].write_bytes(volumes[3].read_bytes()[:100])
+    result = CliRunner().invoke(cli, ["extract", str(volumes[0]), "--out", str(tmp_path / "x")])
+    assert result.exit_code == 1 and f"{volumes[3]} looks incomplete" in result.output
 
 
 def test_empty_archive_fails_every_sample(decoder, small_dataset, tmp_path):
@@ -237,12 +290,12 @@ def test_multi_volume_archive(decoder, small_dataset, tmp_path):
 
 @pytest.mark.parametrize("row, message", [("x,29", "label 29 is outside 0-27"), ("x,", "empty target"),
                                           ("x,a b", "label 'a' is not"), ("good00,1", "duplicate id")])
-def test_bad_csv_rows_stop_before_any_work_naming_the_row(bad_archive, tmp_path, row, message):
+def test_bad_csv_rows_stop_before_any_work_naming_the_line(bad_archive, tmp_path, row, message):
     archive, csv, _ = bad_archive
     bad_csv = tmp_path / "train.csv"
     bad_csv.write_text(csv.read_text() + row + "\n")
     result = CliRunner().invoke(cli, ["ingest", str(archive), "--csv", str(bad_csv), "--out", str(tmp_path / "s.zarr")])
-    assert result.exit_code == 1 and "train.csv row 17" in result.output and message in result.output
+    assert result.exit_code == 1 and "train.csv line 18" in result.output and message in result.output
     assert not (tmp_path / "s.zarr").exists()
 
 

@@ -175,7 +175,19 @@ def _cached_layout(seven, first: str, size: int, mtime_ns: int):
     try:
         return describe(seven, first)
     except SevenZipError as exc:
-        raise ArchiveError(f"{first}: not a readable 7z archive (7zz: {exc})") from None
+        raise unreadable(first, "7z", f"7zz: {exc}") from None
+
+
+def unreadable(path: str | Path, kind: str, detail: str) -> ArchiveError:
+    """The error for an archive that does not open: what is missing when it looks incomplete
+    (a download cut short, a volume left behind), else the decoder's own words."""
+    from .completeness import why_incomplete
+
+    try:
+        incomplete = why_incomplete(volume_paths(path))
+    except ArchiveError:
+        incomplete = None
+    return ArchiveError(incomplete or f"{path}: not a readable {kind} archive ({detail})")
 
 
 def is_zip(path: str | Path) -> bool:
@@ -187,7 +199,7 @@ def _open_zip(path: str | Path) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise ArchiveError(f"{path}: not a readable zip archive ({type(exc).__name__}: {exc})") from None
+        raise unreadable(path, "zip", f"{type(exc).__name__}: {exc}") from None
 
 
 def _zip_member(info: zipfile.ZipInfo) -> Member:

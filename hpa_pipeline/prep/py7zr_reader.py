@@ -25,7 +25,7 @@ import py7zr
 from py7zr.helpers import get_sanitized_output_path
 from py7zr.io import Py7zIO, WriterFactory
 
-from .archive import VOLUME_SUFFIX, ArchiveError, Deliver, Member, volume_paths
+from .archive import VOLUME_SUFFIX, ArchiveError, Deliver, Member, unreadable, volume_paths
 from .checksum import crc32
 
 
@@ -47,7 +47,7 @@ def open_archive(path: str | Path) -> py7zr.SevenZipFile:
         handle = multivolumefile.MultiVolume(base, mode="rb", ext_digits=digits)
         return py7zr.SevenZipFile(handle, mode="r")
     except (py7zr.Bad7zFile, EOFError, OSError, ValueError, KeyError, IndexError) as exc:
-        raise ArchiveError(f"{path}: not a readable 7z archive ({type(exc).__name__}: {exc})") from None
+        raise unreadable(path, "7z", f"{type(exc).__name__}: {exc}") from None
 
 
 def _member(info) -> Member:
