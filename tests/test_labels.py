@@ -28,22 +28,22 @@ def test_parse_and_format_target_round_trip():
     ("-1", "label '-1' is not"),
     ("1.5", "label '1.5' is not"),
 ])
-def test_bad_targets_name_the_row(tmp_path, text, message):
+def test_bad_targets_name_the_line(tmp_path, text, message):
     csv = tmp_path / "train.csv"
     csv.write_text(f"Id,Target\naaa,0\nbbb,{text}\n")
     with pytest.raises(LabelError) as err:
         read_sample_table(csv)
-    assert "train.csv row 2 (id bbb)" in str(err.value)
+    assert "train.csv line 3 (id bbb)" in str(err.value)
     assert message in str(err.value)
 
 
 def test_duplicate_and_empty_ids_are_errors(tmp_path):
     csv = tmp_path / "train.csv"
     csv.write_text("Id,Target\naaa,0\nbbb,1\naaa,2\n")
-    with pytest.raises(LabelError, match=r"row 3 \(id aaa\): duplicate id, first seen in row 1"):
+    with pytest.raises(LabelError, match=r"line 4 \(id aaa\): duplicate id, first seen on line 2"):
         read_sample_table(csv)
     csv.write_text("Id,Target\n,0\n")
-    with pytest.raises(LabelError, match="row 1.*empty id"):
+    with pytest.raises(LabelError, match="line 2.*empty id"):
         read_sample_table(csv)
 
 
@@ -78,10 +78,10 @@ def test_the_competitions_and_hpa_v18s_ids_are_sample_ids(tmp_path, sample_id):
 
 
 @pytest.mark.parametrize("sample_id", ["../../victim", "a/b", "a\\\\b", ".hidden", "x..y", "sp ace", "a*b", "x" * 201])
-def test_an_id_that_could_leave_a_folder_is_refused_naming_the_row(tmp_path, sample_id):
+def test_an_id_that_could_leave_a_folder_is_refused_naming_the_line(tmp_path, sample_id):
     csv = tmp_path / "t.csv"
     csv.write_text(f"Id,Target\ngood,1\n{sample_id},0\n")
-    with pytest.raises(LabelError, match=r"t.csv row 2 .*is not a sample id"):
+    with pytest.raises(LabelError, match=r"t.csv line 3 .*is not a sample id"):
         read_sample_table(csv)
 
 
@@ -89,3 +89,13 @@ def test_an_id_that_could_leave_a_folder_is_refused_naming_the_row(tmp_path, sam
 def test_a_unicode_digit_is_not_a_label(token):
     with pytest.raises(LabelError, match="is not a non-negative integer"):
         parse_target(f"1 {token}", "train.csv row 7 (id x)")
+
+
+def test_messages_give_the_line_an_editor_shows_past_blank_lines_and_quoted_line_breaks(tmp_path):
+    csv = tmp_path / "train.csv"
+    csv.write_text('Id,Target\n\naaa,0\n"b\nb",1\n\nccc,29\n')
+    with pytest.raises(LabelError, match=r"train.csv line 4 \(id b\nb\)"):  # a quoted id spanning lines 4-5
+        read_sample_table(csv)
+    csv.write_text("Id,Target\n\naaa,0\n\n\nccc,29\n")
+    with pytest.raises(LabelError, match=r"train.csv line 6 \(id ccc\): label 29 is outside"):
+        read_sample_table(csv)

@@ -181,10 +181,10 @@ def test_submission_round_trip_and_malformed_rows(tmp_path):
     truth = tmp_path / "t.csv"
     truth.write_text("Id,Target\na,0 16\nb,5\nc,27\n")
     assert evaluate(path, truth)[0] == pytest.approx(4 / 28)  # 4 classes present, all right
-    cases = {"Id,Predicted\na,0\nb,28\nc,1\n": "row 2 \\(id b\\): label 28 is outside 0-27",
-             "Id,Predicted\na,0\nzzz,1\nc,1\n": "row 2: id zzz is not in t.csv",
+    cases = {"Id,Predicted\na,0\nb,28\nc,1\n": "line 3 \\(id b\\): label 28 is outside 0-27",
+             "Id,Predicted\na,0\nzzz,1\nc,1\n": "bad.csv: id zzz is not in t.csv",
              "Id,Predicted\na,0\nb,1\n": "1 ids of t.csv missing",
-             "Id,Predicted\na,0\nb,\nc,1\n": "row 2 \\(id b\\): empty target",
+             "Id,Predicted\na,0\nb,\nc,1\n": "line 3 \\(id b\\): empty target",
              "Id,Target\na,0\n": "columns are"}
     for text, message in cases.items():
         bad = tmp_path / "bad.csv"

@@ -112,7 +112,8 @@ def read_sample_table(csv_path: str | Path) -> SampleTable:
     """Read ``train.csv`` (``Id,Target``) or ``sample_submission.csv`` (``Id,Predicted``).
 
     The file order fixes the sample order of the store. Duplicate or empty ids and bad
-    targets raise :class:`LabelError` naming the row (1-based data row, header excluded).
+    targets raise :class:`LabelError` naming the line of the file (the header is line 1), as
+    an editor numbers it.
     A ``Predicted`` column is ignored: it is a placeholder in sample_submission.csv.
     """
     csv_path = Path(csv_path)
@@ -121,16 +122,15 @@ def read_sample_table(csv_path: str | Path) -> SampleTable:
         raise LabelError(f"{csv_path}: no 'Id' column (columns: {list(table.columns)})")
     has_labels = "Target" in table.columns
     ids, labels, seen = [], [], {}
-    for row, (sample_id, target) in enumerate(
-        zip(table["Id"], table["Target"] if has_labels else [None] * len(table)), start=1
-    ):
+    for row, sample_id, target in zip(table.lines, table["Id"],
+                                      table["Target"] if has_labels else [None] * len(table)):
         sample_id = sample_id.strip()
-        where = f"{csv_path.name} row {row} (id {sample_id or '<empty>'})"
+        where = f"{csv_path.name} line {row} (id {sample_id or '<empty>'})"
         if not sample_id:
             raise LabelError(f"{where}: empty id")
         check_sample_id(sample_id, where)
         if sample_id in seen:
-            raise LabelError(f"{where}: duplicate id, first seen in row {seen[sample_id]}")
+            raise LabelError(f"{where}: duplicate id, first seen on line {seen[sample_id]}")
         seen[sample_id] = row
         ids.append(sample_id)
         if has_labels:
@@ -141,14 +141,16 @@ def read_sample_table(csv_path: str | Path) -> SampleTable:
 
 
 class CsvTable:
-    """A CSV read as strings: ``columns``, ``table[column]`` (a list of cells) and ``len(table)``.
+    """A CSV read as strings: ``columns``, ``table[column]`` (a list of cells), ``len(table)``
+    and ``lines``, the line of the file each row starts on (for messages).
 
     The standard library's reader, not pandas: importing pandas took a third of every
     preprocessing command's start-up, for files of two columns.
     """
 
-    def __init__(self, columns: list[str], rows: list[list[str]]):
+    def __init__(self, columns: list[str], rows: list[list[str]], lines: list[int] | None = None):
         self.columns, self.rows = columns, rows
+        self.lines = lines if lines is not None else list(range(2, len(rows) + 2))
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -178,7 +180,13 @@ def read_csv_table(csv_path: Path) -> CsvTable:
 
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as f:
-            rows = [row for row in csv.reader(f) if row]  # blank lines are skipped
+            reader = csv.reader(f)
+            rows, lines, line = [], [], 1
+            for row in reader:
+                if row:  # blank lines are skipped
+                    rows.append(row)
+                    lines.append(line)
+                line = reader.line_num + 1  # the next row starts after this one (quoted fields span lines)
     except UnicodeDecodeError as exc:
         raise LabelError(f"{csv_path}: not a readable CSV (not UTF-8 text: {exc.reason})") from None
     except csv.Error as exc:
@@ -188,10 +196,10 @@ def read_csv_table(csv_path: Path) -> CsvTable:
     if not rows:
         raise LabelError(f"{csv_path}: empty file (expected a header such as Id,Target)")
     header = [name.strip() for name in rows[0]]
-    for number, row in enumerate(rows[1:], start=1):
+    for number, row in zip(lines[1:], rows[1:]):
         if len(row) > len(header):
-            raise LabelError(f"{csv_path.name} row {number}: {len(row)} fields, the header has {len(header)}")
-    return CsvTable(header, rows[1:])
+            raise LabelError(f"{csv_path.name} line {number}: {len(row)} fields, the header has {len(header)}")
+    return CsvTable(header, rows[1:], lines[1:])
 
 
 def labels_to_matrix(label_sets) -> np.ndarray:

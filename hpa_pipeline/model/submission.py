@@ -33,7 +33,8 @@ def write_submission(path: str | Path, ids: list[str], labels: np.ndarray) -> Pa
 
 
 def read_submission(path: str | Path) -> tuple[list[str], np.ndarray]:
-    """Ids and ``(n, 28)`` bool labels of a submission; every malformed row is an error naming it."""
+    """Ids and ``(n, 28)`` bool labels of a submission; every malformed row is an error naming
+    its line."""
     path = Path(path)
     try:
         table = read_csv_table(path)
@@ -43,13 +44,13 @@ def read_submission(path: str | Path) -> tuple[list[str], np.ndarray]:
         raise SubmissionError(f"{path}: columns are {list(table.columns)}, expected ['Id', 'Predicted']")
     labels = np.zeros((len(table), N_CLASSES), bool)
     seen = {}
-    for row, (sample_id, predicted) in enumerate(zip(table["Id"], table["Predicted"]), start=1):
-        where = f"{path.name} row {row} (id {sample_id or '<empty>'})"
+    for row, (line, sample_id, predicted) in enumerate(zip(table.lines, table["Id"], table["Predicted"])):
+        where = f"{path.name} line {line} (id {sample_id or '<empty>'})"
         if sample_id in seen:
-            raise SubmissionError(f"{where}: duplicate id, first in row {seen[sample_id]}")
-        seen[sample_id] = row
+            raise SubmissionError(f"{where}: duplicate id, first on line {seen[sample_id]}")
+        seen[sample_id] = line
         try:
-            labels[row - 1, list(parse_target(predicted, where))] = True
+            labels[row, list(parse_target(predicted, where))] = True
         except LabelError as exc:
             raise SubmissionError(str(exc)) from None
     return list(table["Id"]), labels
@@ -58,9 +59,9 @@ def read_submission(path: str | Path) -> tuple[list[str], np.ndarray]:
 def check_ids(path: str | Path, ids: list[str], expected_ids, source: str) -> None:
     """Every id of a submission is one of ``expected_ids`` and none of them is missing."""
     expected = set(expected_ids)
-    for row, sample_id in enumerate(ids, start=1):
+    for sample_id in ids:
         if sample_id not in expected:
-            raise SubmissionError(f"{Path(path).name} row {row}: id {sample_id} is not in {source}")
+            raise SubmissionError(f"{Path(path).name}: id {sample_id} is not in {source}")
     if len(ids) != len(expected):
         present = set(ids)
         missing = [i for i in expected_ids if i not in present]
