@@ -89,7 +89,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(store, one_p
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_weights(one_process_run, run)
     rows = list(csv.DictReader((run / "metrics.csv").open()))
-    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]  # rank 0 alone wrote the metrics
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]  # rank 0 alone wrote the metrics
     # validation was split over the ranks and gathered: the whole fold was scored
     n_valid = [json.loads((r / "thresholds.json").read_text())["n_valid"] for r in (run, one_process_run)]
     assert n_valid[0] == n_valid[1] > 0

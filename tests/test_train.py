@@ -92,7 +92,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(four_class_store, t
         return LossThatBreaks(*args)
 
     monkeypatch.setattr(train_module, "make_loss", loss_that_breaks)
-    with pytest.raises(TrainingDiverged, match="loss is nan at epoch 1.*last good checkpoint"):
+    with pytest.raises(TrainingDiverged, match="loss is nan at epoch 2.*last good checkpoint"):
         train(tiny_config(store, tmp_path / "run", epochs=3))
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
     assert state["epoch"] == 0

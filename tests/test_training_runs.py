@@ -341,7 +341,7 @@ def test_a_kill_at_each_write_point_resumes_to_the_uninterrupted_run(data, unint
     for key in a["model"]:
         torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=1e-6, msg=key)
     epochs = [int(r["epoch"]) for r in csv.DictReader((run / "metrics.csv").open())]
-    assert epochs == [0, 1, 2]
+    assert epochs == [1, 2, 3]
     keep = ("train_loss", "valid_loss", "valid_macro_f1")
     rows = [[r[k] for k in keep] for r in csv.DictReader((run / "metrics.csv").open())]
     assert rows == [[r[k] for k in keep] for r in csv.DictReader((uninterrupted / "metrics.csv").open())]

@@ -49,7 +49,7 @@ def test_an_undamaged_store_verifies_clean(clean):
     result = _verify(clean)
     assert result.exit_code == 0, result.output
     assert "12 done samples checked, 0 damaged, 0 store problems" in result.output
-    report = json.loads(_verify(clean, "--json").output)
+    report = json.loads(_verify(clean, "--json").stdout)
     assert report["clean"] and report["checked"] == 12 and report["chunk_checksums"]
 
 
@@ -69,7 +69,7 @@ def test_each_kind_of_damage_is_one_line_naming_the_sample(clean, tmp_path, smal
         [line] = [d for d in damaged if f"damaged: {ids[index]}:" in d]
         assert what in line and f"/c/{index}/0/0/0" in line
     assert "4 damaged" in result.output and "--repair" in result.output
-    report = json.loads(_verify(store, "--json").output)
+    report = json.loads(_verify(store, "--json").stdout)
     assert not report["clean"] and set(report["damaged"]) == {ids[i] for i in (1, 4, 7, 9)}
 
 

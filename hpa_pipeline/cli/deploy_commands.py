@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from .options import writable_file
-from .progress import ProgressBar
+from .progress import progress_bar
 from .recipes import recipe_option
 
 
@@ -51,11 +51,8 @@ def classify(sources, run, package, out, batch_size, upscale):
         raise click.UsageError("give one of --run RUN or --model PACKAGE")
     writable_file(out, "--out")
     predictor = run_predictor(run) if run is not None else package_predictor(package)
-    bar = ProgressBar("classify")
-    try:
+    with progress_bar("classify") as bar:
         result = run_classify(list(sources), predictor, batch_size=batch_size, upscale=upscale, progress=bar)
-    finally:
-        bar.close()
     if result.ids:
         write_results(out, result, predictor.thresholds)
     for key, why in sorted(result.failed.items()):

@@ -71,12 +71,19 @@ def _set_debug(ctx, param, value) -> None:
               help="YAML recipe (see pipelines/) giving option defaults per command.")
 @click.option("--debug", is_flag=True, is_eager=True, expose_value=False, callback=_set_debug,
               help="Show the traceback of every error, not only of bugs (also: HPA_PIPE_DEBUG=1).")
-def cli():
+@click.option("-v", "--verbose", count=True, help="Say more of what is done: -v each step, -vv also Dask's own log.")
+@click.option("-q", "--quiet", count=True, help="No progress bars or notes; only results, problems and errors.")
+@click.pass_context
+def cli(ctx, verbose, quiet):
     """Human Protein Atlas full-size archives -> chunked Zarr -> SENet classifiers.
 
     Stages: synth | extract, build-zarr or ingest | inspect, verify, duplicates, export-ngff |
     train, thresholds | predict | evaluate | export, classify.
     """
+    from .log import configure_logging
+
+    ctx.ensure_object(dict)["verbosity"] = verbose - quiet
+    configure_logging(verbose - quiet)
 
 
 for _command in COMMANDS:

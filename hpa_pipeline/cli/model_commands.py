@@ -12,7 +12,7 @@ import click
 
 from ..model.config import COUNT_OR_AUTO, FOLD_OR_ALL, STORES, TrainConfig
 from .options import CountOrAuto, FoldOrAll, writable_file
-from .progress import ProgressBar
+from .progress import progress_bar
 from .recipes import recipe_option
 
 
@@ -74,17 +74,14 @@ def train(ctx, resume, **options):
     given = {name for name in options
              if ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None)}
     main_rank = ranks_from_env().is_main  # under torchrun only rank 0 reports
-    bar = ProgressBar("train", "valid", unit="step", enabled=main_rank)
     try:
-        summary = run_training(cfg, resume=resume, progress=bar, given=given)
+        with progress_bar("train", "valid", unit="step", enabled=main_rank) as bar:
+            summary = run_training(cfg, resume=resume, progress=bar, given=given)
     except DamagedShard as exc:
         raise click.ClickException(damaged_store_line(exc, cfg.store)) from None
     except TrainingDiverged as exc:
-        bar.close()
         click.echo(f"stopped: {exc}", err=True)
         raise SystemExit(4) from None
-    finally:
-        bar.close()
     if main_rank and "cross_validation" in summary:
         click.echo(f"train: out-of-fold macro F1 {summary['oof_macro_f1_crossfit']:.4f} (cross-fitted; "
                    f"{summary['oof_macro_f1']:.4f} in sample); cross-validation in {cfg.out}")
@@ -125,18 +122,15 @@ def predict(store, runs, tta, out, batch_size, workers, device, thresholds_file,
     writable_file(out, "--out")
     if probs_file is not None:
         writable_file(probs_file, "--probs")
-    bar = ProgressBar("predict", unit="batch")
     try:
-        ids, probs, labels = run_predict(store, list(runs), tta=tta, batch_size=batch_size, workers=workers,
-                                         device=device, progress=bar, thresholds=thresholds_file)
-        bar.close()
-        write_submission(out, ids, labels)
-        if probs_file is not None:
-            write_probs(probs_file, ids, probs)
+        with progress_bar("predict", unit="batch") as bar:
+            ids, probs, labels = run_predict(store, list(runs), tta=tta, batch_size=batch_size, workers=workers,
+                                             device=device, progress=bar, thresholds=thresholds_file)
     except DamagedShard as exc:
         raise click.ClickException(damaged_store_line(exc, (store,))) from None
-    finally:
-        bar.close()
+    write_submission(out, ids, labels)
+    if probs_file is not None:
+        write_probs(probs_file, ids, probs)
     click.echo(f"predict: {len(ids)} rows, {labels.sum(1).mean():.2f} labels per row -> {out}")
 
 

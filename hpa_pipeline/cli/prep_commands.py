@@ -11,7 +11,7 @@ import click
 
 from ..contract.machine import usable_cores
 from .options import decoder_option, int_list, store_arguments, store_options, writable_file
-from .progress import ProgressBar, finish_report
+from .progress import finish_report, note, progress_bar
 from .recipes import recipe_option
 
 
@@ -52,11 +52,8 @@ def synth(out_dir, n_train, n_test, image_sizes, bit_depth, compression, archive
                          form, duplicates)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    bar = ProgressBar("synth")
-    try:
+    with progress_bar("synth") as bar:
         result = make_dataset(out_dir, spec, workers=workers, progress=bar)
-    finally:
-        bar.close()
     click.echo(f"wrote {len(result.train_ids)} train and {len(result.test_ids)} test samples to {result.out_dir}")
 
 
@@ -71,23 +68,17 @@ def extract(archives, out, decoder):
     from ..prep.archive import describe_archive
     from ..prep.extract import extract_archives
 
-    bar = ProgressBar("extract", unit="B")
-    try:
+    with progress_bar("extract", unit="B") as bar:
         for archive in archives:
             bar.write(describe_archive(archive, decoder))
         report = extract_archives(list(archives), out, progress=bar, decoder=decoder)
-    finally:
-        bar.close()
     finish_report(report.problems(), f"extract: {report.summary()}", f"{out}/extract_report.json", report.exit_code)
 
 
 def _run_store_command(build, desc, **kwargs):
     """Run ``build_zarr`` or ``ingest`` with a bar of samples; print its report and exit."""
-    bar = ProgressBar(desc)
-    try:
+    with progress_bar(desc) as bar:
         report = build(progress=bar, **kwargs)
-    finally:
-        bar.close()
     finish_report(report.problems(), f"{report.command}: {report.summary()}", f"{report.store}/report.json",
                   report.exit_code)
 
@@ -115,7 +106,7 @@ def ingest(archive, decoder, **options):
     from ..prep.archive import describe_archive
     from ..prep.ingest import ingest as run_ingest
 
-    click.echo(describe_archive(archive, decoder), err=True)
+    note(describe_archive(archive, decoder))
     _run_store_command(run_ingest, "ingest", archive=archive, decoder=decoder, **store_arguments(options))
 
 
@@ -160,11 +151,8 @@ def verify(store, repair, as_json):
 
     from ..prep.verify import verify_store
 
-    bar = ProgressBar("verify")
-    try:
+    with progress_bar("verify") as bar:
         report = verify_store(store, repair=repair, progress=bar)
-    finally:
-        bar.close()
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=1))
         raise SystemExit(0 if report.clean else 3)
@@ -191,11 +179,8 @@ def duplicates(stores, max_distance, out):
 
     if out is not None:
         writable_file(out, "--out")
-    bar = ProgressBar("hash")
-    try:
+    with progress_bar("hash") as bar:
         report = find_duplicates(list(stores), max_distance, progress=bar)
-    finally:
-        bar.close()
     for row in report.pairs[:10]:
         click.echo(f"  {row[1]} ({row[0]})  ~  {row[3]} ({row[2]})  distance {row[4]}", err=True)
     if len(report.pairs) > 10:

@@ -4,7 +4,9 @@
 ``progress`` callable and call it with a :class:`Progress`; the CLI draws any of them with one
 bar class, and a caller of the library (a notebook, a job runner) handles one type. A stage
 reports either a count (``done`` of ``total`` ``unit``\\ s of ``task``) or a line worth showing
-above the bar (``message``: the Dask cluster it started, the run it resumed).
+above the bar (``message``: the Dask cluster it started, the run it resumed). A part of a task
+(a task and a ``label``) starts with a count of what was done before it (usually 0), so that a
+display measures the part's rate from its start.
 """
 from __future__ import annotations
 

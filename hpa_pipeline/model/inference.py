@@ -9,6 +9,7 @@ sample's prediction does not depend on which other samples share its store.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,9 @@ from .models import create_model
 from .run_folder import RunError, RunFolder, read_config
 from ..contract.spec import StoreError
 from ..contract.labels import N_CLASSES
+
+
+log = logging.getLogger(__name__)
 
 
 def tta_views(images: torch.Tensor, n: int):
@@ -50,9 +54,12 @@ def predict_probs(model, loader, normalize: Normalizer, device, amp: str = "none
     """Sigmoid probabilities ``(n, 28)`` averaged over ``tta`` views, the sample indices, and the
     mean of ``loss_fn`` over the un-augmented view (None without ``loss_fn``).
 
-    ``on_batch(batches_done)`` after each batch. The loss stays on the device until the end.
+    ``on_batch(batches_done)`` before the first batch (0) and after each. The loss stays on the
+    device until the end.
     """
     model.eval()
+    if on_batch:
+        on_batch(0)
     probs, indices = [], []
     loss_sum, seen = torch.zeros((), device=device), 0
     for batch, (images, targets, index, _) in enumerate(loader):
@@ -129,6 +136,7 @@ def load_run(path: str | Path, device) -> TrainedRun:
     model = create_model(cfg.arch, cfg.backend, drop_rate=cfg.drop_rate).to(device)
     load_weights(model, state["model"], run.best)
     thresholds = read_thresholds(run.thresholds)
+    log.debug("run %s: %s, best checkpoint %s, thresholds %s", run.path, cfg.arch, run.best, run.thresholds)
     return TrainedRun(run.path, model, cfg, thresholds, normalization)
 
 

@@ -205,9 +205,10 @@ def append_metrics(run: RunFolder, row: dict) -> None:
     write_metrics(run, [*read_metrics(run), row])
 
 
-def cut_metrics(run: RunFolder, last_epoch: int) -> None:
-    """Drop rows after ``last_epoch`` (written by a run killed before its checkpoint)."""
+def cut_metrics(run: RunFolder, epochs_done: int) -> None:
+    """Drop rows after the first ``epochs_done`` epochs (written by a run killed before its
+    checkpoint). Rows count epochs from 1, as every line a user sees does."""
     rows = read_metrics(run)
-    kept = [r for r in rows if int(r["epoch"]) <= last_epoch]
+    kept = [r for r in rows if int(r["epoch"]) <= epochs_done]
     if len(kept) != len(rows):
         write_metrics(run, kept) if kept else run.metrics.unlink()

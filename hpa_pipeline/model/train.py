@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import logging
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -62,6 +63,9 @@ WARMUP_STEPS = 5
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+log = logging.getLogger(__name__)
 
 
 def fault_point(name: str) -> None:
@@ -149,6 +153,7 @@ def _train(cfg: TrainConfig, run: RunFolder, progress, ranks: distributed.Ranks,
     plan = plan_run(cfg, run)  # every check; nothing written yet
     check_precision(cfg, device)
     torch.manual_seed(cfg.seed)
+    log.debug("training %s on %s (%s); run folder %s", cfg.arch, device, cfg.amp, run.path)
     with make_data(cfg, plan, ranks, device) as data:  # loader workers live until the run ends
         state = make_state(cfg, plan, data, device)
         if run.last.exists():
@@ -157,7 +162,7 @@ def _train(cfg: TrainConfig, run: RunFolder, progress, ranks: distributed.Ranks,
             prepare_run_folder(run, cfg, plan, state)
         distributed.barrier(ranks)
         step = make_step(cfg, state.model, data.loss_fn, ranks, device)
-        board = _tensorboard(run, state.epoch + 1) if ranks.is_main else None
+        board = _tensorboard(run, state.epoch + 2) if ranks.is_main else None
         summary = {"best_valid_macro_f1": state.best, "step": state.step}
         startup_s = time.perf_counter() - started
         # say which: a mistyped --resume --out starts a new run, and must not do so silently
@@ -166,13 +171,14 @@ def _train(cfg: TrainConfig, run: RunFolder, progress, ranks: distributed.Ranks,
         for epoch in range(state.epoch + 1, cfg.epochs):
             speed = train_one_epoch(cfg, epoch, state, step, data, ranks, device, progress)
             evaluation = validate(cfg, epoch, state, data, ranks, device, progress)
-            row = {"epoch": epoch, "step": state.step, "lr": state.schedule.get_last_lr()[0],
+            row = {"epoch": epoch + 1, "step": state.step, "lr": state.schedule.get_last_lr()[0],
                    "train_loss": speed.pop("train_loss"), **evaluation.scores, **speed,
                    "startup_s": round(startup_s, 3)}
             state.epoch, is_best = epoch, evaluation.scores["valid_macro_f1"] > state.best
             state.best = max(state.best, evaluation.scores["valid_macro_f1"])
             if ranks.is_main:
                 write_epoch(run, cfg, plan, state, row, evaluation, is_best, board)
+                log.debug("epoch %d: checkpoint %s%s", epoch + 1, run.last, " (the best so far)" if is_best else "")
             distributed.barrier(ranks)  # no rank runs ahead of a checkpoint it may have to resume from
             summary, startup_s = {**row, "best_valid_macro_f1": state.best}, 0.0
         if state.epoch == cfg.epochs - 1 and not run.oof.exists():  # finished: its out-of-fold table
@@ -364,7 +370,7 @@ def prepare_run_folder(run: RunFolder, cfg: TrainConfig, plan: Plan, state: Trai
             writer.writerows(plan.external_left_out)
     if state.epoch < 0:
         run.metrics.unlink(missing_ok=True)
-    cut_metrics(run, state.epoch)
+    cut_metrics(run, state.epoch + 1)
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -588,6 +594,8 @@ def train_one_epoch(cfg: TrainConfig, epoch: int, state: TrainState, step, data:
         torch.backends.cudnn.benchmark = True  # fixed-size crops: pick the fastest kernels once
     loss_sum, seen, steady = torch.zeros((), device=device), 0, None
     started = time.perf_counter()
+    label = f"epoch {epoch + 1}/{cfg.epochs}"
+    report(progress, Progress("train", 0, data.steps_per_epoch, "step", label))  # the part's rate starts here
     state.optimizer.zero_grad(set_to_none=True)
     for micro, (images, targets, _, augmentation) in enumerate(data.train_batches()):
         step_in_epoch = micro // cfg.accumulate
@@ -616,7 +624,7 @@ def train_one_epoch(cfg: TrainConfig, epoch: int, state: TrainState, step, data:
                 elif cfg.workers is None and data.feeds is not None and steady is not None:
                     data.feeds[0].autoscale(max_workers())  # --workers auto: more if the loop waited
                 img_s = ranks.world * seen / (time.perf_counter() - started)
-                report(progress, Progress("train", done, data.steps_per_epoch, "step", f"epoch {epoch + 1}/{cfg.epochs}",
+                report(progress, Progress("train", done, data.steps_per_epoch, "step", label,
                                           {"loss": f"{mean:.4f}", "img_s": f"{img_s:.1f}"}))
     mean_loss = check_finite(loss_sum / max(seen, 1), epoch, state, ranks)
     ended = time.perf_counter()
@@ -643,7 +651,7 @@ def check_finite(mean_loss: torch.Tensor, epoch: int, state: TrainState, ranks) 
     """The running mean loss as a number; every rank stops together when any is not finite."""
     if not distributed.all_finite(mean_loss, ranks):
         raise TrainingDiverged(
-            f"loss is {float(mean_loss)} at epoch {epoch}, step {state.step} (rank {ranks.rank}; stops every "
+            f"loss is {float(mean_loss)} at epoch {epoch + 1}, step {state.step} (rank {ranks.rank}; stops every "
             f"rank); the last good checkpoint is kept. Lower --lr or use --amp bf16/none.")
     return float(mean_loss)
 
@@ -693,7 +701,7 @@ def write_epoch(run: RunFolder, cfg: TrainConfig, plan: Plan, state: TrainState,
     metrics row, then last.pt."""
     started = time.perf_counter()
     if is_best:
-        save_checkpoint({"model": state.eval_model().state_dict(), "config": asdict(cfg), "epoch": row["epoch"],
+        save_checkpoint({"model": state.eval_model().state_dict(), "config": asdict(cfg), "epoch": state.epoch,
                      "normalization": plan.normalization}, run.best)
         tuned = predict_labels(evaluation.probs, evaluation.thresholds)
         write_json(run.thresholds, {
@@ -702,7 +710,7 @@ def write_epoch(run: RunFolder, cfg: TrainConfig, plan: Plan, state: TrainState,
             **{k: v for k, v in row.items() if k.startswith("valid_macro_f1")},
             "support": evaluation.truth.sum(0).astype(int).tolist(),
             "per_class_f1": per_class_f1(evaluation.truth, tuned).tolist()})
-        heading = (f"Per-class F1 of the validation fold at epoch {row['epoch'] + 1} (best), with the thresholds of "
+        heading = (f"Per-class F1 of the validation fold at epoch {row['epoch']} (best), with the thresholds of "
                    f"thresholds.json (searched on this fold: in sample)\n")
         write_bytes(run.path / "f1_table.txt", (heading + f1_table(evaluation.truth, tuned) + "\n").encode())
     fault_point("after_best")
@@ -720,12 +728,13 @@ def write_epoch(run: RunFolder, cfg: TrainConfig, plan: Plan, state: TrainState,
 
 def _tensorboard(run: RunFolder, first_epoch: int):
     """A TensorBoard writer in ``run/tensorboard`` when the tensorboard package is installed;
-    ``purge_step`` drops events a killed run wrote after its last checkpoint."""
+    ``purge_step`` drops events a killed run wrote after its last checkpoint. Its steps are
+    epochs counted from 1, as in metrics.csv."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         return None
-    return SummaryWriter(str(run.path / "tensorboard"), purge_step=first_epoch if first_epoch > 0 else None)
+    return SummaryWriter(str(run.path / "tensorboard"), purge_step=first_epoch if first_epoch > 1 else None)
 
 
 def save_figure(fig, path: Path) -> None:
@@ -744,7 +753,7 @@ def plot_run(run: RunFolder) -> None:
     from matplotlib.ticker import MaxNLocator
 
     rows = read_metrics(run)
-    epochs = [int(r["epoch"]) + 1 for r in rows]
+    epochs = [int(r["epoch"]) for r in rows]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     a.plot(epochs, [float(r["train_loss"]) for r in rows], label="train (augmented crops)")
     a.plot(epochs, [float(r["valid_loss"]) for r in rows], label="validation (whole images)")
@@ -772,7 +781,7 @@ def plot_run(run: RunFolder) -> None:
         ax.set_yticks(range(len(CLASS_NAMES)), [f"{i} {n} ({s})" for i, (n, s) in enumerate(zip(CLASS_NAMES, support))],
                       fontsize=7)
         ax.invert_yaxis()
-        ax.set(xlabel=f"F1 (tuned thresholds, best epoch {result['epoch'] + 1}); (n) = validation samples",
+        ax.set(xlabel=f"F1 (tuned thresholds, best epoch {result['epoch']}); (n) = validation samples",
                xlim=(0, 1))
         fig.tight_layout()
         save_figure(fig, run.path / "per_class_f1.png")

@@ -56,6 +56,7 @@ def build_zarr(src: str | Path, csv: str | Path, out: str | Path, spec: StoreSpe
     table = read_sample_table(csv)
     check_cluster_choice(scheduler, cluster)  # before the store is created
     files, unknown = index_tiff_folder(src)
+    check_has_images(files, unknown, src)
     check_source_matches(table, files, csv, src)
     builder = start_build(out, table, spec, "build-zarr", source=str(src), upscale=upscale)
     jobs = _jobs(builder, files, src)
@@ -72,6 +73,16 @@ def build_zarr(src: str | Path, csv: str | Path, out: str | Path, spec: StoreSpe
                     builder.on_error)
     builder.stop_if_all_failed_alike()
     return builder.finish(not_in_csv=sorted(set(files) - set(table.ids)), unknown_files=unknown)
+
+
+def check_has_images(files: dict, unknown: list[str], src: str | Path) -> None:
+    """Refuse a folder without a single ``<id>_<filter>`` image before a store is made for it:
+    every sample would fail one by one and leave a store of failures to delete."""
+    if files:
+        return
+    found = f"{len(unknown)} other files, e.g. {unknown[0]}" if unknown else "it is empty"
+    raise OptionError(f"--src {src}: no <id>_<filter> image (.tif, .png, .jpg) in it or below it ({found}); "
+                      f"is this the folder extract wrote?")
 
 
 def _jobs(builder: StoreBuilder, files: dict[str, dict[str, Path]], src: str | Path) -> list:

@@ -54,6 +54,7 @@ def read_hashes(path: str, progress: ProgressCallback | None = None) -> tuple[St
     if len(missing):
         smallest = min(level_arrays(root))
         reader, counter = ShardReader(path, f"images/{smallest}"), Counter(progress, "hash", len(missing))
+        counter.start()
         for index in missing:
             hashes[index] = sample_hashes({smallest: reader.read(int(index))})
             counter.add()

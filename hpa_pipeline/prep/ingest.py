@@ -16,6 +16,7 @@ the cluster starts; resuming reads the done flags first.
 """
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -37,6 +38,9 @@ if TYPE_CHECKING:
     from .builder import BuildReport, StoreBuilder
 
 _END = object()
+
+
+log = logging.getLogger(__name__)
 
 
 def ingest_workers() -> int:
@@ -73,6 +77,7 @@ def ingest(archive: str | Path, csv: str | Path, out: str | Path, spec: StoreSpe
     def decode(pending: Iterable[int]) -> _Decoding:
         return _Decoding(archive, *_wanted(table, listing, pending, archive), decoder, decoded.add)
 
+    log.debug("%s: %d samples in %s, %d with images in the archive", archive, len(table), csv, len(listing.images))
     decoding = decode(range(len(table))) if _is_new(out) else None  # new: every sample of the CSV is wanted
     try:
         # imported here, after decoding has started: zarr's import takes about 0.2 s

@@ -40,6 +40,10 @@ from pathlib import Path
 from ..contract.progress import Progress, ProgressCallback, report
 from ..contract.errors import HpaError
 
+#: what Dask's own loggers show while a cluster runs: its errors (``hpa-pipe -vv``: INFO too)
+DASK_LOG_LEVEL = logging.ERROR
+log = logging.getLogger(__name__)
+
 LOCAL_CLUSTERS = ("threads", "processes")
 #: seconds to wait for the first worker of a cluster (--worker-timeout); a queue may be slow
 WORKER_TIMEOUT = 600.0
@@ -186,7 +190,7 @@ def dask_client(scheduler: str | None = None, workers: int = 2, cluster: str = "
         return
     from distributed import Client, LocalCluster
 
-    logging.getLogger("distributed").setLevel(logging.ERROR)
+    logging.getLogger("distributed").setLevel(DASK_LOG_LEVEL)
     if scheduler:
         check_scheduler(scheduler)
         with Client(scheduler, timeout=30) as client:

@@ -23,6 +23,7 @@ how the archive was packed (:func:`decoding_plan`). The contract is
 from __future__ import annotations
 
 import functools
+import logging
 import importlib.util
 import math
 import os
@@ -40,6 +41,8 @@ from pathlib import Path
 from .checksum import crc32
 from ..contract.machine import usable_cores
 from ..contract.errors import HpaError
+
+log = logging.getLogger(__name__)
 
 MIN_VERSION = (18, 3)
 
@@ -316,6 +319,7 @@ def stream_block(seven: SevenZip, archive: str | Path, entries: list[Entry], del
     if threads:
         args.append(f"-mmt{threads}")
     output = _SocketOutput() if USE_SOCKET else _PipeOutput()
+    log.debug("decoding %d members: %s %s @%s", len(entries), " ".join(args), archive, listing.name)
     process = subprocess.Popen(args + [str(archive), f"@{listing.name}", *exact], stdout=output.child_stdout,
                                stderr=subprocess.PIPE, bufsize=0)
     output.started(process)
