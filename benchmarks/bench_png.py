@@ -54,7 +54,7 @@ def run() -> dict:
         with timer() as t_base:
             pil_loop(archive, ids)
         with timer() as t_ours:
-            result = ingest(archive, csv, Path(tmp) / "s.zarr", StoreSpec(size=512, levels=3, chunk=256), workers=1)
+            result = ingest(archive, csv, Path(tmp) / "s.zarr", StoreSpec(size=512, levels=3, chunk=128), workers=1)
         assert result.exit_code == 0
     base, ours = len(ids) / t_base(), len(ids) / t_ours()
     return report("png", {

@@ -73,9 +73,13 @@ def test_every_command_fails_cleanly_on_empty_missing_and_malformed_input(inputs
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--size", "301"], "cannot be halved"),
-    (["--size", "300"], "--chunk 256 does not divide level 300"),
-    (["--chunk", "100"], "--chunk 100 does not divide level 1024"),
+    (["--size", "301", "--levels", "2"], "cannot be halved"),
+    (["--size", "300"], "--chunk 256 does not divide level 300 (levels 300); use --size 256 or 512, or --chunk 150"),
+    (["--chunk", "100"], "--chunk 100 does not divide level 1024 (levels 1024, 512, 256); use --size 800 or 1200, "
+                         "or --chunk 64"),
+    (["--levels", "4"], "--levels 4 makes level 128 smaller than one --chunk 256 chunk (levels 1024, 512, 256, "
+                        "128); use --levels 3, or --chunk 128"),
+    (["--size", "512", "--levels", "3"], "use --levels 2, or --chunk 128"),
     (["--chunk", "0"], "--chunk must be a positive"),
     (["--clevel", "99"], "--clevel must be 0-9"),
     (["--size", "0"], "--size must be a positive"),
@@ -87,6 +91,28 @@ def test_store_options_are_checked_before_anything_is_created(inputs, tmp_path, 
     result = CliRunner().invoke(cli, ["build-zarr", "--src", str(inputs / "empty_dir"), "--csv", str(inputs / "ok.csv"),
                                       "--out", str(out), *args])
     assert result.exit_code == 2 and message in result.output, result.output
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("size, chunk, levels", [(1024, 256, [1024, 512, 256]), (512, 256, [512, 256]),
+                                                 (256, 256, [256]), (128, 256, [128]), (2048, 256, [2048, 1024, 512]),
+                                                 (256, 64, [256, 128, 64])])
+def test_without_levels_a_store_gets_as_many_as_stay_one_chunk_at_most_three(size, chunk, levels):
+    from hpa_pipeline.contract.spec import StoreSpec
+
+    assert StoreSpec(size=size, chunk=chunk).sizes == levels
+
+
+def test_build_zarr_refuses_a_folder_without_any_image_before_making_a_store(inputs, tmp_path):
+    src = tmp_path / "wrong"
+    src.mkdir()
+    (src / "notes.txt").write_text("x")
+    (src / "scan_001.bmp").write_bytes(b"BM")
+    out = tmp_path / "s.zarr"
+    result = CliRunner().invoke(cli, ["build-zarr", "--src", str(src), "--csv", str(inputs / "ok.csv"), "--out",
+                                      str(out)])
+    assert result.exit_code == 1 and f"--src {src}: no <id>_<filter> image" in result.output
+    assert "2 other files, e.g. notes.txt" in result.output
     assert not out.exists()
 
 

@@ -123,7 +123,7 @@ def test_rerun_retries_only_the_failed_ones(decoder, bad_archive, bad_ingest):
 def test_cli_exit_status_and_summary(decoder, bad_archive, tmp_path):
     archive, csv, _ = bad_archive
     result = CliRunner().invoke(cli, ["ingest", str(archive), "--csv", str(csv), "--out", str(tmp_path / "s.zarr"),
-                                      "--size", "128", "--levels", "2", "--workers", "1"])
+                                      "--size", "128", "--levels", "2", "--chunk", "64", "--workers", "1"])
     assert result.exit_code == EXIT_SOME_FAILED
     assert "10/16 samples done" in result.output and "6 failed" in result.output
     assert "failed: absent: not in archive" in result.output
@@ -302,7 +302,7 @@ def test_bad_csv_rows_stop_before_any_work_naming_the_line(bad_archive, tmp_path
 def test_resuming_with_other_settings_is_refused(decoder, small_dataset, tmp_path):
     ingest(small_dataset.train_archive, small_dataset.train_csv, tmp_path / "s.zarr", SPEC)
     result = CliRunner().invoke(cli, ["ingest", str(small_dataset.train_archive), "--csv", str(small_dataset.train_csv),
-                                      "--out", str(tmp_path / "s.zarr"), "--size", "64", "--levels", "2"])
+                                      "--out", str(tmp_path / "s.zarr"), "--size", "64", "--levels", "2", "--chunk", "32"])
     assert result.exit_code == 1 and "--size 128 (stored) vs 64 (asked)" in result.output
 
 
@@ -511,7 +511,7 @@ def test_a_store_with_no_sample_done_is_built_again_with_the_options_asked(decod
             str(tmp_path / "s.zarr")]
     first = CliRunner().invoke(cli, args)
     assert first.exit_code == 3 and "smaller than --size 1024" in first.output
-    again = CliRunner().invoke(cli, args + ["--size", "128", "--levels", "2"])
+    again = CliRunner().invoke(cli, args + ["--size", "128", "--levels", "2", "--chunk", "64"])
     assert again.exit_code == 0 and "12/12 samples done (12 written now" in again.output, again.output
     assert zarr.open_group(str(tmp_path / "s.zarr"), mode="r")["images/128"].shape[0] == 12
 

@@ -194,5 +194,5 @@ def test_synth_writes_an_hpa_v18_jpeg_folder_that_build_zarr_reads(tmp_path):
     assert jpeg.ndim == 3  # each filter in its display colour, as the HPA downloads
     result = CliRunner().invoke(cli, ["build-zarr", "--src", str(folder), "--csv",
                                       str(tmp_path / "d" / "HPAv18RBGY_wodpl.csv"), "--out", str(tmp_path / "v18.zarr"),
-                                      "--size", "256", "--levels", "2", "--workers", "1"])
+                                      "--size", "256", "--levels", "2", "--chunk", "128", "--workers", "1"])
     assert result.exit_code == 0, result.output

@@ -12,7 +12,7 @@ from .helpers import assert_same_stores, dataset_with_reference, hpa_pipe_signal
 
 pytestmark = pytest.mark.integration  # subprocesses, clusters, object stores or kills
 
-SPEC = StoreSpec(size=256, levels=3, chunk=128)
+SPEC = StoreSpec(size=256, levels=3, chunk=64)
 ARRAYS = ["images/256", "images/128", "images/64", "labels", "source_shape", "source_dtype", "channel_sums", "done"]
 
 
@@ -24,7 +24,7 @@ def dataset(tmp_path_factory):
 def command_line(command, d, tiff_dir, out):
     source = [str(d.train_archive)] if command == "ingest" else ["--src", str(tiff_dir)]
     return [sys.executable, "-m", "hpa_pipeline", command, *source, "--csv", str(d.train_csv), "--out", str(out),
-            "--size", "256", "--levels", "3", "--chunk", "128", "--workers", "2"]
+            "--size", "256", "--levels", "3", "--chunk", "64", "--workers", "2"]
 
 
 @pytest.mark.parametrize("command", ["ingest", "build-zarr"])

@@ -11,7 +11,7 @@ from hpa_pipeline.prep.ingest import ingest
 from hpa_pipeline.contract.labels import CLASS_NAMES, FILTERS, read_sample_table
 from hpa_pipeline.contract.store import StoreSpec
 
-SPEC = StoreSpec(size=128, levels=3, chunk=64)
+SPEC = StoreSpec(size=128, levels=3, chunk=32)
 
 
 @pytest.fixture(scope="module")
@@ -100,20 +100,20 @@ def test_export_ngff_validates_and_reads_back_pixel_identical(stores, tmp_path):
 
 
 def test_inner_chunks_are_one_blosc_block_each(tmp_path):
-    """Blosc's zstd restarts on every block: the store asks for one block per inner chunk
-    (the smallest level's chunk is the level itself), and zarr reads it back."""
+    """Blosc's zstd restarts on every block: the store asks for one block per inner chunk,
+    and zarr reads it back."""
     from hpa_pipeline.contract.labels import SampleTable
     from hpa_pipeline.contract.store import open_or_create_store, write_levels
 
     table = SampleTable(ids=("a", "b"), labels=None)
     for dtype, itemsize in (("uint8", 1), ("uint16", 2)):
-        spec = StoreSpec(size=128, levels=3, chunk=64, dtype=dtype)
+        spec = StoreSpec(size=128, levels=3, chunk=32, dtype=dtype)
         root = open_or_create_store(tmp_path / f"{dtype}.zarr", table, spec)
         for s in (128, 64, 32):
             blosc, checksum = root[f"images/{s}"].compressors
             assert blosc.cname.value == "zstd" and blosc.clevel == 1
             assert type(checksum).__name__ == "Crc32cCodec"  # every chunk carries its CRC32C
-            assert blosc.blocksize == min(64, s) ** 2 * itemsize
+            assert blosc.blocksize == 32 ** 2 * itemsize
         rng = np.random.default_rng(0)
         levels = {s: rng.integers(0, 200, (4, s, s)).astype(dtype) for s in (128, 64, 32)}
         write_levels(str(tmp_path / f"{dtype}.zarr"), 1, levels)

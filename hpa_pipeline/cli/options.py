@@ -33,8 +33,9 @@ def store_options(fn):
                      help="The store to create, or to resume: a folder or a URL (s3://bucket/train.zarr)."),
         click.option("--size", type=int, default=1024, show_default=True,
                      help="Top level size N (N x N pixels); each lower level halves it."),
-        click.option("--levels", type=int, default=3, show_default=True,
-                     help="Levels: N, N/2, ... (3 gives 1024, 512, 256)."),
+        click.option("--levels", type=int, default=None,
+                     help="Levels: N, N/2, ..., each at least one --chunk [default: as many as that allows, "
+                          "at most 3: 1024, 512, 256]."),
         click.option("--dtype", type=click.Choice(["uint8", "uint16"]), default="uint8", show_default=True,
                      help="uint8 maps 16-bit sources by round(v/257); uint16 keeps source values."),
         click.option("--chunk", type=int, default=256, show_default=True,

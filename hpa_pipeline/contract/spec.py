@@ -18,33 +18,92 @@ def level_sizes(size: int, levels: int) -> list[int]:
     return sizes
 
 
+#: the most levels a store gets when --levels is not given
+MOST_DEFAULT_LEVELS = 3
+
+
+def default_levels(size: int, chunk: int) -> int:
+    """As many levels as halve ``size`` exactly and stay at least one ``chunk``, at most
+    :data:`MOST_DEFAULT_LEVELS`; one when ``size`` itself is below a chunk."""
+    levels = 1
+    while levels < MOST_DEFAULT_LEVELS and size % (2 << (levels - 1)) == 0 and size >> levels >= chunk:
+        levels += 1
+    return levels
+
+
+def fits_chunks(size: int, levels: int, chunk: int) -> bool:
+    """Every level of ``size`` halved ``levels - 1`` times is whole ``chunk``² chunks (the top
+    level may be one chunk smaller than ``chunk``)."""
+    if size % (1 << (levels - 1)):
+        return False
+    sizes = [size >> k for k in range(levels)]
+    return (sizes[0] < chunk and levels == 1) or all(s >= chunk and s % chunk == 0 for s in sizes)
+
+
+def check_chunking(size: int, levels: int, chunk: int) -> None:
+    """Refuse a ``chunk`` that does not divide every level, or ``levels`` that shrink one below a
+    chunk, with the options that would work."""
+    if fits_chunks(size, levels, chunk):
+        return
+    sizes = level_sizes(size, levels)
+    shown = ", ".join(map(str, sizes))
+    bad = [s for s in sizes if s > chunk and s % chunk]
+    if not bad:  # every level is whole chunks but the lowest ones, which are smaller than one
+        fewer = max(n for n in range(1, levels) if fits_chunks(size, n, chunk))
+        small = next(s for s in sizes[1:] if s < chunk)
+        fits = f", or --chunk {sizes[-1]}" if fits_chunks(size, levels, sizes[-1]) else ""
+        raise OptionError(f"--levels {levels} makes level {small} smaller than one --chunk {chunk} chunk "
+                          f"(levels {shown}); use --levels {fewer}{fits}")
+    sizes_that_fit = [n for n in (_nearest_size(size, levels, chunk, -1), _nearest_size(size, levels, chunk, 1)) if n]
+    chunks = [c for c in range(chunk - 1, 0, -1) if fits_chunks(size, levels, c)][:1]
+    fixes = ([f"--size {' or '.join(map(str, sizes_that_fit))}"] if sizes_that_fit else []) + \
+        [f"--chunk {c}" for c in chunks]
+    raise OptionError(f"--chunk {chunk} does not divide level {bad[0]} (levels {shown}); use "
+                      f"{', or '.join(fixes)}")
+
+
+def _nearest_size(size: int, levels: int, chunk: int, step: int) -> int | None:
+    """The first size from ``size`` in direction ``step`` whose levels ``chunk`` fits."""
+    n = size + step
+    while 0 < n <= 4 * size + chunk * (1 << levels):
+        if fits_chunks(n, levels, chunk):
+            return n
+        n += step
+    return None
+
+
 class StoreError(HpaError, ValueError):
     """A store that does not match what was asked (another size, other ids) or is not a store."""
 
 
 @dataclass(frozen=True)
 class StoreSpec:
-    """How the images are laid out. The defaults come from ``benchmarks/bench_store.py``."""
+    """How the images are laid out. The defaults come from ``benchmarks/bench_store.py``.
+
+    Every level is split into whole ``chunk``² chunks, so that a consumer may rely on one chunk
+    shape: a level below one chunk is refused, except a top level (``size``) smaller than the
+    chunk, which is one chunk. ``levels=None`` takes as many as keep that, at most
+    :data:`MOST_DEFAULT_LEVELS` (1024 with 256² chunks: 1024, 512, 256).
+    """
 
     size: int = 1024
-    levels: int = 3
+    levels: int | None = None
     dtype: str = "uint8"
     chunk: int = 256
     codec: str = "zstd"
     clevel: int = 1
 
     def __post_init__(self):
+        if self.chunk < 1:
+            raise OptionError(f"--chunk must be a positive number of pixels (e.g. 256), got {self.chunk}")
+        if self.levels is None and self.size >= 1:
+            object.__setattr__(self, "levels", default_levels(self.size, self.chunk))
         if self.size < 1 or self.levels < 1:
             raise OptionError(f"--size must be a positive number of pixels and --levels at least 1 "
                              f"(e.g. --size 1024 --levels 3: 1024, 512, 256); got --size {self.size} "
                              f"--levels {self.levels}")
         level_sizes(self.size, self.levels)  # raises on sizes that do not halve
-        if self.chunk < 1:
-            raise OptionError(f"--chunk must be a positive number of pixels (e.g. 256), got {self.chunk}")
-        for s in self.sizes:
-            if self.chunk < s and s % self.chunk:
-                raise OptionError(f"--chunk {self.chunk} does not divide level {s} (levels {self.sizes}); "
-                                 f"use a power of two such as 256")
+        check_chunking(self.size, self.levels, self.chunk)
         if not 0 <= self.clevel <= 9:
             raise OptionError(f"--clevel must be 0-9 (Blosc's levels), got {self.clevel}")
         if self.dtype not in ("uint8", "uint16"):
