@@ -85,11 +85,13 @@ def ingest_hours(decode_h: dict[str, float], core_h: float, nodes: int, cores: i
 
 
 def plan(rates: dict, decode_mb_s: float) -> list[str]:
-    """Markdown rows: size, machine, build-zarr wall, ingest wall (one stream; in chunks),
-    core-hours, memory, disk."""
+    """A Markdown table (its header first): size, machine, build-zarr wall, ingest wall (one
+    stream; in chunks), core-hours, memory, disk."""
     samples = sum(FULL.values())
     decode_h = {split: gb * 1e3 / decode_mb_s / 3600 for split, gb in TIFF_GB.items()}
-    rows = []
+    rows = ["| top size | machine | build-zarr (TIFFs already unpacked) | ingest (from the archives): each "
+            "archive one LZMA2 stream; written in chunks | core-hours | peak memory (all threads busy) | store on disk |",
+            "|---|---|---|---|---|---|---|"]
     for size, m in rates.items():
         core_h = samples / m["per_core"] / 3600
         disk_gb = samples * m["mb_per_sample"] / 1e3

@@ -22,13 +22,29 @@ def _purpose(name: str) -> str:
     return doc.split("\n\n")[0].replace("\n", " ")
 
 
+def _machine(machine: dict) -> str:
+    """``Intel Xeon, 16 cores, 23.5 GB, Python 3.11, zarr 3.1.6, torch 2.11``: what is known."""
+    parts = [machine.get("cpu", "unknown CPU"), f"{machine.get('cores')} cores"]
+    if machine.get("memory_gb"):
+        parts.append(f"{machine['memory_gb']} GB")
+    parts += [f"{name} {machine[key]}" for key, name in (("python", "Python"), ("zarr", "zarr"), ("torch", "torch"))
+              if machine.get(key)]
+    return ", ".join(parts)
+
+
+def _is_table(value) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, str) and v.startswith("|") for v in value)
+
+
 def _section(record: dict) -> str:
-    machine = record["machine"]
-    rows = "\n".join(f"| {key} | {value} |" for key, value in record["figures"].items())
-    return (f"### {record['benchmark']}\n\n{_purpose(record['benchmark'])}\n\n"
-            f"`{record.get('command', 'make bench')}` on {machine['cpu']}, {machine['cores']} cores, "
-            f"{machine.get('memory_gb')} GB, Python {machine['python']}, zarr {machine['zarr']}; "
-            f"{record['date']}.\n\n| figure | value |\n|---|---|\n{rows}\n")
+    figures = record["figures"]
+    rows = "\n".join(f"| {key} | {value} |" for key, value in figures.items() if not _is_table(value))
+    tables = "".join(f"\n{key}:\n\n" + "\n".join(value) + "\n" for key, value in figures.items() if _is_table(value))
+    title = record["benchmark"] + (f" ({record['machine']['cpu']})" if "source" in record else "")
+    source = f" Source: {record['source']}." if "source" in record else ""
+    return (f"### {title}\n\n{_purpose(record['benchmark'])}\n\n"
+            f"`{record.get('command', 'make bench')}` on {_machine(record['machine'])}; "
+            f"{record['date']}.{source}\n\n| figure | value |\n|---|---|\n{rows}\n{tables}")
 
 
 def results_markdown() -> str:

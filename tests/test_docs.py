@@ -45,3 +45,10 @@ def test_the_readme_is_a_front_page():
     for needed in ("make demo", "make test", ".venv/bin/hpa-pipe", "--codec", "export", "Exit statuses"):
         assert needed in readme, needed
     assert shutil.which("make") is None or "docs:" in (REPO / "Makefile").read_text()
+
+
+def test_the_architecture_page_lists_every_module():
+    page = (REPO / "docs" / "architecture.md").read_text()
+    modules = [p for p in (REPO / "hpa_pipeline").rglob("*.py") if p.name not in ("__init__.py", "__main__.py")]
+    missing = [str(p.relative_to(REPO)) for p in modules if f"{p.name}`" not in page]
+    assert not missing, f"docs/architecture.md does not list {missing}"
