@@ -411,3 +411,13 @@ def test_a_recipe_value_of_the_wrong_kind_or_a_yaml_bomb_is_one_line(tmp_path, t
     result = CliRunner().invoke(cli, ["--config", str(recipe), "synth", "--out", str(tmp_path / "o")])
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("text, message", [("train:\n  epochs: many\n", "train: epochs: 'many' is not a valid integer"),
+                                           ("ingest:\n  codec: brotli\n", "ingest: codec: 'brotli' is not one of"),
+                                           ("predict:\n  tta: 9\n", "predict: tta: 9 is not in the range")])
+def test_a_recipe_value_error_names_the_recipe_and_its_key(tmp_path, text, message):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(text)
+    result = CliRunner().invoke(cli, ["--config", str(recipe), "evaluate", "--help"])
+    assert result.exit_code == 2 and f"{recipe}: {message}" in result.output, result.output

@@ -63,11 +63,18 @@ def _check_value(path: str, section, key, value, param: click.Parameter) -> None
     checks it as it checks the command line."""
     scalar = (str, int, float, bool, type(None))
     multiple = getattr(param, "multiple", False)
-    if isinstance(value, scalar) or multiple and isinstance(value, list) and all(isinstance(v, scalar) for v in value):
-        return
-    kind = "a single value or a list of them" if multiple else "a single value (a number, a word or true/false)"
-    raise click.BadParameter(f"{path}: {section}: {key} is {type(value).__name__} {value!r:.80}; expected {kind}",
-                             param_hint="--config")
+    if not (isinstance(value, scalar) or multiple and isinstance(value, list) and all(isinstance(v, scalar)
+                                                                                   for v in value)):
+        kind = "a single value or a list of them" if multiple else "a single value (a number, a word or true/false)"
+        raise click.BadParameter(f"{path}: {section}: {key} is {type(value).__name__} {value!r:.80}; expected {kind}",
+                                 param_hint="--config")
+    for one in value if isinstance(value, list) else [value]:
+        if one is None:  # the option's own default
+            continue
+        try:
+            param.type.convert(one, param, None)
+        except click.BadParameter as exc:
+            raise click.BadParameter(f"{path}: {section}: {key}: {exc.message}", param_hint="--config") from None
 
 
 def _commands(ctx: click.Context) -> dict[str, click.Command]:
