@@ -184,3 +184,14 @@ def test_quiet_says_only_the_result_and_verbose_says_each_step(small_dataset, tm
         return re.sub(r" in [\d.]+\s?[a-z]+", "", text)
 
     assert timeless(verbose.stdout) == timeless(plain.stdout.replace("p.zarr", "v.zarr"))
+
+
+def test_a_part_of_unknown_total_ends_with_a_line_in_a_log():
+    clock, out = Clock(), io.StringIO()
+    bar = ProgressBar("classify", file=out, interactive=False, clock=clock, interval=100.0)
+    bar(Progress("classify", 0, None))
+    for done in (8, 16):
+        clock.now += 4
+        bar(Progress("classify", done, None))
+    bar.close()
+    assert out.getvalue().splitlines() == ["classify: 16 sample, 2.0 sample/s [8s]"]

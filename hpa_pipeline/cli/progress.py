@@ -84,10 +84,13 @@ class ProgressBar:
         if part.done == part.first_done:  # nothing done yet, or nothing to do
             return
         self._print(part.describe(self.unit, now))
-        part.last_line = now
+        part.last_line, part.shown = now, part.done
 
     def _end_part(self) -> None:
-        """Close the current part's bar, leaving its last state on screen as a finished line."""
+        """Close the current part's bar, leaving its last state on screen as a finished line (in a
+        log, a last line for a part of unknown total)."""
+        if self._part is not None and not self.interactive and self._part.done != self._part.shown:
+            self._line(self._part, self.clock())
         if self._part is not None and self._part.bar is not None:
             self._part.bar.close()
             self._part.bar = None
@@ -116,6 +119,7 @@ class _Part:
     def __init__(self, key: tuple[str, str], event, now: float):
         self.key, self.start, self.last_line = key, now, now
         self.first_done, self.done, self.total = event.done, event.done, event.total
+        self.shown = event.done  # the count of the last line written
         self.stats: dict[str, str] = {}
         self.bar = None
 

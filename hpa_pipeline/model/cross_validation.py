@@ -28,7 +28,7 @@ from ..contract.progress import Progress, ProgressCallback, report
 from ..contract.store import open_store
 from .config import TrainConfig
 from .probs_table import read_probs, write_probs
-from .run_folder import RunError, RunFolder, config_for_run, read_config, write_config
+from .run_folder import RunError, RunFolder, config_for_run, read_config, write_config, write_fold_table
 from .thresholds import choose_thresholds
 
 CV_NAME = "cv.json"
@@ -152,12 +152,7 @@ def combine_runs(runs: list[str | Path], strategy: str = "f1", scale: float = 1.
 
 def _write_cross_validation(out: Path, runs, ids, probs, folds, store_ids, result) -> None:
     write_probs(out / "oof.csv", ids, probs)
-    from ..contract.atomic import replacing
-
-    with replacing(out / "folds.csv") as tmp, tmp.open("w", newline="") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["Id", "fold"])
-        writer.writerows((i, folds[i]) for i in store_ids if i in folds)
+    write_fold_table(out / "folds.csv", ((i, folds[i]) for i in store_ids if i in folds))
     write_json(out / "thresholds.json", result)
     write_json(out / CV_NAME, {"runs": [r.path.name for r in runs], "strategy": result["strategy"],
                                "oof_macro_f1": result["oof_macro_f1"],

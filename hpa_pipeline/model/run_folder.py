@@ -168,10 +168,15 @@ def plan_folds(run: RunFolder, ids: list[str], labels: np.ndarray, k: int, seed:
 
 
 def write_folds(run: RunFolder, ids: list[str], folds: np.ndarray) -> None:
-    with replacing(run.folds) as tmp, tmp.open("w", newline="") as f:
-        writer = csv.writer(f)
+    write_fold_table(run.folds, zip(ids, folds.tolist()))
+
+
+def write_fold_table(path: Path, rows) -> None:
+    """``Id,fold`` rows as a CSV, written whole: a run's ``folds.csv`` and a cross-validation's."""
+    with replacing(path) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
         writer.writerow(["Id", "fold"])
-        writer.writerows(zip(ids, folds.tolist()))
+        writer.writerows(rows)
 
 
 def read_metrics(run: RunFolder) -> list[dict]:
