@@ -20,6 +20,8 @@ def test_the_site_builds_strictly_with_every_command_and_the_benchmark_results(t
     from hpa_pipeline.cli import cli
 
     reference = (tmp_path / "cli" / "index.html").read_text()
+    for param in cli.params:  # the group's own: --config, --debug, -v, -q, --version
+        assert any(opt in reference for opt in param.opts), param.opts
     for name, command in cli.commands.items():
         assert f"hpa-pipe {name}" in reference, name
         for param in command.params:
