@@ -2,7 +2,7 @@
 
 Measures, on the same 48 full-size synthetic samples (2048/3072 mix, deflate TIFFs):
 
-- build-zarr per-core rate at top sizes 512, 1024 and 2048 (3 levels each), all cores;
+- build-zarr per-core rate at top sizes 512, 1024 and 2048 (the default levels: 2, 3 and 3), all cores;
 - the same at 1024 with one thread: the baseline of this benchmark, so the ratio is the
   parallel efficiency (how well the per-core rate carries to more cores);
 - store bytes per sample at each size, and the worst-case memory (3072² 16-bit sources, the
@@ -15,8 +15,8 @@ Measures, on the same 48 full-size synthetic samples (2048/3072 mix, deflate TIF
 Then it prints the plan (wall time, core-hours, peak memory, disk) for the 31,072 + 11,702
 samples of the competition on a 2-core machine, a 16-core machine and a cluster, from these
 figures and the archives' known sizes, for archives of one LZMA2 stream and for archives written
-in independent chunks (which 7-Zip decodes on every core). The README's "Scale-out" section
-keeps the latest plan.
+in independent chunks (which 7-Zip decodes on every core). The documentation's benchmarks page
+shows the latest plan.
 """
 from __future__ import annotations
 

@@ -181,6 +181,8 @@ def required_work(seven, archive: Path, tmp: Path) -> tuple[float, float]:
 
     def keep(entry, data, error):
         match = MEMBER_NAME.match(Path(entry.name).name)
+        if match is None:  # not a channel image (e.g. a CSV packed beside them)
+            return
         members.setdefault(match["id"], {})[match["filter"]] = data
 
     before = resource.getrusage(resource.RUSAGE_SELF)

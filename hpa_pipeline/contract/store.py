@@ -138,7 +138,7 @@ def _open_group(path: str, mode: str) -> zarr.Group:
         if not is_url(path):
             raise
         raise StoreError(f"{path}: cannot reach the store ({type(exc).__name__}: {exc}); check the URL and the "
-                         f"object store's credentials and endpoint (README: Object stores)") from None
+                         f"object store's credentials and endpoint (docs/scale-out.md, \"Object stores\")") from None
 
 
 def _cannot_write(path: str, exc: OSError) -> StoreError:

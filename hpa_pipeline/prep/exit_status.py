@@ -1,4 +1,4 @@
-"""Exit statuses of the preprocessing commands (README, "Exit status").
+"""Exit statuses of the preprocessing commands (README and docs/cli.md, "Exit statuses").
 
 Kept apart from the modules that compute them so that ``extract`` needs neither zarr nor the
 store builder to say "some samples failed".
