@@ -260,6 +260,9 @@ def test_resume_takes_the_saved_options_and_refuses_changed_ones(data, tmp_path,
     result = CliRunner().invoke(cli, base)  # no options: the saved ones, EMA included
     assert result.exit_code == 0, result.output
     assert "resuming" in result.output and "epoch 2/3" in result.output
+    # the message's epoch 2 is metrics.csv's second row, numbered as the bar and the message number it
+    assert [int(r["epoch"]) for r in csv.DictReader((run / "metrics.csv").open())] == [1, 2, 3]
+    assert "train epoch 2/3: " in result.output and "train epoch 1/3" not in result.output
     assert yaml.safe_load((run / "config.yaml").read_text())["ema"] == 0.9
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["average"] is not None
 
