@@ -195,3 +195,12 @@ def test_a_part_of_unknown_total_ends_with_a_line_in_a_log():
         bar(Progress("classify", done, None))
     bar.close()
     assert out.getvalue().splitlines() == ["classify: 16 sample, 2.0 sample/s [8s]"]
+
+
+def test_a_count_that_arrives_late_does_not_move_the_bar_back():
+    bar, clock, out = _log_bar(interval=100.0)
+    bar(Progress("train", 0, 4, "step", "epoch 1/1"))
+    for done in (2, 1, 3, 4):  # two threads' reports, the second overtaken by the first
+        clock.now += 1
+        bar(Progress("train", done, 4, "step", "epoch 1/1"))
+    assert out.getvalue().splitlines() == ["train epoch 1/1: 4/4 step (100%), 1.0 step/s [4s]"]

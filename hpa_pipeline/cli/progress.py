@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 import time
 
 import click
@@ -31,7 +32,8 @@ class ProgressBar:
 
     ``enabled`` is False under ``-q`` and on every torchrun process but the first, so that one
     process talks. ``file``, ``interactive`` and ``clock`` are there for tests (and for a caller
-    that draws into something other than stderr).
+    that draws into something other than stderr). Safe to call from several threads (extract's
+    decoder threads report bytes), which may deliver a part's counts out of order.
     """
 
     def __init__(self, *tasks: str, unit: str = "sample", enabled: bool = True, file=None,
@@ -42,6 +44,7 @@ class ProgressBar:
         self.interactive = _is_terminal(self.file) if interactive is None else interactive
         self.clock, self.delay, self.interval = clock, delay, interval
         self._part: _Part | None = None
+        self._lock = threading.RLock()
 
     def __call__(self, event) -> None:
         if not self.enabled:
@@ -49,7 +52,8 @@ class ProgressBar:
         if event.message is not None:
             self.write(event.message)
         elif event.task in self.tasks:
-            self._count(event)
+            with self._lock:
+                self._count(event)
 
     def _count(self, event) -> None:
         key = (event.task, event.label)
@@ -99,18 +103,20 @@ class ProgressBar:
         """A line above the bar (the bar is redrawn below it); none when not ``enabled``."""
         if not self.enabled:
             return
-        bar = self._part.bar if self._part is not None else None
-        if bar is not None:
-            bar.write(line, file=self.file)
-        else:
-            self._print(line)
+        with self._lock:
+            bar = self._part.bar if self._part is not None else None
+            if bar is not None:
+                bar.write(line, file=self.file)
+            else:
+                self._print(line)
 
     def _print(self, line: str) -> None:
         print(line, file=self.file, flush=True)
 
     def close(self) -> None:
         """End the bar; whatever the command prints next starts on a line of its own."""
-        self._end_part()
+        with self._lock:
+            self._end_part()
 
 
 class _Part:
@@ -132,7 +138,7 @@ class _Part:
         return self.total is not None and self.done >= self.total
 
     def move(self, event) -> None:
-        self.done, self.total = event.done, event.total
+        self.done, self.total = max(self.done, event.done), event.total  # a late, smaller count is old news
         self.stats = event.stats or self.stats
 
     def describe(self, unit: str, now: float) -> str:
