@@ -149,3 +149,28 @@ def test_export_ngff_never_writes_outside_out_for_a_store_whose_ids_climb(stores
     assert result.exit_code == 1 and "'../../victim' is not a sample id" in result.output
     assert "Traceback" not in result.output
     assert (victim / "keep.txt").read_text() == "mine" and not (out.exists() and any(out.iterdir()))
+
+
+def test_a_store_made_before_the_whole_chunk_rule_is_read_and_resumed(small_dataset, tmp_path, monkeypatch):
+    """Stores whose lowest level is smaller than a chunk (the old default for --size 512) keep
+    working: described, verified, and resumed with the options they were made with."""
+    from click.testing import CliRunner
+
+    from hpa_pipeline.cli import cli
+    from hpa_pipeline.prep.ingest import ingest
+
+    store = tmp_path / "old.zarr"
+    with monkeypatch.context() as m:
+        m.setattr(StoreSpec, "check_new", lambda self: None)  # as the earlier version wrote it
+        assert ingest(small_dataset.train_archive, small_dataset.train_csv, store,
+                      StoreSpec(size=128, levels=3, chunk=64), workers=1).exit_code == 0
+    args = ["ingest", str(small_dataset.train_archive), "--csv", str(small_dataset.train_csv), "--out", str(store),
+            "--size", "128", "--chunk", "64"]
+    assert CliRunner().invoke(cli, ["verify", str(store)]).exit_code == 0
+    assert "32" in CliRunner().invoke(cli, ["inspect", str(store)]).output
+    again = CliRunner().invoke(cli, args + ["--levels", "3"])
+    assert again.exit_code == 0 and "12/12 samples done (0 written now, 12 already done)" in again.output, again.output
+    default = CliRunner().invoke(cli, args)
+    assert default.exit_code == 1 and "--levels 3 (stored) vs 2 (asked)" in default.output
+    new = CliRunner().invoke(cli, [*args[:5], str(tmp_path / "new.zarr"), *args[6:], "--levels", "3"])
+    assert new.exit_code == 2 and "--levels 3 makes level 32 smaller than one --chunk 64 chunk" in new.output

@@ -79,6 +79,12 @@ def decoder_option(fn):
                              "available.")(fn)
 
 
+def _is_existing_store(out: str) -> bool:
+    from ..contract.locations import is_url
+
+    return not is_url(out) and (Path(out) / "zarr.json").is_file()
+
+
 def store_arguments(options: dict) -> dict:
     """The :func:`store_options` as keyword arguments of ``build_zarr`` and ``ingest``: the layout
     options become one ``StoreSpec``, the others pass through."""
@@ -87,6 +93,8 @@ def store_arguments(options: dict) -> dict:
     layout = {name: options.pop(name) for name in ("size", "levels", "dtype", "chunk", "codec", "clevel")}
     try:
         spec = StoreSpec(**layout)
+        if not _is_existing_store(options["out"]):  # an existing store keeps the layout it was made with
+            spec.check_new()
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     return {"spec": spec, "csv": options.pop("csv_path"), **options}

@@ -40,14 +40,16 @@ def fits_chunks(size: int, levels: int, chunk: int) -> bool:
     return (sizes[0] < chunk and levels == 1) or all(s >= chunk and s % chunk == 0 for s in sizes)
 
 
-def check_chunking(size: int, levels: int, chunk: int) -> None:
-    """Refuse a ``chunk`` that does not divide every level, or ``levels`` that shrink one below a
-    chunk, with the options that would work."""
+def check_chunking(size: int, levels: int, chunk: int, new_store: bool = True) -> None:
+    """Refuse a ``chunk`` that does not divide every level larger than it, and for a
+    ``new_store`` also ``levels`` that shrink one below a chunk, with the options that would work."""
     if fits_chunks(size, levels, chunk):
         return
     sizes = level_sizes(size, levels)
     shown = ", ".join(map(str, sizes))
     bad = [s for s in sizes if s > chunk and s % chunk]
+    if not bad and not new_store:
+        return
     if not bad:  # every level is whole chunks but the lowest ones, which are smaller than one
         fewer = max(n for n in range(1, levels) if fits_chunks(size, n, chunk))
         small = next(s for s in sizes[1:] if s < chunk)
@@ -80,10 +82,12 @@ class StoreError(HpaError, ValueError):
 class StoreSpec:
     """How the images are laid out. The defaults come from ``benchmarks/bench_store.py``.
 
-    Every level is split into whole ``chunk``² chunks, so that a consumer may rely on one chunk
-    shape: a level below one chunk is refused, except a top level (``size``) smaller than the
-    chunk, which is one chunk. ``levels=None`` takes as many as keep that, at most
-    :data:`MOST_DEFAULT_LEVELS` (1024 with 256² chunks: 1024, 512, 256).
+    Every level of a new store is split into whole ``chunk``² chunks, so that a consumer may
+    rely on one chunk shape: :meth:`check_new` refuses a level below one chunk, except a top
+    level (``size``) smaller than the chunk, which is one chunk. ``levels=None`` takes as many
+    as keep that, at most :data:`MOST_DEFAULT_LEVELS` (1024 with 256² chunks: 1024, 512, 256).
+    Stores made before that rule (a lowest level smaller than a chunk, stored as one chunk of
+    its size) are still described, read and resumed.
     """
 
     size: int = 1024
@@ -103,13 +107,17 @@ class StoreSpec:
                              f"(e.g. --size 1024 --levels 3: 1024, 512, 256); got --size {self.size} "
                              f"--levels {self.levels}")
         level_sizes(self.size, self.levels)  # raises on sizes that do not halve
-        check_chunking(self.size, self.levels, self.chunk)
+        check_chunking(self.size, self.levels, self.chunk, new_store=False)
         if not 0 <= self.clevel <= 9:
             raise OptionError(f"--clevel must be 0-9 (Blosc's levels), got {self.clevel}")
         if self.dtype not in ("uint8", "uint16"):
             raise OptionError(f"dtype must be uint8 or uint16, not {self.dtype!r}")
         if self.codec not in ("zstd", "lz4", "none"):
             raise OptionError(f"codec must be zstd, lz4 or none, not {self.codec!r}")
+
+    def check_new(self) -> None:
+        """Refuse, for a store about to be made, levels that shrink one below a chunk."""
+        check_chunking(self.size, self.levels, self.chunk)
 
     @property
     def sizes(self) -> list[int]:

@@ -148,6 +148,7 @@ def _cannot_write(path: str, exc: OSError) -> StoreError:
 def _new_store(path: str, table: SampleTable, spec: StoreSpec, source: str) -> zarr.Group:
     """The arrays and attributes of an empty store for ``table``'s samples; attributes last, so
     a store killed while it was being created is recognised and made again."""
+    spec.check_new()
     n = len(table)
     root = zarr.open_group(path, mode="w-")
     small = min(SMALL_CHUNK, max(1, n))
