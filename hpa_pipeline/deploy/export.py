@@ -24,6 +24,7 @@ exporter too. A cross-validation folder becomes one package whose graph averages
 from __future__ import annotations
 
 import json
+import logging
 import re
 import warnings
 from dataclasses import dataclass
@@ -56,6 +57,9 @@ class ExportResult:
     folder: Path
     onnx_max_difference: float  # ONNX Runtime against PyTorch, largest over the checks
     runs: list[Path]
+
+
+log = logging.getLogger(__name__)
 
 
 def class_id(name: str) -> str:
@@ -146,6 +150,7 @@ def export_package(run: str | Path, out: str | Path) -> ExportResult:
         output = deployed.module(example).numpy().astype(np.float32)
     np.save(folder / "test_input.npy", image)
     np.save(folder / "test_output.npy", output)
+    log.debug("exporting %s (%d run(s)) with test sample %s into %s", run, len(deployed.runs), sample_id, folder)
     write_weights(deployed.module, example, folder)
     difference = onnx_difference(deployed.module, folder, image)
     if difference > ONNX_TOLERANCE:

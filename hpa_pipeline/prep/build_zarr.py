@@ -5,6 +5,7 @@ coordinator (:class:`.builder.StoreBuilder`) marks samples done, so a re-run res
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from .builder import BuildReport, StoreBuilder, start_build
@@ -17,6 +18,8 @@ from ..contract.store import StoreSpec
 from ..contract.locks import writes_store
 from .tasks import process_sample
 from ..contract.errors import OptionError
+
+log = logging.getLogger(__name__)
 
 
 def index_tiff_folder(src: str | Path) -> tuple[dict[str, dict[str, Path]], list[str]]:
@@ -56,6 +59,8 @@ def build_zarr(src: str | Path, csv: str | Path, out: str | Path, spec: StoreSpe
     table = read_sample_table(csv)
     check_cluster_choice(scheduler, cluster)  # before the store is created
     files, unknown = index_tiff_folder(src)
+    log.debug("%s: images of %d samples, %d other files; %d samples in %s", src, len(files), len(unknown),
+              len(table), csv)
     check_has_images(files, unknown, src)
     check_source_matches(table, files, csv, src)
     builder = start_build(out, table, spec, "build-zarr", source=str(src), upscale=upscale)

@@ -10,6 +10,7 @@ are refused by name and listed in ``extract_report.json``.
 """
 from __future__ import annotations
 
+import logging
 import shutil
 import threading
 from dataclasses import asdict, dataclass, field
@@ -22,6 +23,8 @@ from .checksum import crc32
 from .exit_status import EXIT_SOME_FAILED
 from ..contract.errors import HpaError
 from ..contract.locks import folder_locked
+
+log = logging.getLogger(__name__)
 
 REPORT_NAME = "extract_report.json"
 
@@ -131,6 +134,8 @@ def _extract_archives(archives: list[str | Path], out: Path, progress: ProgressC
     for leftover in out.glob(f"*{SUFFIX}"):
         leftover.unlink()
     plans = [plan_extract(a, out, decoder) for a in archives]
+    for archive, plan in zip(archives, plans):
+        log.debug("%s: %d members to write, %d already there", archive, len(plan.todo), plan.skipped)
     total = sum(p.bytes_needed for p in plans)
     check_free_space(out, total)
     decoded = Counter(progress, "extract", total, unit="B")
