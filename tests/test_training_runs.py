@@ -240,6 +240,28 @@ def test_both_backends_apply_the_same_dropout_in_training():
 
 
 @pytest.mark.integration
+def test_a_resumed_run_of_an_earlier_version_gets_its_epochs_renumbered_from_one(data, tmp_path, monkeypatch):
+    """metrics.csv once counted epochs from 0; resuming such a run leaves one numbering."""
+    def crash(name):
+        if name == "after_last":
+            raise KeyboardInterrupt
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(train_module, "fault_point", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(data, run))  # stops after the first epoch's checkpoint
+    monkeypatch.undo()
+    metrics = run / "metrics.csv"
+    rows = list(csv.DictReader(metrics.open()))
+    with metrics.open("w", newline="") as f:  # as the earlier version wrote it
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({**r, "epoch": str(int(r["epoch"]) - 1)} for r in rows)
+    train(config(data, run), resume=True)
+    assert [int(r["epoch"]) for r in csv.DictReader(metrics.open())] == [1, 2, 3]
+
+
+@pytest.mark.integration
 def test_resume_takes_the_saved_options_and_refuses_changed_ones(data, tmp_path, monkeypatch):
     _, tmp = data
     run = tmp_path / "run"

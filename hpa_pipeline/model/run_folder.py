@@ -212,8 +212,12 @@ def append_metrics(run: RunFolder, row: dict) -> None:
 
 def cut_metrics(run: RunFolder, epochs_done: int) -> None:
     """Drop rows after the first ``epochs_done`` epochs (written by a run killed before its
-    checkpoint). Rows count epochs from 1, as every line a user sees does."""
+    checkpoint). Rows count epochs from 1, as every line a user sees does; the rows of a run
+    begun by a version that counted from 0 are renumbered first."""
     rows = read_metrics(run)
+    counted_from_zero = bool(rows) and int(rows[0]["epoch"]) == 0
+    if counted_from_zero:
+        rows = [{**r, "epoch": str(int(r["epoch"]) + 1)} for r in rows]
     kept = [r for r in rows if int(r["epoch"]) <= epochs_done]
-    if len(kept) != len(rows):
+    if len(kept) != len(rows) or counted_from_zero:
         write_metrics(run, kept) if kept else run.metrics.unlink()
