@@ -204,3 +204,23 @@ def test_a_count_that_arrives_late_does_not_move_the_bar_back():
         clock.now += 1
         bar(Progress("train", done, 4, "step", "epoch 1/1"))
     assert out.getvalue().splitlines() == ["train epoch 1/1: 4/4 step (100%), 1.0 step/s [4s]"]
+
+
+def test_each_command_in_one_process_sets_the_log_handlers_afresh():
+    """A notebook or a test calls the CLI many times in one process: -vv must not add one more
+    copy of every Dask line per call, and a later plain call must stop showing them."""
+    import logging
+
+    from hpa_pipeline.cli.log import THIRD_PARTY, configure_logging
+
+    def ours(name):
+        return [h for h in logging.getLogger(name).handlers if type(h).__name__ == "_AboveBars"]
+
+    try:
+        configure_logging(2)
+        configure_logging(2)
+        assert all(len(ours(name)) == 1 for name in ("hpa_pipeline", *THIRD_PARTY))
+        configure_logging(0)
+        assert len(ours("hpa_pipeline")) == 1 and not any(ours(name) for name in THIRD_PARTY)
+    finally:
+        configure_logging(0)

@@ -29,10 +29,11 @@ class _AboveBars(logging.Handler):
 def configure_logging(verbosity: int) -> None:
     """Set the ``hpa_pipeline`` logger (and, from ``-vv``, the libraries') for ``verbosity``
     (``-v`` count minus ``-q`` count)."""
+    for name in ("hpa_pipeline", *THIRD_PARTY):  # the handlers of an earlier command in this process
+        logger = logging.getLogger(name)
+        for earlier in [h for h in logger.handlers if isinstance(h, _AboveBars)]:
+            logger.removeHandler(earlier)
     ours = logging.getLogger("hpa_pipeline")
-    for handler in list(ours.handlers):
-        if isinstance(handler, _AboveBars):
-            ours.removeHandler(handler)
     handler = _AboveBars()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s" if verbosity > 0
                                            else "%(levelname)s: %(message)s"))
