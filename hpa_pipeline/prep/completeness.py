@@ -19,6 +19,8 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+from .archive import VOLUME_SUFFIX
+
 SEVEN_Z_SIGNATURE = b"7z\xbc\xaf\x27\x1c"
 ZIP_LOCAL_HEADER = b"PK\x03\x04"
 ZIP_END_RECORD = b"PK\x05\x06"
@@ -70,7 +72,7 @@ def _has_zip_end(path: Path, size: int) -> bool:
 
 
 def _is_volume(path: Path) -> bool:
-    return path.suffix[1:].isdigit()
+    return VOLUME_SUFFIX.search(path.name) is not None
 
 
 def _next_volume(path: Path) -> Path:
