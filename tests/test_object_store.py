@@ -133,3 +133,26 @@ def test_build_zarr_to_s3_killed_mid_run_resumes_to_the_same_store(data, s3_buck
     assert final.returncode == 0, final.stderr[-2000:]
     assert "16/16 samples done" in final.stdout
     assert_same_stores(reference, url, ARRAYS, statistics=True)
+
+
+def test_a_store_on_s3_made_before_the_whole_chunk_rule_resumes_and_a_new_one_is_refused(data, s3_bucket,
+                                                                                          monkeypatch):
+    """The CLI cannot see whether an s3:// --out holds a store yet: it leaves the new-store
+    check to the store module, so an old store there resumes as a local one does."""
+    from hpa_pipeline.prep.ingest import ingest
+
+    d, _, _ = data
+    old, new = f"{s3_bucket}/old.zarr", f"{s3_bucket}/new.zarr"
+    with monkeypatch.context() as m:
+        m.setattr(StoreSpec, "check_new", lambda self: None)  # as the earlier version wrote it
+        assert ingest(d.train_archive, d.train_csv, old, StoreSpec(size=128, levels=3, chunk=64),
+                      workers=1).exit_code == 0
+    args = ["ingest", str(d.train_archive), "--csv", str(d.train_csv), "--size", "128", "--levels", "3",
+            "--chunk", "64", "--workers", "1"]
+    again = CliRunner().invoke(cli, [*args, "--out", old])
+    assert again.exit_code == 0 and "16 already done" in again.output, again.output
+    refused = CliRunner().invoke(cli, [*args, "--out", new])
+    assert refused.exit_code == 1 and "--levels 3 makes level 32 smaller than one --chunk 64 chunk" in refused.output
+    import s3fs
+
+    assert not s3fs.S3FileSystem().exists("hpa/new.zarr/zarr.json")

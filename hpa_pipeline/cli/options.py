@@ -79,10 +79,12 @@ def decoder_option(fn):
                              "available.")(fn)
 
 
-def _is_existing_store(out: str) -> bool:
+def _is_new_local_store(out: str) -> bool:
+    """``out`` is a folder with no store in it yet. A URL is not looked at here (that takes a
+    request): the store module refuses a new store's layout itself, before it writes one."""
     from ..contract.locations import is_url
 
-    return not is_url(out) and (Path(out) / "zarr.json").is_file()
+    return not is_url(out) and not (Path(out) / "zarr.json").is_file()
 
 
 def store_arguments(options: dict) -> dict:
@@ -93,7 +95,7 @@ def store_arguments(options: dict) -> dict:
     layout = {name: options.pop(name) for name in ("size", "levels", "dtype", "chunk", "codec", "clevel")}
     try:
         spec = StoreSpec(**layout)
-        if not _is_existing_store(options["out"]):  # an existing store keeps the layout it was made with
+        if _is_new_local_store(options["out"]):  # an existing store keeps the layout it was made with
             spec.check_new()
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
