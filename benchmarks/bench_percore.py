@@ -69,7 +69,7 @@ def profile(folder: Path, ids: list[str], encoding_of: dict, store: Path, passes
     from hpa_pipeline.contract.labels import SampleTable
     from hpa_pipeline.contract.store import open_or_create_store
     from hpa_pipeline.prep.memory import keep_freed_buffers
-    from hpa_pipeline.contract.machine import one_thread_per_task
+    from hpa_pipeline.common.machine import one_thread_per_task
 
     one_thread_per_task()
     keep_freed_buffers()

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import hpa_pipeline.model.train as train_module
+from hpa_pipeline.contract.errors import HpaError
 from hpa_pipeline.contract.store import StoreSpec
 from hpa_pipeline.model.data import EpochSampler, StoreDataset
 from hpa_pipeline.model.feed import BatchFeed, FeedError
@@ -80,6 +81,32 @@ def test_a_worker_error_names_its_cause(store):
         feed.close()
 
 
+@pytest.mark.integration
+def test_a_damaged_shard_stops_every_worker_count_with_its_line(store, tmp_path):
+    """Workers that read a shard failing its checks hand the error over as itself (not a bug's
+    traceback) and the pass ends: no wait for an answer that never comes."""
+    import shutil
+
+    from hpa_pipeline.contract.shards import DamagedShard
+
+    damaged = tmp_path / "damaged.zarr"
+    shutil.copytree(store, damaged)
+    shard = damaged / "images" / "128" / "c" / "3" / "0" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    for workers in (1, 2):
+        feed = BatchFeed(StoreDataset(str(damaged), 128, np.arange(24)), batch_size=4, workers=workers)
+        try:
+            with pytest.raises(DamagedShard, match="sample 3") as caught:
+                list(feed.batches(range(24)))
+            assert "Traceback" not in caught.value.line() and "hpa-pipe verify" in caught.value.line()
+            assert not feed._processes  # stopped, not left waiting on their queue
+            assert [len(b[2]) for b in feed.batches(range(3))] == [3]  # a new pass starts afresh
+        finally:
+            feed.close()
+
+
 class Slow(StoreDataset):
     def fill(self, item, out):
         time.sleep(0.5)
@@ -96,8 +123,11 @@ def test_a_dead_worker_is_an_error_not_a_hang(store, monkeypatch):
         batches = feed.batches(range(24))
         feed._start()
         os.kill(feed._processes[0].pid, signal.SIGKILL)
-        with pytest.raises(FeedError, match="died"):
+        with pytest.raises(FeedError, match="died") as caught:
             list(batches)
+        assert isinstance(caught.value, HpaError)  # one line for the user, not a bug's traceback
+        assert caught.value.line().startswith("a loader worker died: out of memory? (process ")
+        assert "SIGKILL" in str(caught.value)
     finally:
         feed.close()
 

@@ -11,7 +11,7 @@ import tifffile
 from click.testing import CliRunner
 
 from hpa_pipeline.cli import cli
-from hpa_pipeline.prep.archive import MAX_MEMBER_BYTES
+from hpa_pipeline.prep.members import MAX_MEMBER_BYTES
 from hpa_pipeline.prep.imaging import ImageError, MAX_PIXELS, read_image
 
 from .helpers import read_archive_members

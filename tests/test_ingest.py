@@ -8,9 +8,10 @@ from click.testing import CliRunner
 
 from hpa_pipeline.prep.archive import ArchiveError, list_members, volume_paths
 from hpa_pipeline.prep.build_zarr import build_zarr
-from hpa_pipeline.prep.builder import EXIT_SOME_FAILED
+from hpa_pipeline.contract.errors import EXIT_SOME_FAILED
 from hpa_pipeline.cli import cli
-from hpa_pipeline.prep.extract import DiskSpaceError, check_free_space, extract_archives
+from hpa_pipeline.contract.errors import DiskFull
+from hpa_pipeline.prep.extract import check_free_space, extract_archives
 from hpa_pipeline.prep.ingest import ingest
 from hpa_pipeline.contract.labels import FILTERS
 from hpa_pipeline.contract.store import StoreSpec
@@ -163,7 +164,7 @@ def test_extract_leaves_no_partial_file_and_resumes(decoder, small_dataset, tmp_
 
 
 def test_disk_space_is_checked_before_starting(tmp_path):
-    with pytest.raises(DiskSpaceError, match="GiB still to extract .* free"):
+    with pytest.raises(DiskFull, match="GiB still to extract .* free"):
         check_free_space(tmp_path, needed=1 << 60)
 
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from hpa_pipeline.contract.machine import usable_cores
+from hpa_pipeline.common.machine import usable_cores
 
 needs_affinity = pytest.mark.skipif(
     not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2,
@@ -31,7 +31,7 @@ def test_usable_cores_is_at_least_one_and_at_most_the_host():
 @needs_affinity
 def test_every_default_pool_follows_the_affinity():
     out = run_pinned(
-        "-c", "from hpa_pipeline.contract.machine import usable_cores\n"
+        "-c", "from hpa_pipeline.common.machine import usable_cores\n"
         "from hpa_pipeline.prep.ingest import ingest_workers\n"
         "print(usable_cores(), ingest_workers())")
     assert out.split() == ["1", "1"]

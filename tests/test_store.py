@@ -108,7 +108,7 @@ def test_inner_chunks_are_one_blosc_block_each(tmp_path):
     table = SampleTable(ids=("a", "b"), labels=None)
     for dtype, itemsize in (("uint8", 1), ("uint16", 2)):
         spec = StoreSpec(size=128, levels=3, chunk=32, dtype=dtype)
-        root = open_or_create_store(tmp_path / f"{dtype}.zarr", table, spec)
+        root = open_or_create_store(tmp_path / f"{dtype}.zarr", table, spec).root
         for s in (128, 64, 32):
             blosc, checksum = root[f"images/{s}"].compressors
             assert blosc.cname.value == "zstd" and blosc.clevel == 1

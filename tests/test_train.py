@@ -72,11 +72,11 @@ def test_run_folder_holds_everything(four_class_store, tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(four_class_store, tmp_path, monkeypatch):
-    import hpa_pipeline.model.train as train_module
+    import hpa_pipeline.model.training_data as training_data
 
     _, store, _ = four_class_store
     calls = {"n": 0}
-    real = train_module.make_loss
+    real = training_data.make_loss
 
     class LossThatBreaks(torch.nn.Module):
         def __init__(self, *args):
@@ -91,7 +91,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(four_class_store, t
     def loss_that_breaks(*args):
         return LossThatBreaks(*args)
 
-    monkeypatch.setattr(train_module, "make_loss", loss_that_breaks)
+    monkeypatch.setattr(training_data, "make_loss", loss_that_breaks)
     with pytest.raises(TrainingDiverged, match="loss is nan at epoch 2.*last good checkpoint"):
         train(tiny_config(store, tmp_path / "run", epochs=3))
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)

@@ -325,8 +325,8 @@ def test_the_training_state_round_trips_every_generator(data, finished_run):
     assert set(state["rng"]) == {"torch", "cuda", "numpy", "python"}
     cfg = config(data, finished_run)
     plan = train_module.plan_run(cfg, train_module.RunFolder(finished_run))
-    loaded = train_module.make_state(cfg, plan, train_module.make_data(cfg, plan, train_module.distributed.Ranks(),
-                                                                       torch.device("cpu")), torch.device("cpu"))
+    data_of_run = train_module.make_data(cfg, plan, train_module.distributed.Ranks(), torch.device("cpu"))
+    loaded = train_module.make_state(cfg, data_of_run.steps_per_epoch, torch.device("cpu"))
     loaded.load_state_dict(state)
     again = loaded.state_dict()
     assert again["epoch"] == state["epoch"] and again["step"] == state["step"]
@@ -386,14 +386,16 @@ def external_store(data, tmp_path_factory):
 @pytest.mark.integration
 def test_external_samples_always_train_and_never_validate(data, external_store, tmp_path, monkeypatch):
     seen = []
-    real = train_module.StoreDataset.fill
+    from hpa_pipeline.model.data import StoreDataset
+
+    real = StoreDataset.fill
 
     def spy(self, item, out):
         result = real(self, item, out)
         seen.append((self.store, self.train))
         return result
 
-    monkeypatch.setattr(train_module.StoreDataset, "fill", spy)
+    monkeypatch.setattr(StoreDataset, "fill", spy)
     run = tmp_path / "run"
     train(config(data, run, epochs=1, external=(str(external_store),), epoch_size=120))
     validated = {store for store, is_train in seen if not is_train}

@@ -12,7 +12,7 @@ the work lives in the library modules, where tests and notebooks call it directl
 
 A new command is a function in its half's module and one entry in :data:`.group.COMMANDS`.
 """
-from ..contract.machine import one_blas_thread
+from ..common.machine import one_blas_thread
 
 one_blas_thread()  # before anything imports NumPy
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..contract.errors import EXIT_OK, EXIT_SOME_FAILED
 from .options import writable_file
 from .progress import progress_bar
 from .recipes import recipe_option
@@ -59,4 +60,4 @@ def classify(sources, run, package, out, batch_size, upscale):
         click.echo(f"  not classified: {why if why.startswith(key) else f'{key}: {why}'}", err=True)
     click.echo(f"classify: {len(result.ids)} samples classified, {len(result.failed)} not"
                + (f" -> {out}" if result.ids else ""))
-    raise SystemExit(3 if result.failed else 0)
+    raise SystemExit(EXIT_SOME_FAILED if result.failed else EXIT_OK)

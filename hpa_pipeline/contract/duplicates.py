@@ -8,7 +8,10 @@ samples of train, test and HPA v18 together. Groups are the connected components
 """
 from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # numpy is imported where it is used: the command line reads the default below without it
+    import numpy as np
 
 #: bestfitting's distance on 64-bit hashes
 DEFAULT_MAX_DISTANCE = 12
@@ -19,6 +22,8 @@ _BLOCK = 2048
 
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Bitwise distances of uint64 hashes (broadcast)."""
+    import numpy as np
+
     return np.bitwise_count(np.bitwise_xor(a, b))
 
 
@@ -27,6 +32,8 @@ def find_pairs(a: np.ndarray, b: np.ndarray | None = None, max_distance: int = D
     (``b`` None: pairs within ``a``, ``i < j``). ``a`` and ``b`` are ``(n, 4)`` uint64 hashes;
     the distance given is the largest over the matched channels. Rows whose hashes are all zero
     (no hash stored) match nothing."""
+    import numpy as np
+
     within = b is None
     b = a if within else b
     valid_a, valid_b = a.any(axis=1), b.any(axis=1)
@@ -47,6 +54,8 @@ def find_pairs(a: np.ndarray, b: np.ndarray | None = None, max_distance: int = D
 def groups_of(n: int, pairs: np.ndarray) -> np.ndarray:
     """``(n,)`` group number of each sample: the connected components of ``pairs`` (union-find);
     a sample without a match is a group of its own. Groups are numbered by their first sample."""
+    import numpy as np
+
     parent = np.arange(n)
 
     def root(x: int) -> int:

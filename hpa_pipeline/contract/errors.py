@@ -11,8 +11,34 @@ from __future__ import annotations
 import errno
 
 
+#: the exit statuses of every command (README, "Exit statuses"): one table, read by the CLI
+EXIT_OK = 0
+EXIT_ERROR = 1  # an error one line explains (or a bug, with its traceback)
+EXIT_USAGE = 2  # options that cannot work together, or a value Click refuses
+EXIT_SOME_FAILED = 3  # some samples failed; the rest are written, and a rerun retries the failed ones
+EXIT_DIVERGED = 4  # training stopped: the loss is not finite; the last good checkpoint is kept
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT); what is finished is kept
+EXIT_TERMINATED = 143  # SIGTERM, handled as Ctrl-C
+
+
 class HpaError(Exception):
-    """A problem of the input, the options, the data or the machine that one line explains."""
+    """A problem of the input, the options, the data or the machine that one line explains.
+
+    ``exit_code``: the status the CLI exits with; ``hint``: what to do, appended to the line
+    (a class's hint for all its errors, or one given with the error).
+    """
+
+    exit_code = EXIT_ERROR
+    hint = ""
+
+    def __init__(self, message: str = "", hint: str | None = None):
+        super().__init__(message)
+        if hint is not None:
+            self.hint = hint
+
+    def line(self) -> str:
+        """The one line the CLI shows: the message, then the hint."""
+        return f"{self}; {self.hint}" if self.hint else str(self)
 
 
 #: errno -> what it means for the user; the CLI's one line for these OS errors
@@ -36,9 +62,15 @@ def explain_os_error(exc: OSError) -> str | None:
     where = exc.filename if exc.filename is not None else ""
     line = f"{where}: {meaning}" if where else meaning
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        line += ("; every file already written is kept whole (each is written under a temporary name, then "
-                 "renamed): free space and run the same command again to go on")
+        line += "; " + DiskFull.hint
     return line
+
+
+class DiskFull(HpaError, OSError):
+    """The disk filled up (or is too small for what is still to write); what was written is whole."""
+
+    hint = ("every file already written is kept whole (each is written under a temporary name, then renamed): "
+            "free space and run the same command again to go on")
 
 
 class OptionError(HpaError, ValueError):

@@ -139,13 +139,11 @@ class DamagedShard(StoreError):
     """A written sample's shard that is missing, cut short or fails a check; names the file."""
 
     @classmethod
-    def from_loader(cls, exc: BaseException) -> "DamagedShard":
-        """The one line of a DamagedShard that PyTorch's DataLoader re-raised from a worker
-        with the worker's traceback in its message (the last line is the original message)."""
-        lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-        last = lines[-1] if lines else ""
-        prefix = f"{cls.__module__}.{cls.__name__}: "
-        return cls(last[len(prefix):] if last.startswith(prefix) else last)
+    def in_store(cls, message: str, store: str) -> DamagedShard:
+        """The error, with what to do about ``store``'s damage as its hint."""
+        return cls(message, hint=f"nothing was trained or predicted on it. `hpa-pipe verify {store}` lists every "
+                                 f"damaged sample; `verify --repair` then the same ingest/build-zarr command rebuilds "
+                                 f"them")
 
 
 class ShardReader:
@@ -186,6 +184,13 @@ class ShardReader:
         if self.layout is None:
             out[...] = self.array[index, :, y:y + h, x:x + w]
             return out
+        try:
+            return self._read_direct(index, y, x, h, w, out)
+        except DamagedShard as exc:
+            raise DamagedShard.in_store(str(exc), self.store) from None
+
+    def _read_direct(self, index: int, y: int, x: int, h: int, w: int, out: np.ndarray) -> np.ndarray:
+        """:meth:`read` of the layout this project writes: the index, then only the chunks needed."""
         path = Path(self.store, shard_key(self.name, index, len(self.shape)))
         try:
             fd = os.open(path, os.O_RDONLY)

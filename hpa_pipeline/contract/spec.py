@@ -18,6 +18,13 @@ def level_sizes(size: int, levels: int) -> list[int]:
     return sizes
 
 
+#: the pixel types a store holds (the source's 16 bits on request)
+DTYPES = ("uint8", "uint16")
+#: the inner chunks' compressors (each followed by the chunk's CRC32C)
+CODECS = ("zstd", "lz4", "none")
+#: the fields of :class:`StoreSpec`, which are also build-zarr's and ingest's layout options (--size ...)
+LAYOUT_FIELDS = ("size", "levels", "dtype", "chunk", "codec", "clevel")
+
 #: the most levels a store gets when --levels is not given
 MOST_DEFAULT_LEVELS = 3
 
@@ -110,10 +117,10 @@ class StoreSpec:
         check_chunking(self.size, self.levels, self.chunk, new_store=False)
         if not 0 <= self.clevel <= 9:
             raise OptionError(f"--clevel must be 0-9 (Blosc's levels), got {self.clevel}")
-        if self.dtype not in ("uint8", "uint16"):
-            raise OptionError(f"dtype must be uint8 or uint16, not {self.dtype!r}")
-        if self.codec not in ("zstd", "lz4", "none"):
-            raise OptionError(f"codec must be zstd, lz4 or none, not {self.codec!r}")
+        if self.dtype not in DTYPES:
+            raise OptionError(f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
+        if self.codec not in CODECS:
+            raise OptionError(f"codec must be one of {', '.join(CODECS)}, not {self.codec!r}")
 
     def check_new(self) -> None:
         """Refuse, for a store about to be made, levels that shrink one below a chunk."""

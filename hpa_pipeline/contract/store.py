@@ -24,7 +24,7 @@ in NGFF's vocabulary, and :mod:`.ngff` exports chosen samples as real OME-Zarr i
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,12 +34,30 @@ from .atomic import SUFFIX, write_json
 from .labels import CLASS_NAMES, FILTERS, N_CLASSES, SampleTable
 from .locations import file_names, get_bytes, is_url, join, put_bytes, remove_tree
 from .shards import write_sample_shard
-from .spec import StoreError, StoreSpec, level_sizes  # noqa: F401 - re-exported: part of the store's interface
+from .spec import LAYOUT_FIELDS, StoreError, StoreSpec, level_sizes  # noqa: F401 - re-exported: part of the store's interface
 
+#: the layout version a store records (``attributes["hpa"]["format_version"]``); :meth:`Store.open`
+#: reads it, refuses a newer one, and brings older layouts of the same version up (:func:`_bring_up`)
 FORMAT_VERSION = 1
+#: the names of the store's arrays, attributes and files: defined here and nowhere else
+ATTRIBUTES = "hpa"
+IMAGES = "images"
+LABELS = "labels"
+SOURCE_SHAPE = "source_shape"
+SOURCE_DTYPE = "source_dtype"
+CHANNEL_SUMS = "channel_sums"
+PHASH = "phash"
+DONE = "done"
+#: the per-sample arrays the coordinator writes (``done`` last)
+BOOK_ARRAYS = (SOURCE_SHAPE, SOURCE_DTYPE, CHANNEL_SUMS, PHASH, DONE)
 CHANNEL_COLORS = {"red": "FF0000", "green": "00FF00", "blue": "0000FF", "yellow": "FFFF00"}
 SMALL_CHUNK = 4096  # samples per chunk of the per-sample arrays
 REPORT_NAME = "report.json"
+
+
+def level_path(size: int) -> str:
+    """The array path of level ``size`` inside a store (``images/1024``)."""
+    return f"{IMAGES}/{size}"
 
 
 def ngff_axes(sample_axis: bool) -> list[dict]:
@@ -59,13 +77,214 @@ def _axes_description(spec: StoreSpec) -> dict:
     """Axes and levels in OME-NGFF vocabulary (names, types, per-level scale, channel labels)."""
     return {
         "axes": ngff_axes(sample_axis=True),
-        "levels": ngff_levels(spec.sizes, [f"images/{s}" for s in spec.sizes], sample_axis=True),
+        "levels": ngff_levels(spec.sizes, [level_path(s) for s in spec.sizes], sample_axis=True),
         "scale_unit": "pixel of the top level (sources are 2048² or 3072²: see source_shape)",
         "omero": {"channels": [{"label": f, "color": CHANNEL_COLORS[f]} for f in FILTERS]},
     }
 
 
-def open_or_create_store(path: str | Path, table: SampleTable, spec: StoreSpec, source: str = "") -> zarr.Group:
+@dataclass(frozen=True)
+class LevelStatistics:
+    """Per-channel mean and std of one level over the done samples (what a run normalises with)."""
+
+    mean: list[float]
+    std: list[float]
+    n_samples: int
+
+
+class Store:
+    """An opened dataset store: its layout typed, read once.
+
+    Everything the rest of the package knows of a store's arrays, attributes and files goes
+    through here: ids, class names, levels and their statistics, labels, done flags, pHashes,
+    a reader per level, shard paths. :meth:`open` reads the format version and brings older
+    layouts up (:func:`_bring_up`), so no caller branches on what a store was written with.
+    """
+
+    def __init__(self, path: str, root: zarr.Group, meta: dict):
+        self.path, self.root, self._meta = path, root, meta
+
+    # -- opening --------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | Path, mode: str = "r") -> Store:
+        """An existing store, with a clear error when ``path`` is not one (or is damaged)."""
+        try:
+            root = _open_group(str(path), mode=mode)
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
+            raise StoreError(f"{path}: no dataset store there") from None
+        if ATTRIBUTES not in root.attrs:
+            raise StoreError(f"{path}: a Zarr group, but not an hpa-pipeline dataset store")
+        store = cls(str(path), root, _bring_up(str(path), root, dict(root.attrs[ATTRIBUTES])))
+        store.check_metadata_files()
+        return store
+
+    # -- attributes -----------------------------------------------------------------------------
+
+    @property
+    def format_version(self) -> int:
+        return self._meta["format_version"]
+
+    @property
+    def ids(self) -> list[str]:
+        return self._meta["ids"]
+
+    @property
+    def class_names(self) -> list[str]:
+        return self._meta["class_names"]
+
+    @property
+    def channels(self) -> list[str]:
+        """The filters in channel order (red, green, blue, yellow)."""
+        return self._meta["channels"]
+
+    @property
+    def has_labels(self) -> bool:
+        return bool(self._meta["has_labels"])
+
+    @property
+    def spec(self) -> StoreSpec:
+        return StoreSpec(**self._meta["spec"])
+
+    @property
+    def sizes(self) -> list[int]:
+        """The store's levels, largest first."""
+        return self.spec.sizes
+
+    @property
+    def dtype(self) -> str:
+        return self._meta["spec"]["dtype"]
+
+    @property
+    def source(self) -> str:
+        return self._meta.get("source", "")
+
+    @property
+    def statistics(self) -> dict[int, LevelStatistics]:
+        """Each level with statistics (a store with no sample done has none)."""
+        return {int(size): LevelStatistics(list(v["mean"]), list(v["std"]), int(v["n_samples"]))
+                for size, v in self._meta["statistics"].items()}
+
+    @property
+    def statistics_attribute(self) -> dict:
+        """The statistics as stored (``verify`` compares them with those recomputed)."""
+        return self._meta["statistics"]
+
+    @property
+    def attributes(self) -> dict:
+        """A copy of ``attributes["hpa"]`` as brought up to this version (for inspect's JSON)."""
+        return json.loads(json.dumps(self._meta))
+
+    def set_statistics(self, statistics: dict) -> None:
+        """Store new statistics (``{str(size): {"mean", "std", "n_samples"}}``) in the attributes."""
+        meta = dict(self.root.attrs[ATTRIBUTES])
+        meta["statistics"] = statistics
+        self.root.attrs[ATTRIBUTES] = meta
+        self._meta["statistics"] = statistics
+
+    # -- arrays ---------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def has_array(self, name: str) -> bool:
+        return name in self.root
+
+    def array(self, name: str) -> zarr.Array:
+        """A per-sample array by its name (:data:`LABELS`, :data:`DONE`, ...)."""
+        return self.root[name]
+
+    def done(self) -> np.ndarray:
+        return self.root[DONE][:]
+
+    def labels(self) -> np.ndarray | None:
+        """``(n, 28)`` bool, or None for a test store."""
+        return self.root[LABELS][:] if self.has_labels else None
+
+    def phash(self) -> np.ndarray:
+        """``(n, 4)`` uint64 perceptual hashes, 0 where none is written (every sample of a store
+        written before hashes were stored, until its next build command)."""
+        if PHASH in self.root:
+            return self.root[PHASH][:]
+        return np.zeros((len(self), 4), np.uint64)
+
+    @property
+    def has_phash(self) -> bool:
+        return PHASH in self.root
+
+    def channel_sums(self) -> np.ndarray:
+        return self.root[CHANNEL_SUMS][:]
+
+    def level(self, size: int) -> zarr.Array:
+        """The ``(n, 4, size, size)`` image array of level ``size``."""
+        return self.root[level_path(size)]
+
+    def levels(self) -> dict[int, zarr.Array]:
+        """``{size: images/<size>}`` of the arrays present, largest level first."""
+        return dict(sorted(((int(name), array) for name, array in self.root[IMAGES].arrays()), reverse=True))
+
+    def reader(self, size: int):
+        """A :class:`.shards.ShardReader` of level ``size`` (direct reads of whole or part samples)."""
+        from .shards import ShardReader
+
+        return ShardReader(self.path, level_path(size))
+
+    def shard_path(self, size: int, index: int) -> str:
+        """The shard file (or object) that holds sample ``index`` at level ``size``."""
+        from .shards import shard_key
+
+        return join(self.path, shard_key(level_path(size), index, 4))
+
+    # -- metadata files ---------------------------------------------------------------------------
+
+    def metadata_files(self) -> list[str]:
+        """The metadata files of the store, relative to it."""
+        arrays = [level_path(s) for s in self.sizes] + ([LABELS] if self.has_labels else [])
+        arrays += [SOURCE_SHAPE, SOURCE_DTYPE, CHANNEL_SUMS, DONE]
+        return [f"{IMAGES}/zarr.json", *[f"{name}/zarr.json" for name in arrays]]
+
+    def check_metadata_files(self) -> None:
+        """Every metadata file of a local store parses: a damaged one is named, not a traceback
+        from deep inside zarr when the array is first used (a URL store's are read by zarr as needed)."""
+        if is_url(self.path):
+            return
+        for name in self.metadata_files():
+            file = Path(self.path, name)
+            try:
+                json.loads(file.read_bytes())
+            except FileNotFoundError:
+                raise StoreError(f"{file}: a metadata file of the store is missing; the store cannot be read") from None
+            except ValueError as exc:
+                raise StoreError(f"{file}: damaged metadata file ({exc}); the store cannot be read") from None
+
+
+def _bring_up(path: str, root: zarr.Group, meta: dict) -> dict:
+    """``attributes["hpa"]`` of any store this version reads, as this version writes it: the one
+    place that knows what older layouts lacked (no statistics before a first finished build, no
+    class names or source in the earliest stores). Arrays an old store lacks (``phash``) read as
+    empty through :class:`Store`; stores without chunk checksums are read by :mod:`.shards`."""
+    version = meta.get("format_version", 1)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise StoreError(f"{path}: store format version {version!r} is newer than this hpa-pipeline reads "
+                         f"({FORMAT_VERSION}); upgrade hpa-pipeline")
+    missing = [key for key in ("ids", "spec", "has_labels") if key not in meta]
+    if missing:
+        raise StoreError(f"{join(path, 'zarr.json')}: attributes lack {', '.join(missing)}; not a readable "
+                         f"hpa-pipeline store")
+    meta["format_version"] = version
+    meta.setdefault("statistics", {})
+    meta.setdefault("class_names", list(CLASS_NAMES))
+    meta.setdefault("source", "")
+    meta.setdefault("channels", list(FILTERS))
+    return meta
+
+
+def open_store(path: str | Path, mode: str = "r") -> Store:
+    """:meth:`Store.open`."""
+    return Store.open(path, mode)
+
+
+def open_or_create_store(path: str | Path, table: SampleTable, spec: StoreSpec, source: str = "") -> Store:
     """Reopen the store at ``path`` for ``table``'s samples, or create an empty one.
 
     Reopening checks that ids, levels and dtype are the same, so that a re-run resumes the
@@ -78,15 +297,16 @@ def open_or_create_store(path: str | Path, table: SampleTable, spec: StoreSpec, 
     existing = _existing_group(path)
     if existing is not None and not discard_unfinished_store(path, existing, table, spec):
         root = zarr.open_group(path, mode="r+")
-        if "phash" not in root:
+        if PHASH not in root:  # stores written before pHashes get the array on their next build command
             _create_phash(root, len(table))
-        return root
+        return Store.open(path, mode="r+")
     if not is_url(path) and Path(path).exists() and any(Path(path).iterdir()):
         raise StoreError(f"{path} exists, is not empty and is not an hpa-pipeline store; choose another --out")
     try:
-        return _new_store(path, table, spec, source)
+        _new_store(path, table, spec, source)
     except OSError as exc:  # a folder that cannot be made or written (not ours to fix)
         raise _cannot_write(path, exc) from None
+    return Store.open(path, mode="r+")
 
 
 def discard_unfinished_store(path: str, existing: zarr.Group, table: SampleTable, spec: StoreSpec) -> bool:
@@ -99,13 +319,13 @@ def discard_unfinished_store(path: str, existing: zarr.Group, table: SampleTable
     every sample, e.g. with a --size larger than the sources): refusing would only make the
     user delete it, and nothing is lost.
     """
-    if existing.attrs.get("hpa") is None and _holds_no_data(path):
+    if existing.attrs.get(ATTRIBUTES) is None and _holds_no_data(path):
         remove_tree(path)
         return True
     try:
         _check_same_build(path, existing, table, spec)
     except StoreError:
-        if existing.attrs.get("hpa") is None or _some_sample_done(existing):
+        if existing.attrs.get(ATTRIBUTES) is None or _some_sample_done(existing):
             raise
         remove_tree(path)
         return True
@@ -145,7 +365,7 @@ def _cannot_write(path: str, exc: OSError) -> StoreError:
     return StoreError(f"{path}: cannot write a store there ({exc.strerror or exc}); choose another --out")
 
 
-def _new_store(path: str, table: SampleTable, spec: StoreSpec, source: str) -> zarr.Group:
+def _new_store(path: str, table: SampleTable, spec: StoreSpec, source: str) -> None:
     """The arrays and attributes of an empty store for ``table``'s samples; attributes last, so
     a store killed while it was being created is recognised and made again."""
     spec.check_new()
@@ -155,21 +375,21 @@ def _new_store(path: str, table: SampleTable, spec: StoreSpec, source: str) -> z
     for s in spec.sizes:
         c = min(spec.chunk, s)
         root.create_array(
-            f"images/{s}", shape=(n, 4, s, s), dtype=spec.dtype, chunks=(1, 1, c, c), shards=(1, 4, s, s),
+            level_path(s), shape=(n, 4, s, s), dtype=spec.dtype, chunks=(1, 1, c, c), shards=(1, 4, s, s),
             compressors=spec.compressors(c * c * np.dtype(spec.dtype).itemsize), fill_value=0,
             dimension_names=("sample", "c", "y", "x"),
         )
     if table.has_labels:
-        labels = root.create_array("labels", shape=(n, N_CLASSES), dtype=bool, chunks=(small, N_CLASSES),
+        labels = root.create_array(LABELS, shape=(n, N_CLASSES), dtype=bool, chunks=(small, N_CLASSES),
                                    fill_value=False, dimension_names=("sample", "class"))
         labels[:] = table.label_matrix()
-    root.create_array("source_shape", shape=(n, 2), dtype="int32", chunks=(small, 2), fill_value=0)
-    root.create_array("source_dtype", shape=(n,), dtype="uint8", chunks=(small,), fill_value=0)
-    root.create_array("channel_sums", shape=(n, spec.levels, 4, 2), dtype="float64",
+    root.create_array(SOURCE_SHAPE, shape=(n, 2), dtype="int32", chunks=(small, 2), fill_value=0)
+    root.create_array(SOURCE_DTYPE, shape=(n,), dtype="uint8", chunks=(small,), fill_value=0)
+    root.create_array(CHANNEL_SUMS, shape=(n, spec.levels, 4, 2), dtype="float64",
                       chunks=(small, spec.levels, 4, 2), fill_value=0.0)
     _create_phash(root, n)
-    root.create_array("done", shape=(n,), dtype=bool, chunks=(small,), fill_value=False)
-    root.attrs["hpa"] = {
+    root.create_array(DONE, shape=(n,), dtype=bool, chunks=(small,), fill_value=False)
+    root.attrs[ATTRIBUTES] = {
         "format_version": FORMAT_VERSION,
         "ids": list(table.ids),
         "class_names": list(CLASS_NAMES),
@@ -180,22 +400,20 @@ def _new_store(path: str, table: SampleTable, spec: StoreSpec, source: str) -> z
         "statistics": {},
         **_axes_description(spec),
     }
-    return root
 
 
 def _create_phash(root: zarr.Group, n: int) -> None:
     """The ``phash`` array (stores written before it get it on their next build command)."""
-    root.create_array("phash", shape=(n, 4), dtype="uint64", chunks=(min(SMALL_CHUNK, max(1, n)), 4), fill_value=0)
+    root.create_array(PHASH, shape=(n, 4), dtype="uint64", chunks=(min(SMALL_CHUNK, max(1, n)), 4), fill_value=0)
 
 
 def _check_same_build(path, root, table: SampleTable, spec: StoreSpec) -> None:
-    meta = root.attrs.get("hpa")
+    meta = root.attrs.get(ATTRIBUTES)
     if meta is None:
         raise StoreError(f"{path} exists and is not an hpa-pipeline store; choose another --out")
     old = StoreSpec(**meta["spec"])
     differences = [f"--{name} {getattr(old, name)} (stored) vs {getattr(spec, name)} (asked)"
-                   for name in ("size", "levels", "dtype", "chunk", "codec", "clevel")
-                   if getattr(old, name) != getattr(spec, name)]
+                   for name in LAYOUT_FIELDS if getattr(old, name) != getattr(spec, name)]
     if differences:
         raise StoreError(f"{path} was built with other layout options: {'; '.join(differences)}. Rerun with the "
                          f"stored options to resume, or use another --out to build a second store.")
@@ -207,7 +425,7 @@ def _some_sample_done(root: zarr.Group) -> bool:
     """Whether any sample of an existing store is finished (a store without done flags counts
     as finished work: it is not ours to remove)."""
     try:
-        return bool(root["done"][:].any())
+        return bool(root[DONE][:].any())
     except KeyError:
         return True
 
@@ -220,112 +438,7 @@ def _holds_no_data(path: str) -> bool:
 def write_levels(path: str, index: int, levels: dict[int, np.ndarray]) -> None:
     """Write every level of sample ``index`` (each a whole shard). Called by the worker tasks."""
     for size, image in levels.items():
-        write_sample_shard(str(path), f"images/{size}", index, image)
-
-
-class SampleBook:
-    """The coordinator's view of the per-sample arrays: read once, updated in memory, flushed by chunk.
-
-    ``mark_done`` stages results; ``flush`` writes the touched chunks of ``source_shape``,
-    ``source_dtype`` and ``channel_sums`` first and ``done`` last, so ``done`` never runs ahead.
-    """
-
-    def __init__(self, root: zarr.Group):
-        self.root = root
-        self.done = root["done"][:]
-        self.source_shape = root["source_shape"][:]
-        self.source_dtype = root["source_dtype"][:]
-        self.channel_sums = root["channel_sums"][:]
-        self.phash = root["phash"][:] if "phash" in root else np.zeros((len(self.done), 4), np.uint64)
-        self.chunk = root["done"].chunks[0]
-        self._dirty: set[int] = set()
-
-    def mark_done(self, index: int, source_shape, source_bits: int, sums: np.ndarray,
-                  hashes: np.ndarray | None = None) -> None:
-        self.source_shape[index] = source_shape
-        self.source_dtype[index] = source_bits
-        self.channel_sums[index] = sums
-        if hashes is not None:
-            self.phash[index] = hashes
-        self.done[index] = True
-        self._dirty.add(index // self.chunk)
-
-    def flush(self) -> None:
-        names = ("source_shape", "source_dtype", "channel_sums", *(("phash",) if "phash" in self.root else ()), "done")
-        for name in names:
-            values = getattr(self, name)
-            for c in sorted(self._dirty):
-                block = slice(c * self.chunk, min((c + 1) * self.chunk, len(self.done)))
-                self.root[name][block] = values[block]
-        self._dirty.clear()
-
-    def mark_not_done(self, index: int) -> None:
-        """Stage sample ``index`` as not done (``verify --repair``: its shards were damaged)."""
-        self.source_shape[index] = 0
-        self.source_dtype[index] = 0
-        self.channel_sums[index] = 0
-        self.phash[index] = 0
-        self.done[index] = False
-        self._dirty.add(index // self.chunk)
-
-    def statistics(self, sizes: list[int]) -> dict:
-        """Per-level, per-channel mean and std over the done samples (for normalisation)."""
-        return channel_statistics(self.done, self.channel_sums, sizes)
-
-
-def channel_statistics(done: np.ndarray, channel_sums: np.ndarray, sizes: list[int]) -> dict:
-    """``attributes["hpa"]["statistics"]``: per level, per channel mean and std over the done
-    samples, from their ``channel_sums`` (``verify`` recomputes it to check the stored one)."""
-    stats = {}
-    n = int(done.sum())
-    if n == 0:
-        return stats
-    totals = channel_sums[done].sum(axis=0)  # (L, 4, 2)
-    for k, s in enumerate(sizes):
-        count = n * s * s
-        mean = totals[k, :, 0] / count
-        std = np.sqrt(np.maximum(totals[k, :, 1] / count - mean**2, 0))
-        stats[str(s)] = {"mean": mean.round(4).tolist(), "std": std.round(4).tolist(), "n_samples": n}
-    return stats
-
-
-def level_arrays(root: zarr.Group) -> dict[int, zarr.Array]:
-    """``{size: images/<size>}`` of a store, largest level first."""
-    return dict(sorted(((int(name), array) for name, array in root["images"].arrays()), reverse=True))
-
-
-def open_store(path: str | Path, mode: str = "r") -> zarr.Group:
-    """Open an existing store, with a clear error when ``path`` is not one."""
-    try:
-        root = _open_group(str(path), mode=mode)
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
-        raise StoreError(f"{path}: no dataset store there") from None
-    if "hpa" not in root.attrs:
-        raise StoreError(f"{path}: a Zarr group, but not an hpa-pipeline dataset store")
-    check_metadata_files(str(path), root.attrs["hpa"])
-    return root
-
-
-def metadata_files(meta: dict) -> list[str]:
-    """The metadata files of a store (``attributes["hpa"]`` tells its levels and arrays)."""
-    arrays = [f"images/{s}" for s in StoreSpec(**meta["spec"]).sizes] + (["labels"] if meta.get("has_labels") else [])
-    arrays += ["source_shape", "source_dtype", "channel_sums", "done"]
-    return ["images/zarr.json", *[f"{name}/zarr.json" for name in arrays]]
-
-
-def check_metadata_files(path: str, meta: dict) -> None:
-    """Every metadata file of a local store parses: a damaged one is named, not a traceback from
-    deep inside zarr when the array is first used (a URL store's are read by zarr as needed)."""
-    if is_url(path):
-        return
-    for name in metadata_files(meta):
-        file = Path(path, name)
-        try:
-            json.loads(file.read_bytes())
-        except FileNotFoundError:
-            raise StoreError(f"{file}: a metadata file of the store is missing; the store cannot be read") from None
-        except ValueError as exc:
-            raise StoreError(f"{file}: damaged metadata file ({exc}); the store cannot be read") from None
+        write_sample_shard(str(path), level_path(size), index, image)
 
 
 def write_report(path: str | Path, report: dict) -> str:

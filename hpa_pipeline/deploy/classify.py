@@ -21,7 +21,7 @@ import numpy as np
 
 from ..contract.atomic import replacing
 from ..contract.labels import FILTERS, MEMBER_NAME, N_CLASSES
-from ..contract.progress import Counter, ProgressCallback
+from ..common.progress import Counter, ProgressCallback
 from ..model.metrics import predict_labels
 from ..prep.archive import ArchiveError, list_members, stream_members, volume_paths
 from ..prep.imaging import IMAGE_SUFFIXES, ImageError, make_levels, read_image

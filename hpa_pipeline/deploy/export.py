@@ -23,9 +23,7 @@ exporter too. A cross-validation folder becomes one package whose graph averages
 """
 from __future__ import annotations
 
-import json
 import logging
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,22 +33,10 @@ import torch
 
 from .. import __version__
 from ..contract.labels import CLASS_NAMES
-from ..contract.shards import ShardReader
-from ..contract.store import open_store
+from ..contract.store import Store
 from ..model.run_folder import RunError
 from .graph import DeployedRun, load_deployed
-
-OPSET = 17
-#: the largest difference allowed between ONNX Runtime's and PyTorch's probabilities
-ONNX_TOLERANCE = 1e-4
-PROJECT_URL = "https://github.com/hpa-pipeline/hpa-pipeline"
-CITATIONS = (
-    ("Ouyang W, Winsnes CF, Hjelmare M, et al. Analysis of the Human Protein Atlas Image Classification "
-     "competition. Nature Methods 16, 1254-1261 (2019)", "10.1038/s41592-019-0658-6"),
-    ("Hu J, Shen L, Sun G. Squeeze-and-Excitation Networks. CVPR 2018", "10.1109/CVPR.2018.00745"),
-)
-EMPTY_ROW_RULE = "a sample with no probability above its class's threshold gets its most probable class"
-
+from .package import EMPTY_ROW_RULE, ONNX_TOLERANCE, OPSET, class_id, write_description
 
 @dataclass
 class ExportResult:
@@ -62,20 +48,15 @@ class ExportResult:
 log = logging.getLogger(__name__)
 
 
-def class_id(name: str) -> str:
-    """A class name as a bioimage.io channel identifier (``Nuclear membrane`` -> ``nuclear_membrane``)."""
-    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
-
-
 def test_sample(deployed: DeployedRun) -> tuple[str, np.ndarray]:
     """The first done sample of the run's training store at its level, ``(1, 4, L, L)``."""
     store = deployed.config["store"]
-    root = open_store(store)
-    done = np.flatnonzero(root["done"][:])
+    opened = Store.open(store)
+    done = np.flatnonzero(opened.done())
     if not len(done):
         raise RunError(f"{store}: no done sample to make the package's test tensors from")
-    image = ShardReader(store, f"images/{deployed.level}").read(int(done[0]))
-    return root.attrs["hpa"]["ids"][int(done[0])], image[np.newaxis]
+    image = opened.reader(deployed.level).read(int(done[0]))
+    return opened.ids[int(done[0])], image[np.newaxis]
 
 
 def write_weights(module: torch.nn.Module, example: torch.Tensor, folder: Path) -> None:
@@ -157,17 +138,5 @@ def export_package(run: str | Path, out: str | Path) -> ExportResult:
         raise RuntimeError(f"ONNX Runtime differs from PyTorch by {difference:.2e} (> {ONNX_TOLERANCE}): a bug")
     write_cover(image, folder / "cover.png")
     write_documentation(deployed, folder / "README.md", sample_id)
-    from .package import write_description
-
     write_description(deployed, folder, image, difference)
     return ExportResult(folder, difference, deployed.runs)
-
-
-def package_config(deployed: DeployedRun, difference: float) -> dict:
-    """What this project's ``classify`` and any consumer read from ``config.hpa_pipeline``."""
-    return {"class_names": list(CLASS_NAMES), "thresholds": [float(t) for t in deployed.thresholds],
-            "empty_row_rule": EMPTY_ROW_RULE, "level": deployed.level, "store_sizes": deployed.sizes,
-            "dtype": deployed.dtype, "normalization": json.loads(json.dumps(deployed.normalization)),
-            "normalize": deployed.config.get("normalize", "store"), "arch": deployed.config["arch"],
-            "runs": [str(r) for r in deployed.runs], "onnx_max_difference": difference,
-            "version": __version__}

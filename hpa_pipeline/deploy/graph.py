@@ -15,10 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..contract.store import StoreSpec, open_store
-from ..model.cross_validation import fold_runs, is_cross_validation
+from ..contract.store import Store
 from ..model.inference import TrainedRun, load_run, read_thresholds
-from ..model.run_folder import RunError
+from ..model.run_folder import RunError, RunFolder, fold_runs, is_cross_validation
 
 
 class RawToProbabilities(torch.nn.Module):
@@ -55,8 +54,7 @@ def _store_sizes(trained: TrainedRun) -> list[int]:
     sizes = trained.normalization.get("sizes")
     if sizes:
         return list(sizes)
-    meta = open_store(trained.config.store).attrs["hpa"]  # runs trained before their levels were saved
-    return list(StoreSpec(**meta["spec"]).sizes)
+    return Store.open(trained.config.store).sizes  # runs trained before their levels were saved
 
 
 def load_deployed(path: str | Path) -> DeployedRun:
@@ -70,7 +68,7 @@ def load_deployed(path: str | Path) -> DeployedRun:
     for t in trained:
         t.model.eval()
     module = RawToProbabilities([t.model for t in trained], [t.normalizer() for t in trained]).eval()
-    thresholds = (read_thresholds(path / "thresholds.json") if len(runs) > 1 or is_cross_validation(path)
+    thresholds = (read_thresholds(RunFolder(path).thresholds) if len(runs) > 1 or is_cross_validation(path)
                   else trained[0].thresholds)
     first = trained[0]
     from dataclasses import asdict

@@ -5,6 +5,8 @@ made; :func:`validate_package` loads the written file back the way a consumer do
 """
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,34 @@ from ..contract.labels import CLASS_NAMES
 from ..model.run_folder import RunError
 
 RDF = "rdf.yaml"
+
+
+#: the ONNX opset of the exported graph
+OPSET = 17
+#: the largest difference allowed between ONNX Runtime's and PyTorch's probabilities
+ONNX_TOLERANCE = 1e-4
+PROJECT_URL = "https://github.com/hpa-pipeline/hpa-pipeline"
+CITATIONS = (
+    ("Ouyang W, Winsnes CF, Hjelmare M, et al. Analysis of the Human Protein Atlas Image Classification "
+     "competition. Nature Methods 16, 1254-1261 (2019)", "10.1038/s41592-019-0658-6"),
+    ("Hu J, Shen L, Sun G. Squeeze-and-Excitation Networks. CVPR 2018", "10.1109/CVPR.2018.00745"),
+)
+EMPTY_ROW_RULE = "a sample with no probability above its class's threshold gets its most probable class"
+
+
+def class_id(name: str) -> str:
+    """A class name as a bioimage.io channel identifier (``Nuclear membrane`` -> ``nuclear_membrane``)."""
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def package_config(deployed, difference: float) -> dict:
+    """What this project's ``classify`` and any consumer read from ``config.hpa_pipeline``."""
+    return {"class_names": list(CLASS_NAMES), "thresholds": [float(t) for t in deployed.thresholds],
+            "empty_row_rule": EMPTY_ROW_RULE, "level": deployed.level, "store_sizes": deployed.sizes,
+            "dtype": deployed.dtype, "normalization": json.loads(json.dumps(deployed.normalization)),
+            "normalize": deployed.config.get("normalize", "store"), "arch": deployed.config["arch"],
+            "runs": [str(r) for r in deployed.runs], "onnx_max_difference": difference,
+            "version": __version__}
 
 
 def _tensors(deployed, image: np.ndarray):
@@ -31,8 +61,6 @@ def _tensors(deployed, image: np.ndarray):
                                                                  ("red", "green", "blue", "yellow")]), *space],
         test_tensor=spec.FileDescr(source=Path("test_input.npy")),
         data=spec.IntervalOrRatioDataDescr(type=str(image.dtype), range=(0.0, top)))
-    from .export import class_id
-
     outputs = spec.OutputTensorDescr(
         id=spec.TensorId("probabilities"), description="probability of each of the 28 locations (sigmoid in the graph)",
         axes=[spec.BatchAxis(), spec.ChannelAxis(channel_names=[spec.Identifier(class_id(n)) for n in CLASS_NAMES])],
@@ -46,8 +74,6 @@ def write_description(deployed, folder: Path, image: np.ndarray, difference: flo
     import torch
     from bioimageio.spec import ValidationContext, save_bioimageio_yaml_only
     from bioimageio.spec.model import v0_5 as spec
-
-    from .export import CITATIONS, OPSET, PROJECT_URL, package_config
 
     with ValidationContext(root=folder, perform_io_checks=True):
         inputs, outputs = _tensors(deployed, image)

@@ -12,7 +12,8 @@ import re
 from dataclasses import dataclass, field, fields
 
 
-from .names import ARCHS, BACKENDS, LOSSES, PRECISIONS, SCHEDULES
+from .names import ARCHS, BACKENDS, DEFAULT_ARCH, LOSSES, PRECISIONS, SCHEDULES, STRATEGIES
+from ..contract.duplicates import DEFAULT_MAX_DISTANCE
 from ..contract.errors import OptionError
 
 
@@ -37,7 +38,7 @@ class TrainConfig:
     out: str = option(str, "", "Run folder (checkpoints, metrics, thresholds); a new one, or the one to --resume.")
     external: tuple = option(STORES, (), "External store (e.g. HPA v18) whose samples always train, never validate; "
                                  "repeat for several. Folds and validation use --store only.")
-    arch: str = option(str, "se_resnext50_32x4d", "SENet architecture (se_resnet_tiny: for CPU tests and the demo).",
+    arch: str = option(str, DEFAULT_ARCH, "SENet architecture (se_resnet_tiny: for CPU tests and the demo).",
                        ARCHS)
     backend: str = option(str, "timm", "Library that builds it: the same network and checkpoint keys either way.",
                           BACKENDS)
@@ -61,7 +62,7 @@ class TrainConfig:
     folds: int = option(int, 5, "Number of multilabel stratified folds of the store.")
     group_duplicates: bool = option(bool, True, "Keep near-duplicate samples (by the store's perceptual hashes) in "
                                                 "one fold, and leave --external duplicates of validation samples out.")
-    duplicate_distance: int = option(int, 12, "Largest Hamming distance of the pHashes, on each of red, green and "
+    duplicate_distance: int = option(int, DEFAULT_MAX_DISTANCE, "Largest Hamming distance of the pHashes, on each of red, green and "
                                               "blue, for two samples to be duplicates (1st place's 12).")
     fold: int | str = option(FOLD_OR_ALL, 0, "Validation fold (0..folds-1), or 'all': every fold in turn into "
                                               "<out>/fold<k>/, then the out-of-fold table, thresholds and F1.")
@@ -98,7 +99,7 @@ class TrainConfig:
                               "(oof.csv, from the best epoch's weights).")
     threshold_strategy: str = option(str, "f1", "How thresholds are chosen from out-of-fold probabilities: f1 "
                                                 "(per class, maximise F1), ratio (predicted positive share = the "
-                                                "class's share in the labels) or fixed (0.5).", ("f1", "ratio", "fixed"))
+                                                "class's share in the labels) or fixed (0.5).", STRATEGIES)
     threshold_scale: float = option(float, 1.0, "Factor on the f1 strategy's thresholds (e.g. 0.7 to predict more).")
 
     def _check_numbers(self) -> None:

@@ -16,44 +16,30 @@ Folds that ran apart (one per GPU or machine, ``train --fold k``) are combined t
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from ..contract.atomic import write_json
+from ..contract.errors import OptionError
 from ..contract.locks import store_locked
-from ..contract.progress import Progress, ProgressCallback, report
-from ..contract.store import open_store
+from ..common.progress import Progress, ProgressCallback, report
+from ..contract.store import Store
 from .config import TrainConfig
 from .probs_table import read_probs, write_probs
-from .run_folder import RunError, RunFolder, config_for_run, read_config, write_config, write_fold_table
+from .run_folder import (RunError, RunFolder, config_for_run, fold_folder, read_config, write_config,
+                         write_fold_table)
 from .thresholds import choose_thresholds
-
-CV_NAME = "cv.json"
-
-
-def fold_folder(out: str | Path, k: int) -> Path:
-    return Path(out) / f"fold{k}"
-
-
-def is_cross_validation(path: str | Path) -> bool:
-    """Whether ``path`` is a finished cross-validation folder (it holds ``cv.json``)."""
-    return (Path(path) / CV_NAME).is_file()
-
-
-def fold_runs(path: str | Path) -> list[Path]:
-    """The fold run folders of a finished cross-validation folder."""
-    record = json.loads((Path(path) / CV_NAME).read_text())
-    return [Path(path) / name for name in record["runs"]]
-
 
 def train_folds(cfg: TrainConfig, resume: bool, progress: ProgressCallback | None, given: set[str] | None) -> dict:
     """Train fold 0 .. folds-1 of ``cfg`` into ``<out>/fold<k>/`` (a fold with its out-of-fold
     table is finished and skipped on ``resume``), then put the folds together."""
-    from .train import train
+    from .train import train, with_absolute_stores
 
+    if not cfg.out:
+        raise OptionError("--out is required: the cross-validation folder to write (or to --resume)")
+    cfg = with_absolute_stores(cfg)
     out = Path(cfg.out)
     with store_locked(out, what="cross-validation folder"):
         cfg = _cv_config(out, cfg, resume, given)
@@ -115,7 +101,7 @@ def _checked_runs(runs: list[str | Path]) -> tuple[list[RunFolder], list[TrainCo
 def combined_table(runs: list[str | Path]) -> tuple[list[str], np.ndarray]:
     """The runs' out-of-fold tables as one, in the store's sample order."""
     runs, configs, _ = _checked_runs(runs)
-    return _combined(runs, open_store(configs[0].store).attrs["hpa"]["ids"])
+    return _combined(runs, Store.open(configs[0].store).ids)
 
 
 def _combined(runs: list[RunFolder], store_ids: list[str]) -> tuple[list[str], np.ndarray]:
@@ -135,13 +121,13 @@ def combine_runs(runs: list[str | Path], strategy: str = "f1", scale: float = 1.
     """Put the out-of-fold tables of fold runs together and choose thresholds on the whole;
     with ``write_to``, also write its ``oof.csv``, ``folds.csv``, ``thresholds.json`` and ``cv.json``."""
     runs, configs, folds = _checked_runs(runs)
-    root = open_store(configs[0].store)
-    store_ids = root.attrs["hpa"]["ids"]
+    store = Store.open(configs[0].store)
+    store_ids = store.ids
     ids, probs = _combined(runs, store_ids)
-    labels = root["labels"][:]
+    labels = store.labels()
     position = {sample_id: k for k, sample_id in enumerate(store_ids)}
     truth = labels[[position[i] for i in ids]]
-    shares = labels[root["done"][:]].mean(axis=0)  # the training labels' share of each class (ratio)
+    shares = labels[store.done()].mean(axis=0)  # the training labels' share of each class (ratio)
     result = choose_thresholds(truth, probs, strategy, scale, shares, seed)
     result.update({"runs": [str(r.path) for r in runs], "folds": sorted(c.fold for c in configs),
                    "n_samples": len(ids), "n_folds": 1 + max(folds.values()), "store": configs[0].store})
@@ -151,9 +137,10 @@ def combine_runs(runs: list[str | Path], strategy: str = "f1", scale: float = 1.
 
 
 def _write_cross_validation(out: Path, runs, ids, probs, folds, store_ids, result) -> None:
-    write_probs(out / "oof.csv", ids, probs)
-    write_fold_table(out / "folds.csv", ((i, folds[i]) for i in store_ids if i in folds))
-    write_json(out / "thresholds.json", result)
-    write_json(out / CV_NAME, {"runs": [r.path.name for r in runs], "strategy": result["strategy"],
+    folder = RunFolder(out)
+    write_probs(folder.oof, ids, probs)
+    write_fold_table(folder.folds, ((i, folds[i]) for i in store_ids if i in folds))
+    write_json(folder.thresholds, result)
+    write_json(folder.cv_record, {"runs": [r.path.name for r in runs], "strategy": result["strategy"],
                                "oof_macro_f1": result["oof_macro_f1"],
                                "oof_macro_f1_crossfit": result["oof_macro_f1_crossfit"]})

@@ -48,9 +48,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..contract.labels import N_CLASSES
-from ..contract.machine import one_thread_per_task, start_method
+from ..common.machine import one_thread_per_task, start_method
 from ..contract.shards import ShardReader
-from ..contract.store import level_arrays, open_store
+from ..contract.store import Store, level_path
 from ..contract.errors import OptionError
 
 
@@ -62,21 +62,21 @@ class StoreDataset(Dataset):
     normalised units); the identity for evaluation items.
     """
 
-    def __init__(self, store: str, level: int, indices, crop: int | None = None, train: bool = False,
+    def __init__(self, store: str | Store, level: int, indices, crop: int | None = None, train: bool = False,
                  seed: int = 0, jitter: float = 0.1, crop_grid: int = 1):
-        root = open_store(store)
-        meta = root.attrs["hpa"]
-        levels = list(level_arrays(root))
+        opened = store if isinstance(store, Store) else Store.open(store)  # a Store: opened once by the caller
+        levels = list(opened.levels())
         if int(level) not in levels:
-            raise OptionError(f"{store} has no level {level}; levels: {levels}")
-        stats = meta.get("statistics", {}).get(str(level))
+            raise OptionError(f"{opened.path} has no level {level}; levels: {levels}")
+        stats = opened.statistics.get(int(level))
         if not stats:
-            raise OptionError(f"{store}: no channel statistics for level {level} (was the build finished?)")
-        self.store, self.level, self.crop, self.train = str(store), int(level), crop, train
+            raise OptionError(f"{opened.path}: no channel statistics for level {level} (was the build finished?)")
+        self.store, self.level, self.crop, self.train = opened.path, int(level), crop, train
         self.indices = np.asarray(indices, dtype=np.int64)
-        self.mean = np.asarray(stats["mean"], np.float32)
-        self.std = np.asarray(stats["std"], np.float32)
-        self.labels = root["labels"][:].astype(np.float32) if meta["has_labels"] else None
+        self.mean = np.asarray(stats.mean, np.float32)
+        self.std = np.asarray(stats.std, np.float32)
+        labels = opened.labels()
+        self.labels = labels.astype(np.float32) if labels is not None else None
         self.seed, self.epoch, self.jitter, self.crop_grid = seed, 0, jitter, max(1, int(crop_grid))
         if crop is not None and crop > level:
             raise OptionError(f"crop {crop} is larger than level {level}")
@@ -90,7 +90,7 @@ class StoreDataset(Dataset):
 
     def reader(self) -> ShardReader:
         if self._reader is None:  # opened in the worker process, never pickled
-            self._reader = ShardReader(self.store, f"images/{self.level}")
+            self._reader = ShardReader(self.store, level_path(self.level))
         return self._reader
 
     def forget_readers(self) -> None:

@@ -33,15 +33,19 @@ import numpy as np
 import torch
 
 from ..contract.labels import N_CLASSES
-from ..contract.machine import die_with_parent, one_thread_per_task, parent_alive, start_method
-from ..contract.shards import DamagedShard
+from ..common.machine import die_with_parent, one_thread_per_task, parent_alive, start_method
+from ..contract.errors import HpaError
 
 #: seconds to wait for a batch before checking that the workers are alive
 POLL_S = 5.0
 
 
 class FeedError(RuntimeError):
-    """A worker failed (its traceback is in the message) or died."""
+    """A worker failed with an unexpected exception (a bug: its traceback is in the message)."""
+
+
+class LoaderWorkerDied(HpaError, FeedError):
+    """A worker process ended without answering: killed, most often by the OOM killer."""
 
 
 def _worker_main(dataset, images, labels, indices, augmentation, tasks, results, parent_pid: int) -> None:
@@ -64,10 +68,22 @@ def _worker_main(dataset, images, labels, indices, augmentation, tasks, results,
             for j, item in enumerate(items):
                 labels[slot, j], indices[slot, j], augmentation[slot, j] = dataset.fill(item, images[slot, j])
             results.put((seq, slot, len(items), None))
-        except DamagedShard as exc:  # the store's damage, not a bug: its one line is enough
-            results.put((seq, slot, 0, exc))
+        except HpaError as exc:  # the data's problem (a damaged shard), not a bug: raised there as itself
+            results.put((seq, slot, 0, _sendable(exc)))
         except Exception:  # sent to the training process, which raises it there
             results.put((seq, slot, 0, traceback.format_exc()))
+
+
+def _sendable(exc: HpaError) -> HpaError | str:
+    """``exc`` if it crosses the process boundary intact, else its traceback as text: a queue
+    drops what it cannot pickle (in its feeder thread), and the batch would never be answered."""
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        return "".join(traceback.format_exception(exc))
 
 
 def _register_pinned(tensor: torch.Tensor) -> bool:
@@ -244,12 +260,15 @@ class BatchFeed:
             try:
                 seq, slot, count, error = self._results.get(timeout=POLL_S)
             except queue.Empty:
-                dead = [p.pid for p in self._processes if not p.is_alive()]
+                dead = [p for p in self._processes if not p.is_alive()]
                 if dead:
-                    raise FeedError(f"loader worker process(es) {dead} died (out of memory? killed?)") from None
+                    how = ", ".join(f"process {p.pid} ended by {_ending(p.exitcode)}" for p in dead)
+                    raise LoaderWorkerDied(f"a loader worker died: out of memory? ({how})",
+                                           hint="use fewer --workers or a smaller --batch-size, or give the job "
+                                                "more memory; --resume goes on from the last finished epoch") from None
                 continue
-            if isinstance(error, DamagedShard):
-                raise DamagedShard(str(error))
+            if isinstance(error, HpaError):
+                raise error
             if error is not None:
                 raise FeedError(f"a loader worker failed:\n{error}")
             return seq, slot, count
@@ -288,7 +307,7 @@ class BatchFeed:
                     free.append(held)
                 held = slot
                 yield batch
-        except FeedError:
+        except Exception:
             self.close(kill=True)  # a failed worker's batch never comes: start afresh on the next pass
             raise
         finally:
@@ -317,6 +336,18 @@ class BatchFeed:
         done = self._copy_done.pop(slot, None)
         if done is not None:
             done.synchronize()
+
+
+def _ending(exitcode: int | None) -> str:
+    """How a worker process ended, in words (``-9``: SIGKILL, what the OOM killer sends)."""
+    import signal
+
+    if exitcode is not None and exitcode < 0:
+        try:
+            return signal.Signals(-exitcode).name
+        except ValueError:
+            return f"signal {-exitcode}"
+    return f"exit status {exitcode}"
 
 
 def _chunks(items: Iterable, size: int, drop_last: bool) -> Iterator[list]:

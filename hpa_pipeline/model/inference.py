@@ -8,6 +8,7 @@ sample's prediction does not depend on which other samples share its store.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import dataclass
@@ -16,16 +17,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..contract.progress import Progress, ProgressCallback, report
+from ..common.progress import Progress, ProgressCallback, report
 from ..contract.locks import store_locked
-from ..contract.shards import DamagedShard
-from ..contract.store import open_store
+from ..contract.store import Store
 from .checkpoints import load_checkpoint, load_weights
 from .config import TrainConfig
 from .data import Normalizer, dihedral
 from .metrics import predict_labels
 from .models import create_model
-from .run_folder import RunError, RunFolder, read_config
+from .run_folder import RunError, RunFolder, fold_runs, is_cross_validation, read_config
 from ..contract.spec import StoreError
 from ..contract.labels import N_CLASSES
 
@@ -148,7 +148,6 @@ def predict(store: str | Path, runs: list[str | Path], tta: int = 1, batch_size:
     A cross-validation folder in ``runs`` stands for its folds, with its thresholds (chosen on
     the whole out-of-fold table); ``thresholds``: a ``thresholds.json`` that overrides them all.
     """
-    from .cross_validation import fold_runs, is_cross_validation
 
     resolved = [Path(r).resolve() for r in runs]
     repeated = sorted({str(r) for r in resolved if resolved.count(r) > 1})
@@ -158,7 +157,7 @@ def predict(store: str | Path, runs: list[str | Path], tta: int = 1, batch_size:
     for run in runs:
         if is_cross_validation(run):
             expanded += fold_runs(run)
-            chosen = Path(run) / "thresholds.json" if len(runs) == 1 else None
+            chosen = RunFolder(Path(run)).thresholds if len(runs) == 1 else None
         else:
             expanded.append(run)
     chosen = thresholds if thresholds is not None else chosen
@@ -178,39 +177,52 @@ def predict_store(store: str | Path, runs: list[str | Path], tta: int = 1, batch
     the mean of the runs' thresholds. Samples not done in the store are an error: a submission
     needs all. ``progress`` gets the batches done over all runs (task ``predict``).
     """
-    from .data import StoreDataset, make_loader
+    from .data import StoreDataset
     from .distributed import pick_device
 
-    root = open_store(store)
-    meta = root.attrs["hpa"]
-    done = root["done"][:]
+    opened = Store.open(store)
+    done = opened.done()
     if not done.all():
-        missing = [meta["ids"][i] for i in np.flatnonzero(~done)[:5]]
+        missing = [opened.ids[i] for i in np.flatnonzero(~done)[:5]]
         raise StoreError(f"{store}: {int((~done).sum())} samples not written (e.g. {missing}); "
                          f"finish the ingest (see report.json) before predicting")
     dev = pick_device(device)
     trained = [load_run(run, dev) for run in runs]
     for run in trained:  # a run normalises by its training data's statistics: same dtype, or nonsense
         trained_on = run.normalization.get("dtype")
-        if trained_on is not None and trained_on != meta["spec"]["dtype"]:
+        if trained_on is not None and trained_on != opened.dtype:
             raise RunError(f"{run.path} was trained on {trained_on} images and --store {store} is "
-                           f"{meta['spec']['dtype']}; build the test store with --dtype {trained_on}")
-    loaders = [make_loader(StoreDataset(str(store), run.level, np.arange(len(done))), batch_size, workers)
-               for run in trained]
-    total_batches, finished = sum(len(loader) for loader in loaders), 0
+                           f"{opened.dtype}; build the test store with --dtype {trained_on}")
+    datasets = [StoreDataset(opened, run.level, np.arange(len(done))) for run in trained]
+    total_batches, finished = sum(-(-len(d) // batch_size) for d in datasets), 0
     total, thresholds = 0.0, []
-    for run, loader in zip(trained, loaders):
+    for run, dataset in zip(trained, datasets):
         def step(batches, offset=finished):
             report(progress, Progress("predict", offset + batches, total_batches, "batch"))
 
-        try:
-            probs, indices, _ = predict_probs(run.model, loader, run.normalizer().to(dev), dev, run.config.amp,
+        with whole_image_batches(dataset, batch_size, workers, dev) as batches:
+            probs, indices, _ = predict_probs(run.model, batches, run.normalizer().to(dev), dev, run.config.amp,
                                               run.config.channels_last, tta=tta, on_batch=step)
-        except DamagedShard as exc:  # from a loader worker: its traceback text is in the message
-            raise DamagedShard.from_loader(exc) from None
-        finished += len(loader)
+        finished += -(-len(dataset) // batch_size)
         total = total + probs[np.argsort(indices)]
         thresholds.append(run.thresholds)
     probs = total / len(runs)
     labels = predict_labels(probs, np.mean(thresholds, axis=0))
-    return list(meta["ids"]), probs, labels
+    return list(opened.ids), probs, labels
+
+
+@contextlib.contextmanager
+def whole_image_batches(dataset, batch_size: int, workers: int, device: torch.device):
+    """The dataset's batches in order: read by ``workers`` :class:`.feed.BatchFeed` processes (a
+    worker's failure, a damaged shard included, is raised here as itself), or in this process."""
+    from .data import make_loader
+    from .feed import BatchFeed
+
+    if workers == 0:
+        yield iter(make_loader(dataset, batch_size, 0))
+        return
+    feed = BatchFeed(dataset, batch_size, workers, device, slots=max(4, 2 * workers))
+    try:
+        yield feed.batches(range(len(dataset)))
+    finally:
+        feed.close()

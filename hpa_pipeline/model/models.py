@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from ..contract.labels import N_CLASSES
-from .names import ARCHS, BACKENDS
+from .names import ARCH_SOURCES, ARCHS, BACKENDS
 from ..contract.errors import HpaError
 
 IN_CHANNELS = 4
@@ -46,15 +46,7 @@ DEFAULT_DROP_RATE = 0.2
 
 #: each arch of names.ARCHS -> (pretrainedmodels name, timm name, file names of its ImageNet weights in the torch hub
 #: folder: pretrainedmodels' first, then timm's release file)
-SOURCES = {
-    "se_resnext50_32x4d": ("se_resnext50_32x4d", "legacy_seresnext50_32x4d",
-                           ("se_resnext50_32x4d-a260b3a4.pth", "legacy_se_resnext50_32x4d-f3651bad.pth")),
-    "se_resnet50": ("se_resnet50", "legacy_seresnet50", ("se_resnet50-ce0d4300.pth",)),
-    "se_resnext101_32x4d": ("se_resnext101_32x4d", "legacy_seresnext101_32x4d",
-                            ("se_resnext101_32x4d-3b2fe3d8.pth", "legacy_se_resnext101_32x4d-37725eac.pth")),
-    "senet154": ("senet154", "legacy_senet154", ("senet154-c7b49a05.pth", "legacy_senet154-e9eb9fe6.pth")),
-    "se_resnet_tiny": (None, None, ()),
-}
+SOURCES = ARCH_SOURCES  # the one list of names (names.py), with their sources
 SCRATCH = (None, "", "none", "scratch")
 
 

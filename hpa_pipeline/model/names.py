@@ -4,8 +4,21 @@
 build from them; keeping them here lets the command line list them without importing torch.
 """
 
-#: SENet architectures :func:`~hpa_pipeline.model.models.create_model` builds
-ARCHS = ("se_resnext50_32x4d", "se_resnet50", "se_resnext101_32x4d", "senet154", "se_resnet_tiny")
+#: each SENet :func:`~hpa_pipeline.model.models.create_model` builds: its pretrainedmodels name, its
+#: timm name, and the ImageNet weight files either library caches for it (se_resnet_tiny: tests, demo)
+ARCH_SOURCES = {
+    "se_resnext50_32x4d": ("se_resnext50_32x4d", "legacy_seresnext50_32x4d",
+                           ("se_resnext50_32x4d-a260b3a4.pth", "legacy_se_resnext50_32x4d-f3651bad.pth")),
+    "se_resnet50": ("se_resnet50", "legacy_seresnet50", ("se_resnet50-ce0d4300.pth",)),
+    "se_resnext101_32x4d": ("se_resnext101_32x4d", "legacy_seresnext101_32x4d",
+                            ("se_resnext101_32x4d-3b2fe3d8.pth", "legacy_se_resnext101_32x4d-37725eac.pth")),
+    "senet154": ("senet154", "legacy_senet154", ("senet154-c7b49a05.pth", "legacy_senet154-e9eb9fe6.pth")),
+    "se_resnet_tiny": (None, None, ()),
+}
+#: the architectures, in the order ``--arch`` lists them
+ARCHS = tuple(ARCH_SOURCES)
+#: what ``--arch`` defaults to
+DEFAULT_ARCH = "se_resnext50_32x4d"
 #: libraries that build them (the same network and state-dict keys either way)
 BACKENDS = ("timm", "pretrainedmodels")
 #: training (and validation) losses of :class:`~hpa_pipeline.model.losses.MultilabelLoss`
@@ -14,3 +27,5 @@ LOSSES = ("bce", "focal", "focal+lovasz")
 SCHEDULES = ("cosine", "onecycle")
 #: mixed-precision modes on CUDA
 PRECISIONS = ("bf16", "fp16", "none")
+#: how thresholds are chosen from out-of-fold probabilities (:mod:`.thresholds`)
+STRATEGIES = ("f1", "ratio", "fixed")

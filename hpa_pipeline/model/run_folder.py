@@ -30,7 +30,7 @@ from ..contract.atomic import replacing
 from .config import TrainConfig
 from .folds import make_folds
 from ..contract.errors import HpaError
-from ..contract.yaml_files import load_yaml
+from ..common.yaml_files import load_yaml
 
 #: options that change how a run is executed, not what it computes; a resume may change them
 FREE_ON_RESUME = ("store", "out", "workers", "device")
@@ -40,46 +40,94 @@ class RunError(HpaError, ValueError):
     """A run folder that cannot be used as asked; says why and what to do."""
 
 
+#: the names of a run folder's files, each defined once (:class:`RunFolder` builds every path from these)
+CONFIG_NAME = "config.yaml"
+FOLDS_NAME = "folds.csv"
+METRICS_NAME = "metrics.csv"
+THRESHOLDS_NAME = "thresholds.json"
+F1_TABLE_NAME = "f1_table.txt"
+OOF_NAME = "oof.csv"
+CURVES_NAME = "curves.png"
+PER_CLASS_NAME = "per_class_f1.png"
+EXTERNAL_LEFT_OUT_NAME = "external_left_out.csv"
+CHECKPOINTS_NAME = "checkpoints"
+TENSORBOARD_NAME = "tensorboard"
+#: a cross-validation folder's record of its folds, written last (its presence means finished)
+CV_NAME = "cv.json"
+
+
 @dataclass(frozen=True)
 class RunFolder:
+    """The paths of a run folder's files (and of a cross-validation folder's, which shares
+    config.yaml, folds.csv, oof.csv and thresholds.json with it)."""
+
     path: Path
 
     @property
     def last(self) -> Path:
-        return self.path / "checkpoints" / "last.pt"
+        return self.path / CHECKPOINTS_NAME / "last.pt"
 
     @property
     def best(self) -> Path:
-        return self.path / "checkpoints" / "best.pt"
+        return self.path / CHECKPOINTS_NAME / "best.pt"
 
     @property
     def config(self) -> Path:
-        return self.path / "config.yaml"
+        return self.path / CONFIG_NAME
 
     @property
     def folds(self) -> Path:
-        return self.path / "folds.csv"
+        return self.path / FOLDS_NAME
 
     @property
     def metrics(self) -> Path:
-        return self.path / "metrics.csv"
+        return self.path / METRICS_NAME
 
     @property
     def thresholds(self) -> Path:
-        return self.path / "thresholds.json"
+        return self.path / THRESHOLDS_NAME
+
+    @property
+    def f1_table(self) -> Path:
+        return self.path / F1_TABLE_NAME
 
     @property
     def oof(self) -> Path:
         """The fold's out-of-fold probabilities (its validation samples, best epoch), written last."""
-        return self.path / "oof.csv"
+        return self.path / OOF_NAME
+
+    @property
+    def curves(self) -> Path:
+        return self.path / CURVES_NAME
+
+    @property
+    def per_class_plot(self) -> Path:
+        return self.path / PER_CLASS_NAME
+
+    @property
+    def external_left_out(self) -> Path:
+        return self.path / EXTERNAL_LEFT_OUT_NAME
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / TENSORBOARD_NAME
+
+    @property
+    def cv_record(self) -> Path:
+        """A cross-validation folder's ``cv.json``."""
+        return self.path / CV_NAME
+
+    def fold(self, k: int) -> RunFolder:
+        """Fold ``k``'s run folder inside a cross-validation folder."""
+        return RunFolder(self.path / f"fold{k}")
 
     def check_writable(self) -> None:
         if self.path.exists() and not self.path.is_dir():
             raise RunError(f"--out {self.path} is a file, not a run folder")
 
     #: what a run folder may hold before its first checkpoint (a run killed early)
-    RUN_FILES = {"config.yaml", "folds.csv", "metrics.csv", "checkpoints", "tensorboard", "external_left_out.csv",
-                 "thresholds.json", "f1_table.txt", "oof.csv", "curves.png", "per_class_f1.png"}
+    RUN_FILES = {CONFIG_NAME, FOLDS_NAME, METRICS_NAME, CHECKPOINTS_NAME, TENSORBOARD_NAME, EXTERNAL_LEFT_OUT_NAME,
+                 THRESHOLDS_NAME, F1_TABLE_NAME, OOF_NAME, CURVES_NAME, PER_CLASS_NAME}
 
     def check_not_foreign(self) -> None:
         """A new run goes into a new or empty folder, or one a killed run left: never into a
@@ -221,3 +269,21 @@ def cut_metrics(run: RunFolder, epochs_done: int) -> None:
     kept = [r for r in rows if int(r["epoch"]) <= epochs_done]
     if len(kept) != len(rows) or counted_from_zero:
         write_metrics(run, kept) if kept else run.metrics.unlink()
+
+
+def fold_folder(out: str | Path, k: int) -> Path:
+    """Fold ``k``'s run folder of the cross-validation folder ``out``."""
+    return RunFolder(Path(out)).fold(k).path
+
+
+def is_cross_validation(path: str | Path) -> bool:
+    """Whether ``path`` is a finished cross-validation folder (it holds ``cv.json``)."""
+    return RunFolder(Path(path)).cv_record.is_file()
+
+
+def fold_runs(path: str | Path) -> list[Path]:
+    """The fold run folders of a finished cross-validation folder."""
+    import json
+
+    record = json.loads(RunFolder(Path(path)).cv_record.read_text())
+    return [Path(path) / name for name in record["runs"]]

@@ -19,8 +19,7 @@ import numpy as np
 
 from ..contract.errors import OptionError
 from .metrics import crossfit_macro_f1, macro_f1, predict_labels, search_thresholds
-
-STRATEGIES = ("f1", "ratio", "fixed")
+from .names import STRATEGIES
 
 
 def f1_thresholds(truth: np.ndarray, probs: np.ndarray, scale: float = 1.0) -> np.ndarray:

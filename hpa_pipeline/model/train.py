@@ -1,18 +1,18 @@
 """``train``: an SENet on one fold of a dataset store, readable top to bottom.
 
-:func:`train` reads in one screen: check everything and plan the run (nothing is written until
-every option, the store, the level, the fold and the weights are known to be good), build the
-data and the :class:`TrainState`, resume from ``checkpoints/last.pt`` if asked, then for each
-epoch: :func:`train_one_epoch`, :func:`validate`, :func:`write_epoch`.
+:func:`train` reads in one screen: check everything and plan the run (:mod:`.planning`:
+nothing is written until every option, the store, the level, the fold and the weights are
+known to be good), build the data (:mod:`.training_data`) and the :class:`.train_state.TrainState`,
+resume from ``checkpoints/last.pt`` if asked, then for each epoch: :func:`train_one_epoch`,
+:func:`validate`, :func:`write_epoch`. A cross-validation (:mod:`.cross_validation`) calls this
+once per fold; this never calls it.
 
 The run folder (:mod:`.run_folder`) holds everything about a run. Checkpoints are written every
 epoch atomically, in an order that a kill at any point leaves consistent: ``best.pt`` and
 ``thresholds.json`` (on a new best), then the ``metrics.csv`` row, then ``last.pt``; a resume
 cuts ``metrics.csv`` and TensorBoard back to the epoch of ``last.pt`` and redoes the rest.
-``last.pt`` holds the whole :class:`TrainState` (model, optimizer, schedule, scaler, weight
-average, every random generator: CPU, CUDA, NumPy, Python) through one symmetric
-``state_dict()``/``load_state_dict()``; crops and order depend only on (seed, epoch, sample),
-so a run killed and resumed does the same steps as one that was not.
+Crops and order depend only on (seed, epoch, sample), so a run killed and resumed does the
+same steps as one that was not.
 
 The step loop never waits for the GPU: the running loss stays on the device and is read (and
 checked for NaN/inf, on every rank together under torchrun) every ``log_every`` steps and at
@@ -22,38 +22,32 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import logging
-import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..common.progress import Progress, ProgressCallback, report
 from ..contract.atomic import Interrupted, replacing, write_bytes, write_json
+from ..contract.errors import EXIT_DIVERGED, HpaError, OptionError
 from ..contract.labels import CLASS_NAMES
-from ..contract.errors import OptionError
+from ..contract.locations import is_url
 from ..contract.locks import store_locked
-from ..contract.machine import usable_cores
-from ..contract.progress import Progress, ProgressCallback, report
-from ..contract.store import StoreSpec, open_store
 from . import distributed
-from .averaging import averaging_kind, make_average, recompute_batchnorm
-from .config import TrainConfig
-from .data import CombinedDataset, EpochSampler, Normalizer, StoreDataset, make_loader, rare_class_weights
+from .averaging import recompute_batchnorm
 from .checkpoints import load_checkpoint, load_weights, save_checkpoint
-from .feed import BatchFeed
+from .config import TrainConfig
 from .inference import autocast, predict_probs
-from ..contract.duplicates import find_pairs, groups_of
-from .losses import make_loss
 from .metrics import crossfit_macro_f1, f1_table, macro_f1, per_class_f1, predict_labels, search_thresholds
-from .models import create_model, resolve_weights
-from .run_folder import (RunError, RunFolder, append_metrics, config_for_run, cut_metrics, plan_folds, read_config,
-                         read_metrics, write_config, write_folds)
+from .planning import Plan, plan_run, samples_message
+from .plots import plot_run
 from .probs_table import write_probs
-from .streaming import ShardStream, make_stream_loader
+from .run_folder import RunFolder, append_metrics, config_for_run, cut_metrics, write_config, write_folds
+from .train_state import TrainState, check_precision, make_state
+from .training_data import Data, make_data, max_workers
 
 #: steps between reads of the running loss (progress bar, NaN check); each read waits for the GPU
 LOG_EVERY = 25
@@ -61,8 +55,11 @@ LOG_EVERY = 25
 WARMUP_STEPS = 5
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(HpaError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+    exit_code = EXIT_DIVERGED
+    label = "stopped"
 
 
 log = logging.getLogger(__name__)
@@ -85,11 +82,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: ProgressCallback | N
     """
     if not cfg.out:
         raise OptionError("--out is required: the run folder to write (or to --resume)")
-    cfg = with_absolute_stores(cfg)
     if cfg.fold == "all":
-        from .cross_validation import train_folds
-
-        return train_folds(cfg, resume, progress, given)
+        raise OptionError("fold 'all' is a cross-validation: call cross_validation.train_folds (train --fold all)")
+    cfg = with_absolute_stores(cfg)
     run = RunFolder(Path(cfg.out))
     try:
         with writing_run_folder(cfg.out):
@@ -108,10 +103,6 @@ def train(cfg: TrainConfig, resume: bool = False, progress: ProgressCallback | N
 def with_absolute_stores(cfg: TrainConfig) -> TrainConfig:
     """``cfg`` with its local stores as absolute paths: a run folder names its data wherever it is
     used from (predict, export, thresholds run in other folders)."""
-    from dataclasses import replace
-
-    from ..contract.locations import is_url
-
     def absolute(store: str) -> str:
         return store if not store or is_url(store) else str(Path(store).resolve())
 
@@ -155,7 +146,7 @@ def _train(cfg: TrainConfig, run: RunFolder, progress, ranks: distributed.Ranks,
     torch.manual_seed(cfg.seed)
     log.debug("training %s on %s (%s); run folder %s", cfg.arch, device, cfg.amp, run.path)
     with make_data(cfg, plan, ranks, device) as data:  # loader workers live until the run ends
-        state = make_state(cfg, plan, data, device)
+        state = make_state(cfg, data.steps_per_epoch, device)
         if run.last.exists():
             state.load_state_dict(load_checkpoint(run.last, device), run.last)
         if ranks.is_main:
@@ -209,154 +200,6 @@ def write_out_of_fold(run: RunFolder, cfg: TrainConfig, plan: Plan, state: Train
     distributed.barrier(ranks)
 
 
-# --- planning: everything checked before anything is written --------------------------------
-
-@dataclass
-class Plan:
-    """What the checks found: the store's ids and labels, the folds, the normalisation."""
-
-    ids: list[str]
-    labels: np.ndarray  # (n, 28) float32
-    folds: np.ndarray  # (n,) fold of each sample
-    train_idx: np.ndarray
-    valid_idx: np.ndarray
-    normalization: dict  # {"level", "mean", "std", "dtype"}: the training level's channel statistics
-    external: list  # (store, done sample indices, their labels) of each --external store
-    external_left_out: list  # (store, id, why) of the external samples left out as duplicates
-
-
-def plan_run(cfg: TrainConfig, run: RunFolder) -> Plan:
-    """Check the store, its labels and levels, the fold, the weights and the run folder; raise a
-    clear error on the first problem, before anything is written."""
-    root, meta = open_labelled_store(cfg.store, {"--level": cfg.level, "--val-level": cfg.val_level or cfg.level},
-                                     "--store")
-    stats = meta["statistics"]
-    resolve_weights(cfg.arch, cfg.weights)  # a missing weights file fails now, not after set-up
-    if cfg.init_from and not RunFolder(Path(cfg.init_from)).best.exists():
-        raise RunError(f"--init-from {cfg.init_from}: no checkpoints/best.pt there (give a run folder; for a "
-                       f"cross-validation, one of its fold<k> folders)")
-    done = root["done"][:]
-    labels = root["labels"][:].astype(np.float32)
-    hashes = store_hashes(root) if cfg.group_duplicates else None
-    groups = None if hashes is None else groups_of(len(done), find_pairs(hashes, None, cfg.duplicate_distance))
-    folds = plan_folds(run, meta["ids"], labels, cfg.folds, cfg.seed, groups)
-    train_idx = np.flatnonzero((folds != cfg.fold) & done)
-    valid_idx = np.flatnonzero((folds == cfg.fold) & done)
-    if len(valid_idx) == 0:
-        raise RunError(f"fold {cfg.fold} of {cfg.store} has no finished samples to validate on")
-    level_stats = stats[str(cfg.level)]
-    dtype = meta["spec"]["dtype"]
-    normalization = {"level": cfg.level, "mean": list(level_stats["mean"]), "std": list(level_stats["std"]),
-                     "dtype": dtype, "sizes": list(StoreSpec(**meta["spec"]).sizes)}
-    check_same_training_data(run, cfg.store, normalization)
-    main = MainStore(list(meta["ids"]), hashes, labels, folds == cfg.fold, cfg.duplicate_distance)
-    external = [plan_external(store, cfg.level, set(meta["ids"]), dtype, main) for store in cfg.external]
-    return Plan(list(meta["ids"]), labels, folds, train_idx, valid_idx, normalization,
-                [e[:3] for e in external], [row for e in external for row in e[3]])
-
-
-def check_same_training_data(run: RunFolder, store: str, normalization: dict) -> None:
-    """A resumed run goes on with the data it started on: the same dtype and the same channel
-    statistics at its level (a store of other content under the same ids is refused by name)."""
-    if not run.config.exists() or not run.last.exists():  # nothing trained yet: nothing to stay with
-        return
-    _, saved = read_config(run.config)
-    if not saved:
-        return
-    if saved.get("dtype", normalization["dtype"]) != normalization["dtype"]:
-        raise RunError(f"--store {store} is {normalization['dtype']}, but {run.path} trained on "
-                       f"{saved['dtype']} images; resume with the store it trained on")
-    if not np.allclose(saved["mean"], normalization["mean"]) or not np.allclose(saved["std"], normalization["std"]):
-        raise RunError(f"--store {store}: its level-{normalization['level']} statistics differ from those "
-                       f"{run.path} trained with (mean {normalization['mean']} vs {saved['mean']}): another store, "
-                       f"or one changed since; resume with the data it trained on, or start a new run")
-
-
-def samples_message(cfg: TrainConfig, plan: Plan, n_samples: int) -> str:
-    """How many samples the run uses, and how many of the store it leaves out (not done)."""
-    used = len(plan.train_idx) + len(plan.valid_idx)
-    external = sum(len(done) for _, done, _ in plan.external)
-    left_out = n_samples - used
-    return (f"training on {len(plan.train_idx)} samples" + (f" (+{external} external)" if external else "")
-            + f", validating on {len(plan.valid_idx)} (fold {cfg.fold})"
-            + (f"; {left_out} samples of {cfg.store} are not done (failed or missing: see its report.json) and "
-               f"are left out" if left_out else "")
-            + (f"; {len(plan.external_left_out)} external samples left out as duplicates (listed in "
-               f"external_left_out.csv)" if plan.external_left_out else ""))
-
-
-def open_labelled_store(store: str, levels: dict[str, int], role: str):
-    """The store's root and attributes; it must have labels and each level (with statistics)."""
-    root = open_store(store)
-    meta = root.attrs["hpa"]
-    if not meta["has_labels"]:
-        raise RunError(f"{role} {store} has no labels: train needs a train store")
-    stats = meta.get("statistics", {})
-    for name, level in levels.items():
-        if str(level) not in stats:
-            raise RunError(f"{role} {store} has no level {level} with statistics ({name}); "
-                           f"levels: {sorted(map(int, stats))}")
-    return root, meta
-
-
-def store_hashes(root) -> np.ndarray | None:
-    """A store's ``(n, 4)`` perceptual hashes, zero for samples not done; None for a store
-    written before hashes were stored (no duplicates are then known)."""
-    if "phash" not in root:
-        return None
-    hashes = root["phash"][:]
-    hashes[~root["done"][:]] = 0
-    return hashes
-
-
-@dataclass
-class MainStore:
-    """What the external stores are checked against: the train store's hashes and labels, and
-    which of its samples validate in this fold."""
-
-    ids: list[str]
-    hashes: np.ndarray | None
-    labels: np.ndarray
-    validating: np.ndarray
-    max_distance: int
-
-
-def external_left_out(hashes: np.ndarray | None, labels: np.ndarray, main: MainStore) -> dict[int, str]:
-    """External samples to leave out, with why: a duplicate of a validation sample (it would
-    leak it into training), or of a training sample whose labels differ (the competition's
-    label wins over the external one)."""
-    if hashes is None or main.hashes is None:
-        return {}
-    left = {}
-    for i, j, _ in find_pairs(hashes, main.hashes, main.max_distance):
-        if main.validating[j]:
-            left[int(i)] = f"duplicates validation sample {main.ids[j]}"
-        elif not np.array_equal(labels[i] > 0.5, main.labels[j] > 0.5):
-            left.setdefault(int(i), f"duplicates training sample {main.ids[j]} with other labels (the "
-                                    f"competition's labels win)")
-    return left
-
-
-def plan_external(store: str, level: int, main_ids: set[str], dtype: str, main: MainStore) -> tuple:
-    """An external store's finished samples and labels, less its duplicates of validation
-    samples and its disagreeing duplicates (:func:`external_left_out`); with the rows
-    ``(store, id, reason)`` left out. It must have labels, the level and the main store's dtype,
-    and share no id with it (a sample in both would leak into validation)."""
-    root, meta = open_labelled_store(store, {"--level": level}, "--external")
-    if meta["spec"]["dtype"] != dtype:
-        raise RunError(f"--external {store} is {meta['spec']['dtype']} and --store is {dtype}: their pixel values "
-                       f"are on other scales; build both with the same --dtype")
-    shared = main_ids.intersection(meta["ids"])
-    if shared:
-        raise RunError(f"--external {store} shares {len(shared)} id(s) with --store (e.g. {sorted(shared)[0]}): "
-                       f"they would be in validation and in training")
-    labels = root["labels"][:].astype(np.float32)
-    left = external_left_out(store_hashes(root), labels, main) if main.hashes is not None else {}
-    done = np.array([i for i in np.flatnonzero(root["done"][:]) if int(i) not in left], dtype=np.int64)
-    rows = [(str(store), meta["ids"][i], why) for i, why in sorted(left.items())]
-    return str(store), done, labels[done], rows
-
-
 def prepare_run_folder(run: RunFolder, cfg: TrainConfig, plan: Plan, state: TrainState) -> None:
     """Rank 0, after every check: the config and folds, and metrics cut back to ``last.pt``."""
     (run.path / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -364,193 +207,13 @@ def prepare_run_folder(run: RunFolder, cfg: TrainConfig, plan: Plan, state: Trai
     if not run.folds.exists():
         write_folds(run, plan.ids, plan.folds)
     if plan.external_left_out:
-        with replacing(run.path / "external_left_out.csv") as tmp, tmp.open("w", newline="") as f:
+        with replacing(run.external_left_out) as tmp, tmp.open("w", newline="") as f:
             writer = csv.writer(f, lineterminator="\n")
             writer.writerow(["store", "Id", "why"])
             writer.writerows(plan.external_left_out)
     if state.epoch < 0:
         run.metrics.unlink(missing_ok=True)
     cut_metrics(run, state.epoch + 1)
-
-
-# --- data ---------------------------------------------------------------------------------------
-
-@dataclass
-class Data:
-    train_set: StoreDataset
-    valid_set: StoreDataset
-    batch_size: int
-    sampler: EpochSampler | None
-    feeds: tuple[BatchFeed, BatchFeed] | None  # worker processes for the whole run (train, valid)
-    stream_loader: torch.utils.data.DataLoader | None  # --stream
-    normalize: Normalizer  # the training level's statistics, for training and validation alike
-    loss_fn: torch.nn.Module
-    steps_per_epoch: int
-
-    def train_batches(self):
-        """This epoch's training batches (set the sampler's epoch first)."""
-        if self.stream_loader is not None:
-            return iter(self.stream_loader)
-        if self.feeds is not None:
-            return self.feeds[0].batches(self.sampler, drop_last=True)
-        return iter(make_loader(self.train_set, self.batch_size, 0, self.sampler, drop_last=True))
-
-    def valid_batches(self):
-        if self.feeds is not None:
-            return self.feeds[1].batches(range(len(self.valid_set)))
-        return iter(make_loader(self.valid_set, self.batch_size, 0))
-
-    @property
-    def valid_steps(self) -> int:
-        return -(-len(self.valid_set) // self.batch_size)
-
-    def __enter__(self) -> Data:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for feed in self.feeds or ():
-            feed.close()
-
-
-def max_workers() -> int:
-    """Loader workers at most with ``--workers auto``: every core but the training process's."""
-    return max(1, usable_cores() - 1)
-
-
-def make_data(cfg: TrainConfig, plan: Plan, ranks: distributed.Ranks, device: torch.device) -> Data:
-    """Training and validation batches from worker processes that live for the whole run
-    (:class:`.feed.BatchFeed`; the epoch travels with each item), or read in this process
-    with ``--workers 0``; ``--stream`` uses its own loader."""
-    train_set = StoreDataset(cfg.store, cfg.level, plan.train_idx, crop=cfg.crop, train=True, seed=cfg.seed,
-                             crop_grid=cfg.crop_grid)
-    if plan.external:  # external samples train in every fold, after the competition's
-        train_set = CombinedDataset([train_set] + [
-            StoreDataset(store, cfg.level, done, crop=cfg.crop, train=True, seed=cfg.seed, crop_grid=cfg.crop_grid)
-            for store, done, _ in plan.external])
-    train_labels = np.concatenate([plan.labels[plan.train_idx]] + [labels for _, _, labels in plan.external])
-    # each rank validates every world-th sample; the predictions are gathered
-    valid_set = StoreDataset(cfg.store, cfg.val_level or cfg.level, plan.valid_idx[ranks.rank::ranks.world],
-                             train=False, seed=cfg.seed)
-    sampler = stream_loader = feeds = None
-    if cfg.stream:  # whole shards in streaming order: one request per sample (remote stores)
-        stream = ShardStream(train_set, cfg.stream_buffer, rank=ranks.rank, world=ranks.world)
-        stream_loader = make_stream_loader(stream, cfg.batch_size, cfg.workers, device.type == "cuda")
-        batches = len(stream_loader)
-    else:
-        weights = rare_class_weights(train_labels) if cfg.oversample else None
-        sampler = EpochSampler(len(train_set), cfg.seed, weights, rank=ranks.rank, world=ranks.world,
-                               batch_size=cfg.batch_size, draws=cfg.epoch_size, tag_epoch=True)
-        batches = len(sampler) // cfg.batch_size
-        if cfg.workers != 0:
-            workers = cfg.workers or min(2, max_workers())  # auto: grown as the measured wait asks
-            feeds = (BatchFeed(train_set, cfg.batch_size, workers, device),
-                     BatchFeed(valid_set, cfg.batch_size, max(1, workers // 2), device, slots=4))
-    steps = batches // cfg.accumulate
-    if cfg.steps_per_epoch:
-        steps = min(steps, cfg.steps_per_epoch)
-    if steps < 1:
-        raise RunError(f"fold {cfg.fold} has {len(train_set)} training samples: fewer than one batch "
-                       f"for each of {ranks.world} process(es)")
-    normalize = Normalizer(plan.normalization["mean"], plan.normalization["std"],
-                           per_image=cfg.normalize == "image").to(device)
-    loss_fn = make_loss(cfg.loss, cfg.focal_gamma, cfg.class_weighting, train_labels).to(device)
-    return Data(train_set, valid_set, cfg.batch_size, sampler, feeds, stream_loader, normalize, loss_fn, steps)
-
-
-# --- the training state ---------------------------------------------------------------------------
-
-def make_schedule(cfg: TrainConfig, optimizer, total_steps: int, steps_per_epoch: int):
-    """Linear warm-up then cosine decay to 0 (``SequentialLR``), or ``OneCycleLR``."""
-    warmup = max(1, int(cfg.warmup_epochs * steps_per_epoch))
-    if cfg.schedule == "onecycle":
-        # OneCycleLR needs at least two steps in each phase
-        pct = min(0.5, max(warmup, 2) / max(total_steps, 4))
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=max(total_steps, 4),
-                                                   pct_start=pct)
-    warm = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1 / warmup, total_iters=warmup)
-    decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps - warmup))
-    return torch.optim.lr_scheduler.SequentialLR(optimizer, [warm, decay], milestones=[warmup])
-
-
-def rng_states() -> dict:
-    """Every generator's state in tensors and plain values (what a safe checkpoint may hold)."""
-    kind, key, pos, has_gauss, cached = np.random.get_state()
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": {"kind": str(kind), "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-            "python": random.getstate()}
-
-
-def set_rng_states(states: dict) -> None:
-    torch.set_rng_state(states["torch"])
-    if states.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-    n = states["numpy"]
-    np.random.set_state((n["kind"], n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    random.setstate(states["python"])
-
-
-class TrainState:
-    """Everything a checkpoint holds. ``state_dict()`` and ``load_state_dict()`` are written side
-    by side and are each other's inverse, so nothing is saved without being restored."""
-
-    def __init__(self, model, optimizer, schedule, scaler, average, averaging: str | None):
-        self.model, self.optimizer, self.schedule, self.scaler = model, optimizer, schedule, scaler
-        self.average, self.averaging = average, averaging  # averaging: "ema", "swa" or None
-        self.epoch, self.step, self.best = -1, 0, -1.0  # epoch: the last finished one
-
-    def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "schedule": self.schedule.state_dict(), "scaler": self.scaler.state_dict(),
-                "average": self.average.state_dict() if self.average is not None else None,
-                "epoch": self.epoch, "step": self.step, "best": self.best, "rng": rng_states()}
-
-    def load_state_dict(self, state: dict, path: Path | None = None) -> None:
-        """Restore what :meth:`state_dict` saved; a checkpoint that does not fit names ``path``."""
-        missing = {"model", "optimizer", "schedule", "scaler", "epoch", "step", "best", "rng"} - set(state)
-        if missing:
-            raise RunError(f"{path}: not a training checkpoint of this project (no {', '.join(sorted(missing))})")
-        load_weights(self.model, state["model"], path)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.schedule.load_state_dict(state["schedule"])
-        self.scaler.load_state_dict(state["scaler"])
-        if self.average is not None:
-            self.average.load_state_dict(state["average"])
-        self.epoch, self.step, self.best = state["epoch"], state["step"], state["best"]
-        set_rng_states(state["rng"])
-
-    def eval_model(self) -> torch.nn.Module:
-        """The weights validation and ``best.pt`` use: the average's, once it has averaged any."""
-        if self.average is None or (self.averaging == "swa" and int(self.average.n_averaged) == 0):
-            return self.model
-        return self.average.module
-
-
-def check_precision(cfg: TrainConfig, device: torch.device) -> None:
-    """``--amp bf16`` needs a GPU with bfloat16 (Ampere or later); a V100 or T4 gets one line."""
-    if device.type == "cuda" and cfg.amp == "bf16" and not torch.cuda.is_bf16_supported():
-        raise OptionError(f"--amp bf16: {torch.cuda.get_device_name(device)} has no bfloat16; use --amp fp16 "
-                          f"(with loss scaling) or --amp none")
-
-
-def make_state(cfg: TrainConfig, plan: Plan, data: Data, device: torch.device) -> TrainState:
-    model = create_model(cfg.arch, cfg.backend, cfg.weights, drop_rate=cfg.drop_rate).to(device)
-    if cfg.init_from:  # another run's best weights (then a new optimiser and schedule)
-        start = RunFolder(Path(cfg.init_from))
-        load_weights(model, load_checkpoint(start.best, device).get("model", {}), start.best)
-    if cfg.sync_bn and distributed.ranks_from_env().active:
-        if device.type != "cuda":
-            raise RunError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel)")
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    if cfg.channels_last and device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    schedule = make_schedule(cfg, optimizer, data.steps_per_epoch * cfg.epochs, data.steps_per_epoch)
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.amp == "fp16")
-    return TrainState(model, optimizer, schedule, scaler, make_average(model, cfg.ema, cfg.swa_epochs),
-                      averaging_kind(cfg.ema, cfg.swa_epochs))
 
 
 # --- one epoch ----------------------------------------------------------------------------------
@@ -712,7 +375,7 @@ def write_epoch(run: RunFolder, cfg: TrainConfig, plan: Plan, state: TrainState,
             "per_class_f1": per_class_f1(evaluation.truth, tuned).tolist()})
         heading = (f"Per-class F1 of the validation fold at epoch {row['epoch']} (best), with the thresholds of "
                    f"thresholds.json (searched on this fold: in sample)\n")
-        write_bytes(run.path / "f1_table.txt", (heading + f1_table(evaluation.truth, tuned) + "\n").encode())
+        write_bytes(run.f1_table, (heading + f1_table(evaluation.truth, tuned) + "\n").encode())
     fault_point("after_best")
     row = {**row, "checkpoint_s": round(time.perf_counter() - started, 3)}
     append_metrics(run, row)
@@ -734,55 +397,4 @@ def _tensorboard(run: RunFolder, first_epoch: int):
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         return None
-    return SummaryWriter(str(run.path / "tensorboard"), purge_step=first_epoch if first_epoch > 1 else None)
-
-
-def save_figure(fig, path: Path) -> None:
-    """A matplotlib figure as a PNG, written whole or not at all."""
-    with replacing(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-
-
-def plot_run(run: RunFolder) -> None:
-    """``curves.png`` (loss and macro F1 per epoch) and ``per_class_f1.png``."""
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    rows = read_metrics(run)
-    epochs = [int(r["epoch"]) for r in rows]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    a.plot(epochs, [float(r["train_loss"]) for r in rows], label="train (augmented crops)")
-    a.plot(epochs, [float(r["valid_loss"]) for r in rows], label="validation (whole images)")
-    a.set(xlabel="epoch", ylabel="training loss function", title="loss (the same function on both)")
-    a.legend()
-    b.plot(epochs, [float(r["valid_macro_f1"]) for r in rows], label="threshold 0.5")
-    b.plot(epochs, [float(r["valid_macro_f1_tuned_crossfit"]) for r in rows], label="tuned, out of sample")
-    b.plot(epochs, [float(r["valid_macro_f1_tuned_in_sample"]) for r in rows], ":", label="tuned, in sample")
-    b.set(xlabel="epoch", ylabel="macro F1", title="validation macro F1")
-    b.legend()
-    for axis in (a, b):
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.tight_layout()
-    save_figure(fig, run.path / "curves.png")
-    plt.close(fig)
-    if run.thresholds.exists():
-        result = json.loads(run.thresholds.read_text())
-        per_class, support = result["per_class_f1"], result.get("support", [1] * len(CLASS_NAMES))
-        fig, ax = plt.subplots(figsize=(10, 6))
-        scored = [s > 0 for s in support]
-        ax.barh(range(len(CLASS_NAMES)), per_class, color=["C0" if s else "none" for s in scored])
-        for c, has_samples in enumerate(scored):
-            if not has_samples:
-                ax.text(0.01, c, "no validation samples", va="center", fontsize=7, color="grey")
-        ax.set_yticks(range(len(CLASS_NAMES)), [f"{i} {n} ({s})" for i, (n, s) in enumerate(zip(CLASS_NAMES, support))],
-                      fontsize=7)
-        ax.invert_yaxis()
-        ax.set(xlabel=f"F1 (tuned thresholds, best epoch {result['epoch']}); (n) = validation samples",
-               xlim=(0, 1))
-        fig.tight_layout()
-        save_figure(fig, run.path / "per_class_f1.png")
-        plt.close(fig)
+    return SummaryWriter(str(run.tensorboard), purge_step=first_epoch if first_epoch > 1 else None)

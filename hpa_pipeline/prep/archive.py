@@ -21,8 +21,6 @@ decoded, not delivered.
 from __future__ import annotations
 
 import functools
-import posixpath
-import re
 import threading
 import zipfile
 import zlib
@@ -30,80 +28,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-
-DECODERS = ("auto", "7zz", "py7zr")
-#: what ``decoder=None`` means; ``auto``: 7zz when available
-DEFAULT_DECODER = "auto"
-
-from ..contract.labels import MEMBER_NAME  # noqa: E402 - the file-name rule of the contract
-from ..contract.errors import HpaError
-
-
-class ArchiveError(HpaError, RuntimeError):
-    """The archive itself is unusable: not a 7z file, truncated, a bad CRC, a missing volume."""
-
-
-@dataclass(frozen=True)
-class Member:
-    """One entry of an archive's listing."""
-
-    name: str  # as stored in the archive
-    size: int  # uncompressed bytes
-    crc32: int | None
-    is_dir: bool
-    is_symlink: bool
-
-    @property
-    def basename(self) -> str:
-        return posixpath.basename(self.name.replace("\\", "/"))
-
-    def parsed(self) -> tuple[str, str] | None:
-        """``(sample_id, filter)`` for an HPA image member, else ``None``."""
-        match = MEMBER_NAME.match(self.basename)
-        return (match["id"], match["filter"]) if match else None
-
-    def unsafe_reason(self) -> str | None:
-        """Why extracting this member could write outside the target folder, or ``None``."""
-        name = self.name.replace("\\", "/")
-        if self.is_symlink:
-            return "is a link"
-        if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
-            return "has an absolute path"
-        if ".." in name.split("/"):
-            return "has a '..' path component"
-        if self.size > MAX_MEMBER_BYTES:
-            return (f"declares {self.size / 2**30:.1f} GiB unpacked, over the limit of {MAX_MEMBER_BYTES / 2**30:.0f} "
-                    f"GiB per image (a real HPA channel is under 20 MB; a member this large would exhaust memory)")
-        return None
-
-
-#: the most an archive member may unpack to; each is held in memory while its sample is processed
-MAX_MEMBER_BYTES = 1 << 30
-
-VOLUME_SUFFIX = re.compile(r"\.(\d{3,4})$")
-
-
-def volume_paths(path: str | Path) -> list[Path]:
-    """The files of an archive: ``x.7z`` alone, or ``x.7z.001``, ``x.7z.002``, ... in order.
-
-    ``path`` may name the archive (``x.7z``) or its first volume. 7-Zip numbers volumes with
-    three digits, py7zr's multivolumefile with four; both are found.
-    """
-    path = Path(path)
-    if path.is_dir():  # 7zz would read it as a wildcard and name every file in it
-        raise ArchiveError(f"{path} is a folder, not an archive; for a folder of <id>_<filter> images use "
-                           f"build-zarr --src {path}")
-    if path.exists() and not VOLUME_SUFFIX.search(path.name):
-        return [path]
-    base = path.with_name(VOLUME_SUFFIX.sub("", path.name))
-    for digits in (3, 4):
-        volumes, k = [], 1
-        while (candidate := base.with_name(f"{base.name}.{k:0{digits}d}")).exists():
-            volumes.append(candidate)
-            k += 1
-        if volumes:
-            return volumes
-    raise ArchiveError(f"{path}: no such archive (nor volumes {base.name}.001, ...)")
+from .completeness import unreadable
+from .decoders import DECODERS, DEFAULT_DECODER
+from .members import ArchiveError, Deliver, Member, volume_paths
 
 
 @dataclass
@@ -178,18 +105,6 @@ def _cached_layout(seven, first: str, size: int, mtime_ns: int):
         raise unreadable(first, "7z", f"7zz: {exc}") from None
 
 
-def unreadable(path: str | Path, kind: str, detail: str) -> ArchiveError:
-    """The error for an archive that does not open: what is missing when it looks incomplete
-    (a download cut short, a volume left behind), else the decoder's own words."""
-    from .completeness import why_incomplete
-
-    try:
-        incomplete = why_incomplete(volume_paths(path))
-    except ArchiveError:
-        incomplete = None
-    return ArchiveError(incomplete or f"{path}: not a readable {kind} archive ({detail})")
-
-
 def is_zip(path: str | Path) -> bool:
     path = Path(path)
     return path.suffix.lower() == ".zip" or (path.is_file() and zipfile.is_zipfile(path))
@@ -251,11 +166,6 @@ def list_members(path: str | Path, decoder: str | None = None) -> list[Member]:
     from .py7zr_reader import list_members as list_py7zr
 
     return list_py7zr(path)
-
-
-#: ``deliver(member, data, error)``: data is the member's bytes (``bytes`` or a ``bytearray`` the
-#: receiver may keep; CRC checked) or ``None`` with an error message.
-Deliver = Callable[[Member, "bytes | None", "str | None"], None]
 
 
 def stream_members(path: str | Path, wanted: Callable[[Member], bool], deliver: Deliver,

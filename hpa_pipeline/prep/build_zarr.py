@@ -11,8 +11,8 @@ from pathlib import Path
 from .builder import BuildReport, StoreBuilder, start_build
 from .extract import REPORT_NAME as EXTRACT_REPORT
 from ..contract.labels import MEMBER_NAME, check_source_matches, read_sample_table
-from ..contract.machine import usable_cores
-from ..contract.progress import Counter, ProgressCallback
+from ..common.machine import usable_cores
+from ..common.progress import Counter, ProgressCallback
 from .scheduler import WORKER_TIMEOUT, announcing, check_cluster_choice, dask_client, in_flight_limit, run_bounded
 from ..contract.store import StoreSpec
 from ..contract.locks import writes_store

@@ -15,10 +15,10 @@ from pathlib import Path
 
 from ..contract.atomic import Interrupted
 from ..contract.labels import SampleTable
-from ..contract.store import SampleBook, StoreSpec, open_or_create_store, remove_partial_files, write_report
-from .exit_status import EXIT_SOME_FAILED
+from ..contract.store import LABELS, Store, StoreSpec, open_or_create_store, remove_partial_files, write_report
+from .sample_book import SampleBook
 from .tasks import SampleJob, SampleResult
-from ..contract.errors import HpaError
+from ..contract.errors import EXIT_SOME_FAILED, DiskFull, HpaError
 
 
 @dataclass
@@ -77,10 +77,6 @@ class SystematicFailure(HpaError, RuntimeError):
     the options or the source as a whole, not a bad file, so the run stops."""
 
 
-class DiskFull(HpaError, OSError):
-    """The store's disk filled up during a build; what was written is whole and kept."""
-
-
 def failure_kind(sample_id: str, reason: str) -> str:
     """A failure's reason without what differs from sample to sample (the id, numbers): two
     samples 'fail alike' when these agree (``source is 256x256, smaller than --size 1024`` and
@@ -92,22 +88,22 @@ def start_build(out: str | Path, table: SampleTable, spec: StoreSpec, command: s
                 upscale: bool = False) -> StoreBuilder:
     """Open (or create) the store at ``out``, remove the half-written files a killed run left
     there, and start the bookkeeping of this run."""
-    root = open_or_create_store(out, table, spec, source=source)
+    store = open_or_create_store(out, table, spec, source=source)
     remove_partial_files(str(out))
-    builder = StoreBuilder(root, out, table, spec, command, source, upscale)
-    builder.report.labels_updated = follow_the_csv_labels(root, table)
+    builder = StoreBuilder(store, out, table, spec, command, source, upscale)
+    builder.report.labels_updated = follow_the_csv_labels(store, table)
     return builder
 
 
-def follow_the_csv_labels(root, table: SampleTable) -> list[str]:
+def follow_the_csv_labels(store: Store, table: SampleTable) -> list[str]:
     """Make the store's labels those of the CSV given (a corrected ``train.csv`` on a rerun);
     returns the ids whose labels changed. Images are unaffected: only ``labels`` is rewritten."""
-    if not table.has_labels or "labels" not in root:
+    if not table.has_labels or not store.has_labels:
         return []
-    stored, wanted = root["labels"][:], table.label_matrix()
+    stored, wanted = store.labels(), table.label_matrix()
     changed = (stored != wanted).any(axis=1)
     if changed.any():
-        root["labels"][:] = wanted
+        store.array(LABELS)[:] = wanted
     return [table.ids[i] for i in changed.nonzero()[0]]
 
 
@@ -120,11 +116,11 @@ class StoreBuilder:
     #: decode a whole archive for a report of identical failures
     GIVE_UP_AFTER = 100
 
-    def __init__(self, root, out: str | Path, table: SampleTable, spec: StoreSpec, command: str, source: str,
+    def __init__(self, store: Store, out: str | Path, table: SampleTable, spec: StoreSpec, command: str, source: str,
                  upscale: bool = False):
         self.out, self.table, self.spec, self.upscale = str(out), table, spec, upscale
-        self.root = root
-        self.book = SampleBook(self.root)
+        self.store = store
+        self.book = SampleBook(store)
         self.report = BuildReport(command, self.out, source, len(table), done_before=int(self.book.done.sum()))
         self.failures: dict[int, str] = {}
         self.exceptions: dict[int, str] = {}  # index -> exception type of an unexpected failure
@@ -206,7 +202,7 @@ class StoreBuilder:
             pass  # the flags of the last second are lost: those samples are simply redone
         done = int(self.book.done.sum())
         raise DiskFull(f"{self.out}: no space left on the device; {done}/{len(self.table)} samples are saved "
-                       f"whole (nothing is half-written): free space and run the same command again to go on")
+                       f"whole (nothing is half-written)", hint="free space and run the same command again to go on")
 
     @contextmanager
     def saving_on_interrupt(self):
@@ -222,9 +218,7 @@ class StoreBuilder:
     def finish(self, **extra) -> BuildReport:
         """Flush the last flags, store statistics and the report; return the report."""
         self.book.flush()
-        meta = dict(self.root.attrs["hpa"])
-        meta["statistics"] = self.book.statistics(self.spec.sizes)
-        self.root.attrs["hpa"] = meta
+        self.store.set_statistics(self.book.statistics(self.spec.sizes))
         for key, value in extra.items():
             setattr(self.report, key, value)
         self.report.failed = [{"id": self.table.ids[i], "reason": r,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from .archive import VOLUME_SUFFIX
+from .members import VOLUME_SUFFIX, ArchiveError, volume_paths
 
 SEVEN_Z_SIGNATURE = b"7z\xbc\xaf\x27\x1c"
 ZIP_LOCAL_HEADER = b"PK\x03\x04"
@@ -78,3 +78,13 @@ def _is_volume(path: Path) -> bool:
 def _next_volume(path: Path) -> Path:
     digits = path.suffix[1:]
     return path.with_suffix(f".{int(digits) + 1:0{len(digits)}d}")
+
+
+def unreadable(path: str | Path, kind: str, detail: str) -> ArchiveError:
+    """The error for an archive that does not open: what is missing when it looks incomplete
+    (a download cut short, a volume left behind), else the decoder's own words."""
+    try:
+        incomplete = why_incomplete(volume_paths(path))
+    except ArchiveError:
+        incomplete = None
+    return ArchiveError(incomplete or f"{path}: not a readable {kind} archive ({detail})")

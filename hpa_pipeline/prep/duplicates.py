@@ -16,9 +16,8 @@ import numpy as np
 
 from ..contract.atomic import replacing
 from ..contract.duplicates import DEFAULT_MAX_DISTANCE, find_pairs, groups_of
-from ..contract.progress import Counter, ProgressCallback
-from ..contract.shards import ShardReader
-from ..contract.store import level_arrays, open_store
+from ..common.progress import Counter, ProgressCallback
+from ..contract.store import Store
 from .hashing import sample_hashes
 
 
@@ -46,21 +45,19 @@ class DuplicateReport:
 
 def read_hashes(path: str, progress: ProgressCallback | None = None) -> tuple[StoreHashes, bool]:
     """A store's hashes (computed from its smallest level where it has none); True when computed."""
-    root = open_store(path)
-    meta = root.attrs["hpa"]
-    done = root["done"][:]
-    hashes = root["phash"][:] if "phash" in root else np.zeros((len(done), 4), np.uint64)
+    store = Store.open(path)
+    done = store.done()
+    hashes = store.phash()
     missing = np.flatnonzero(done & ~hashes.any(axis=1))
     if len(missing):
-        smallest = min(level_arrays(root))
-        reader, counter = ShardReader(path, f"images/{smallest}"), Counter(progress, "hash", len(missing))
+        smallest = min(store.levels())
+        reader, counter = store.reader(smallest), Counter(progress, "hash", len(missing))
         counter.start()
         for index in missing:
             hashes[index] = sample_hashes({smallest: reader.read(int(index))})
             counter.add()
     hashes[~done] = 0
-    labels = root["labels"][:] if meta["has_labels"] else None
-    return StoreHashes(str(path), list(meta["ids"]), hashes, labels), bool(len(missing))
+    return StoreHashes(str(path), list(store.ids), hashes, store.labels()), bool(len(missing))
 
 
 def find_duplicates(stores: list[str], max_distance: int = DEFAULT_MAX_DISTANCE,

@@ -18,19 +18,14 @@ from pathlib import Path
 
 from .archive import ArchiveError, Member, catalogue, list_members, stream_members
 from ..contract.atomic import SUFFIX, write_bytes, write_json
-from ..contract.progress import Counter, ProgressCallback
+from ..common.progress import Counter, ProgressCallback
 from .checksum import crc32
-from .exit_status import EXIT_SOME_FAILED
-from ..contract.errors import HpaError
+from ..contract.errors import EXIT_SOME_FAILED, DiskFull
 from ..contract.locks import folder_locked
 
 log = logging.getLogger(__name__)
 
 REPORT_NAME = "extract_report.json"
-
-
-class DiskSpaceError(HpaError, OSError):
-    """Not enough free space for the files still to extract."""
 
 
 @dataclass
@@ -108,18 +103,17 @@ def _already_extracted(target: Path, member: Member) -> bool:
 def check_free_space(out_dir: Path, needed: int, margin: int = 256 * 2**20) -> None:
     free = shutil.disk_usage(out_dir).free
     if needed + margin > free:
-        raise DiskSpaceError(
+        raise DiskFull(
             f"{out_dir}: {needed / 2**30:.2f} GiB still to extract (plus {margin / 2**20:.0f} MiB margin) "
-            f"but only {free / 2**30:.2f} GiB free; free space or extract elsewhere "
-            f"(or skip extraction: `hpa-pipe ingest` reads the archive directly)"
-        )
+            f"but only {free / 2**30:.2f} GiB free", hint="free space or extract elsewhere (or skip extraction: "
+            "`hpa-pipe ingest` reads the archive directly)")
 
 
 def extract_archives(archives: list[str | Path], out_dir: str | Path,
                      progress: ProgressCallback | None = None, decoder: str | None = None) -> ExtractReport:
     """Extract every HPA image member of ``archives`` into ``out_dir``; resumable.
 
-    ``progress`` gets the bytes decoded of the total (task ``extract``, unit ``B``). Raises :class:`DiskSpaceError` before decoding when space is short, and
+    ``progress`` gets the bytes decoded of the total (task ``extract``, unit ``B``). Raises :class:`..contract.errors.DiskFull` before decoding when space is short, and
     :class:`ArchiveError` for an archive that cannot be opened. ``decoder``: ``auto``, ``7zz`` or
     ``py7zr`` (see :mod:`.archive`).
     """

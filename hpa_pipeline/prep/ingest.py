@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING
 from .archive import ArchiveError, Catalogue, Member, catalogue, list_members, stream_members
 from ..contract.labels import FILTERS, SampleTable, check_source_matches, read_sample_table
 from ..contract.locations import is_url
-from ..contract.machine import usable_cores
-from ..contract.progress import Counter, ProgressCallback
+from ..common.machine import usable_cores
+from ..common.progress import Counter, ProgressCallback
 from ..contract.spec import StoreSpec
 from ..contract.locks import writes_store
 from .memory import keep_freed_buffers

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..contract.labels import FILTERS
 from ..contract.locations import bytes_under, join
-from ..contract.store import level_arrays, open_store, read_report
+from ..contract.store import Store, level_path, read_report
 from ..contract.errors import OptionError
 from ..contract.spec import StoreError
 from ..contract.atomic import write_bytes
@@ -29,30 +29,29 @@ def _codec_names(array) -> list[str]:
 
 def inspect_store(path: str | Path) -> dict:
     """A dict describing the store; :func:`format_inspection` prints it."""
-    root = open_store(path)
-    meta = root.attrs["hpa"]
-    done = root["done"][:]
+    store = Store.open(path)
+    done = store.done()
     report = read_report(path) or {}
     failed = {f["id"]: f["reason"] for f in report.get("failed", [])}
-    ids = meta["ids"]
+    ids = store.ids
     failed = {i: r for i, r in failed.items() if i in ids and not done[ids.index(i)]}
     levels = []
-    for size, array in level_arrays(root).items():
-        on_disk = bytes_under(join(path, "images", str(size)))
+    for size, array in store.levels().items():
+        on_disk = bytes_under(join(path, level_path(size)))
         levels.append({
-            "size": size, "path": f"images/{size}", "shape": list(array.shape), "dtype": str(array.dtype),
+            "size": size, "path": level_path(size), "shape": list(array.shape), "dtype": str(array.dtype),
             "chunks": list(array.chunks), "shards": list(array.shards) if array.shards else None,
             "codecs": _codec_names(array), "bytes_on_disk": on_disk,
             "bytes_per_done_sample": on_disk / max(1, int(done.sum())),
         })
     info = {
         "store": str(path), "n_samples": len(ids), "done": int(done.sum()), "failed": len(failed),
-        "missing": len(ids) - int(done.sum()) - len(failed), "has_labels": meta["has_labels"],
-        "levels": levels, "statistics": meta.get("statistics", {}), "failed_samples": failed,
-        "channels": meta["channels"],
+        "missing": len(ids) - int(done.sum()) - len(failed), "has_labels": store.has_labels,
+        "levels": levels, "statistics": store.statistics_attribute, "failed_samples": failed,
+        "channels": store.channels,
     }
-    if meta["has_labels"]:
-        info["label_counts"] = root["labels"][:][done].sum(0).tolist()
+    if store.has_labels:
+        info["label_counts"] = store.labels()[done].sum(0).tolist()
     return info
 
 
@@ -99,18 +98,17 @@ def montage_level(path: str | Path, sizes: list[int], level: int | None = None) 
 def write_montage(path: str | Path, out_png: str | Path, n: int = 16, level: int | None = None,
                   columns: int = 4) -> Path:
     """A grid of the first ``n`` done samples as RGB composites, captioned with id and labels."""
-    root = open_store(path)
-    meta = root.attrs["hpa"]
-    size = montage_level(path, list(level_arrays(root)), level)
-    done = np.flatnonzero(root["done"][:])[:n]
+    store = Store.open(path)
+    size = montage_level(path, list(store.levels()), level)
+    done = np.flatnonzero(store.done())[:n]
     if done.size == 0:
         raise StoreError(f"{path}: no sample is done yet, nothing to show")
-    images = root[f"images/{size}"]
-    labels = root["labels"][:] if meta["has_labels"] else None
+    images = store.level(size)
+    labels = store.labels()
     tiles = []
     for index in done:
         tile = cv2.cvtColor(composite(images[int(index)]), cv2.COLOR_RGB2BGR)
-        caption = meta["ids"][index][:8]
+        caption = store.ids[index][:8]
         if labels is not None:
             caption += " " + ",".join(str(c) for c in np.flatnonzero(labels[index]))
         cv2.putText(tile, caption, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)

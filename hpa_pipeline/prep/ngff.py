@@ -17,7 +17,7 @@ from pathlib import Path
 import zarr
 
 from ..contract.labels import check_sample_id
-from ..contract.store import CHANNEL_COLORS, level_arrays, ngff_axes, ngff_levels, open_store
+from ..contract.store import CHANNEL_COLORS, Store, ngff_axes, ngff_levels
 from ..contract.spec import StoreError
 
 NGFF_VERSION = "0.5"
@@ -41,12 +41,12 @@ def _omero(channels: list[str], dtype_max: int) -> dict:
     }
 
 
-def _write_image(path: Path, root, index: int, sample_id: str, sizes: list[int], channels: list[str]) -> None:
+def _write_image(path: Path, store: Store, index: int, sample_id: str, sizes: list[int]) -> None:
     """Sample ``index`` of the store as one OME-Zarr 0.5 multiscale image at ``path``."""
     image = zarr.open_group(str(path), mode="w-", zarr_format=3)
-    first = root[f"images/{sizes[0]}"]
+    first = store.level(sizes[0])
     for k, s in enumerate(sizes):
-        data = root[f"images/{s}"][index]
+        data = store.level(s)[index]
         chunk = min(256, s)
         array = image.create_array(str(k), shape=data.shape, dtype=data.dtype, chunks=(1, chunk, chunk),
                                    dimension_names=("c", "y", "x"))
@@ -54,7 +54,7 @@ def _write_image(path: Path, root, index: int, sample_id: str, sizes: list[int],
     image.attrs["ome"] = {
         "version": NGFF_VERSION,
         "multiscales": _multiscales(sample_id, sizes),
-        "omero": _omero(channels, int(255 if first.dtype == "uint8" else 65535)),
+        "omero": _omero(store.channels, int(255 if first.dtype == "uint8" else 65535)),
     }
 
 
@@ -72,19 +72,18 @@ def _replace_folder(new: Path, target: Path) -> None:
 
 def export_ngff(store: str | Path, ids: list[str], out_dir: str | Path) -> list[Path]:
     """Write ``out_dir/<id>.ome.zarr`` for each id; unknown or not-done ids are errors naming them."""
-    root = open_store(store)
-    meta = root.attrs["hpa"]
-    index_of = {sample_id: i for i, sample_id in enumerate(meta["ids"])}
+    opened = Store.open(store)
+    index_of = {sample_id: i for i, sample_id in enumerate(opened.ids)}
     unknown = [i for i in ids if i not in index_of]
     if unknown:
         raise StoreError(f"not in {store}: {', '.join(unknown)}")
-    done = root["done"][:]
+    done = opened.done()
     not_done = [i for i in ids if not done[index_of[i]]]
     if not_done:
         raise StoreError(f"not written (yet) in {store}: {', '.join(not_done)}")
     for sample_id in ids:  # ids become file names: none may lead out of out_dir
         check_sample_id(sample_id, f"{store}")
-    sizes = list(level_arrays(root))
+    sizes = list(opened.levels())
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -94,7 +93,7 @@ def export_ngff(store: str | Path, ids: list[str], out_dir: str | Path) -> list[
             raise StoreError(f"{store}: id {sample_id!r} would be written outside {out_dir}")
         partial = target.with_name(f"{target.name}.{uuid.uuid4().hex}.partial")
         try:
-            _write_image(partial, root, index_of[sample_id], sample_id, sizes, meta["channels"])
+            _write_image(partial, opened, index_of[sample_id], sample_id, sizes)
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise

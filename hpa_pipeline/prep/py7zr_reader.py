@@ -25,7 +25,8 @@ import py7zr
 from py7zr.helpers import get_sanitized_output_path
 from py7zr.io import Py7zIO, WriterFactory
 
-from .archive import VOLUME_SUFFIX, ArchiveError, Deliver, Member, unreadable, volume_paths
+from .completeness import unreadable
+from .members import VOLUME_SUFFIX, ArchiveError, Deliver, Member, volume_paths
 from .checksum import crc32
 
 

@@ -37,7 +37,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from ..contract.progress import Progress, ProgressCallback, report
+from ..common.progress import Progress, ProgressCallback, report
 from ..contract.errors import HpaError
 
 #: what Dask's own loggers show while a cluster runs: its errors (``hpa-pipe -vv``: INFO too)

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .checksum import crc32
-from ..contract.machine import usable_cores
+from ..common.machine import usable_cores
 from ..contract.errors import HpaError
 
 log = logging.getLogger(__name__)

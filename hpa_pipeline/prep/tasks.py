@@ -15,7 +15,7 @@ import numpy as np
 from .hashing import sample_hashes
 from .imaging import ImageError, channel_sums, make_levels, read_image
 from .memory import keep_freed_buffers
-from ..contract.machine import one_thread_per_task
+from ..common.machine import one_thread_per_task
 from ..contract.store import write_levels
 
 

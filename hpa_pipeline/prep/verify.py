@@ -21,14 +21,12 @@ from pathlib import Path
 import numpy as np
 
 from ..contract.locks import store_locked
-from ..contract.locations import is_url, join
-from ..contract.progress import Counter, ProgressCallback
-from ..contract.shards import DamagedShard, ShardReader, shard_key
-from ..contract.store import SampleBook, channel_statistics, level_arrays, open_store
+from ..contract.locations import is_url
+from ..common.progress import Counter, ProgressCallback
+from ..contract.shards import DamagedShard
+from ..contract.store import BOOK_ARRAYS, DONE, LABELS, Store
 from .imaging import channel_sums
-
-#: per-sample arrays whose chunks are written with the done flags (by the coordinator)
-_BOOK_ARRAYS = ("source_shape", "source_dtype", "channel_sums")
+from .sample_book import SampleBook, channel_statistics
 
 
 @dataclass
@@ -70,41 +68,41 @@ def verify_store(path: str | Path, repair: bool = False, progress: ProgressCallb
 
 
 def _verify_store(path: str, repair: bool, progress: ProgressCallback | None) -> VerifyReport:
-    root = open_store(path, mode="r+" if repair else "r")
-    meta = root.attrs["hpa"]
-    report = VerifyReport(path, len(meta["ids"]))
-    done = root["done"][:]
-    report.store_problems += _missing_small_chunks(path, root, done)
-    arrays = level_arrays(root)
-    readers = {size: ShardReader(path, f"images/{size}") for size in arrays}
+    store = Store.open(path, mode="r+" if repair else "r")
+    report = VerifyReport(path, len(store))
+    done = store.done()
+    report.store_problems += _missing_small_chunks(store, done)
+    sizes = list(store.levels())
+    readers = {size: store.reader(size) for size in sizes}
     report.chunk_checksums = all(r.layout is None or r.layout.checksummed for r in readers.values())
-    sums = root["channel_sums"][:]
+    sums = store.channel_sums()
     counter = Counter(progress, "verify", total=int(done.sum()))
     counter.start()
     for index in np.flatnonzero(done):
-        problem = _check_sample(path, readers, int(index), sums[index])
+        problem = _check_sample(store, readers, int(index), sums[index])
         if problem is not None:
-            report.damaged[meta["ids"][index]] = problem
+            report.damaged[store.ids[index]] = problem
         report.checked += 1
         counter.add()
-    report.store_problems += _stale_statistics(meta, done, sums, list(arrays))
+    report.store_problems += _stale_statistics(store, done, sums, sizes)
     if repair and report.damaged:
-        report.repaired = _mark_not_done(path, root, [meta["ids"].index(i) for i in report.damaged], list(arrays))
+        report.repaired = _mark_not_done(store, [store.ids.index(i) for i in report.damaged], sizes)
     return report
 
 
-def _check_sample(path: str, readers: dict, index: int, sums: np.ndarray) -> str | None:
+def _check_sample(store: Store, readers: dict, index: int, sums: np.ndarray) -> str | None:
     """What is wrong with done sample ``index`` (the first problem found), or None."""
     levels = {}
     for size, reader in readers.items():
+        shard = store.shard_path(size, index)
         try:
             levels[size] = reader.read(index)
         except DamagedShard as exc:
             return str(exc)
         except Exception as exc:  # zarr's own reader (URLs, other layouts): any decoding failure is damage
-            return f"{join(path, shard_key(f'images/{size}', index, 4))}: does not read ({type(exc).__name__}: {exc})"
-        if not is_url(path) and reader.layout is None and not Path(path, shard_key(f"images/{size}", index, 4)).exists():
-            return f"{Path(path, shard_key(f'images/{size}', index, 4))}: the shard is missing"
+            return f"{shard}: does not read ({type(exc).__name__}: {exc})"
+        if not is_url(store.path) and reader.layout is None and not Path(shard).exists():
+            return f"{shard}: the shard is missing"
     found = channel_sums(levels)
     if not np.array_equal(found, sums):
         level = sorted(levels, reverse=True)[int(np.argwhere(found != sums)[0][0])]
@@ -112,47 +110,45 @@ def _check_sample(path: str, readers: dict, index: int, sums: np.ndarray) -> str
     return None
 
 
-def _missing_small_chunks(path: str, root, done: np.ndarray) -> list[str]:
+def _missing_small_chunks(store: Store, done: np.ndarray) -> list[str]:
     """Chunks of the per-sample arrays that must exist and do not (zarr would read them as fill)."""
-    if is_url(path):
+    if is_url(store.path):
         return []
     problems = []
-    chunk = root["done"].chunks[0]
-    names = (["labels"] if "labels" in root else []) + list(_BOOK_ARRAYS) + (["phash"] if "phash" in root else [])
+    chunk = store.array(DONE).chunks[0]
+    names = ([LABELS] if store.has_labels else []) + [n for n in BOOK_ARRAYS if n != DONE and store.has_array(n)]
     for name in names:
         for c in range(-(-len(done) // chunk)):
-            needed = name == "labels" or done[c * chunk:(c + 1) * chunk].any()
-            key = Path(path, name, "c", str(c), *(["0"] * (root[name].ndim - 1)))
+            needed = name == LABELS or done[c * chunk:(c + 1) * chunk].any()
+            key = Path(store.path, name, "c", str(c), *(["0"] * (store.array(name).ndim - 1)))
             if needed and not key.exists():
                 problems.append(f"{key}: a chunk of {name} is missing (samples {c * chunk} to "
                                 f"{min(len(done), (c + 1) * chunk) - 1})")
     return problems
 
 
-def _stale_statistics(meta: dict, done: np.ndarray, sums: np.ndarray, sizes: list[int]) -> list[str]:
+def _stale_statistics(store: Store, done: np.ndarray, sums: np.ndarray, sizes: list[int]) -> list[str]:
     """The stored statistics against those of the done samples' sums (the writer's formula)."""
-    if meta.get("statistics", {}) != channel_statistics(done, sums, sizes):
+    if store.statistics_attribute != channel_statistics(done, sums, sizes):
         return ["zarr.json: the channel statistics do not match the done samples' channel_sums; run the "
                 "same ingest/build-zarr command again to rewrite them"]
     return []
 
 
-def _mark_not_done(path: str, root, indices: list[int], sizes: list[int]) -> list[str]:
+def _mark_not_done(store: Store, indices: list[int], sizes: list[int]) -> list[str]:
     """Clear the done flags of ``indices`` and remove their shards; return their ids."""
     from ..contract.locations import filesystem
 
-    book = SampleBook(root)
+    book = SampleBook(store)
     for index in indices:
         book.mark_not_done(index)
         for size in sizes:
-            key = join(path, shard_key(f"images/{size}", index, 4))
-            if is_url(path):
+            key = store.shard_path(size, index)
+            if is_url(store.path):
                 fs, inner = filesystem(key)
                 fs.rm(inner) if fs.exists(inner) else None
             else:
                 Path(key).unlink(missing_ok=True)
     book.flush()
-    meta = dict(root.attrs["hpa"])
-    meta["statistics"] = book.statistics(sizes)
-    root.attrs["hpa"] = meta
-    return [root.attrs["hpa"]["ids"][i] for i in indices]
+    store.set_statistics(book.statistics(sizes))
+    return [store.ids[i] for i in indices]

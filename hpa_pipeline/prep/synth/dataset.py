@@ -27,7 +27,7 @@ import tifffile
 
 from ...contract.atomic import replacing
 from ...contract.labels import FILTERS, N_CLASSES, REAL_CLASS_COUNTS, REAL_N_SAMPLES, read_sample_table, write_labels_csv
-from ...contract.progress import Counter, ProgressCallback
+from ...common.progress import Counter, ProgressCallback
 from .cells import render_sample
 from ...contract.errors import OptionError
 

@@ -39,12 +39,17 @@ def one_thread_per_task() -> None:
     training its loader workers: N of them use N cores, and pools inside each only add thread
     hand-offs and spinning threads that take CPU from the others (in ``ingest``, from 7zz).
     Blosc starts its pool only when called from the main thread, which is where ``--workers 1``
-    runs the samples.
+    runs the samples. OpenCV is set only where it is installed: the training half
+    (``pip install 'hpa-pipeline[train]'``) has none, and its loader workers call this too.
     """
-    import cv2
     import numcodecs.blosc
 
-    cv2.setNumThreads(0)
+    try:
+        import cv2
+    except ImportError:
+        cv2 = None
+    if cv2 is not None:
+        cv2.setNumThreads(0)
     numcodecs.blosc.use_threads = False
     numcodecs.blosc.set_nthreads(1)
     if "torch" in sys.modules:  # never imported for it: the preprocessing half runs without torch
