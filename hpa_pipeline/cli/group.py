@@ -36,7 +36,7 @@ class StageOrder(click.Group):
         except HpaError as exc:
             if _debugging(ctx):
                 raise
-            raise OneLine(exc.line(), exc.exit_code, getattr(exc, "label", "Error")) from None
+            raise OneLine(exc.line(), exc.exit_code, exc.label) from None
         except OSError as exc:
             line = None if _debugging(ctx) else explain_os_error(exc)
             if line is None:

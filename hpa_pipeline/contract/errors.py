@@ -25,11 +25,13 @@ class HpaError(Exception):
     """A problem of the input, the options, the data or the machine that one line explains.
 
     ``exit_code``: the status the CLI exits with; ``hint``: what to do, appended to the line
-    (a class's hint for all its errors, or one given with the error).
+    (a class's hint for all its errors, or one given with the error); ``label``: the word the
+    CLI puts before the line.
     """
 
     exit_code = EXIT_ERROR
     hint = ""
+    label = "Error"
 
     def __init__(self, message: str = "", hint: str | None = None):
         super().__init__(message)

@@ -141,7 +141,7 @@ class DamagedShard(StoreError):
     @classmethod
     def in_store(cls, message: str, store: str) -> DamagedShard:
         """The error, with what to do about ``store``'s damage as its hint."""
-        return cls(message, hint=f"nothing was trained or predicted on it. `hpa-pipe verify {store}` lists every "
+        return cls(message, hint=f"nothing was made from it. `hpa-pipe verify {store}` lists every "
                                  f"damaged sample; `verify --repair` then the same ingest/build-zarr command rebuilds "
                                  f"them")
 

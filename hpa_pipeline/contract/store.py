@@ -33,7 +33,7 @@ import zarr
 from .atomic import SUFFIX, write_json
 from .labels import CLASS_NAMES, FILTERS, N_CLASSES, SampleTable
 from .locations import file_names, get_bytes, is_url, join, put_bytes, remove_tree
-from .shards import write_sample_shard
+from .shards import ShardReader, shard_key, write_sample_shard
 from .spec import LAYOUT_FIELDS, StoreError, StoreSpec, level_sizes  # noqa: F401 - re-exported: part of the store's interface
 
 #: the layout version a store records (``attributes["hpa"]["format_version"]``); :meth:`Store.open`
@@ -115,9 +115,14 @@ class Store:
             raise StoreError(f"{path}: no dataset store there") from None
         if ATTRIBUTES not in root.attrs:
             raise StoreError(f"{path}: a Zarr group, but not an hpa-pipeline dataset store")
-        store = cls(str(path), root, _bring_up(str(path), root, dict(root.attrs[ATTRIBUTES])))
+        store = cls.of_group(str(path), root)
         store.check_metadata_files()
         return store
+
+    @classmethod
+    def of_group(cls, path: str, root: zarr.Group) -> Store:
+        """The store whose group ``root`` is already open (its attributes brought up)."""
+        return cls(path, root, _bring_up(path, dict(root.attrs[ATTRIBUTES])))
 
     # -- attributes -----------------------------------------------------------------------------
 
@@ -170,11 +175,6 @@ class Store:
         """The statistics as stored (``verify`` compares them with those recomputed)."""
         return self._meta["statistics"]
 
-    @property
-    def attributes(self) -> dict:
-        """A copy of ``attributes["hpa"]`` as brought up to this version (for inspect's JSON)."""
-        return json.loads(json.dumps(self._meta))
-
     def set_statistics(self, statistics: dict) -> None:
         """Store new statistics (``{str(size): {"mean", "std", "n_samples"}}``) in the attributes."""
         meta = dict(self.root.attrs[ATTRIBUTES])
@@ -223,16 +223,12 @@ class Store:
         """``{size: images/<size>}`` of the arrays present, largest level first."""
         return dict(sorted(((int(name), array) for name, array in self.root[IMAGES].arrays()), reverse=True))
 
-    def reader(self, size: int):
+    def reader(self, size: int) -> ShardReader:
         """A :class:`.shards.ShardReader` of level ``size`` (direct reads of whole or part samples)."""
-        from .shards import ShardReader
-
         return ShardReader(self.path, level_path(size))
 
     def shard_path(self, size: int, index: int) -> str:
         """The shard file (or object) that holds sample ``index`` at level ``size``."""
-        from .shards import shard_key
-
         return join(self.path, shard_key(level_path(size), index, 4))
 
     # -- metadata files ---------------------------------------------------------------------------
@@ -258,7 +254,7 @@ class Store:
                 raise StoreError(f"{file}: damaged metadata file ({exc}); the store cannot be read") from None
 
 
-def _bring_up(path: str, root: zarr.Group, meta: dict) -> dict:
+def _bring_up(path: str, meta: dict) -> dict:
     """``attributes["hpa"]`` of any store this version reads, as this version writes it: the one
     place that knows what older layouts lacked (no statistics before a first finished build, no
     class names or source in the earliest stores). Arrays an old store lacks (``phash``) read as
@@ -279,11 +275,6 @@ def _bring_up(path: str, root: zarr.Group, meta: dict) -> dict:
     return meta
 
 
-def open_store(path: str | Path, mode: str = "r") -> Store:
-    """:meth:`Store.open`."""
-    return Store.open(path, mode)
-
-
 def open_or_create_store(path: str | Path, table: SampleTable, spec: StoreSpec, source: str = "") -> Store:
     """Reopen the store at ``path`` for ``table``'s samples, or create an empty one.
 
@@ -296,17 +287,16 @@ def open_or_create_store(path: str | Path, table: SampleTable, spec: StoreSpec, 
         raise StoreError(f"{path} is a file, not a store folder; choose another --out")
     existing = _existing_group(path)
     if existing is not None and not discard_unfinished_store(path, existing, table, spec):
-        root = zarr.open_group(path, mode="r+")
-        if PHASH not in root:  # stores written before pHashes get the array on their next build command
-            _create_phash(root, len(table))
-        return Store.open(path, mode="r+")
+        store = Store.open(path, mode="r+")
+        if not store.has_phash:  # stores written before pHashes get the array on their next build command
+            _create_phash(store.root, len(table))
+        return store
     if not is_url(path) and Path(path).exists() and any(Path(path).iterdir()):
         raise StoreError(f"{path} exists, is not empty and is not an hpa-pipeline store; choose another --out")
     try:
-        _new_store(path, table, spec, source)
+        return Store.of_group(path, _new_store(path, table, spec, source))
     except OSError as exc:  # a folder that cannot be made or written (not ours to fix)
         raise _cannot_write(path, exc) from None
-    return Store.open(path, mode="r+")
 
 
 def discard_unfinished_store(path: str, existing: zarr.Group, table: SampleTable, spec: StoreSpec) -> bool:
@@ -365,7 +355,7 @@ def _cannot_write(path: str, exc: OSError) -> StoreError:
     return StoreError(f"{path}: cannot write a store there ({exc.strerror or exc}); choose another --out")
 
 
-def _new_store(path: str, table: SampleTable, spec: StoreSpec, source: str) -> None:
+def _new_store(path: str, table: SampleTable, spec: StoreSpec, source: str) -> zarr.Group:
     """The arrays and attributes of an empty store for ``table``'s samples; attributes last, so
     a store killed while it was being created is recognised and made again."""
     spec.check_new()
@@ -400,6 +390,7 @@ def _new_store(path: str, table: SampleTable, spec: StoreSpec, source: str) -> N
         "statistics": {},
         **_axes_description(spec),
     }
+    return root
 
 
 def _create_phash(root: zarr.Group, n: int) -> None:

@@ -22,36 +22,32 @@ from pathlib import Path
 import numpy as np
 
 from ..contract.atomic import write_json
-from ..contract.errors import OptionError
 from ..contract.locks import store_locked
 from ..common.progress import Progress, ProgressCallback, report
 from ..contract.store import Store
 from .config import TrainConfig
 from .probs_table import read_probs, write_probs
-from .run_folder import (RunError, RunFolder, config_for_run, fold_folder, read_config, write_config,
-                         write_fold_table)
+from .run_folder import RunError, RunFolder, config_for_run, read_config, write_config, write_fold_table
 from .thresholds import choose_thresholds
 
 def train_folds(cfg: TrainConfig, resume: bool, progress: ProgressCallback | None, given: set[str] | None) -> dict:
     """Train fold 0 .. folds-1 of ``cfg`` into ``<out>/fold<k>/`` (a fold with its out-of-fold
     table is finished and skipped on ``resume``), then put the folds together."""
-    from .train import train, with_absolute_stores
+    from .train import train, with_checked_paths
 
-    if not cfg.out:
-        raise OptionError("--out is required: the cross-validation folder to write (or to --resume)")
-    cfg = with_absolute_stores(cfg)
+    cfg = with_checked_paths(cfg, "cross-validation folder")
     out = Path(cfg.out)
     with store_locked(out, what="cross-validation folder"):
         cfg = _cv_config(out, cfg, resume, given)
         for k in range(cfg.folds):
-            run = RunFolder(fold_folder(out, k))
+            run = RunFolder(out).fold(k)
             if run.oof.exists():
                 report(progress, Progress("train", message=f"fold {k + 1}/{cfg.folds}: finished, kept"))
                 continue
             report(progress, Progress("train", message=f"fold {k + 1}/{cfg.folds}"))
             train(replace(cfg, fold=k, out=str(run.path)), resume=resume or run.config.exists(), progress=progress,
                   given=given)
-        result = combine_runs([fold_folder(out, k) for k in range(cfg.folds)], cfg.threshold_strategy,
+        result = combine_runs([RunFolder(out).fold(k).path for k in range(cfg.folds)], cfg.threshold_strategy,
                               cfg.threshold_scale, cfg.seed, write_to=out)
     report(progress, Progress("train", message=f"out-of-fold macro F1 {result['oof_macro_f1_crossfit']:.4f} "
                                                 f"(cross-fitted; {result['oof_macro_f1']:.4f} in sample) over "
@@ -64,7 +60,7 @@ def _cv_config(out: Path, cfg: TrainConfig, resume: bool, given: set[str] | None
     """The options of the cross-validation: new (refused where a run is already there), or the
     saved ones on ``resume`` (with the options that may change)."""
     folder = RunFolder(out)
-    if not resume and (folder.config.exists() or fold_folder(out, 0).exists()):
+    if not resume and (folder.config.exists() or folder.fold(0).path.exists()):
         raise RunError(f"{out} already holds a cross-validation; continue it with --resume, or choose another --out")
     saved = config_for_run(folder, cfg, resume, given)
     saved = replace(saved, fold="all")

@@ -265,7 +265,7 @@ class BatchFeed:
                     how = ", ".join(f"process {p.pid} ended by {_ending(p.exitcode)}" for p in dead)
                     raise LoaderWorkerDied(f"a loader worker died: out of memory? ({how})",
                                            hint="use fewer --workers or a smaller --batch-size, or give the job "
-                                                "more memory; --resume goes on from the last finished epoch") from None
+                                                "more memory") from None
                 continue
             if isinstance(error, HpaError):
                 raise error

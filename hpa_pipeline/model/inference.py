@@ -194,16 +194,15 @@ def predict_store(store: str | Path, runs: list[str | Path], tta: int = 1, batch
             raise RunError(f"{run.path} was trained on {trained_on} images and --store {store} is "
                            f"{opened.dtype}; build the test store with --dtype {trained_on}")
     datasets = [StoreDataset(opened, run.level, np.arange(len(done))) for run in trained]
-    total_batches, finished = sum(-(-len(d) // batch_size) for d in datasets), 0
+    n_batches = -(-len(done) // batch_size)  # whole images of every sample, for each run
     total, thresholds = 0.0, []
-    for run, dataset in zip(trained, datasets):
-        def step(batches, offset=finished):
-            report(progress, Progress("predict", offset + batches, total_batches, "batch"))
+    for k, (run, dataset) in enumerate(zip(trained, datasets)):
+        def step(batches, offset=k * n_batches):
+            report(progress, Progress("predict", offset + batches, n_batches * len(trained), "batch"))
 
         with whole_image_batches(dataset, batch_size, workers, dev) as batches:
             probs, indices, _ = predict_probs(run.model, batches, run.normalizer().to(dev), dev, run.config.amp,
                                               run.config.channels_last, tta=tta, on_batch=step)
-        finished += -(-len(dataset) // batch_size)
         total = total + probs[np.argsort(indices)]
         thresholds.append(run.thresholds)
     probs = total / len(runs)
@@ -221,7 +220,7 @@ def whole_image_batches(dataset, batch_size: int, workers: int, device: torch.de
     if workers == 0:
         yield iter(make_loader(dataset, batch_size, 0))
         return
-    feed = BatchFeed(dataset, batch_size, workers, device, slots=max(4, 2 * workers))
+    feed = BatchFeed(dataset, batch_size, workers, device)
     try:
         yield feed.batches(range(len(dataset)))
     finally:

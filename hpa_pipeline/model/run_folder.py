@@ -20,6 +20,7 @@ folds and seed.
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -271,11 +272,6 @@ def cut_metrics(run: RunFolder, epochs_done: int) -> None:
         write_metrics(run, kept) if kept else run.metrics.unlink()
 
 
-def fold_folder(out: str | Path, k: int) -> Path:
-    """Fold ``k``'s run folder of the cross-validation folder ``out``."""
-    return RunFolder(Path(out)).fold(k).path
-
-
 def is_cross_validation(path: str | Path) -> bool:
     """Whether ``path`` is a finished cross-validation folder (it holds ``cv.json``)."""
     return RunFolder(Path(path)).cv_record.is_file()
@@ -283,7 +279,5 @@ def is_cross_validation(path: str | Path) -> bool:
 
 def fold_runs(path: str | Path) -> list[Path]:
     """The fold run folders of a finished cross-validation folder."""
-    import json
-
     record = json.loads(RunFolder(Path(path)).cv_record.read_text())
     return [Path(path) / name for name in record["runs"]]

@@ -80,11 +80,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: ProgressCallback | N
     which must agree with them. Under ``torchrun`` every process calls this; see
     :mod:`.distributed` for who does what.
     """
-    if not cfg.out:
-        raise OptionError("--out is required: the run folder to write (or to --resume)")
     if cfg.fold == "all":
         raise OptionError("fold 'all' is a cross-validation: call cross_validation.train_folds (train --fold all)")
-    cfg = with_absolute_stores(cfg)
+    cfg = with_checked_paths(cfg, "run folder")
     run = RunFolder(Path(cfg.out))
     try:
         with writing_run_folder(cfg.out):
@@ -100,9 +98,13 @@ def train(cfg: TrainConfig, resume: bool = False, progress: ProgressCallback | N
                           f"interrupted before the first epoch finished; nothing to resume in {run.path}") from None
 
 
-def with_absolute_stores(cfg: TrainConfig) -> TrainConfig:
-    """``cfg`` with its local stores as absolute paths: a run folder names its data wherever it is
-    used from (predict, export, thresholds run in other folders)."""
+def with_checked_paths(cfg: TrainConfig, folder: str) -> TrainConfig:
+    """``cfg``, which must name its ``--out`` (the ``folder`` to write), with its local stores as
+    absolute paths: a run folder names its data wherever it is used from (predict, export,
+    thresholds run in other folders)."""
+    if not cfg.out:
+        raise OptionError(f"--out is required: the {folder} to write (or to --resume)")
+
     def absolute(store: str) -> str:
         return store if not store or is_url(store) else str(Path(store).resolve())
 
