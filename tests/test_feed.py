@@ -107,6 +107,26 @@ def test_a_damaged_shard_stops_every_worker_count_with_its_line(store, tmp_path)
             feed.close()
 
 
+def test_a_damaged_shard_stops_the_stream_loader_with_its_line(store, tmp_path):
+    """``--stream``: DataLoader workers hand the damaged shard's error over as itself."""
+    import shutil
+
+    from hpa_pipeline.contract.shards import DamagedShard
+    from hpa_pipeline.model.streaming import ShardStream, make_stream_loader
+
+    damaged = tmp_path / "damaged.zarr"
+    shutil.copytree(store, damaged)
+    shard = damaged / "images" / "128" / "c" / "3" / "0" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    for workers in (0, 1, 2):
+        stream = ShardStream(StoreDataset(str(damaged), 128, np.arange(24), crop=64, train=True), buffer=2)
+        with pytest.raises(DamagedShard) as caught:
+            list(make_stream_loader(stream, 4, workers))
+        assert "Traceback" not in caught.value.line() and "hpa-pipe verify" in caught.value.line()
+
+
 class Slow(StoreDataset):
     def fill(self, item, out):
         time.sleep(0.5)

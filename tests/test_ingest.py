@@ -456,8 +456,9 @@ def test_the_pace_takes_one_more_sample_only_while_the_decoder_waits_for_the_wor
 @pytest.mark.integration
 def test_the_decoder_counts_its_waits_for_the_workers_but_not_for_the_start(decoder, small_dataset):
     """``waited``: the seconds the decoder was held back by samples not yet finished, from
-    the first ``allow`` on; the pace reads it."""
-    import time
+    the first ``allow`` on; the pace reads it. The clock is the test's: it moves only once the
+    decoder is seen waiting, so the figures are exact whatever the threads' timing."""
+    import threading
 
     from hpa_pipeline.contract.labels import read_sample_table
     from hpa_pipeline.prep.archive import catalogue
@@ -465,20 +466,34 @@ def test_the_decoder_counts_its_waits_for_the_workers_but_not_for_the_start(deco
 
     table = read_sample_table(small_dataset.train_csv)
     listing = catalogue(list_members(small_dataset.train_archive))
+    now = [0.0]
+
+    def until_waits(decoding, n: int) -> None:
+        seen = threading.Event()
+        for _ in range(30_000):  # a safety net against a hang, not a timing bound
+            if decoding.waits >= n:
+                return
+            seen.wait(0.001)
+        raise AssertionError(f"the decoder never waited {n} times")
 
     def run(hold: float) -> float:
+        now[0] = 0.0
         decoding = _Decoding(small_dataset.train_archive,
-                             *_wanted(table, listing, range(len(table)), small_dataset.train_archive), None, None)
-        time.sleep(0.5)  # the start: the decoder fills its slots and waits, uncounted
+                             *_wanted(table, listing, range(len(table)), small_dataset.train_archive), None, None,
+                             clock=lambda: now[0])
+        until_waits(decoding, 1)  # the start: two samples ready, the third waits for a slot
+        now[0] += 100.0  # ... a long start-up, not counted
         decoding.allow(1)
-        for _sample in decoding.samples():
-            time.sleep(hold)  # the sample's task
+        for k, _sample in enumerate(decoding.samples(), start=1):
+            if k + 3 <= len(table):
+                until_waits(decoding, k + 1)  # three samples out: the decoder waits on the next
+            now[0] += hold  # the sample's task
             decoding.finished()
         decoding.join()
         return decoding.waited
 
-    assert run(0.0) < 0.25
-    assert run(0.1) > 0.5  # 12 samples of 0.1 s: the decoder, three samples ahead, waits on most
+    assert run(0.0) == 0.0
+    assert run(1.0) >= len(table) - 3  # every sample after the first three waited a task's length
 
 
 def test_a_csv_of_other_samples_is_refused_before_a_store_exists(decoder, small_dataset, tmp_path):

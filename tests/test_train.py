@@ -1,5 +1,6 @@
 """The trainer: it learns the synthetic patterns, writes its run folder, resumes exactly after SIGKILL."""
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -50,6 +51,23 @@ def test_trainer_learns_the_synthetic_patterns(four_class_store, tmp_path):
     # a constant predictor gets F1 ~0.4 on one of the four classes and 0 on the others
     assert f1.mean() > 0.7, f1
     assert summary["best_valid_macro_f1"] > 0
+
+
+@pytest.mark.integration
+def test_a_train_only_install_trains_with_a_loader_worker(four_class_store, tmp_path):
+    """``pip install 'hpa-pipeline[train]'`` has no OpenCV: an OpenCV that cannot be imported
+    (in the command and in its spawned worker) must not stop ``train --workers 1``."""
+    _, store, _ = four_class_store
+    blocked = tmp_path / "no-opencv" / "cv2"
+    blocked.mkdir(parents=True)
+    (blocked / "__init__.py").write_text("raise ImportError('OpenCV is not installed')\n")
+    env = {**os.environ, "PYTHONPATH": str(blocked.parent)}
+    result = subprocess.run([sys.executable, "-m", "hpa_pipeline", "train", "--store", str(store), "--out",
+                             str(tmp_path / "run"), "--arch", "se_resnet_tiny", "--level", "64", "--crop", "64",
+                             "--folds", "4", "--epochs", "1", "--batch-size", "16", "--workers", "1"],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "run" / "thresholds.json").exists()
 
 
 @pytest.mark.integration

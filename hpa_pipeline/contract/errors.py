@@ -77,3 +77,17 @@ class DiskFull(HpaError, OSError):
 
 class OptionError(HpaError, ValueError):
     """An option value, or a combination of them, that cannot work (``--crop`` above ``--level``)."""
+
+
+def sendable(exc: HpaError) -> HpaError | str:
+    """``exc`` if it crosses a process boundary intact, else its traceback as text: a worker
+    hands the user's error itself to the process that shows it (a queue drops what it cannot
+    pickle, in its feeder thread, and the answer would never come)."""
+    import pickle
+    import traceback
+
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        return "".join(traceback.format_exception(exc))

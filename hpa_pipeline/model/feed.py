@@ -34,7 +34,7 @@ import torch
 
 from ..contract.labels import N_CLASSES
 from ..common.machine import die_with_parent, one_thread_per_task, parent_alive, start_method
-from ..contract.errors import HpaError
+from ..contract.errors import HpaError, sendable
 
 #: seconds to wait for a batch before checking that the workers are alive
 POLL_S = 5.0
@@ -69,21 +69,9 @@ def _worker_main(dataset, images, labels, indices, augmentation, tasks, results,
                 labels[slot, j], indices[slot, j], augmentation[slot, j] = dataset.fill(item, images[slot, j])
             results.put((seq, slot, len(items), None))
         except HpaError as exc:  # the data's problem (a damaged shard), not a bug: raised there as itself
-            results.put((seq, slot, 0, _sendable(exc)))
+            results.put((seq, slot, 0, sendable(exc)))
         except Exception:  # sent to the training process, which raises it there
             results.put((seq, slot, 0, traceback.format_exc()))
-
-
-def _sendable(exc: HpaError) -> HpaError | str:
-    """``exc`` if it crosses the process boundary intact, else its traceback as text: a queue
-    drops what it cannot pickle (in its feeder thread), and the batch would never be answered."""
-    import pickle
-
-    try:
-        pickle.loads(pickle.dumps(exc))
-        return exc
-    except Exception:
-        return "".join(traceback.format_exception(exc))
 
 
 def _register_pinned(tensor: torch.Tensor) -> bool:

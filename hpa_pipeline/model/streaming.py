@@ -13,6 +13,9 @@ differs. Samples are dealt to ranks (torchrun) and then to DataLoader workers, e
 getting the same count, so that distributed ranks run the same number of steps. Each worker
 makes its own batches, so up to ``batch_size - 1`` items per worker are left out of an epoch
 (``drop_last``); the next epoch's order differs.
+
+Workers batch their own items: an error a worker meets (a damaged shard) travels to the
+training process as the error itself, not as PyTorch's re-raised traceback text.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
+from ..contract.errors import HpaError, sendable
 from .data import StoreDataset, worker_options
 
 
@@ -66,7 +70,53 @@ class ShardStream(IterableDataset):
             yield self._item(*held.pop(int(rng.integers(len(held)))))
 
 
-def make_stream_loader(stream: ShardStream, batch_size: int, workers: int, pin_memory: bool = False) -> DataLoader:
-    """A DataLoader over a :class:`ShardStream` (fork workers, one thread each, like make_loader)."""
-    return DataLoader(stream, batch_size=batch_size, pin_memory=pin_memory, collate_fn=default_collate,
-                      drop_last=True, **worker_options(workers, prefetch_factor=2))
+class _Failed:
+    """What a worker hands on in place of a batch when it met a user's error."""
+
+    def __init__(self, error: HpaError | str):
+        self.error = error
+
+
+class _WorkerBatches(IterableDataset):
+    """A :class:`ShardStream`'s items collated into batches inside each worker (``drop_last``)."""
+
+    def __init__(self, stream: ShardStream, batch_size: int):
+        self.stream, self.batch_size = stream, batch_size
+
+    def __len__(self) -> int:
+        return len(self.stream) // self.batch_size
+
+    def __iter__(self):
+        items = []
+        try:
+            for item in self.stream:
+                items.append(item)
+                if len(items) == self.batch_size:
+                    yield default_collate(items)
+                    items = []
+        except HpaError as exc:
+            yield _Failed(sendable(exc))
+
+
+class StreamLoader:
+    """Batches of a :class:`ShardStream` from DataLoader workers; a worker's error is raised here."""
+
+    def __init__(self, loader: DataLoader):
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            if isinstance(batch, _Failed):
+                if isinstance(batch.error, str):
+                    raise RuntimeError(f"a stream worker failed:\n{batch.error}")
+                raise batch.error
+            yield batch
+
+
+def make_stream_loader(stream: ShardStream, batch_size: int, workers: int, pin_memory: bool = False) -> StreamLoader:
+    """A loader over a :class:`ShardStream` (fork workers, one thread each, like make_loader)."""
+    return StreamLoader(DataLoader(_WorkerBatches(stream, batch_size), batch_size=None, pin_memory=pin_memory,
+                                   **worker_options(workers, prefetch_factor=2)))

@@ -18,7 +18,7 @@ from .feed import BatchFeed
 from .losses import make_loss
 from .planning import Plan
 from .run_folder import RunError
-from .streaming import ShardStream, make_stream_loader
+from .streaming import ShardStream, StreamLoader, make_stream_loader
 
 
 @dataclass
@@ -28,7 +28,7 @@ class Data:
     batch_size: int
     sampler: EpochSampler | None
     feeds: tuple[BatchFeed, BatchFeed] | None  # worker processes for the whole run (train, valid)
-    stream_loader: torch.utils.data.DataLoader | None  # --stream
+    stream_loader: StreamLoader | None  # --stream
     normalize: Normalizer  # the training level's statistics, for training and validation alike
     loss_fn: torch.nn.Module
     steps_per_epoch: int

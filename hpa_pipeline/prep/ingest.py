@@ -229,18 +229,22 @@ class _Decoding:
     :attr:`AHEAD` complete samples wait before the workers are known (:meth:`allow` adds
     theirs), and each one taken must be given back by :meth:`finished` when its task ends:
     that bounds the memory. :attr:`waited` counts the seconds the decoder has waited for a
-    free slot since the first :meth:`allow` (the workers were behind), for :class:`_Pace`.
+    free slot since the first :meth:`allow` (the workers were behind), for :class:`_Pace`;
+    :attr:`waits` counts the times it found no free slot (each is counted after its ``asked``
+    time is read, so a test that sees it move may then move ``clock``).
     """
 
     AHEAD = 2
 
     def __init__(self, archive: str | Path, todo: dict[str, dict[str, Member]], unusable: dict[str, str],
-                 decoder: str | None, on_bytes: Callable[[int], None] | None):
-        self.archive, self.todo, self.unusable = archive, todo, unusable
+                 decoder: str | None, on_bytes: Callable[[int], None] | None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.archive, self.todo, self.unusable, self.clock = archive, todo, unusable, clock
         self.archive_error: str | None = None
         self._queue: queue.Queue = queue.Queue()
         self._slots = threading.Semaphore(self.AHEAD)
         self.waited = 0.0
+        self.waits = 0
         self._working_since: float | None = None  # the first allow(): waits before it are the start-up's
         self._cancelled = threading.Event()
         self._arrived: dict[str, dict[str, bytes]] = {}
@@ -256,7 +260,7 @@ class _Decoding:
 
     def allow(self, more: int) -> None:
         if self._working_since is None:
-            self._working_since = time.monotonic()
+            self._working_since = self.clock()
         self._slots.release(more)
 
     def finished(self) -> None:
@@ -302,14 +306,21 @@ class _Decoding:
                 return
             del self._arrived[sample_id]
             self._settled.add(sample_id)
-        asked = time.monotonic()
-        self._slots.acquire()  # back-pressure: wait here (outside the lock) while enough is in flight
-        if self._working_since is not None:
-            with self._lock:
-                self.waited += max(0.0, time.monotonic() - max(asked, self._working_since))
+        if not self._slots.acquire(blocking=False):
+            self._wait_for_a_slot()
         if self._cancelled.is_set():
             raise _Cancelled
         self._queue.put((sample_id, got, None))
+
+    def _wait_for_a_slot(self) -> None:
+        """Back-pressure: wait here (outside the lock) while enough is in flight."""
+        asked = self.clock()
+        with self._lock:
+            self.waits += 1
+        self._slots.acquire()
+        if self._working_since is not None:
+            with self._lock:
+                self.waited += max(0.0, self.clock() - max(asked, self._working_since))
 
     def _fail_the_rest(self) -> None:
         """Every wanted sample not handed on fails with the reason, then the end is marked."""
