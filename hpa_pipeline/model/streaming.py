@@ -108,12 +108,19 @@ class StreamLoader:
         return len(self.loader)
 
     def __iter__(self):
-        for batch in self.loader:
+        batches, failed = iter(self.loader), None
+        for batch in batches:
             if isinstance(batch, _Failed):
-                if isinstance(batch.error, str):
-                    raise RuntimeError(f"a stream worker failed:\n{batch.error}")
-                raise batch.error
+                failed = batch.error
+                break
             yield batch
+        stop = getattr(batches, "_shutdown_workers", None)  # now, not when a traceback is collected
+        if failed is not None and stop is not None:
+            stop()
+        if isinstance(failed, str):
+            raise RuntimeError(f"a stream worker failed:\n{failed}")
+        if failed is not None:
+            raise failed
 
 
 def make_stream_loader(stream: ShardStream, batch_size: int, workers: int, pin_memory: bool = False) -> StreamLoader:
