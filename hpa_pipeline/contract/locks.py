@@ -19,6 +19,14 @@ command is free at once and is simply taken over; there is no staleness to guess
 or pids. The lock file records its holder while held and is emptied on release; a file that
 still names a holder when its lock is free was left by a killed command (``stale``).
 
+Where the locks live, and why there. A writer's lock is a hidden file beside its target,
+``.<name>.hpa-lock`` (the target may not exist yet, or be removed and made again by a first
+run; nothing is added inside a store or an extract target, so no later step counts it as an
+input file); it is removed again when the target was never made. A writer also locks the
+target folder itself. A reader locks only the target folder, shared, through a read-only
+handle, and reads the writer's file where there is one: it writes nothing, so stores, run
+folders and packages on a read-only mount or in another user's folder are read as they are.
+
 Local folders only: a store behind a URL has no lock (object stores have no flock; the
 documentation says so). On a network file system, flock is as good as that system's locking.
 """
@@ -52,28 +60,12 @@ def store_lock_path(store: str | Path) -> Path:
     return real.with_name(f".{real.name}{LOCK_NAME}")
 
 
-def folder_lock_path(folder: str | Path) -> Path:
-    """The lock of a run folder or an extract target: a hidden file inside it."""
-    return Path(os.path.realpath(folder)) / LOCK_NAME
-
-
 @contextmanager
 def locked(lock_path: Path, what: str, shared: bool = False) -> Iterator[dict | None]:
     """Hold the lock at ``lock_path`` for the block; yields the stale holder it took over (the
     record a killed command left), or None. Raises :class:`Busy` naming the holder."""
+    fd = _open_lock_file(lock_path, what, shared)
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-    except PermissionError:
-        if shared:  # a store on read-only media or someone else's: reading it needs no lock file
-            yield None
-            return
-        raise
-    try:
-        try:
-            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise Busy(f"{what} is in use by {describe_holder(_read_holder(fd))}; wait for it to finish, or stop "
-                       f"it (a killed command's lock is taken over at once)") from None
         stale = None if shared else _read_holder(fd)
         if not shared:
             _write_holder(fd)
@@ -87,20 +79,121 @@ def locked(lock_path: Path, what: str, shared: bool = False) -> Iterator[dict | 
         os.close(fd)
 
 
+def _open_lock_file(lock_path: Path, what: str, shared: bool) -> int:
+    """The lock file, open and flocked. A writer removes its file when the target was never
+    made, so a lock taken on a file that was removed meanwhile is taken again on the new one."""
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise Busy(f"{what} is in use by {describe_holder(holder)}; wait for it to finish, or stop it (a killed "
+                       f"command's lock is taken over at once)") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            if os.fstat(fd).st_ino == os.stat(lock_path).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
 def store_locked(store: str | Path, shared: bool = False, what: str = "store"):
-    """:func:`locked` for a store (or a run folder, ``what``); a store behind a URL gets no lock
-    (see the module's docstring)."""
+    """A reader's or a writer's lock of a store, run folder or extract target (``what``); a
+    store behind a URL gets no lock (see the module's docstring)."""
     if is_url(store):
         return _nothing()
+    if shared:
+        return _reading(Path(store), f"{what} {store}")
     lock = store_lock_path(store)
-    if not shared:
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:  # a file where a folder must be
+        raise HpaError(f"{store}: cannot write a {what} there ({exc.strerror}); choose another --out") from None
+    return _writing(Path(store), lock, f"{what} {store}")
+
+
+@contextmanager
+def _writing(target: Path, lock: Path, what: str) -> Iterator[dict | None]:
+    """The writer's file lock beside ``target``, then ``target`` itself where it exists (so a
+    reader, which locks only the folder, keeps a writer out); the file goes if no target was made."""
+    with locked(lock, what) as stale:
+        with _folder_flock(target, what, shared=False, holder=None):
+            try:
+                yield stale
+            finally:
+                if not target.exists():
+                    lock.unlink(missing_ok=True)
+
+
+@contextmanager
+def _reading(target: Path, what: str) -> Iterator[None]:
+    """A reader's shared lock on the folder itself (read-only handle) and on the writer's file
+    if there is one: nothing is created or written."""
+    lock = store_lock_path(target)
+    with _folder_flock(target, what, shared=True, holder=_holder_of(lock)):
+        if _holder_of(lock) is not None or _held(lock):  # a writer that began before the folder existed
+            raise Busy(f"{what} is in use by {describe_holder(_holder_of(lock))}; wait for it to finish, or stop "
+                       f"it (a killed command's lock is taken over at once)")
+        yield None
+
+
+@contextmanager
+def _folder_flock(target: Path, what: str, shared: bool, holder: dict | None) -> Iterator[None]:
+    """flock on the folder ``target`` (nothing when it does not exist, or where the file system
+    cannot lock a folder: a network file system without it)."""
+    try:
+        fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        yield None  # not there (opening it will say so), or not a folder
+        return
+    try:
         try:
-            lock.parent.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError) as exc:  # a file where a folder must be
-            raise HpaError(f"{store}: cannot write a {what} there ({exc.strerror}); choose another --out") from None
-    elif not lock.parent.is_dir():  # no folder to hold the store: opening it will say so
-        return _nothing()
-    return locked(lock, f"{what} {store}", shared)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Busy(f"{what} is in use by {describe_holder(holder)}; wait for it to finish, or stop it (a killed "
+                       f"command's lock is taken over at once)") from None
+        except OSError:
+            yield None
+            return
+        try:
+            yield None
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _holder_of(lock: Path) -> dict | None:
+    """The holder a writer's lock file records while it is held (None where there is none)."""
+    return _read_holder_if_held(lock)[1]
+
+
+def _held(lock: Path) -> bool:
+    return _read_holder_if_held(lock)[0]
+
+
+def _read_holder_if_held(lock: Path) -> tuple[bool, dict | None]:
+    """Whether a writer holds the lock file (tried through a read-only handle), and its record."""
+    try:
+        fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False, None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True, _read_holder(fd)
+        except OSError:
+            return False, None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False, None
+    finally:
+        os.close(fd)
 
 
 def writes_store(fn):
@@ -117,12 +210,6 @@ def writes_store(fn):
         with store_locked(out):
             return fn(*args, **kwargs)
     return holding_the_lock
-
-
-def folder_locked(folder: str | Path, what: str):
-    """:func:`locked` for a run folder or an extract target, creating the folder."""
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    return locked(folder_lock_path(folder), f"{what} {folder}")
 
 
 @contextmanager

@@ -21,7 +21,7 @@ from ..contract.atomic import SUFFIX, write_bytes, write_json
 from ..common.progress import Counter, ProgressCallback
 from .checksum import crc32
 from ..contract.errors import EXIT_SOME_FAILED, DiskFull
-from ..contract.locks import folder_locked
+from ..contract.locks import store_locked
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def extract_archives(archives: list[str | Path], out_dir: str | Path,
     ``py7zr`` (see :mod:`.archive`).
     """
     out = Path(out_dir)
-    with folder_locked(out, "extract target"):
+    with store_locked(out, what="extract target"):
         return _extract_archives(archives, out, progress, decoder)
 
 
@@ -131,6 +131,7 @@ def _extract_archives(archives: list[str | Path], out: Path, progress: ProgressC
     for archive, plan in zip(archives, plans):
         log.debug("%s: %d members to write, %d already there", archive, len(plan.todo), plan.skipped)
     total = sum(p.bytes_needed for p in plans)
+    out.mkdir(parents=True, exist_ok=True)
     check_free_space(out, total)
     decoded = Counter(progress, "extract", total, unit="B")
     decoded.start()
