@@ -92,6 +92,54 @@ def test_fold_all_resumes_at_the_fold_where_it_stopped(stores, tmp_path, monkeyp
     assert fresh.exit_code == 1 and "already holds a cross-validation; continue it with --resume" in fresh.output
 
 
+def _without(args: list[str], option: str) -> list[str]:
+    k = args.index(option)
+    return args[:k] + args[k + 2:]
+
+
+def test_a_first_run_that_fails_before_training_blocks_nothing(stores, tmp_path):
+    """Weights that cannot be had stop the first run before any epoch: the corrected command
+    then runs, with or without --resume, instead of being held to what the failed run saved."""
+    for extra in ([], ["--resume"]):
+        out = tmp_path / f"cv{len(extra)}"
+        args = _without(_train(stores, out), "--weights")
+        failed = CliRunner().invoke(cli, [*args, "--weights", str(tmp_path / "missing.pth")])
+        assert failed.exit_code == 1 and "missing.pth" in failed.output, failed.output
+        fixed = CliRunner().invoke(cli, [*args, "--weights", "none", *extra])
+        assert fixed.exit_code == 0, fixed.output
+        assert len(read_probs(out / "oof.csv")[0]) == 30
+
+
+def test_an_interrupted_cross_validation_says_what_it_keeps_and_resumes_without_fold_all(stores, tmp_path,
+                                                                                         monkeypatch):
+    out = tmp_path / "cv"
+    calls = {"n": 0}
+
+    def crash(name):
+        if name == "after_last":
+            calls["n"] += 1
+            if calls["n"] == 2:  # fold 1's epoch: fold 0 is finished
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "fault_point", crash)
+    result = CliRunner().invoke(cli, _train(stores, out), standalone_mode=False)
+    monkeypatch.undo()
+    said = str(result.exception.__context__)  # what hpa-pipe prints on Ctrl-C
+    assert f"{out} keeps its work (fold(s) 1 of 3 finished and kept; fold 2:" in said, said
+    again = CliRunner().invoke(cli, [*_without(_train(stores, out), "--fold"), "--resume"])
+    assert again.exit_code == 0, again.output
+    assert "fold 1/3: finished, kept" in again.output and (out / "cv.json").exists()
+
+
+def test_options_from_a_recipe_are_named_as_the_recipe_s_on_resume(stores, tmp_path):
+    out = tmp_path / "run"
+    assert CliRunner().invoke(cli, _train(stores, out, 0)).exit_code == 0
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("train:\n  seed: 5\n")
+    result = CliRunner().invoke(cli, ["--config", str(recipe), *_train(stores, out, 0), "--resume"])
+    assert result.exit_code == 1 and "--seed: saved 0, the recipe's 5" in result.output, result.output
+
+
 def test_folds_trained_apart_combine_as_one_cross_validation(stores, cv_run, tmp_path):
     out, _ = cv_run
     apart = []

@@ -2,6 +2,7 @@
 exactly, and a failed command leaves the run folder as it was."""
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -312,12 +313,21 @@ def test_a_failed_command_leaves_the_run_folder_as_it_was(data, finished_run):
     assert not (finished_run.parent / "fresh").exists()
 
 
-def test_folds_made_with_other_options_are_not_reused(data, finished_run, tmp_path):
+def test_folds_of_a_run_that_never_finished_an_epoch_are_made_again(data, finished_run, tmp_path):
+    """A first run that failed before its first epoch binds nothing: its folds.csv (4 folds)
+    is made again for the options given now (5 folds); once an epoch is finished, folds.csv
+    is the run's and a mismatch is an error."""
     other = tmp_path / "other"
     other.mkdir()
     (other / "folds.csv").write_bytes((finished_run / "folds.csv").read_bytes())
-    with pytest.raises(RunError, match="made with --folds 4 --seed 0, not --folds 5 --seed 0"):
-        train(config(data, other, folds=5))
+    (other / "config.yaml").write_bytes((finished_run / "config.yaml").read_bytes())
+    train(config(data, other, folds=5, epochs=1, steps_per_epoch=1))
+    assert max(int(line.split(",")[1]) for line in (other / "folds.csv").read_text().splitlines()[1:]) == 4
+    damaged = tmp_path / "damaged"
+    shutil.copytree(finished_run, damaged)
+    (damaged / "folds.csv").write_bytes((other / "folds.csv").read_bytes())
+    with pytest.raises(RunError, match="made with --folds 5 --seed 0, not --folds 4 --seed 0"):
+        train(config(data, damaged, epochs=2), resume=True)
 
 
 def test_the_training_state_round_trips_every_generator(data, finished_run):

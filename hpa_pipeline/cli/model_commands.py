@@ -5,7 +5,7 @@ Each parses, calls one function of :mod:`hpa_pipeline.model`, reports and sets t
 """
 from __future__ import annotations
 
-from dataclasses import MISSING, fields
+from dataclasses import MISSING, fields, replace
 from pathlib import Path
 
 import click
@@ -57,6 +57,7 @@ def train(ctx, resume, **options):
     """Train an SENet on one fold of a store (checkpoints every epoch, resumable)."""
     from ..model.cross_validation import train_folds
     from ..model.distributed import ranks_from_env
+    from ..model.run_folder import is_unfinished_cross_validation
     from ..model.train import train as train_one_fold
 
     try:
@@ -64,8 +65,11 @@ def train(ctx, resume, **options):
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     # options from the command line or a recipe; on --resume they must agree with the saved run
-    given = {name for name in options
+    given = {name: "the recipe's" if ctx.get_parameter_source(name) == click.core.ParameterSource.DEFAULT_MAP
+             else "given" for name in options
              if ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None)}
+    if resume and "fold" not in given and cfg.out and is_unfinished_cross_validation(cfg.out):
+        cfg = replace(cfg, fold="all")  # --resume of a cross-validation needs no --fold all
     main_rank = ranks_from_env().is_main  # under torchrun only rank 0 reports
     run_training = train_folds if cfg.fold == "all" else train_one_fold  # a cross-validation, or one fold
     with progress_bar("train", "valid", unit="step", enabled=main_rank) as bar:

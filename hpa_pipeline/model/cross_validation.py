@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..contract.atomic import write_json
+from ..contract.atomic import Interrupted, write_json
 from ..contract.locks import store_locked
 from ..common.progress import Progress, ProgressCallback, report
 from ..contract.store import Store
@@ -29,12 +29,12 @@ from .config import TrainConfig
 from .probs_table import read_probs, write_probs
 from .run_folder import RunError, RunFolder, config_for_run, read_config, write_config, write_fold_table
 from .thresholds import choose_thresholds
+from .train import with_checked_paths
 
-def train_folds(cfg: TrainConfig, resume: bool, progress: ProgressCallback | None, given: set[str] | None) -> dict:
+def train_folds(cfg: TrainConfig, resume: bool, progress: ProgressCallback | None,
+                given: set[str] | dict[str, str] | None) -> dict:
     """Train fold 0 .. folds-1 of ``cfg`` into ``<out>/fold<k>/`` (a fold with its out-of-fold
     table is finished and skipped on ``resume``), then put the folds together."""
-    from .train import train, with_checked_paths
-
     cfg = with_checked_paths(cfg, "cross-validation folder")
     out = Path(cfg.out)
     with store_locked(out, what="cross-validation folder"):
@@ -45,8 +45,7 @@ def train_folds(cfg: TrainConfig, resume: bool, progress: ProgressCallback | Non
                 report(progress, Progress("train", message=f"fold {k + 1}/{cfg.folds}: finished, kept"))
                 continue
             report(progress, Progress("train", message=f"fold {k + 1}/{cfg.folds}"))
-            train(replace(cfg, fold=k, out=str(run.path)), resume=resume or run.config.exists(), progress=progress,
-                  given=given)
+            _train_fold(replace(cfg, fold=k, out=str(run.path)), out, resume, progress, given)
         result = combine_runs([RunFolder(out).fold(k).path for k in range(cfg.folds)], cfg.threshold_strategy,
                               cfg.threshold_scale, cfg.seed, write_to=out)
     report(progress, Progress("train", message=f"out-of-fold macro F1 {result['oof_macro_f1_crossfit']:.4f} "
@@ -56,13 +55,39 @@ def train_folds(cfg: TrainConfig, resume: bool, progress: ProgressCallback | Non
             "oof_macro_f1_crossfit": result["oof_macro_f1_crossfit"], "step": 0, "cross_validation": str(out)}
 
 
-def _cv_config(out: Path, cfg: TrainConfig, resume: bool, given: set[str] | None) -> TrainConfig:
-    """The options of the cross-validation: new (refused where a run is already there), or the
-    saved ones on ``resume`` (with the options that may change)."""
+def _train_fold(cfg: TrainConfig, out: Path, resume: bool, progress, given) -> None:
+    """One fold; an interrupt says what the whole cross-validation keeps."""
+    from .train import train
+
+    run = RunFolder(Path(cfg.out))
+    try:
+        train(cfg, resume=resume or run.last.exists(), progress=progress, given=given)
+    except Interrupted as exc:
+        finished = [k for k in range(cfg.folds) if RunFolder(out).fold(k).oof.exists()]
+        kept = (f"fold(s) {', '.join(str(k + 1) for k in finished)} of {cfg.folds} finished and kept"
+                if finished else f"no fold of {cfg.folds} finished yet")
+        raise Interrupted(f"interrupted: {out} keeps its work ({kept}; fold {cfg.fold + 1}: "
+                          f"{str(exc).removeprefix('interrupted: ')}); continue with the same command and "
+                          f"--resume") from None
+
+
+def _started(out: Path, folds: int) -> bool:
+    """Whether any fold of the cross-validation in ``out`` has finished an epoch."""
+    return any(RunFolder(out).fold(k).last.exists() or RunFolder(out).fold(k).oof.exists() for k in range(folds))
+
+
+def _cv_config(out: Path, cfg: TrainConfig, resume: bool, given) -> TrainConfig:
+    """The options of the cross-validation: new (refused where a fold has trained already), or
+    the saved ones on ``resume`` (with the options that may change). Until a fold finishes an
+    epoch, the options given now replace what a failed first run saved."""
     folder = RunFolder(out)
-    if not resume and (folder.config.exists() or folder.fold(0).path.exists()):
+    started = folder.config.exists() and _started(out, read_config(folder.config)[0].folds)
+    if not resume and started:
         raise RunError(f"{out} already holds a cross-validation; continue it with --resume, or choose another --out")
-    saved = config_for_run(folder, cfg, resume, given)
+    folder.check_writable()
+    if not started:  # a new cross-validation, or one whose first run failed before any epoch
+        folder.check_not_foreign(also=frozenset(folder.fold(k).path.name for k in range(cfg.folds)))
+    saved = config_for_run(folder, cfg, resume, given, started=True) if started else cfg
     saved = replace(saved, fold="all")
     out.mkdir(parents=True, exist_ok=True)
     write_config(folder, saved, {})

@@ -130,11 +130,11 @@ class RunFolder:
     RUN_FILES = {CONFIG_NAME, FOLDS_NAME, METRICS_NAME, CHECKPOINTS_NAME, TENSORBOARD_NAME, EXTERNAL_LEFT_OUT_NAME,
                  THRESHOLDS_NAME, F1_TABLE_NAME, OOF_NAME, CURVES_NAME, PER_CLASS_NAME}
 
-    def check_not_foreign(self) -> None:
+    def check_not_foreign(self, also: frozenset[str] = frozenset()) -> None:
         """A new run goes into a new or empty folder, or one a killed run left: never into a
-        folder of other files, which its files would mix into."""
+        folder of other files, which its files would mix into (``also``: more names allowed)."""
         if self.path.is_dir():
-            foreign = sorted(p.name for p in self.path.iterdir() if p.name not in self.RUN_FILES
+            foreign = sorted(p.name for p in self.path.iterdir() if p.name not in self.RUN_FILES | also
                              and not p.name.startswith("."))
             if foreign:
                 raise RunError(f"--out {self.path} is not empty and not a run folder (it holds {', '.join(foreign[:3])}"
@@ -166,13 +166,17 @@ def write_config(run: RunFolder, cfg: TrainConfig, normalization: dict) -> None:
         tmp.write_text(yaml.safe_dump(values, sort_keys=False))
 
 
-def config_for_run(run: RunFolder, cfg: TrainConfig, resume: bool, given: set[str] | None = None) -> TrainConfig:
+def config_for_run(run: RunFolder, cfg: TrainConfig, resume: bool,
+                   given: set[str] | dict[str, str] | None = None, started: bool | None = None) -> TrainConfig:
     """The options a run goes on with.
 
     A new run: ``cfg``, refused when the folder already holds a run. A resumed run: the saved
     options, with the :data:`FREE_ON_RESUME` ones taken from ``cfg``; any other option in
     ``given`` (default: every option) that differs from the saved value is an error naming
-    each difference.
+    each difference. ``given`` may map each name to where it came from (``"given"``, ``"the
+    recipe's"``), which the message says. Saved options bind only once the run has ``started``
+    (default: an epoch is finished, ``checkpoints/last.pt``): a run that failed before that is
+    started anew, whatever it saved.
     """
     run.check_writable()
     if not resume:
@@ -181,12 +185,14 @@ def config_for_run(run: RunFolder, cfg: TrainConfig, resume: bool, given: set[st
                            f"or choose another --out")
         run.check_not_foreign()
         return cfg
-    if not run.config.exists():
-        return cfg  # nothing to resume yet: a new run
+    if not run.config.exists() or not (run.last.exists() if started is None else started):
+        return cfg  # nothing to resume yet (no finished epoch): a new run, with the options given now
     saved, _ = read_config(run.config)
-    given = {f.name for f in fields(TrainConfig)} if given is None else set(given)
-    differences = [f"--{name.replace('_', '-')}: saved {getattr(saved, name)!r}, given {getattr(cfg, name)!r}"
-                   for name in sorted(given - set(FREE_ON_RESUME)) if getattr(saved, name) != getattr(cfg, name)]
+    sources = given if isinstance(given, dict) else dict.fromkeys(
+        {f.name for f in fields(TrainConfig)} if given is None else given, "given")
+    differences = [f"--{name.replace('_', '-')}: saved {getattr(saved, name)!r}, {sources[name]} "
+                   f"{getattr(cfg, name)!r}"
+                   for name in sorted(set(sources) - set(FREE_ON_RESUME)) if getattr(saved, name) != getattr(cfg, name)]
     if differences:
         more = ("; for more epochs of a finished run, start a new one from its weights: --init-from "
                 f"{run.path} --out NEW" if any(d.startswith("--epochs") for d in differences) else "")
@@ -194,7 +200,7 @@ def config_for_run(run: RunFolder, cfg: TrainConfig, resume: bool, given: set[st
                        + "\n  ".join(differences)
                        + f"\n(leave them out to resume, or start a new run in another --out{more})")
     # the free options the user gave (a moved --store, other --workers); the saved ones otherwise
-    free = {name: getattr(cfg, name) for name in FREE_ON_RESUME if name in given or name == "out"}
+    free = {name: getattr(cfg, name) for name in FREE_ON_RESUME if name in sources or name == "out"}
     return TrainConfig(**{**asdict(saved), **free})
 
 
@@ -203,7 +209,7 @@ def plan_folds(run: RunFolder, ids: list[str], labels: np.ndarray, k: int, seed:
     """The run's fold of each sample: read from ``folds.csv`` when it exists (it must match the
     store's ids, ``k`` and the seed of the saved config), else made (duplicate ``groups`` kept
     together); nothing is written here."""
-    if not run.folds.exists():
+    if not run.folds.exists() or not run.last.exists():  # made anew until an epoch is finished
         return make_folds(labels, k, seed, groups)
     rows = list(csv.DictReader(run.folds.open()))
     if [r["Id"] for r in rows] != list(ids):
@@ -270,6 +276,17 @@ def cut_metrics(run: RunFolder, epochs_done: int) -> None:
     kept = [r for r in rows if int(r["epoch"]) <= epochs_done]
     if len(kept) != len(rows) or counted_from_zero:
         write_metrics(run, kept) if kept else run.metrics.unlink()
+
+
+def is_unfinished_cross_validation(path: str | Path) -> bool:
+    """Whether ``path`` holds a cross-validation's options (``fold: all``) but no ``cv.json`` yet."""
+    folder = RunFolder(Path(path))
+    if not folder.config.is_file() or folder.cv_record.exists():
+        return False
+    try:
+        return read_config(folder.config)[0].fold == "all"
+    except RunError:
+        return False
 
 
 def is_cross_validation(path: str | Path) -> bool:

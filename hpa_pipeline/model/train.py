@@ -71,7 +71,8 @@ def fault_point(name: str) -> None:
 
 # --- the run -------------------------------------------------------------------------------------
 
-def train(cfg: TrainConfig, resume: bool = False, progress: ProgressCallback | None = None, given: set[str] | None = None) -> dict:
+def train(cfg: TrainConfig, resume: bool = False, progress: ProgressCallback | None = None,
+          given: set[str] | dict[str, str] | None = None) -> dict:
     """Train one fold; returns the last epoch's metrics with ``best_valid_macro_f1``.
 
     ``progress`` gets the run it started or resumed (a message), then the steps of each epoch
@@ -206,7 +207,7 @@ def prepare_run_folder(run: RunFolder, cfg: TrainConfig, plan: Plan, state: Trai
     """Rank 0, after every check: the config and folds, and metrics cut back to ``last.pt``."""
     (run.path / "checkpoints").mkdir(parents=True, exist_ok=True)
     write_config(run, cfg, plan.normalization)
-    if not run.folds.exists():
+    if not run.folds.exists() or state.epoch < 0:
         write_folds(run, plan.ids, plan.folds)
     if plan.external_left_out:
         with replacing(run.external_left_out) as tmp, tmp.open("w", newline="") as f:
