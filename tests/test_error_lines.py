@@ -40,7 +40,14 @@ def test_a_users_mistake_is_one_line_and_debug_shows_its_traceback(tmp_path):
     assert plain.returncode == 1 and plain.stderr.strip() == f"Error: {tmp_path}: no dataset store there"
     debug = _hpa_pipe("--debug", "inspect", str(tmp_path))
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "StoreError" in debug.stderr
-    assert "this is a bug" in debug.stderr  # --debug hands every error to the bug path, traceback and all
+    # the traceback, then the same line and status: a user's error is not called a bug
+    assert debug.stderr.rstrip().endswith(f"Error: {tmp_path}: no dataset store there")
+    assert "this is a bug" not in debug.stderr
+
+
+def test_train_without_out_is_a_usage_error(tmp_path):
+    result = _hpa_pipe("train", "--store", str(tmp_path / "s.zarr"))
+    assert result.returncode == 2 and result.stderr.strip().startswith("Error: --out is required"), result.stderr
 
 
 def test_an_unexpected_per_sample_failure_keeps_its_exception_type(small_dataset, tmp_path, monkeypatch):

@@ -77,6 +77,19 @@ def test_a_killed_or_terminated_training_leaves_no_loader_worker(stores, tmp_pat
     assert _gone(mark) == []
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_to_the_process_group_prints_one_line_not_worker_tracebacks(stores, tmp_path, signum):
+    """Ctrl-C in a terminal and a batch system's stop reach the loader workers too: they leave
+    it to the training process, which says what it kept in one line."""
+    env = {**os.environ, "HPA_TEST_SIGNAL_GROUP": "1"}
+    command = hpa_pipe_signalled_at("hpa_pipeline.model.train", "fault_point", 1, signum,
+                                    _train_args(stores, tmp_path / "run"))
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, start_new_session=True)
+    assert result.returncode == {signal.SIGINT: 130, signal.SIGTERM: 143}[signum], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and "KeyboardInterrupt" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1].startswith("interrupted")
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A real tmpfs of 256 MiB at ``tmp_path/disk`` (root only; skipped elsewhere); the test fills it."""

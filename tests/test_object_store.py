@@ -152,7 +152,7 @@ def test_a_store_on_s3_made_before_the_whole_chunk_rule_resumes_and_a_new_one_is
     again = CliRunner().invoke(cli, [*args, "--out", old])
     assert again.exit_code == 0 and "16 already done" in again.output, again.output
     refused = CliRunner().invoke(cli, [*args, "--out", new])
-    assert refused.exit_code == 1 and "--levels 3 makes level 32 smaller than one --chunk 64 chunk" in refused.output
+    assert refused.exit_code == 2 and "--levels 3 makes level 32 smaller than one --chunk 64 chunk" in refused.output
     import s3fs
 
     assert not s3fs.S3FileSystem().exists("hpa/new.zarr/zarr.json")

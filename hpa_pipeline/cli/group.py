@@ -115,6 +115,20 @@ def _stop_as_on_ctrl_c(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def _explained_under_debug(exc: Exception) -> None:
+    """Under ``--debug`` a user's error keeps its traceback (shown already), then its one line
+    and its exit status: it is not called a bug."""
+    from ..contract.errors import EXIT_ERROR, HpaError, explain_os_error
+
+    if isinstance(exc, HpaError):
+        click.echo(f"{exc.label}: {exc.line()}", err=True)
+        sys.exit(exc.exit_code)
+    line = explain_os_error(exc) if isinstance(exc, OSError) else None
+    if line is not None:
+        click.echo(f"Error: {line}", err=True)
+        sys.exit(EXIT_ERROR)
+
+
 def main():
     """The ``hpa-pipe`` entry point: Click's standalone handling, except that Ctrl-C exits with
     status 130 and one line saying what was saved (never a traceback), and a bug shows its
@@ -136,8 +150,9 @@ def main():
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except Exception:  # a bug: its traceback, and a request to report it
+    except Exception as exc:  # a bug: its traceback, and a request to report it
         traceback.print_exc()
+        _explained_under_debug(exc)
         click.echo("hpa-pipe: this is a bug in hpa-pipeline, not a problem with your data or options; please "
                    "report it with the traceback above", err=True)
         sys.exit(EXIT_ERROR)

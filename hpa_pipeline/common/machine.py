@@ -56,6 +56,16 @@ def one_thread_per_task() -> None:
         sys.modules["torch"].set_num_threads(1)
 
 
+def leave_interrupts_to_the_parent() -> None:
+    """In a worker process: ignore Ctrl-C and SIGTERM, which a terminal or a batch system sends
+    to the whole process group. The parent stops its workers when it handles them, and says
+    what it kept in one line; a worker that raised KeyboardInterrupt would print its traceback."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def die_with_parent(parent_pid: int) -> None:
     """Make this worker process end when the process that started it (``parent_pid``) ends, even
     by SIGKILL: a loader worker blocked on its queue would otherwise live on, orphaned, holding

@@ -76,7 +76,10 @@ class DiskFull(HpaError, OSError):
 
 
 class OptionError(HpaError, ValueError):
-    """An option value, or a combination of them, that cannot work (``--crop`` above ``--level``)."""
+    """An option value, or a combination of them, that cannot work (``--crop`` above ``--level``,
+    no ``--out``): a usage error, so it exits as Click's own do."""
+
+    exit_code = EXIT_USAGE
 
 
 def sendable(exc: HpaError) -> HpaError | str:

@@ -48,7 +48,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..contract.labels import N_CLASSES
-from ..common.machine import one_thread_per_task, start_method
+from ..common.machine import leave_interrupts_to_the_parent, one_thread_per_task, start_method
 from ..contract.shards import ShardReader
 from ..contract.store import Store, level_path
 from ..contract.errors import OptionError
@@ -332,6 +332,7 @@ def rare_class_weights(labels: np.ndarray, power: float = 0.5) -> np.ndarray:
 
 
 def _worker_init(_):
+    leave_interrupts_to_the_parent()
     one_thread_per_task()
 
 

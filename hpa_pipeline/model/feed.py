@@ -33,7 +33,8 @@ import numpy as np
 import torch
 
 from ..contract.labels import N_CLASSES
-from ..common.machine import die_with_parent, one_thread_per_task, parent_alive, start_method
+from ..common.machine import (die_with_parent, leave_interrupts_to_the_parent, one_thread_per_task, parent_alive,
+                              start_method)
 from ..contract.errors import HpaError, sendable
 
 #: seconds to wait for a batch before checking that the workers are alive
@@ -52,6 +53,7 @@ def _worker_main(dataset, images, labels, indices, augmentation, tasks, results,
     """A feed worker: fill the slot each task names, answer ``(seq, slot, count, error)``; it
     ends with the training process, however that ends (SIGKILL included)."""
     die_with_parent(parent_pid)
+    leave_interrupts_to_the_parent()
     one_thread_per_task()
     images, labels, indices, augmentation = (t.numpy() for t in (images, labels, indices, augmentation))
     while True:

@@ -17,7 +17,7 @@ from .scheduler import WORKER_TIMEOUT, announcing, check_cluster_choice, dask_cl
 from ..contract.store import StoreSpec
 from ..contract.locks import writes_store
 from .tasks import process_sample
-from ..contract.errors import OptionError
+from ..contract.errors import HpaError
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def index_tiff_folder(src: str | Path) -> tuple[dict[str, dict[str, Path]], list
     unknown: list[str] = []
     src = Path(src)
     if not src.is_dir():
-        raise OptionError(f"{src}: no such folder")
+        raise HpaError(f"{src}: no such folder")
     for path in sorted(p for p in src.rglob("*") if p.is_file() and p.name != EXTRACT_REPORT):
         match = MEMBER_NAME.match(path.name)
         if match and not path.name.endswith(".partial"):
@@ -86,7 +86,7 @@ def check_has_images(files: dict, unknown: list[str], src: str | Path) -> None:
     if files:
         return
     found = f"{len(unknown)} other files, e.g. {unknown[0]}" if unknown else "it is empty"
-    raise OptionError(f"--src {src}: no <id>_<filter> image (.tif, .png, .jpg) in it or below it ({found}); "
+    raise HpaError(f"--src {src}: no <id>_<filter> image (.tif, .png, .jpg) in it or below it ({found}); "
                       f"is this the folder extract wrote?")
 
 
