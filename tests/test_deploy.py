@@ -5,6 +5,7 @@ followed by predict gives, from a run (PyTorch) or a package (ONNX Runtime, no t
 import csv
 import json
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -69,6 +70,83 @@ def test_an_out_holding_something_else_is_refused(trained, tmp_path):
     result = CliRunner().invoke(cli, ["export", str(tmp / "run"), "--out", str(tmp_path)])
     assert result.exit_code == 2 and "holds no package" in result.output
     assert (tmp_path / "notes.txt").read_text() == "keep"
+
+
+def _files(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _copy_of_package(package, tmp_path):
+    earlier = tmp_path / "package"
+    shutil.copytree(package, earlier)
+    return earlier, _files(earlier)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
+def test_an_export_killed_midway_leaves_the_earlier_package_whole(trained, tmp_path, signum):
+    """Stopped after the weights are written: the earlier package is as it was (its rdf.yaml
+    still matches its files), and the same command then replaces it whole."""
+    from .helpers import hpa_pipe_signalled_at
+
+    _, tmp, package, _ = trained
+    earlier, before = _copy_of_package(package, tmp_path)
+    command = hpa_pipe_signalled_at("hpa_pipeline.deploy.export", "write_weights", 1, signum,
+                                    ["export", str(tmp / "run"), "--out", str(earlier)])
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == (143 if signum == signal.SIGTERM else -signal.SIGKILL), result.stderr[-2000:]
+    assert _files(earlier) == before
+    again = CliRunner().invoke(cli, ["export", str(tmp / "run"), "--out", str(earlier)])
+    assert again.exit_code == 0, again.output
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")]  # no partial folder left
+
+
+def test_a_failed_first_export_leaves_nothing_and_blocks_nothing(trained, tmp_path, monkeypatch):
+    import errno
+
+    import hpa_pipeline.deploy.export as export_module
+
+    _, tmp, _, _ = trained
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(export_module, "write_cover", full)
+    out = tmp_path / "package"
+    result = CliRunner().invoke(cli, ["export", str(tmp / "run"), "--out", str(out)])
+    assert result.exit_code == 1 and "no space left" in result.output.lower(), result.output
+    assert list(tmp_path.iterdir()) == []  # no package, no partial folder, no lock file
+    monkeypatch.undo()
+    assert CliRunner().invoke(cli, ["export", str(tmp / "run"), "--out", str(out)]).exit_code == 0
+
+
+def test_export_never_writes_through_a_link_in_an_earlier_package(trained, tmp_path):
+    _, tmp, package, _ = trained
+    earlier, _ = _copy_of_package(package, tmp_path)
+    outside = tmp_path / "outside.md"
+    outside.write_text("mine")
+    (earlier / "README.md").unlink()
+    (earlier / "README.md").symlink_to(outside)
+    result = CliRunner().invoke(cli, ["export", str(tmp / "run"), "--out", str(earlier)])
+    assert result.exit_code == 0, result.output
+    assert outside.read_text() == "mine" and not (earlier / "README.md").is_symlink()
+
+
+def test_a_run_folder_with_bad_statistics_is_one_line(trained, tmp_path):
+    """NaN in the saved std would give NaN probabilities from an export that validates."""
+    _, tmp, _, _ = trained
+    run = tmp_path / "run"
+    shutil.copytree(tmp / "run", run)
+    for field, value, says in (("std", [float("nan"), 1.0, 1.0, 1.0], "normalization.std must be 4 finite numbers"),
+                               ("mean", [1.0, 2.0, 3.0], "normalization.mean must be 4 finite numbers"),
+                               ("std", [0.0, 1.0, 1.0, 1.0], "normalization.std must be above 0"),
+                               ("sizes", [128, 32], "level 64 is not one of the store's levels [128, 32]")):
+        config = yaml.safe_load((tmp / "run" / "config.yaml").read_text())
+        config["normalization"][field] = value
+        (run / "config.yaml").write_text(yaml.safe_dump(config))
+        result = CliRunner().invoke(cli, ["export", str(run), "--out", str(tmp_path / "package")])
+        assert result.exit_code == 1 and says in result.output and "config.yaml" in result.output, result.output
+        assert "Traceback" not in result.output
+    assert not (tmp_path / "package").exists()
 
 
 def _classify(*args):

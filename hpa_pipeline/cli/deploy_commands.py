@@ -21,14 +21,9 @@ def export(run, out):
     """Export RUN (a run folder, or a cross-validation folder: its folds averaged in one graph) as a
     bioimage.io model package (model spec 0.5), validated as it is written."""
     from ..deploy.export import export_package
-    from ..deploy.package import validate_package
 
-    if out.exists() and any(out.iterdir()) and not (out / "rdf.yaml").exists():
-        raise click.BadParameter(f"{out} exists, is not empty and holds no package; choose another --out",
-                                 param_hint="--out")
     result = export_package(run, out)
-    status = validate_package(out)
-    click.echo(f"export: {out}/rdf.yaml ({status}; ONNX Runtime within {result.onnx_max_difference:.1e} of "
+    click.echo(f"export: {out}/rdf.yaml ({result.status}; ONNX Runtime within {result.onnx_max_difference:.1e} of "
                f"PyTorch; {len(result.runs)} fold(s))")
 
 

@@ -32,17 +32,21 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..contract.atomic import replacing_folder
+from ..contract.errors import OptionError
 from ..contract.labels import CLASS_NAMES
+from ..contract.locks import store_locked
 from ..contract.store import Store
 from ..model.run_folder import RunError
 from .graph import DeployedRun, load_deployed
-from .package import EMPTY_ROW_RULE, ONNX_TOLERANCE, OPSET, class_id, write_description
+from .package import EMPTY_ROW_RULE, ONNX_TOLERANCE, OPSET, RDF, class_id, validate_package, write_description
 
 @dataclass
 class ExportResult:
     folder: Path
     onnx_max_difference: float  # ONNX Runtime against PyTorch, largest over the checks
     runs: list[Path]
+    status: str  # bioimageio.spec's validation of the written package (``valid-format``)
 
 
 log = logging.getLogger(__name__)
@@ -121,17 +125,31 @@ The test tensors are sample `{sample_id}` of the training store.
 
 
 def export_package(run: str | Path, out: str | Path) -> ExportResult:
-    """Write the bioimage.io package of ``run`` (a run or cross-validation folder) into ``out``."""
+    """Write the bioimage.io package of ``run`` (a run or cross-validation folder) as ``out``.
+
+    The package is built and validated in a new folder beside ``out``, which then takes
+    ``out``'s place whole: a kill, a full disk or a failed check leaves an earlier package as
+    it was, and nothing is written through the links an earlier folder may hold."""
     deployed = load_deployed(run)
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
+    target = Path(out)
+    with store_locked(target, what="package folder"):
+        if target.is_dir() and any(target.iterdir()) and not (target / RDF).exists():
+            raise OptionError(f"--out {target} exists, is not empty and holds no package; choose another --out")
+        with replacing_folder(target) as folder:
+            difference, sample_id = _write_package(deployed, folder)
+            status = validate_package(folder)
+    log.debug("exported %s (%d run(s)) with test sample %s as %s", run, len(deployed.runs), sample_id, target)
+    return ExportResult(target, difference, deployed.runs, status)
+
+
+def _write_package(deployed: DeployedRun, folder: Path) -> tuple[float, str]:
+    """Every file of the package into the empty ``folder``; the ONNX difference and the test sample."""
     sample_id, image = test_sample(deployed)
     example = torch.from_numpy(image)
     with torch.no_grad():
         output = deployed.module(example).numpy().astype(np.float32)
     np.save(folder / "test_input.npy", image)
     np.save(folder / "test_output.npy", output)
-    log.debug("exporting %s (%d run(s)) with test sample %s into %s", run, len(deployed.runs), sample_id, folder)
     write_weights(deployed.module, example, folder)
     difference = onnx_difference(deployed.module, folder, image)
     if difference > ONNX_TOLERANCE:
@@ -139,4 +157,4 @@ def export_package(run: str | Path, out: str | Path) -> ExportResult:
     write_cover(image, folder / "cover.png")
     write_documentation(deployed, folder / "README.md", sample_id)
     write_description(deployed, folder, image, difference)
-    return ExportResult(folder, difference, deployed.runs)
+    return difference, sample_id

@@ -155,9 +155,42 @@ def read_config(path: Path) -> tuple[TrainConfig, dict | None]:
     normalization = values.pop("normalization", None)
     known = {f.name for f in fields(TrainConfig)}
     try:
-        return TrainConfig.from_dict({k: v for k, v in values.items() if k in known}), normalization
+        cfg = TrainConfig.from_dict({k: v for k, v in values.items() if k in known})
     except (TypeError, ValueError) as exc:
         raise RunError(f"{path}: a saved option is not valid ({exc})") from None
+    if normalization is not None:
+        check_normalization(normalization, cfg, path)
+    return cfg, normalization
+
+
+def check_normalization(normalization, cfg: TrainConfig, path: Path) -> None:
+    """The statistics a run saved, as everything downstream (predict, export, classify) uses
+    them: four finite means, four finite positive stds, a known dtype, the levels of its store
+    with the run's levels among them. A run folder from elsewhere gets one line, not NaN output."""
+    from ..contract.spec import DTYPES
+
+    def bad(field: str, why: str) -> RunError:
+        return RunError(f"{path}: normalization.{field} {why}")
+
+    if not isinstance(normalization, dict):
+        raise bad("", "is not a mapping of mean, std, dtype and sizes")
+    for field in ("mean", "std"):
+        values = normalization.get(field)
+        if not isinstance(values, list) or len(values) != 4 or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in values):
+            raise bad(field, f"must be 4 finite numbers (one per channel), not {values!r}")
+    if min(normalization["std"]) <= 0:
+        raise bad("std", f"must be above 0 (it divides the pixels), not {normalization['std']}")
+    if normalization.get("dtype", "uint8") not in DTYPES:
+        raise bad("dtype", f"must be one of {', '.join(DTYPES)}, not {normalization.get('dtype')!r}")
+    sizes = normalization.get("sizes")
+    if sizes is not None:
+        if not isinstance(sizes, list) or not sizes or not all(
+                isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 1 << 16 for v in sizes):
+            raise bad("sizes", f"must be the store's level sizes in pixels, not {sizes!r}")
+        for name, level in (("level", cfg.level), ("val_level", cfg.val_level)):
+            if level and level not in sizes:
+                raise RunError(f"{path}: {name} {level} is not one of the store's levels {sizes}")
 
 
 def write_config(run: RunFolder, cfg: TrainConfig, normalization: dict) -> None:
