@@ -149,6 +149,77 @@ def test_a_run_folder_with_bad_statistics_is_one_line(trained, tmp_path):
     assert not (tmp_path / "package").exists()
 
 
+def _edited_package(package, tmp_path, name, edit=None, onnx=None):
+    """A copy of ``package`` with its rdf.yaml edited (``edit(rdf)``) and/or other ONNX weights."""
+    import hashlib
+
+    folder = tmp_path / name
+    shutil.copytree(package, folder)
+    rdf = yaml.safe_load((folder / "rdf.yaml").read_text())
+    if onnx is not None:
+        (folder / "weights.onnx").write_bytes(onnx)
+        rdf["weights"]["onnx"]["sha256"] = hashlib.sha256(onnx).hexdigest()
+    if edit is not None:
+        edit(rdf)
+    (folder / "rdf.yaml").write_text(yaml.safe_dump(rdf))
+    return folder
+
+
+def _onnx_of(module, example) -> bytes:
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.onnx.export(module, (example,), buffer, input_names=["image"], output_names=["probabilities"],
+                      opset_version=17, dynamo=False, dynamic_axes={"image": {0: "batch"}})
+    return buffer.getvalue()
+
+
+def test_a_package_from_elsewhere_is_checked_value_by_value(trained, tmp_path):
+    """Every value classify reads from a package, and the weights its rdf.yaml names (inside
+    the package, their sha256), is checked: one line naming the file and the field."""
+    import torch
+
+    d, _, package, _ = trained
+
+    def config(field, value):
+        return lambda rdf: rdf["config"]["hpa_pipeline"].__setitem__(field, value)
+
+    def weights(source):
+        return lambda rdf: rdf["weights"]["onnx"].__setitem__("source", source)
+
+    class Head(torch.nn.Module):
+        def __init__(self, channels, outputs):
+            super().__init__()
+            self.linear = torch.nn.Linear(channels, outputs)
+
+        def forward(self, x):
+            return self.linear(x.float().mean(dim=(2, 3)))
+
+    (tmp_path / "outside.onnx").write_bytes((package / "weights.onnx").read_bytes())
+    cases = [
+        (dict(edit=config("thresholds", [float("nan")] * 28)), "config.hpa_pipeline.thresholds must be 28 numbers"),
+        (dict(edit=config("level", 10 ** 9)), "config.hpa_pipeline.level 1000000000 is not one of store_sizes"),
+        (dict(edit=config("store_sizes", [128, 32])), "config.hpa_pipeline.level 64 is not one of store_sizes"),
+        (dict(edit=config("dtype", "float64")), "config.hpa_pipeline.dtype must be one of uint8, uint16"),
+        (dict(edit=weights("../outside.onnx")), "weights.onnx.source '../outside.onnx' lies outside the package"),
+        (dict(edit=weights("/etc/passwd")), "lies outside the package"),
+        (dict(edit=lambda rdf: rdf["weights"]["onnx"].__setitem__("sha256", "0" * 64)),
+         "does not match the sha256 weights.onnx records"),
+        (dict(onnx=_onnx_of(Head(3, 28), torch.zeros(1, 3, 64, 64, dtype=torch.uint8))), "expects image"),
+        (dict(onnx=_onnx_of(Head(4, 28), torch.zeros(1, 4, 64, 64))), "tensor(float)"),
+        (dict(onnx=_onnx_of(Head(4, 14), torch.zeros(1, 4, 64, 64, dtype=torch.uint8))), "not (batch, 28)"),
+        (dict(onnx=b"not a model"), "not an ONNX model ONNX Runtime can load"),
+    ]
+    for k, (change, says) in enumerate(cases):
+        folder = _edited_package(package, tmp_path, f"p{k}", **change)
+        out = tmp_path / f"r{k}.csv"
+        result = _classify(d.test_archive, "--model", folder, "--out", out)
+        assert result.exit_code == 1 and says in result.output, (says, result.output)
+        assert "Traceback" not in result.output and not out.exists()
+
+
 def _classify(*args):
     return CliRunner().invoke(cli, ["classify", *map(str, args)])
 

@@ -23,6 +23,7 @@ from ..contract.atomic import replacing
 from ..contract.labels import FILTERS, MEMBER_NAME, N_CLASSES
 from ..common.progress import Counter, ProgressCallback
 from ..model.metrics import predict_labels
+from ..model.run_folder import RunError
 from ..prep.archive import ArchiveError, list_members, stream_members, volume_paths
 from ..prep.imaging import IMAGE_SUFFIXES, ImageError, make_levels, read_image
 
@@ -68,9 +69,28 @@ def package_predictor(folder: str | Path) -> Predictor:
     from .package import read_package
 
     config = read_package(folder)
-    session = onnxruntime.InferenceSession(str(Path(folder) / "weights.onnx"), providers=["CPUExecutionProvider"])
+    try:
+        session = onnxruntime.InferenceSession(str(config["onnx"]), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ONNX Runtime raises its own classes for a file it cannot load
+        raise RunError(f"{config['onnx']}: not an ONNX model ONNX Runtime can load "
+                       f"({str(exc).splitlines()[0][:200]})") from None
+    check_session(session, config["dtype"], config["onnx"])
     return Predictor(lambda batch: session.run(None, {"image": batch})[0], np.array(config["thresholds"]),
                      int(config["level"]), list(config["store_sizes"]), config["dtype"])
+
+
+def check_session(session, dtype: str, path: Path) -> None:
+    """The ONNX graph must take this project's input, ``image`` (batch, 4, y, x) of the package's
+    dtype, and give (batch, 28) probabilities."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    wanted = f"tensor({dtype})"
+    if len(inputs) != 1 or inputs[0].name != "image" or inputs[0].type != wanted or len(inputs[0].shape) != 4 \
+            or inputs[0].shape[1] not in (4, "4"):
+        got = ", ".join(f"{i.name} {i.type} {i.shape}" for i in inputs)
+        raise RunError(f"{path}: expects {got}, not image {wanted} (batch, 4, y, x) as this package's config says")
+    if len(outputs) != 1 or len(outputs[0].shape) != 2 or outputs[0].shape[1] != N_CLASSES:
+        got = ", ".join(f"{o.name} {o.shape}" for o in outputs)
+        raise RunError(f"{path}: gives {got}, not (batch, {N_CLASSES}) probabilities")
 
 
 def samples_of(sources: list[Path], failed: dict[str, str]) -> Iterator[tuple[str, dict, dict]]:

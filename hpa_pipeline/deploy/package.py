@@ -109,15 +109,75 @@ def validate_package(folder: str | Path) -> str:
 
 def read_package(folder: str | Path) -> dict:
     """This project's part of a package's ``config`` (class names, thresholds, level, sizes,
-    dtype), read without bioimageio.spec: a microscope PC needs only ONNX Runtime."""
+    dtype), read without bioimageio.spec: a microscope PC needs only ONNX Runtime. Every value
+    is checked, as a package may come from anywhere; ``onnx`` is added: the path of the ONNX
+    weights that ``rdf.yaml`` names, inside the package, with the sha256 it records."""
     path = Path(folder) / RDF
     try:
         rdf = yaml.safe_load(path.read_text())
         config = rdf["config"]["hpa_pipeline"]
     except FileNotFoundError:
         raise RunError(f"{path}: no such file (give the folder hpa-pipe export wrote)") from None
-    except (yaml.YAMLError, KeyError, TypeError) as exc:
+    except (yaml.YAMLError, KeyError, TypeError, UnicodeDecodeError) as exc:
         raise RunError(f"{path}: not a package exported by hpa-pipeline ({type(exc).__name__}: {exc})") from None
-    if len(config.get("thresholds", [])) != len(CLASS_NAMES):
-        raise RunError(f"{path}: expected {len(CLASS_NAMES)} thresholds in config.hpa_pipeline")
-    return config
+    if not isinstance(config, dict):
+        raise RunError(f"{path}: config.hpa_pipeline is not a mapping")
+    _check_config(config, path)
+    return {**config, "onnx": onnx_weights(rdf, Path(folder), path)}
+
+
+def _check_config(config: dict, path: Path) -> None:
+    from ..contract.spec import DTYPES
+
+    def bad(field: str, why: str) -> RunError:
+        return RunError(f"{path}: config.hpa_pipeline.{field} {why}")
+
+    thresholds = config.get("thresholds")
+    if not isinstance(thresholds, list) or len(thresholds) != len(CLASS_NAMES) or not all(
+            _number(t) and 0 <= t <= 1 for t in thresholds):
+        raise bad("thresholds", f"must be {len(CLASS_NAMES)} numbers in [0, 1]")
+    sizes = config.get("store_sizes")
+    if not isinstance(sizes, list) or not sizes or not all(_whole(v) and 0 < v <= 1 << 16 for v in sizes):
+        raise bad("store_sizes", f"must be the training store's level sizes in pixels, not {sizes!r}")
+    level = config.get("level")
+    if not _whole(level) or level not in sizes:
+        raise bad("level", f"{level!r} is not one of store_sizes {sizes}")
+    if config.get("dtype") not in DTYPES:
+        raise bad("dtype", f"must be one of {', '.join(DTYPES)}, not {config.get('dtype')!r}")
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and bool(np.isfinite(v))
+
+
+def _whole(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def onnx_weights(rdf: dict, folder: Path, path: Path) -> Path:
+    """The ONNX file ``rdf.yaml`` names: inside ``folder`` (no absolute path, no ``..``, no link
+    out of it), present, and matching its recorded sha256."""
+    import hashlib
+
+    try:
+        entry = rdf["weights"]["onnx"]
+        source = entry["source"]
+    except (KeyError, TypeError):
+        raise RunError(f"{path}: weights.onnx.source missing (export wrote ONNX weights)") from None
+    if not isinstance(source, str) or "://" in source:
+        raise RunError(f"{path}: weights.onnx.source {source!r} must be a file inside the package")
+    root = folder.resolve()
+    weights = (folder / source).resolve()
+    if root not in weights.parents:
+        raise RunError(f"{path}: weights.onnx.source {source!r} lies outside the package {folder}")
+    if not weights.is_file():
+        raise RunError(f"{path}: weights.onnx.source {source!r}: no such file in the package")
+    expected = entry.get("sha256")
+    if expected is not None:
+        digest = hashlib.sha256()
+        with weights.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        if digest.hexdigest() != str(expected).lower():
+            raise RunError(f"{path}: {source} does not match the sha256 weights.onnx records (damaged or replaced)")
+    return weights
