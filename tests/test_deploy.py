@@ -266,6 +266,86 @@ def test_bad_and_incomplete_samples_are_listed_and_the_rest_classified(trained, 
     assert again.exit_code == 0 and "1 samples classified, 0 not" in again.output
 
 
+def _declare_size(zip_path, name: str, size: int) -> None:
+    """Rewrite the unpacked size the zip's central directory declares for member ``name``."""
+    import struct
+
+    data = bytearray(zip_path.read_bytes())
+    at = data.find(b"PK\x01\x02" + b"", data.find(b"PK\x01\x02"))
+    while at >= 0:
+        length = struct.unpack_from("<H", data, at + 28)[0]
+        if data[at + 46:at + 46 + length] == name.encode():
+            struct.pack_into("<I", data, at + 24, size)
+            zip_path.write_bytes(bytes(data))
+            return
+        at = data.find(b"PK\x01\x02", at + 4)
+    raise AssertionError(f"{name} not in {zip_path}")
+
+
+@pytest.fixture(scope="module")
+def hostile_zip(trained, tmp_path_factory):
+    """A real zip of the test samples: one member declaring 2 GiB, one (a 256 MB run of zeros)
+    declaring 1000 bytes, and the others as they should be."""
+    import zipfile
+
+    from hpa_pipeline.prep.extract import extract_archives
+
+    d, _, _, _ = trained
+    tmp = tmp_path_factory.mktemp("zip")
+    extract_archives([d.test_archive], tmp / "tiff")
+    files = sorted((tmp / "tiff").glob("*.tif"))
+    ids = sorted({f.name.rsplit("_", 1)[0] for f in files})
+    path = tmp / "hostile.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for f in files:
+            data = bytes(256 << 20) if f.name == f"{ids[1]}_red.tif" else f.read_bytes()
+            archive.writestr(f.name, data)
+    _declare_size(path, f"{ids[0]}_red.tif", 2 << 30)
+    _declare_size(path, f"{ids[1]}_red.tif", 1000)
+    return path, ids
+
+
+def test_zip_members_inflate_a_block_at_a_time_within_their_declared_size(hostile_zip):
+    import tracemalloc
+
+    from hpa_pipeline.prep.archive import stream_members
+
+    path, ids = hostile_zip
+    got = {}
+    tracemalloc.start()
+    try:
+        stream_members(path, lambda m: m.name.startswith(ids[1]), lambda m, data, error: got.update({m.name: error}))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20, peak  # the 256 MB member is never inflated whole
+    assert "Bad CRC" in got[f"{ids[1]}_red.tif"] or "declared" in got[f"{ids[1]}_red.tif"]
+
+
+def test_classify_reports_every_sample_of_a_hostile_zip(trained, hostile_zip, tmp_path):
+    _, _, package, _ = trained
+    path, ids = hostile_zip
+    result = _classify(path, "--model", package, "--out", tmp_path / "r.csv")
+    assert result.exit_code == 3, result.output
+    report = json.loads((tmp_path / "r.report.json").read_text())
+    assert sorted(report["failed"]) == ids[:2] and report["classified"] == len(ids) - 2
+    assert "GiB unpacked, over the limit" in report["failed"][ids[0]]
+    assert f"not classified: {ids[0]}_red.tif: declares" in result.output and "report in" in result.output and "Traceback" not in result.output
+    assert len(list(csv.DictReader((tmp_path / "r.csv").open()))) == len(ids) - 2
+
+
+def test_classify_summarises_many_failures_and_lists_them_in_its_report(trained, tmp_path):
+    _, _, package, _ = trained
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for k in range(60):
+        (folder / f"s{k:02d}_green.tif").write_bytes(b"x")  # each sample lacks three channels
+    result = _classify(folder, "--model", package, "--out", tmp_path / "r.csv")
+    assert result.exit_code == 3
+    assert result.output.count("not classified:") == 50 and "... and 10 more: see" in result.output, result.output
+    assert len(json.loads((tmp_path / "r.report.json").read_text())["failed"]) == 60
+
+
 def test_a_package_classifies_without_torch(trained, tmp_path):
     d, _, package, _ = trained
     program = ("import sys; sys.modules['torch'] = None\n"  # any import of torch fails

@@ -8,7 +8,7 @@ import click
 
 from ..contract.errors import EXIT_OK, EXIT_SOME_FAILED
 from .options import writable_file
-from .progress import progress_bar
+from .progress import finish_report, progress_bar
 from .recipes import recipe_option
 
 
@@ -41,7 +41,8 @@ def export(run, out):
 def classify(sources, run, package, out, batch_size, upscale):
     """Classify raw images (folders of <id>_<filter> files, 7z/zip archives or single files: TIFF,
     PNG, JPEG) with a run or an exported package, without building a store."""
-    from ..deploy.classify import classify as run_classify, package_predictor, run_predictor, write_results
+    from ..deploy.classify import (classify as run_classify, package_predictor, report_path, run_predictor,
+                                   write_report, write_results)
 
     if (run is None) == (package is None):
         raise click.UsageError("give one of --run RUN or --model PACKAGE")
@@ -51,8 +52,8 @@ def classify(sources, run, package, out, batch_size, upscale):
         result = run_classify(list(sources), predictor, batch_size=batch_size, upscale=upscale, progress=bar)
     if result.ids:
         write_results(out, result, predictor.thresholds)
-    for key, why in sorted(result.failed.items()):
-        click.echo(f"  not classified: {why if why.startswith(key) else f'{key}: {why}'}", err=True)
-    click.echo(f"classify: {len(result.ids)} samples classified, {len(result.failed)} not"
-               + (f" -> {out}" if result.ids else ""))
-    raise SystemExit(EXIT_SOME_FAILED if result.failed else EXIT_OK)
+    report = write_report(report_path(out), list(sources), result)
+    problems = [("not classified", why if why.startswith(key) else f"{key}: {why}")
+                for key, why in sorted(result.failed.items())]
+    finish_report(problems, f"classify: {len(result.ids)} samples classified, {len(result.failed)} not"
+                  + (f" -> {out}" if result.ids else ""), str(report), EXIT_SOME_FAILED if result.failed else EXIT_OK)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..contract.atomic import replacing
+from ..contract.atomic import replacing, write_json
 from ..contract.labels import FILTERS, MEMBER_NAME, N_CLASSES
 from ..common.progress import Counter, ProgressCallback
 from ..model.metrics import predict_labels
@@ -211,4 +211,17 @@ def write_results(path: str | Path, result: Classified, thresholds: np.ndarray) 
         for k in order:
             writer.writerow([result.ids[k], " ".join(map(str, np.flatnonzero(labels[k]))),
                              *(f"{p:.6f}" for p in probs[k])])
+    return Path(path)
+
+
+def report_path(results: str | Path) -> Path:
+    """Where classify's report goes: beside its results (``results.csv`` -> ``results.report.json``)."""
+    results = Path(results)
+    return results.with_name(f"{results.stem}.report.json")
+
+
+def write_report(path: str | Path, sources: list, result: Classified) -> Path:
+    """Every sample (or source) not classified with its reason, as ingest's report lists them."""
+    write_json(path, {"sources": [str(s) for s in sources], "classified": len(result.ids),
+                      "failed": dict(sorted(result.failed.items()))})
     return Path(path)

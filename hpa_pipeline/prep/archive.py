@@ -128,18 +128,39 @@ def _stream_zip(path, wanted, deliver: Deliver, on_bytes) -> None:
         seen: set[str] = set()
         for info in archive.infolist():
             m = _zip_member(info)
-            if m.is_dir or m.unsafe_reason() is not None or not wanted(m) or m.name in seen:
+            if m.is_dir or not wanted(m) or m.name in seen:
                 continue
             seen.add(m.name)
+            if m.unsafe_reason() is not None:  # never decoded, but its sample hears why
+                deliver(m, None, f"{m.name}: {m.unsafe_reason()}")
+                continue
             try:
-                with archive.open(info) as handle:
-                    data = handle.read()
+                data = _read_zip_member(archive, info)
             except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, OSError) as exc:
                 deliver(m, None, f"{m.name}: {str(exc) or type(exc).__name__}")
+                continue
+            except MemoryError:
+                deliver(m, None, f"{m.name}: {m.size / 2**20:.0f} MiB unpacked does not fit in this machine's memory")
                 continue
             if on_bytes is not None:
                 on_bytes(len(data))
             deliver(m, data, None)
+
+
+ZIP_READ_BYTES = 1 << 20
+
+
+def _read_zip_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    """A member's bytes, inflated a block at a time: never more than its declared size (which
+    :meth:`Member.unsafe_reason` bounds), however small its compressed form. One ``read()``
+    would inflate up to 2 GiB in a single call, whatever the member declares."""
+    data = bytearray()
+    with archive.open(info) as handle:
+        while block := handle.read(ZIP_READ_BYTES):
+            data += block
+            if len(data) > info.file_size:
+                raise zipfile.BadZipFile(f"inflates past its declared {info.file_size} bytes")
+    return bytes(data)
 
 
 def describe_archive(path: str | Path, decoder: str | None = None) -> str:
