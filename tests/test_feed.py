@@ -95,10 +95,13 @@ def test_a_damaged_shard_stops_every_worker_count_with_its_line(store, tmp_path)
     data = bytearray(shard.read_bytes())
     data[len(data) // 3] ^= 0xFF
     shard.write_bytes(bytes(data))
+    from hpa_pipeline.contract.store import Store
+
+    sample = Store.open(damaged).ids[3]
     for workers in (1, 2):
         feed = BatchFeed(StoreDataset(str(damaged), 128, np.arange(24)), batch_size=4, workers=workers)
         try:
-            with pytest.raises(DamagedShard, match="sample 3") as caught:
+            with pytest.raises(DamagedShard, match=f"sample {sample}:") as caught:
                 list(feed.batches(range(24)))
             assert "Traceback" not in caught.value.line() and "hpa-pipe verify" in caught.value.line()
             assert not feed._processes  # stopped, not left waiting on their queue

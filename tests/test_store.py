@@ -125,7 +125,7 @@ def test_inner_chunks_are_one_blosc_block_each(tmp_path):
 def test_inspect_checks_the_level_with_or_without_a_montage(stores):
     _, train, _ = stores
     result = CliRunner().invoke(cli, ["inspect", str(train), "--level", "999"])
-    assert result.exit_code == 1 and f"no level 999 in {train}; levels are [128, 64, 32]" in result.output, \
+    assert result.exit_code == 2 and f"no level 999 in {train}; levels are [128, 64, 32]" in result.output, \
         result.output
 
 

@@ -148,3 +148,74 @@ def test_a_corrected_csv_on_rerun_updates_the_stores_labels(clean, tmp_path, sma
     labels = zarr.open_group(str(store), mode="r")["labels"][:]
     assert np.flatnonzero(labels[2]).tolist() == [int(fixed)]
     assert_same_stores(store, clean, ["images/128", "images/64", "done"])
+
+
+def _ingest_again(store, small_dataset, clean):
+    codec = clean.stem.removeprefix("clean-")
+    return CliRunner().invoke(cli, ["ingest", str(small_dataset.train_archive), "--csv", str(small_dataset.train_csv),
+                                    "--out", str(store), "--size", "128", "--levels", "2", "--chunk", "64",
+                                    "--workers", "1", "--codec", codec])
+
+
+@pytest.mark.parametrize("array", ["done", "labels", "phash", "channel_sums"])
+def test_a_damaged_per_sample_array_is_named_and_the_same_ingest_rebuilds_it(clean, tmp_path, small_dataset,
+                                                                              array):
+    """A flipped byte in a per-sample array's chunk: every command names the array in one line,
+    verify counts it a store problem, and the same ingest makes it again (every sample is
+    written again), after which the store equals a clean build."""
+    if "none" in clean.name:
+        pytest.skip("the per-sample arrays are the same in every codec's store")
+    store = _copy(clean, tmp_path)
+    _flip(next(p for p in sorted((store / array / "c").rglob("*")) if p.is_file()), 9)
+    said = f"{store / array}: damaged, a chunk does not decode"
+    commands = [["inspect", store]] + ([["train", "--store", store, "--out", tmp_path / "run", "--arch",
+                                         "se_resnet_tiny", "--level", "64", "--crop", "48", "--epochs", "1",
+                                         "--workers", "0", "--weights", "none"]] if array != "channel_sums" else [])
+    stopped = 0
+    for command in commands:  # a command that reads the array stops with its line; none shows a traceback
+        result = CliRunner().invoke(cli, [str(c) for c in command])
+        assert "Traceback" not in result.output and result.exit_code in (0, 1), result.output
+        stopped += result.exit_code == 1 and said in result.output
+    assert stopped >= (array != "channel_sums")
+    result = _verify(store)
+    assert result.exit_code == 3 and said in result.output, result.output
+    again = _ingest_again(store, small_dataset, clean)
+    assert again.exit_code == 0 and f"{store / array}: damaged" in again.output and "12 written now" in again.output, \
+        again.output
+    assert _verify(store).exit_code == 0
+    assert_same_stores(clean, store, ["images/128", "images/64", "labels", "done"], statistics=True)
+
+
+@pytest.mark.parametrize("name", ["images/64/zarr.json", "phash/zarr.json", "done/zarr.json", "labels/zarr.json"])
+def test_a_damaged_array_metadata_file_is_written_again_by_the_same_ingest(clean, tmp_path, small_dataset, name):
+    if "none" in clean.name and name != "images/64/zarr.json":
+        pytest.skip("the per-sample arrays are the same in every codec's store")
+    store = _copy(clean, tmp_path)
+    (store / name).write_text((store / name).read_text()[:40])
+    assert _verify(store).exit_code == 1
+    again = _ingest_again(store, small_dataset, clean)
+    assert again.exit_code == 0 and f"{store / name}: metadata file damaged or missing; written again" in again.output
+    assert _verify(store).exit_code == 0
+    assert_same_stores(clean, store, ["images/128", "images/64", "labels", "done"], statistics=True)
+
+
+def test_a_shard_index_pointing_past_two_to_the_64_is_damage_named_by_id(clean, tmp_path):
+    """An index whose offset plus length wraps around 2**64 (its CRC32C made to match): one
+    line naming the sample's id, no OverflowError."""
+    import google_crc32c
+
+    from hpa_pipeline.contract.shards import DamagedShard
+    from hpa_pipeline.contract.store import Store
+
+    store = _copy(clean, tmp_path)
+    shard = _shard(store, 64, 2)
+    data = bytearray(shard.read_bytes())
+    n_index = 4 * 16  # 64² level, 64² chunks: one chunk per channel
+    start = len(data) - n_index - 4
+    data[start:start + 16] = (2**64 - 8).to_bytes(8, "little") + (16).to_bytes(8, "little")
+    data[-4:] = google_crc32c.value(bytes(data[start:start + n_index])).to_bytes(4, "little")
+    shard.write_bytes(bytes(data))
+    opened = Store.open(store)
+    with pytest.raises(DamagedShard, match=f"sample {opened.ids[2]}'s shard index points past the end"):
+        opened.reader(64).read(2)
+    assert f"sample {opened.ids[2]}'s shard index points past" in _verify(store).output

@@ -155,8 +155,8 @@ class ShardReader:
     Arrays in another layout, or behind a URL, are read through zarr.
     """
 
-    def __init__(self, store: str, name: str):
-        self.store, self.name = str(store), name
+    def __init__(self, store: str, name: str, ids: list[str] | None = None):
+        self.store, self.name, self.ids = str(store), name, ids  # ids: to name samples in messages
         self.array = zarr.open_array(self.store, path=name, mode="r")
         self.shape, self.dtype = self.array.shape, self.array.dtype
         layout = None if is_url(self.store) else _layout(self.store, name, _metadata_version(self.store, name))
@@ -189,13 +189,19 @@ class ShardReader:
         except DamagedShard as exc:
             raise DamagedShard.in_store(str(exc), self.store) from None
 
+    def sample(self, index: int) -> str:
+        """How messages name sample ``index``: by its id where the reader knows the ids."""
+        if self.ids is not None and 0 <= index < len(self.ids):
+            return f"sample {self.ids[index]}"
+        return f"sample {index}"
+
     def _read_direct(self, index: int, y: int, x: int, h: int, w: int, out: np.ndarray) -> np.ndarray:
         """:meth:`read` of the layout this project writes: the index, then only the chunks needed."""
         path = Path(self.store, shard_key(self.name, index, len(self.shape)))
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
-            raise DamagedShard(f"{path}: sample {index}'s shard is missing") from None
+            raise DamagedShard(f"{path}: {self.sample(index)}'s shard is missing") from None
         try:
             table = self._index(fd, path, index)
             c = self.chunk
@@ -227,14 +233,15 @@ class ShardReader:
         size = os.fstat(fd).st_size
         n_index = self.n_chunks * 16
         if size < n_index + 4:
-            raise DamagedShard(f"{path}: sample {index}'s shard is cut short ({size} bytes, smaller than its index)")
+            raise DamagedShard(f"{path}: {self.sample(index)}'s shard is cut short ({size} bytes, smaller than its index)")
         raw = os.pread(fd, n_index + 4, size - n_index - 4)
         if google_crc32c.value(raw[:n_index]) != int.from_bytes(raw[n_index:], "little"):
-            raise DamagedShard(f"{path}: sample {index}'s shard index fails its CRC32C checksum (damaged or cut short)")
+            raise DamagedShard(f"{path}: {self.sample(index)}'s shard index fails its CRC32C checksum (damaged or cut short)")
         table = np.frombuffer(raw[:n_index], dtype="<u8").reshape(self.grid + (2,))
         written = table[..., 0] != 2**64 - 1
-        if np.any(table[..., 0][written] + table[..., 1][written] > size - n_index - 4):
-            raise DamagedShard(f"{path}: sample {index}'s shard index points past the end of the file")
+        offsets, lengths, end = table[..., 0][written], table[..., 1][written], np.uint64(size - n_index - 4)
+        if np.any(offsets > end) or np.any(lengths > end - np.minimum(offsets, end)):  # no uint64 wrap-around
+            raise DamagedShard(f"{path}: {self.sample(index)}'s shard index points past the end of the file")
         return table
 
     def _chunk(self, fd: int, path: Path, index: int, offset: int, nbytes: int) -> np.ndarray:
@@ -244,13 +251,13 @@ class ShardReader:
         if self.checksummed:
             raw, crc = raw[:-4], raw[-4:]
             if len(crc) != 4 or _crc32c_bytes(raw) != crc:
-                raise DamagedShard(f"{path}: sample {index}: an inner chunk fails its CRC32C checksum")
+                raise DamagedShard(f"{path}: {self.sample(index)}: an inner chunk fails its CRC32C checksum")
         try:
             data = self.blosc.decode(raw) if self.blosc is not None else raw
         except (RuntimeError, ValueError) as exc:
-            raise DamagedShard(f"{path}: sample {index}: an inner chunk does not decode ({exc})") from None
+            raise DamagedShard(f"{path}: {self.sample(index)}: an inner chunk does not decode ({exc})") from None
         if len(data) != expected:
-            raise DamagedShard(f"{path}: sample {index}: an inner chunk decodes to {len(data)} bytes, not {expected}")
+            raise DamagedShard(f"{path}: {self.sample(index)}: an inner chunk decodes to {len(data)} bytes, not {expected}")
         return np.frombuffer(data, self.dtype).reshape(self.chunk, self.chunk)
 
 

@@ -24,6 +24,7 @@ in NGFF's vocabulary, and :mod:`.ngff` exports chosen samples as real OME-Zarr i
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -53,6 +54,8 @@ BOOK_ARRAYS = (SOURCE_SHAPE, SOURCE_DTYPE, CHANNEL_SUMS, PHASH, DONE)
 CHANNEL_COLORS = {"red": "FF0000", "green": "00FF00", "blue": "0000FF", "yellow": "FFFF00"}
 SMALL_CHUNK = 4096  # samples per chunk of the per-sample arrays
 REPORT_NAME = "report.json"
+
+log = logging.getLogger(__name__)
 
 
 def level_path(size: int) -> str:
@@ -194,18 +197,23 @@ class Store:
         """A per-sample array by its name (:data:`LABELS`, :data:`DONE`, ...)."""
         return self.root[name]
 
+    def read(self, name: str) -> np.ndarray:
+        """A whole per-sample array (:data:`LABELS`, :data:`DONE`, ...); a chunk that does not
+        decode is a :class:`DamagedArray` naming it, not a codec's traceback."""
+        return read_book_array(self.path, self.root, name)
+
     def done(self) -> np.ndarray:
-        return self.root[DONE][:]
+        return self.read(DONE)
 
     def labels(self) -> np.ndarray | None:
         """``(n, 28)`` bool, or None for a test store."""
-        return self.root[LABELS][:] if self.has_labels else None
+        return self.read(LABELS) if self.has_labels else None
 
     def phash(self) -> np.ndarray:
         """``(n, 4)`` uint64 perceptual hashes, 0 where none is written (every sample of a store
         written before hashes were stored, until its next build command)."""
         if PHASH in self.root:
-            return self.root[PHASH][:]
+            return self.read(PHASH)
         return np.zeros((len(self), 4), np.uint64)
 
     @property
@@ -213,7 +221,7 @@ class Store:
         return PHASH in self.root
 
     def channel_sums(self) -> np.ndarray:
-        return self.root[CHANNEL_SUMS][:]
+        return self.read(CHANNEL_SUMS)
 
     def level(self, size: int) -> zarr.Array:
         """The ``(n, 4, size, size)`` image array of level ``size``."""
@@ -225,7 +233,7 @@ class Store:
 
     def reader(self, size: int) -> ShardReader:
         """A :class:`.shards.ShardReader` of level ``size`` (direct reads of whole or part samples)."""
-        return ShardReader(self.path, level_path(size))
+        return ShardReader(self.path, level_path(size), self.ids)
 
     def shard_path(self, size: int, index: int) -> str:
         """The shard file (or object) that holds sample ``index`` at level ``size``."""
@@ -235,9 +243,8 @@ class Store:
 
     def metadata_files(self) -> list[str]:
         """The metadata files of the store, relative to it."""
-        arrays = [level_path(s) for s in self.sizes] + ([LABELS] if self.has_labels else [])
-        arrays += [SOURCE_SHAPE, SOURCE_DTYPE, CHANNEL_SUMS, DONE]
-        return [f"{IMAGES}/zarr.json", *[f"{name}/zarr.json" for name in arrays]]
+        phash = PHASH in self.root if is_url(self.path) else Path(self.path, PHASH).is_dir()
+        return metadata_files(self._meta, phash)
 
     def check_metadata_files(self) -> None:
         """Every metadata file of a local store parses: a damaged one is named, not a traceback
@@ -252,6 +259,74 @@ class Store:
                 raise StoreError(f"{file}: a metadata file of the store is missing; the store cannot be read") from None
             except ValueError as exc:
                 raise StoreError(f"{file}: damaged metadata file ({exc}); the store cannot be read") from None
+
+
+class DamagedArray(StoreError):
+    """A per-sample array of a store whose chunk does not decode."""
+
+    hint = "run the same ingest or build-zarr command again: it rebuilds the array"
+
+
+def read_book_array(path: str, root: zarr.Group, name: str) -> np.ndarray:
+    try:
+        return root[name][:]
+    except (KeyError, OSError):
+        raise
+    except Exception as exc:  # numcodecs and zarr raise their own kinds for undecodable bytes
+        raise DamagedArray(f"{join(path, name)}: damaged, a chunk does not decode "
+                           f"({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
+def metadata_files(meta: dict, phash: bool = True) -> list[str]:
+    """The metadata files of the store ``meta`` (its brought-up attributes) describes."""
+    arrays = [level_path(s) for s in StoreSpec(**meta["spec"]).sizes] + ([LABELS] if meta["has_labels"] else [])
+    arrays += [SOURCE_SHAPE, SOURCE_DTYPE, CHANNEL_SUMS, *([PHASH] if phash else []), DONE]
+    return [f"{IMAGES}/zarr.json", *[f"{name}/zarr.json" for name in arrays]]
+
+
+def repair_store_files(path: str, meta: dict, table: SampleTable) -> list[str]:
+    """What a build command can rebuild of an existing local store before it resumes: array
+    metadata files that are missing or damaged (written again as a new store has them: they
+    follow from the layout), and per-sample arrays whose chunks do not decode (made again
+    empty, and every sample marked not done, so the build writes them all again). Returns a
+    line per repair. The root's ``zarr.json`` (ids, statistics) cannot be rebuilt: opening
+    refuses it by name."""
+    import shutil
+    import tempfile
+
+    if is_url(path):
+        return []
+    repaired = []
+    with tempfile.TemporaryDirectory() as blank:
+        new = zarr.open_group(blank, mode="w")
+        _create_arrays(new, len(table), table.has_labels, StoreSpec(**meta["spec"]))
+        for name in metadata_files(meta, phash=Path(path, PHASH).is_dir()):
+            file = Path(path, name)
+            try:
+                json.loads(file.read_bytes())
+            except (FileNotFoundError, ValueError):
+                file.parent.mkdir(parents=True, exist_ok=True)
+                write_json_bytes(file, Path(blank, name).read_bytes())
+                repaired.append(f"{file}: metadata file damaged or missing; written again")
+    root = zarr.open_group(path, mode="r+")
+    for name in [*([LABELS] if table.has_labels else []), *BOOK_ARRAYS]:
+        if name not in root:
+            continue
+        try:
+            read_book_array(path, root, name)
+        except DamagedArray as exc:
+            shutil.rmtree(Path(path, name, "c"), ignore_errors=True)
+            shutil.rmtree(Path(path, DONE, "c"), ignore_errors=True)
+            repaired.append(f"{exc}; made again, and every sample is written again")
+    if table.has_labels and repaired:
+        root[LABELS][:] = table.label_matrix()
+    return repaired
+
+
+def write_json_bytes(path: Path, data: bytes) -> None:
+    from .atomic import write_bytes
+
+    write_bytes(path, data)
 
 
 def _bring_up(path: str, meta: dict) -> dict:
@@ -287,6 +362,8 @@ def open_or_create_store(path: str | Path, table: SampleTable, spec: StoreSpec, 
         raise StoreError(f"{path} is a file, not a store folder; choose another --out")
     existing = _existing_group(path)
     if existing is not None and not discard_unfinished_store(path, existing, table, spec):
+        for line in repair_store_files(path, _bring_up(path, dict(existing.attrs[ATTRIBUTES])), table):
+            log.warning("%s", line)
         store = Store.open(path, mode="r+")
         if not store.has_phash:  # stores written before pHashes get the array on their next build command
             _create_phash(store.root, len(table))
@@ -359,26 +436,10 @@ def _new_store(path: str, table: SampleTable, spec: StoreSpec, source: str) -> z
     """The arrays and attributes of an empty store for ``table``'s samples; attributes last, so
     a store killed while it was being created is recognised and made again."""
     spec.check_new()
-    n = len(table)
     root = zarr.open_group(path, mode="w-")
-    small = min(SMALL_CHUNK, max(1, n))
-    for s in spec.sizes:
-        c = min(spec.chunk, s)
-        root.create_array(
-            level_path(s), shape=(n, 4, s, s), dtype=spec.dtype, chunks=(1, 1, c, c), shards=(1, 4, s, s),
-            compressors=spec.compressors(c * c * np.dtype(spec.dtype).itemsize), fill_value=0,
-            dimension_names=("sample", "c", "y", "x"),
-        )
+    _create_arrays(root, len(table), table.has_labels, spec)
     if table.has_labels:
-        labels = root.create_array(LABELS, shape=(n, N_CLASSES), dtype=bool, chunks=(small, N_CLASSES),
-                                   fill_value=False, dimension_names=("sample", "class"))
-        labels[:] = table.label_matrix()
-    root.create_array(SOURCE_SHAPE, shape=(n, 2), dtype="int32", chunks=(small, 2), fill_value=0)
-    root.create_array(SOURCE_DTYPE, shape=(n,), dtype="uint8", chunks=(small,), fill_value=0)
-    root.create_array(CHANNEL_SUMS, shape=(n, spec.levels, 4, 2), dtype="float64",
-                      chunks=(small, spec.levels, 4, 2), fill_value=0.0)
-    _create_phash(root, n)
-    root.create_array(DONE, shape=(n,), dtype=bool, chunks=(small,), fill_value=False)
+        root[LABELS][:] = table.label_matrix()
     root.attrs[ATTRIBUTES] = {
         "format_version": FORMAT_VERSION,
         "ids": list(table.ids),
@@ -391,6 +452,28 @@ def _new_store(path: str, table: SampleTable, spec: StoreSpec, source: str) -> z
         **_axes_description(spec),
     }
     return root
+
+
+def _create_arrays(root: zarr.Group, n: int, has_labels: bool, spec: StoreSpec) -> None:
+    """The empty arrays of a store of ``n`` samples (what :func:`repair_store_files` copies the
+    metadata of, too)."""
+    small = min(SMALL_CHUNK, max(1, n))
+    for s in spec.sizes:
+        c = min(spec.chunk, s)
+        root.create_array(
+            level_path(s), shape=(n, 4, s, s), dtype=spec.dtype, chunks=(1, 1, c, c), shards=(1, 4, s, s),
+            compressors=spec.compressors(c * c * np.dtype(spec.dtype).itemsize), fill_value=0,
+            dimension_names=("sample", "c", "y", "x"),
+        )
+    if has_labels:
+        root.create_array(LABELS, shape=(n, N_CLASSES), dtype=bool, chunks=(small, N_CLASSES),
+                          fill_value=False, dimension_names=("sample", "class"))
+    root.create_array(SOURCE_SHAPE, shape=(n, 2), dtype="int32", chunks=(small, 2), fill_value=0)
+    root.create_array(SOURCE_DTYPE, shape=(n,), dtype="uint8", chunks=(small,), fill_value=0)
+    root.create_array(CHANNEL_SUMS, shape=(n, spec.levels, 4, 2), dtype="float64",
+                      chunks=(small, spec.levels, 4, 2), fill_value=0.0)
+    _create_phash(root, n)
+    root.create_array(DONE, shape=(n,), dtype=bool, chunks=(small,), fill_value=False)
 
 
 def _create_phash(root: zarr.Group, n: int) -> None:

@@ -72,6 +72,7 @@ class StoreDataset(Dataset):
         if not stats:
             raise OptionError(f"{opened.path}: no channel statistics for level {level} (was the build finished?)")
         self.store, self.level, self.crop, self.train = opened.path, int(level), crop, train
+        self.ids = opened.ids  # to name a damaged sample by its id
         self.indices = np.asarray(indices, dtype=np.int64)
         self.mean = np.asarray(stats.mean, np.float32)
         self.std = np.asarray(stats.std, np.float32)
@@ -90,7 +91,7 @@ class StoreDataset(Dataset):
 
     def reader(self) -> ShardReader:
         if self._reader is None:  # opened in the worker process, never pickled
-            self._reader = ShardReader(self.store, level_path(self.level))
+            self._reader = ShardReader(self.store, level_path(self.level), self.ids)
         return self._reader
 
     def forget_readers(self) -> None:

@@ -24,7 +24,7 @@ from ..contract.locks import store_locked
 from ..contract.locations import is_url
 from ..common.progress import Counter, ProgressCallback
 from ..contract.shards import DamagedShard
-from ..contract.store import BOOK_ARRAYS, DONE, LABELS, Store
+from ..contract.store import BOOK_ARRAYS, CHANNEL_SUMS, DONE, LABELS, DamagedArray, Store
 from .imaging import channel_sums
 from .sample_book import SampleBook, channel_statistics
 
@@ -70,6 +70,10 @@ def verify_store(path: str | Path, repair: bool = False, progress: ProgressCallb
 def _verify_store(path: str, repair: bool, progress: ProgressCallback | None) -> VerifyReport:
     store = Store.open(path, mode="r+" if repair else "r")
     report = VerifyReport(path, len(store))
+    unreadable = _undecodable_arrays(store)
+    report.store_problems += list(unreadable.values())
+    if DONE in unreadable or CHANNEL_SUMS in unreadable:  # no sample can be checked against them
+        return report
     done = store.done()
     report.store_problems += _missing_small_chunks(store, done)
     sizes = list(store.levels())
@@ -88,6 +92,18 @@ def _verify_store(path: str, repair: bool, progress: ProgressCallback | None) ->
     if repair and report.damaged:
         report.repaired = _mark_not_done(store, [store.ids.index(i) for i in report.damaged], sizes)
     return report
+
+
+def _undecodable_arrays(store: Store) -> dict[str, str]:
+    """The per-sample arrays with a chunk that does not decode, and the line naming each."""
+    problems = {}
+    for name in [*([LABELS] if store.has_labels else []), *BOOK_ARRAYS]:
+        if store.has_array(name):
+            try:
+                store.read(name)
+            except DamagedArray as exc:
+                problems[name] = f"{exc.line()}"
+    return problems
 
 
 def _check_sample(store: Store, readers: dict, index: int, sums: np.ndarray) -> str | None:
