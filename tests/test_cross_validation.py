@@ -166,6 +166,59 @@ def test_folds_trained_apart_combine_as_one_cross_validation(stores, cv_run, tmp
     assert disagree.exit_code == 1 and "folds differ" in disagree.output
 
 
+def test_out_of_fold_tables_hold_each_validation_sample_once(stores, cv_run, tmp_path):
+    """A fold's oof.csv with a repeated id, another fold's id or an id of no store: one line
+    naming that file, never a macro F1 over the wrong samples."""
+    out, _ = cv_run
+    lines = (out / "fold1" / "oof.csv").read_text().splitlines()
+    other_fold = (out / "fold0" / "oof.csv").read_text().splitlines()[1]
+    for k, (rows, says) in enumerate([(lines + [lines[1]], "appears a second time"),
+                                      (lines + [other_fold], "is not in fold 1's validation samples"),
+                                      (lines + ["stranger" + lines[1][lines[1].index(","):]], "is not in the store")]):
+        apart = tmp_path / f"case{k}"
+        for fold in range(3):
+            shutil.copytree(out / f"fold{fold}", apart / f"fold{fold}")
+        (apart / "fold1" / "oof.csv").write_text("\n".join(rows) + "\n")
+        result = CliRunner().invoke(cli, ["thresholds", *sum((["--run", str(apart / f"fold{f}")] for f in range(3)),
+                                                             []), "--out", str(tmp_path / "t.json")])
+        assert result.exit_code == 1 and says in result.output and str(apart / "fold1" / "oof.csv") in result.output, \
+            result.output
+
+
+def test_a_cross_validation_record_names_each_fold_folder_once_inside_it(stores, cv_run, tmp_path):
+    """predict follows cv.json's runs: twice the same fold, or a folder outside, is refused."""
+    out, _ = cv_run
+    _, tmp = stores
+    stranger = tmp_path / "stranger"
+    shutil.copytree(out / "fold0", stranger)
+    for k, (runs, says) in enumerate([(["fold0", "fold0", "fold2"], "a run is named twice"),
+                                      (["fold0", "fold1", "../stranger"], "is not a folder inside"),
+                                      (["fold0", "fold1", "fold9"], "no such folder")]):
+        cv = tmp_path / f"cv{k}"
+        shutil.copytree(out, cv)
+        record = json.loads((cv / "cv.json").read_text())
+        (cv / "cv.json").write_text(json.dumps({**record, "runs": runs}))
+        result = CliRunner().invoke(cli, ["predict", "--store", str(tmp / "test.zarr"), "--run", str(cv), "--out",
+                                          str(tmp_path / "s.csv"), "--workers", "0", "--device", "cpu"])
+        assert result.exit_code == 1 and says in result.output and "cv.json" in result.output, result.output
+        assert not (tmp_path / "s.csv").exists()
+
+
+def test_evaluate_refuses_a_table_with_an_id_twice_and_another_missing(stores, cv_run, tmp_path):
+    d, _ = stores
+    out, _ = cv_run
+    lines = (out / "oof.csv").read_text().splitlines()
+    (tmp_path / "probs.csv").write_text("\n".join(lines[:-1] + [lines[1]]) + "\n")
+    result = CliRunner().invoke(cli, ["evaluate", "--submission", str(tmp_path / "probs.csv"), "--labels",
+                                      str(d.train_csv), "--thresholds", str(out / "thresholds.json")])
+    assert result.exit_code == 1 and "appears a second time" in result.output, result.output
+    rows = ["Id,Predicted", *[f"{line.split(',')[0]},0" for line in lines[1:]]]
+    (tmp_path / "sub.csv").write_text("\n".join(rows[:-1] + [rows[1]]) + "\n")
+    result = CliRunner().invoke(cli, ["evaluate", "--submission", str(tmp_path / "sub.csv"), "--labels",
+                                      str(d.train_csv)])
+    assert result.exit_code == 1 and "duplicate id" in result.output, result.output
+
+
 def test_predict_from_a_cross_validation_folder_averages_its_folds(stores, cv_run, tmp_path):
     _, tmp = stores
     out, _ = cv_run

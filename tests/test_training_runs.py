@@ -563,7 +563,8 @@ def test_predict_stops_at_a_damaged_shard_naming_it(data, finished_run, tmp_path
     damaged, shard = _with_damaged_shard(tmp / "test.zarr", tmp_path, 1)
     result = CliRunner().invoke(cli, ["predict", "--store", str(damaged), "--run", str(finished_run),
                                       "--out", str(tmp_path / "sub.csv"), "--workers", workers])
-    assert result.exit_code == 1 and f"{shard}: sample 1" in result.output and "CRC32C" in result.output
+    sample = StoreDataset(str(damaged), 64, [1]).ids[1]  # named by its id, as verify names it
+    assert result.exit_code == 1 and f"{shard}: sample {sample}" in result.output and "CRC32C" in result.output
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1, result.output
     assert not (tmp_path / "sub.csv").exists()
 
@@ -577,6 +578,8 @@ def test_train_stops_at_a_damaged_shard_naming_it(data, tmp_path, workers):
                                       "--epochs", "1", "--batch-size", "8", "--workers", workers])
     assert result.exit_code == 1 and "'s shard index fails its CRC32C checksum" in result.output, result.output
     assert "Traceback" not in result.output and str(shard.parent.parent.parent.parent) in result.output
+    ids = StoreDataset(str(damaged), 64, [0]).ids
+    assert any(f"sample {i}'s shard" in result.output for i in ids), result.output  # named by its id
 
 
 @pytest.mark.parametrize("damage", ["thresholds_27", "thresholds_text", "metrics_row", "config_tag", "config_list"])

@@ -121,18 +121,27 @@ def _checked_runs(runs: list[str | Path]) -> tuple[list[RunFolder], list[TrainCo
 
 def combined_table(runs: list[str | Path]) -> tuple[list[str], np.ndarray]:
     """The runs' out-of-fold tables as one, in the store's sample order."""
-    runs, configs, _ = _checked_runs(runs)
-    return _combined(runs, Store.open(configs[0].store).ids)
+    runs, configs, folds = _checked_runs(runs)
+    return _combined(runs, Store.open(configs[0].store).ids, folds, configs)
 
 
-def _combined(runs: list[RunFolder], store_ids: list[str]) -> tuple[list[str], np.ndarray]:
+def _combined(runs: list[RunFolder], store_ids: list[str], folds: dict[str, int] | None = None,
+              configs: list[TrainConfig] | None = None) -> tuple[list[str], np.ndarray]:
+    """The runs' out-of-fold tables as one; each table must hold its fold's validation samples
+    (``folds``, where given) and ids of the store, so no sample counts twice or is left out."""
     tables = [read_probs(r.oof) for r in runs]
+    position = {sample_id: k for k, sample_id in enumerate(store_ids)}
+    for run, (table_ids, _), cfg in zip(runs, tables, configs or [None] * len(runs)):
+        unknown = [i for i in table_ids if i not in position]
+        if unknown:
+            raise RunError(f"{run.oof}: id {unknown[0]} is not in the store the run trained on")
+        if folds is not None and cfg is not None:
+            wanted = {i for i, k in folds.items() if k == cfg.fold}
+            extra = [i for i in table_ids if i not in wanted]
+            if extra:
+                raise RunError(f"{run.oof}: id {extra[0]} is not in fold {cfg.fold}'s validation samples")
     ids = [i for table_ids, _ in tables for i in table_ids]
     probs = np.concatenate([p for _, p in tables])
-    position = {sample_id: k for k, sample_id in enumerate(store_ids)}
-    unknown = [i for i in ids if i not in position]
-    if unknown:
-        raise RunError(f"{runs[0].path}: out-of-fold ids not in the store, e.g. {unknown[0]}")
     order = np.argsort([position[i] for i in ids])
     return [ids[k] for k in order], probs[order]
 
@@ -144,7 +153,7 @@ def combine_runs(runs: list[str | Path], strategy: str = "f1", scale: float = 1.
     runs, configs, folds = _checked_runs(runs)
     store = Store.open(configs[0].store)
     store_ids = store.ids
-    ids, probs = _combined(runs, store_ids)
+    ids, probs = _combined(runs, store_ids, folds, configs)
     labels = store.labels()
     position = {sample_id: k for k, sample_id in enumerate(store_ids)}
     truth = labels[[position[i] for i in ids]]

@@ -28,7 +28,7 @@ def write_probs(path: str | Path, ids: list[str], probs: np.ndarray) -> Path:
 
 
 def read_probs(path: str | Path) -> tuple[list[str], np.ndarray]:
-    """``(ids, (n, 28) float probabilities)`` of a table."""
+    """``(ids, (n, 28) float probabilities)`` of a table; every id once."""
     path = Path(path)
     try:
         with open(path, newline="") as f:
@@ -39,7 +39,7 @@ def read_probs(path: str | Path) -> tuple[list[str], np.ndarray]:
         raise RunError(f"{path}: not a readable probability table ({exc})") from None
     if not rows or rows[0] != COLUMNS:
         raise RunError(f"{path}: expected the columns Id,0,...,{N_CLASSES - 1}")
-    ids, probs = [], np.empty((len(rows) - 1, N_CLASSES))
+    ids, probs, seen = [], np.empty((len(rows) - 1, N_CLASSES)), set()
     for n, row in enumerate(rows[1:], start=2):
         try:
             values = np.array(row[1:], dtype=np.float64)
@@ -47,6 +47,9 @@ def read_probs(path: str | Path) -> tuple[list[str], np.ndarray]:
             values = np.array([])
         if len(row) != N_CLASSES + 1 or values.shape != (N_CLASSES,) or not np.all((values >= 0) & (values <= 1)):
             raise RunError(f"{path} line {n}: expected an id and {N_CLASSES} probabilities in [0, 1]")
+        if row[0] in seen:
+            raise RunError(f"{path} line {n}: id {row[0]} appears a second time (every sample once)")
+        seen.add(row[0])
         ids.append(row[0])
         probs[n - 2] = values
     return ids, probs

@@ -158,7 +158,7 @@ def read_config(path: Path) -> tuple[TrainConfig, dict | None]:
         cfg = TrainConfig.from_dict({k: v for k, v in values.items() if k in known})
     except (TypeError, ValueError) as exc:
         raise RunError(f"{path}: a saved option is not valid ({exc})") from None
-    if normalization is not None:
+    if normalization:  # a cross-validation folder's config.yaml saves none ({})
         check_normalization(normalization, cfg, path)
     return cfg, normalization
 
@@ -328,6 +328,20 @@ def is_cross_validation(path: str | Path) -> bool:
 
 
 def fold_runs(path: str | Path) -> list[Path]:
-    """The fold run folders of a finished cross-validation folder."""
-    record = json.loads(RunFolder(Path(path)).cv_record.read_text())
-    return [Path(path) / name for name in record["runs"]]
+    """The fold run folders of a finished cross-validation folder: each a folder directly inside
+    it, named once (``cv.json`` may come from anywhere; its runs are checked, not followed)."""
+    file = RunFolder(Path(path)).cv_record
+    try:
+        runs = json.loads(file.read_text())["runs"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise RunError(f"{file}: not a cross-validation record ({type(exc).__name__}: {exc})") from None
+    if not isinstance(runs, list) or not runs or not all(isinstance(r, str) for r in runs):
+        raise RunError(f"{file}: runs must be a list of the fold folders' names")
+    for name in runs:
+        if Path(name).name != name or name in (".", ".."):
+            raise RunError(f"{file}: run {name!r} is not a folder inside {path} (a fold's folder name, such as fold0)")
+        if not (Path(path) / name).is_dir():
+            raise RunError(f"{file}: run {name!r}: no such folder in {path}")
+    if len(set(runs)) != len(runs):
+        raise RunError(f"{file}: a run is named twice ({sorted(runs)}); each fold counts once")
+    return [Path(path) / name for name in runs]

@@ -57,7 +57,10 @@ def read_submission(path: str | Path) -> tuple[list[str], np.ndarray]:
 
 
 def check_ids(path: str | Path, ids: list[str], expected_ids, source: str) -> None:
-    """Every id of a submission is one of ``expected_ids`` and none of them is missing."""
+    """Every id of a submission is one of ``expected_ids``, once, and none of them is missing."""
+    repeated = first_repeated(ids)
+    if repeated is not None:
+        raise SubmissionError(f"{Path(path).name}: id {repeated} appears more than once")
     expected = set(expected_ids)
     for sample_id in ids:
         if sample_id not in expected:
@@ -66,6 +69,16 @@ def check_ids(path: str | Path, ids: list[str], expected_ids, source: str) -> No
         present = set(ids)
         missing = [i for i in expected_ids if i not in present]
         raise SubmissionError(f"{Path(path).name}: {len(missing)} ids of {source} missing, e.g. {missing[:3]}")
+
+
+def first_repeated(ids: list[str]) -> str | None:
+    """The first id that appears a second time, or None."""
+    seen = set()
+    for sample_id in ids:
+        if sample_id in seen:
+            return sample_id
+        seen.add(sample_id)
+    return None
 
 
 def validate_submission(path: str | Path, expected_ids: list[str]) -> None:
