@@ -265,6 +265,55 @@ def test_each_threshold_strategy_on_a_hand_made_table():
         assert 0 <= scores["macro_f1_crossfit"] <= 1
 
 
+def test_ratio_is_matched_again_on_the_predicted_set():
+    """Averaging folds shrinks test probabilities: thresholds fixed on the out-of-fold table then
+    predict each class for far less than its share; matched on the predicted set, each class
+    gets its training share again."""
+    from hpa_pipeline.model.thresholds import rematched
+
+    rng = np.random.default_rng(0)
+    shares = np.full(28, 0.1)
+    oof = rng.random((2000, 28))
+    record = {"thresholds": ratio_thresholds(None, oof, shares), "strategy": "ratio", "shares": shares.tolist()}
+    test = rng.random((1000, 28)) * 0.6  # shrunk, as an average of folds is
+    fixed, said_fixed = rematched(record, test, "oof")
+    again, said = rematched(record, test)
+    assert (test > fixed).mean(axis=0).max() < 0.02  # the fixed thresholds predict almost nothing
+    assert np.allclose((test > again).mean(axis=0), shares, atol=0.002)
+    assert "matched on the 1000 predicted samples" in said and "as chosen" in said_fixed
+    f1_record = {**record, "strategy": "f1"}
+    assert np.array_equal(rematched(f1_record, test)[0], record["thresholds"])  # only ratio is matched
+
+
+def test_the_cross_fitted_ratio_takes_its_shares_from_the_choosing_half():
+    """The cross-fitted figure must not let the scored half's own labels move its thresholds:
+    it is the same whatever shares (of all training labels) the in-sample choice is given."""
+    from hpa_pipeline.model.metrics import crossfit_macro_f1
+
+    rng = np.random.default_rng(1)
+    truth = rng.random((300, 28)) < 0.1
+    probs = np.clip(truth * 0.3 + rng.random((300, 28)) * 0.6, 0, 1)
+    a = choose_thresholds(truth, probs, "ratio", shares=np.full(28, 0.05))
+    b = choose_thresholds(truth, probs, "ratio", shares=np.full(28, 0.3))
+    assert a["oof_macro_f1_crossfit"] == b["oof_macro_f1_crossfit"]
+    assert a["oof_macro_f1_crossfit"] == crossfit_macro_f1(truth, probs, 0, lambda t, p: ratio_thresholds(t, p))
+    assert a["shares"] == [0.05] * 28  # kept for predict to match on the test set
+
+
+def test_a_single_fold_run_chooses_its_thresholds_by_its_strategy(stores, tmp_path):
+    run = tmp_path / "run"
+    result = CliRunner().invoke(cli, _train(stores, run, 0, "--threshold-strategy", "ratio"))
+    assert result.exit_code == 0, result.output
+    record = json.loads((run / "thresholds.json").read_text())
+    assert record["strategy"] == "ratio" and len(record["shares"]) == 28
+    ids, probs = read_probs(run / "oof.csv")
+    assert record["thresholds"] != choose_thresholds(np.zeros((len(ids), 28), bool), probs, "f1")["thresholds"]
+    scaled = CliRunner().invoke(cli, _train(stores, tmp_path / "scaled", 0, "--threshold-scale", "0.5"))
+    assert scaled.exit_code == 0
+    halved = json.loads((tmp_path / "scaled" / "thresholds.json").read_text())
+    assert halved["strategy"] == "f1" and halved["scale"] == 0.5 and max(halved["thresholds"]) <= 0.5
+
+
 def test_a_fold_run_writes_its_own_out_of_fold_table(stores, tmp_path):
     run = tmp_path / "run"
     result = CliRunner().invoke(cli, _train(stores, run, 1, "--tta", "2"))

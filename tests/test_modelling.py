@@ -48,6 +48,31 @@ def test_thresholds_and_the_most_probable_fallback():
     assert predict_labels(none_above, 0.5).nonzero()[1].tolist() == [7, 3]
 
 
+def test_the_f1_search_tries_every_probability_down_to_zero():
+    """A rare class whose positives all lie below 0.05: the search finds the threshold an
+    independent brute force (sklearn's F1 at every candidate) finds, which a 0.05-0.95 grid
+    misses entirely. Another class takes every row's top place, so the empty-row rule is out."""
+    rng = np.random.default_rng(3)
+    n = 400
+    truth = np.zeros((n, 28), bool)
+    probs = rng.random((n, 28)) * 0.01
+    probs[:, 1], truth[:, 1] = 0.9, True
+    positives = rng.choice(n, 20, replace=False)
+    truth[positives, 15] = True
+    probs[:, 15] = rng.uniform(0.0, 0.03, n)
+    probs[positives, 15] = rng.uniform(0.015, 0.045, 20)
+    found = search_thresholds(truth, probs)[15]
+    candidates = np.unique(np.concatenate([[0.0], probs[:, 15]]))
+    brute = [f1_score(truth[:, 15], probs[:, 15] > t, zero_division=0) for t in candidates]
+    assert f1_score(truth[:, 15], probs[:, 15] > found) == pytest.approx(max(brute))
+    assert found < 0.05 and max(brute) > 0.5
+    grid_best = max(f1_score(truth[:, 15], probs[:, 15] > t, zero_division=0) for t in np.linspace(0.05, 0.95, 91))
+    assert grid_best == 0.0
+    # ties: of the thresholds with the best F1, the one nearest 0.5
+    best = [t for t, f in zip(candidates, brute) if f == max(brute)]
+    assert found == min(best, key=lambda t: (abs(t - 0.5), t))
+
+
 def test_folds_stratify_every_class_on_the_real_labels():
     labels = read_sample_table(need(REAL_TRAIN_CSV)).label_matrix()
     folds = make_folds(labels, 5, seed=0)

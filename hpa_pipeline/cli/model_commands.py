@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from ..model.config import COUNT_OR_AUTO, FOLD_OR_ALL, STORES, TrainConfig
-from ..model.names import STRATEGIES
+from ..model.names import RATIO_ON, STRATEGIES
 from .options import CountOrAuto, FoldOrAll, writable_file
 from .progress import progress_bar
 from .recipes import recipe_option
@@ -100,7 +100,10 @@ def train(ctx, resume, **options):
               default=None, help="thresholds.json to use instead of the runs' own (e.g. from hpa-pipe thresholds).")
 @click.option("--probs", "probs_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the probability table (Id, then columns 0..27), as oof.csv is laid out.")
-def predict(store, runs, tta, out, batch_size, workers, device, thresholds_file, probs_file):
+@click.option("--ratio-on", type=click.Choice(RATIO_ON), default=RATIO_ON[0], show_default=True,
+              help="Thresholds of the ratio strategy: matched again on the predicted samples to each class's "
+                   "training share, or used as chosen on the out-of-fold table (oof).")
+def predict(store, runs, tta, out, batch_size, workers, device, thresholds_file, probs_file, ratio_on):
     """Write a Kaggle submission (Id,Predicted) from one or more runs, with TTA and thresholds.
 
     A cross-validation folder (train --fold all) stands for its folds, averaged, with the
@@ -115,7 +118,8 @@ def predict(store, runs, tta, out, batch_size, workers, device, thresholds_file,
         writable_file(probs_file, "--probs")
     with progress_bar("predict", unit="batch") as bar:
         ids, probs, labels = run_predict(store, list(runs), tta=tta, batch_size=batch_size, workers=workers,
-                                         device=device, progress=bar, thresholds=thresholds_file)
+                                         device=device, progress=bar, thresholds=thresholds_file,
+                                         ratio_on=ratio_on)
     write_submission(out, ids, labels)
     if probs_file is not None:
         write_probs(probs_file, ids, probs)

@@ -26,6 +26,7 @@ from .data import Normalizer, dihedral
 from .metrics import predict_labels
 from .models import create_model
 from .run_folder import RunError, RunFolder, fold_runs, is_cross_validation, read_config
+from .thresholds import rematched
 from ..contract.spec import StoreError
 from ..contract.labels import N_CLASSES
 
@@ -118,6 +119,19 @@ def read_thresholds(path: Path) -> np.ndarray:
     return thresholds
 
 
+def read_threshold_record(path: Path) -> dict:
+    """A ``thresholds.json``: its checked thresholds, and the strategy and training shares it
+    was chosen with (None in files written without them)."""
+    thresholds = read_thresholds(path)
+    record = json.loads(path.read_text())
+    shares = record.get("shares")
+    if shares is not None:
+        values = np.array(shares, dtype=np.float64) if isinstance(shares, list) else np.array([])
+        if values.shape != (N_CLASSES,) or not np.all((values >= 0) & (values <= 1)):
+            raise RunError(f"{path}: shares must be {N_CLASSES} numbers in [0, 1]")
+    return {"thresholds": thresholds, "strategy": record.get("strategy"), "shares": shares}
+
+
 def load_run(path: str | Path, device) -> TrainedRun:
     """The best weights of a run, its options, thresholds and training normalisation."""
     run = RunFolder(Path(path))
@@ -142,11 +156,14 @@ def load_run(path: str | Path, device) -> TrainedRun:
 
 def predict(store: str | Path, runs: list[str | Path], tta: int = 1, batch_size: int = 16, workers: int = 2,
             device: str = "auto", progress: ProgressCallback | None = None,
-            thresholds: str | Path | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
+            thresholds: str | Path | None = None, ratio_on: str = "predicted",
+            ) -> tuple[list[str], np.ndarray, np.ndarray]:
     """:func:`predict_store` holding a reader's lock on the store: no writer changes it meanwhile.
 
     A cross-validation folder in ``runs`` stands for its folds, with its thresholds (chosen on
     the whole out-of-fold table); ``thresholds``: a ``thresholds.json`` that overrides them all.
+    Thresholds of the ``ratio`` strategy are matched again on the predicted samples to the
+    training shares, unless ``ratio_on="oof"`` (:func:`.thresholds.rematched`).
     """
 
     resolved = [Path(r).resolve() for r in runs]
@@ -162,10 +179,15 @@ def predict(store: str | Path, runs: list[str | Path], tta: int = 1, batch_size:
             expanded.append(run)
     chosen = thresholds if thresholds is not None else chosen
     with store_locked(store, shared=True):
-        ids, probs, labels = predict_store(store, expanded, tta, batch_size, workers, device, progress)
-    if chosen is not None:
-        labels = predict_labels(probs, read_thresholds(Path(chosen)))
-    return ids, probs, labels
+        ids, probs, _ = predict_store(store, expanded, tta, batch_size, workers, device, progress)
+    records = [read_threshold_record(Path(chosen))] if chosen is not None else [
+        read_threshold_record(RunFolder(Path(run)).thresholds) for run in expanded]
+    record = {"thresholds": np.mean([r["thresholds"] for r in records], axis=0),
+              "strategy": records[0]["strategy"] if len({r["strategy"] for r in records}) == 1 else None,
+              "shares": records[0]["shares"]}
+    chosen_thresholds, how = rematched(record, probs, ratio_on)
+    report(progress, Progress("predict", message=how))
+    return ids, probs, predict_labels(probs, chosen_thresholds)
 
 
 def predict_store(store: str | Path, runs: list[str | Path], tta: int = 1, batch_size: int = 16, workers: int = 2,

@@ -40,10 +40,13 @@ def search_thresholds(y_true: np.ndarray, probs: np.ndarray, grid=None, rounds: 
     ``(p_c > t_c) | fallback_c``, where ``fallback_c`` marks rows whose most probable class is c
     and whose other classes are all at or below their thresholds; the search takes each class in
     turn with the others fixed (coordinate ascent, ``rounds`` passes), since moving one threshold
-    changes which rows fall back. Classes without positives keep 0.5; ties go to the threshold
-    nearest 0.5.
+    changes which rows fall back.
+
+    Every threshold that changes the labels is tried: 0 and each distinct probability of the
+    class (a rare class's best threshold often lies far below 0.05). ``grid``: try only those
+    values instead. Ties go to the threshold nearest 0.5, then the lower one; classes without
+    positives keep 0.5.
     """
-    grid = np.linspace(0.05, 0.95, 91) if grid is None else np.asarray(grid)
     y_true = y_true.astype(bool)
     thresholds = np.full(y_true.shape[1], 0.5)
     top = probs.argmax(axis=1)
@@ -52,15 +55,26 @@ def search_thresholds(y_true: np.ndarray, probs: np.ndarray, grid=None, rounds: 
             above = probs > thresholds
             above[:, c] = False
             fallback = (top == c) & ~above.any(axis=1)  # (n,)
-            pred = (probs[:, c][None, :] > grid[:, None]) | fallback[None, :]  # (grid, n)
-            truth = y_true[:, c]
-            tp = (pred & truth).sum(1)
-            fp = (pred & ~truth).sum(1)
-            fn = truth.sum() - tp
-            f1 = 2 * tp / np.maximum(2 * tp + fp + fn, 1)
+            candidates = np.unique(np.concatenate([[0.0], probs[:, c]])) if grid is None else np.asarray(grid)
+            f1 = _f1_at(candidates, probs[:, c], y_true[:, c], fallback)
             best = np.flatnonzero(f1 == f1.max())
-            thresholds[c] = grid[best[np.argmin(np.abs(grid[best] - 0.5))]]
+            nearest = np.abs(candidates[best] - 0.5)
+            thresholds[c] = candidates[best[np.flatnonzero(nearest == nearest.min())[0]]]
     return thresholds
+
+
+def _f1_at(candidates: np.ndarray, p: np.ndarray, truth: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    """F1 of one class at each candidate threshold (``p > t`` or a fallback row), counted with
+    sorted probabilities: O(n log n), not a (candidates x rows) table."""
+    free = ~fallback
+    positives = np.sort(p[free & truth])
+    negatives = np.sort(p[free & ~truth])
+    fallback_tp = int((fallback & truth).sum())
+    fallback_fp = int((fallback & ~truth).sum())
+    tp = fallback_tp + len(positives) - np.searchsorted(positives, candidates, side="right")
+    fp = fallback_fp + len(negatives) - np.searchsorted(negatives, candidates, side="right")
+    fn = int(truth.sum()) - tp
+    return 2 * tp / np.maximum(2 * tp + fp + fn, 1)
 
 
 def crossfit_macro_f1(y_true: np.ndarray, probs: np.ndarray, seed: int = 0, choose=None) -> float:

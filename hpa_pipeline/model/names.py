@@ -29,3 +29,7 @@ SCHEDULES = ("cosine", "onecycle")
 PRECISIONS = ("bf16", "fp16", "none")
 #: how thresholds are chosen from out-of-fold probabilities (:mod:`.thresholds`)
 STRATEGIES = ("f1", "ratio", "fixed")
+
+#: how ``predict`` labels with ``ratio`` thresholds: matched again on the set it predicts
+#: (the default), or as fixed on the out-of-fold table
+RATIO_ON = ("predicted", "oof")

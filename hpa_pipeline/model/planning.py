@@ -33,6 +33,11 @@ class Plan:
     external_left_out: list  # (store, id, why) of the external samples left out as duplicates
     store: Store  # the train store, opened once: the datasets read through it
 
+    @property
+    def training_shares(self) -> np.ndarray:
+        """Each class's share among the training samples of the store (what ``ratio`` matches)."""
+        return (self.labels[self.train_idx] > 0.5).mean(axis=0)
+
 
 def plan_run(cfg: TrainConfig, run: RunFolder) -> Plan:
     """Check the store, its labels and levels, the fold, the weights and the run folder; raise a

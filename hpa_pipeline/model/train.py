@@ -41,7 +41,8 @@ from .averaging import recompute_batchnorm
 from .checkpoints import load_checkpoint, load_weights, save_checkpoint
 from .config import TrainConfig
 from .inference import autocast, predict_probs
-from .metrics import crossfit_macro_f1, f1_table, macro_f1, per_class_f1, predict_labels, search_thresholds
+from .metrics import crossfit_macro_f1, f1_table, macro_f1, per_class_f1, predict_labels
+from .thresholds import chooser
 from .planning import Plan, plan_run, samples_message
 from .plots import plot_run
 from .probs_table import write_probs
@@ -164,7 +165,7 @@ def _train(cfg: TrainConfig, run: RunFolder, progress, ranks: distributed.Ranks,
         report(progress, Progress("train", message=samples_message(cfg, plan, len(plan.ids))))
         for epoch in range(state.epoch + 1, cfg.epochs):
             speed = train_one_epoch(cfg, epoch, state, step, data, ranks, device, progress)
-            evaluation = validate(cfg, epoch, state, data, ranks, device, progress)
+            evaluation = validate(cfg, epoch, state, data, ranks, device, progress, plan.training_shares)
             row = {"epoch": epoch + 1, "step": state.step, "lr": state.schedule.get_last_lr()[0],
                    "train_loss": speed.pop("train_loss"), **evaluation.scores, **speed,
                    "startup_s": round(startup_s, 3)}
@@ -330,11 +331,15 @@ class Evaluation:
     truth: np.ndarray
     probs: np.ndarray
     thresholds: np.ndarray
+    shares: np.ndarray  # the training samples' share of each class (``ratio`` matches them)
 
 
-def validate(cfg: TrainConfig, epoch: int, state: TrainState, data: Data, ranks, device, progress) -> Evaluation:
+def validate(cfg: TrainConfig, epoch: int, state: TrainState, data: Data, ranks, device, progress,
+             shares: np.ndarray) -> Evaluation:
     """Whole images of the validation fold (training level by default), with the training loss
-    and three macro F1 figures: at 0.5, tuned out of sample (cross-fit), tuned in sample."""
+    and three macro F1 figures: at 0.5, and with thresholds of the run's strategy (``shares``:
+    the training samples' share of each class, for ``ratio``) tuned out of sample (cross-fit)
+    and in sample."""
     started = time.perf_counter()
     if state.averaging == "swa" and epoch >= cfg.epochs - cfg.swa_epochs:  # the last N epochs' weights
         state.average.update_parameters(state.model)
@@ -350,13 +355,14 @@ def validate(cfg: TrainConfig, epoch: int, state: TrainState, data: Data, ranks,
     loss_total, count = distributed.sum_over_ranks([loss * len(indices), len(indices)], ranks, device)
     probs, indices = distributed.gather_arrays((probs, indices), ranks)
     truth = data.valid_set.labels[indices] > 0.5
-    thresholds = search_thresholds(truth, probs)
+    thresholds = chooser(cfg.threshold_strategy, cfg.threshold_scale, shares)(truth, probs)
     scores = {"valid_loss": loss_total / max(count, 1),
               "valid_macro_f1": macro_f1(truth, predict_labels(probs, 0.5)),
-              "valid_macro_f1_tuned_crossfit": crossfit_macro_f1(truth, probs, cfg.seed),
+              "valid_macro_f1_tuned_crossfit": crossfit_macro_f1(
+                  truth, probs, cfg.seed, chooser(cfg.threshold_strategy, cfg.threshold_scale)),
               "valid_macro_f1_tuned_in_sample": macro_f1(truth, predict_labels(probs, thresholds)),
               "valid_s": round(time.perf_counter() - started, 3)}
-    return Evaluation(scores, truth, probs, thresholds)
+    return Evaluation(scores, truth, probs, thresholds, shares)
 
 
 # --- writing ----------------------------------------------------------------------------------------
@@ -371,13 +377,15 @@ def write_epoch(run: RunFolder, cfg: TrainConfig, plan: Plan, state: TrainState,
                      "normalization": plan.normalization}, run.best)
         tuned = predict_labels(evaluation.probs, evaluation.thresholds)
         write_json(run.thresholds, {
-            "thresholds": evaluation.thresholds.tolist(), "class_names": list(CLASS_NAMES), "epoch": row["epoch"],
+            "thresholds": evaluation.thresholds.tolist(), "strategy": cfg.threshold_strategy,
+            "scale": cfg.threshold_scale if cfg.threshold_strategy == "f1" else None,
+            "shares": evaluation.shares.tolist(), "class_names": list(CLASS_NAMES), "epoch": row["epoch"],
             "level": cfg.val_level or cfg.level, "fold": cfg.fold, "n_valid": int(len(evaluation.truth)),
             **{k: v for k, v in row.items() if k.startswith("valid_macro_f1")},
             "support": evaluation.truth.sum(0).astype(int).tolist(),
             "per_class_f1": per_class_f1(evaluation.truth, tuned).tolist()})
         heading = (f"Per-class F1 of the validation fold at epoch {row['epoch']} (best), with the thresholds of "
-                   f"thresholds.json (searched on this fold: in sample)\n")
+                   f"thresholds.json ({cfg.threshold_strategy}, chosen on this fold: in sample)\n")
         write_bytes(run.f1_table, (heading + f1_table(evaluation.truth, tuned) + "\n").encode())
     fault_point("after_best")
     row = {**row, "checkpoint_s": round(time.perf_counter() - started, 3)}
