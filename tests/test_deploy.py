@@ -43,6 +43,31 @@ def trained(tmp_path_factory):
     return d, tmp, package, exported.output
 
 
+def test_a_timm_backbone_with_the_first_places_head_trains_exports_and_classifies(trained, tmp_path):
+    """timm:resnet18 with avgmax-2fc: a run, a valid package (ONNX within tolerance of PyTorch),
+    and classify from that package agreeing with predict from the run."""
+    d, tmp, _, _ = trained
+    run, package = tmp_path / "run", tmp_path / "package"
+    result = CliRunner().invoke(cli, ["train", "--store", str(tmp / "train.zarr"), "--out", str(run), "--arch",
+                                      "timm:resnet18", "--head", "avgmax-2fc", "--level", "64", "--crop", "48",
+                                      "--folds", "3", "--epochs", "1", "--batch-size", "8", "--workers", "0",
+                                      "--steps-per-epoch", "2", "--weights", "none", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    exported = CliRunner().invoke(cli, ["export", str(run), "--out", str(package)])
+    assert exported.exit_code == 0 and "valid-format" in exported.output, exported.output
+    rdf = yaml.safe_load((package / "rdf.yaml").read_text())
+    assert rdf["config"]["hpa_pipeline"]["arch"] == "timm:resnet18"
+    predicted = CliRunner().invoke(cli, ["predict", "--store", str(tmp / "test.zarr"), "--run", str(run), "--out",
+                                         str(tmp_path / "sub.csv"), "--probs", str(tmp_path / "probs.csv"),
+                                         "--workers", "0", "--device", "cpu"])
+    assert predicted.exit_code == 0, predicted.output
+    classified = _classify(d.test_archive, "--model", package, "--out", tmp_path / "c.csv")
+    assert classified.exit_code == 0, classified.output
+    ids, expected = read_probs(tmp_path / "probs.csv")
+    rows = {r["Id"]: [float(r[str(c)]) for c in range(28)] for r in csv.DictReader((tmp_path / "c.csv").open())}
+    np.testing.assert_allclose(np.array([rows[i] for i in ids]), expected, atol=1e-4)
+
+
 def test_the_package_is_valid_and_reproduces_its_test_outputs(trained):
     from bioimageio.core import test_model
 

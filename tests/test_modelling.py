@@ -92,9 +92,55 @@ def test_every_arch_name_has_its_sources_and_every_name_is_a_choice_of_train():
     from hpa_pipeline.model.config import TrainConfig
     from hpa_pipeline.model.names import ARCHS, LOSSES
 
+    from hpa_pipeline.contract.errors import OptionError
+
     assert tuple(models.SOURCES) == ARCHS
     choices = {f.name: f.metadata["choices"] for f in fields(TrainConfig)}
-    assert choices["arch"] == ARCHS and choices["loss"] == LOSSES
+    assert choices["loss"] == LOSSES
+    arch_help = {f.name: f.metadata["help"] for f in fields(TrainConfig)}["arch"]
+    assert all(name in arch_help for name in ARCHS) and "timm:NAME" in arch_help
+    for name in ARCHS + ("timm:densenet121",):
+        assert TrainConfig(arch=name).arch == name
+    for wrong in ("densenet121", "timm:", "se_resnet51"):
+        with pytest.raises(OptionError, match="nor timm:NAME"):
+            TrainConfig(arch=wrong)
+
+
+def test_any_timm_model_takes_four_channels_and_imagenet_weights_by_the_stem_rule(tmp_path, monkeypatch):
+    """timm:NAME with ImageNet weights of the 3-channel, 1000-class model from a local file or
+    timm's cache: the body loaded, red/green/blue filters copied, yellow their mean, a new
+    28-class classifier; 1st place's head (average and max pooled, two layers) on top."""
+    import timm
+
+    from hpa_pipeline.model.models import AvgMaxTwoLayerHead, find_cached_weights
+
+    imagenet = timm.create_model("resnet18", pretrained=False)  # stands for a download
+    weights = tmp_path / "resnet18.pth"
+    torch.save(imagenet.state_dict(), weights)
+    for head in ("linear", "avgmax-2fc"):
+        model = create_model("timm:resnet18", weights=str(weights), head=head).eval()
+        body = model.backbone if head == "avgmax-2fc" else model
+        stem = body.conv1.weight
+        assert stem.shape[1] == 4
+        assert torch.equal(stem[:, :3], imagenet.conv1.weight)
+        assert torch.allclose(stem[:, 3], imagenet.conv1.weight.mean(dim=1))
+        assert torch.equal(body.layer4[1].conv2.weight, imagenet.layer4[1].conv2.weight)
+        with torch.no_grad():
+            for size in (64, 96):
+                assert model(torch.randn(2, 4, size, size)).shape == (2, 28)
+    assert isinstance(model, AvgMaxTwoLayerHead) and model.head[-1].out_features == 28
+    hub = tmp_path / "hub"
+    (hub / "checkpoints").mkdir(parents=True)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    assert find_cached_weights("timm:resnet18") is None
+    url_file = timm.models.get_pretrained_cfg("resnet18").url.rsplit("/", 1)[-1]
+    (hub / "checkpoints" / url_file).write_bytes(weights.read_bytes())
+    assert find_cached_weights("timm:resnet18") == hub / "checkpoints" / url_file
+    with pytest.raises(ModelError, match="timm has no such model; similar: .*resnet18"):
+        create_model("timm:resnet18x")
+    with pytest.raises(ModelError, match="use --backend timm"):
+        create_model("timm:resnet18", backend="pretrainedmodels")
 
 
 def test_both_backends_build_the_same_network_any_size():

@@ -78,7 +78,7 @@ def write_description(deployed, folder: Path, image: np.ndarray, difference: flo
     with ValidationContext(root=folder, perform_io_checks=True):
         inputs, outputs = _tensors(deployed, image)
         descr = spec.ModelDescr(
-            name=f"HPA protein localisation {deployed.config['arch']}",
+            name=f"HPA protein localisation {deployed.config['arch'].replace(':', ' ')}",  # the spec's name characters
             description="Multilabel classifier of the 28 subcellular protein locations of the Human Protein Atlas "
                         "Image Classification competition (4-channel confocal images), from hpa-pipeline.",
             authors=[spec.Author(name="hpa-pipeline contributors")],

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field, fields
 
 
-from .names import ARCHS, BACKENDS, DEFAULT_ARCH, LOSSES, PRECISIONS, SCHEDULES, STRATEGIES
+from .names import ARCHS, BACKENDS, DEFAULT_ARCH, HEADS, LOSSES, PRECISIONS, SCHEDULES, STRATEGIES, is_arch
 from ..contract.duplicates import DEFAULT_MAX_DISTANCE
 from ..contract.errors import OptionError
 
@@ -38,8 +38,12 @@ class TrainConfig:
     out: str = option(str, "", "Run folder (checkpoints, metrics, thresholds); a new one, or the one to --resume.")
     external: tuple = option(STORES, (), "External store (e.g. HPA v18) whose samples always train, never validate; "
                                  "repeat for several. Folds and validation use --store only.")
-    arch: str = option(str, DEFAULT_ARCH, "SENet architecture (se_resnet_tiny: for CPU tests and the demo).",
-                       ARCHS)
+    arch: str = option(str, DEFAULT_ARCH, f"Architecture: an SENet ({', '.join(ARCHS)}; se_resnet_tiny for CPU "
+                                          f"tests and the demo), or timm:NAME for any timm model (timm:densenet121, "
+                                          f"timm:inception_v3, timm:resnet34).")
+    head: str = option(str, "linear", "Classifier: linear (the backbone's own, on average pooling) or avgmax-2fc "
+                                      "(1st place's: average and max pooling concatenated, two fully connected "
+                                      "layers; --backend timm).", HEADS)
     backend: str = option(str, "timm", "Library that builds it: the same network and checkpoint keys either way.",
                           BACKENDS)
     weights: str | None = option(str, None, "ImageNet weights: a local .pth/.safetensors file, 'cache' (the torch hub "
@@ -126,6 +130,8 @@ class TrainConfig:
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 raise OptionError(f"--{f.name.replace('_', '-')} {getattr(self, f.name)!r} is not one of {choices}")
+        if not is_arch(self.arch):
+            raise OptionError(f"--arch {self.arch!r} is not one of {', '.join(ARCHS)}, nor timm:NAME (any timm model)")
         if isinstance(self.fold, str) and self.fold.strip().lower() == "all":
             self.fold = "all"
         elif isinstance(self.fold, str) and self.fold.strip().isdigit():

@@ -147,7 +147,7 @@ def load_run(path: str | Path, device) -> TrainedRun:
     state = load_checkpoint(run.best, device)
     if not isinstance(state.get("model"), dict):
         raise RunError(f"{run.best}: not a checkpoint of this project (no model weights)")
-    model = create_model(cfg.arch, cfg.backend, drop_rate=cfg.drop_rate).to(device)
+    model = create_model(cfg.arch, cfg.backend, drop_rate=cfg.drop_rate, head=cfg.head).to(device)
     load_weights(model, state["model"], run.best)
     thresholds = read_thresholds(run.thresholds)
     log.debug("run %s: %s, best checkpoint %s, thresholds %s", run.path, cfg.arch, run.best, run.thresholds)

@@ -29,6 +29,13 @@ dict of the 1000-class, 3-channel model from either backend; ``.pth`` or ``.safe
 ``HF_HOME``), or ``None``/``"none"``/``"scratch"`` for random initialisation. The stem is
 widened to 4 channels by the rule: red, green, blue filters copy the RGB filters, yellow gets
 their mean (timm's own ``in_chans=4`` adaptation would tile R, G, B, R instead).
+
+Beyond the SENets, ``timm:NAME`` is any model timm builds (``timm:densenet121``, 1st place's
+backbone; ``timm:inception_v3``, 2nd and 3rd place's; ``timm:resnet34``), with the same
+4-channel rule applied to the stem timm names (``first_conv``), its ImageNet weights taken
+from a local file or timm's caches the same way, and exported and classified like the SENets.
+``head="avgmax-2fc"`` puts 1st place's classifier on any backbone: global average and max
+pooling concatenated, then two fully connected layers (:class:`AvgMaxTwoLayerHead`).
 """
 from __future__ import annotations
 
@@ -38,7 +45,7 @@ import torch
 from torch import nn
 
 from ..contract.labels import N_CLASSES
-from .names import ARCH_SOURCES, ARCHS, BACKENDS
+from .names import ARCH_SOURCES, ARCHS, BACKENDS, HEADS, TIMM_PREFIX
 from ..contract.errors import HpaError
 
 IN_CHANNELS = 4
@@ -54,10 +61,61 @@ class ModelError(HpaError, ValueError):
     """An unknown arch or backend, or weights that are missing or do not fit."""
 
 
-def _build(arch: str, backend: str, num_classes: int, drop_rate: float) -> nn.Module:
+class AvgMaxTwoLayerHead(nn.Module):
+    """1st place's classifier on a timm backbone: the feature map's global average and max
+    pooled together, then BatchNorm, dropout, a hidden fully connected layer, and the output
+    layer. ``backbone`` keeps its body (its own classifier and pooling are removed)."""
+
+    HIDDEN = 512
+
+    def __init__(self, backbone: nn.Module, num_classes: int, drop_rate: float):
+        super().__init__()
+        backbone.reset_classifier(0, "")
+        self.backbone = backbone
+        width = 2 * backbone.num_features
+        self.head = nn.Sequential(nn.BatchNorm1d(width), nn.Dropout(drop_rate), nn.Linear(width, self.HIDDEN),
+                                  nn.ReLU(inplace=True), nn.BatchNorm1d(self.HIDDEN), nn.Dropout(drop_rate),
+                                  nn.Linear(self.HIDDEN, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.backbone.forward_features(x)
+        return self.head(torch.cat([features.mean(dim=(2, 3)), features.amax(dim=(2, 3))], dim=1))
+
+
+def _build(arch: str, backend: str, num_classes: int, drop_rate: float, head: str = "linear") -> nn.Module:
     """A randomly initialised 4-channel network with a ``num_classes`` head."""
+    if head not in HEADS:
+        raise ModelError(f"unknown head {head!r}; choose from {HEADS}")
+    if head != "linear" and backend != "timm":
+        raise ModelError(f"--head {head} is built on timm's models: use --backend timm")
+    model = _build_body(arch, backend, num_classes, drop_rate)
+    return model if head == "linear" else AvgMaxTwoLayerHead(model, num_classes, drop_rate)
+
+
+def _build_timm(name: str, num_classes: int, drop_rate: float) -> nn.Module:
+    """``timm:NAME``: any timm model, 4 channels in, ``num_classes`` out."""
+    import timm
+
+    try:
+        return timm.create_model(name, pretrained=False, in_chans=IN_CHANNELS, num_classes=num_classes,
+                                 drop_rate=drop_rate)
+    except RuntimeError as exc:
+        if "Unknown model" not in str(exc):
+            raise
+        import difflib
+
+        near = difflib.get_close_matches(name.split(".")[0], timm.list_models(), n=5)
+        raise ModelError(f"--arch {TIMM_PREFIX}{name}: timm has no such model"
+                         + (f"; similar: {', '.join(near)}" if near else "")) from None
+
+
+def _build_body(arch: str, backend: str, num_classes: int, drop_rate: float) -> nn.Module:
+    if arch.startswith(TIMM_PREFIX):
+        if backend != "timm":
+            raise ModelError(f"--arch {arch} is a timm model: use --backend timm")
+        return _build_timm(arch[len(TIMM_PREFIX):], num_classes, drop_rate)
     if arch not in ARCHS:
-        raise ModelError(f"unknown arch {arch!r}; choose from {sorted(ARCHS)}")
+        raise ModelError(f"unknown arch {arch!r}; choose from {sorted(ARCHS)} or {TIMM_PREFIX}NAME")
     if backend not in BACKENDS:
         raise ModelError(f"unknown backend {backend!r}; choose from {BACKENDS}")
     pm_name, timm_name, _ = SOURCES[arch]
@@ -112,6 +170,8 @@ def find_cached_weights(arch: str) -> Path | None:
     the torch hub folder (``torch.hub.get_dir()/checkpoints``), then the Hugging Face cache
     (``timm/<timm name>.in1k``, where timm 0.9+ downloads to). Never touches the network."""
     hub = Path(torch.hub.get_dir()) / "checkpoints"
+    if arch.startswith(TIMM_PREFIX):
+        return _find_cached_timm_weights(arch[len(TIMM_PREFIX):], hub)
     pm_name, timm_name, file_names = SOURCES.get(arch, (None, None, ()))
     for name in file_names:
         if (hub / name).exists():
@@ -129,6 +189,28 @@ def find_cached_weights(arch: str) -> Path | None:
     return None
 
 
+def _find_cached_timm_weights(name: str, hub: Path) -> Path | None:
+    """Where timm downloads a model's default weights: the Hugging Face cache (its ``hf_hub_id``),
+    or the torch hub folder (its ``url``'s file)."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)
+    if cfg is None:
+        return None
+    if cfg.hf_hub_id:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:
+            try_to_load_from_cache = None
+        for file_name in ("model.safetensors", "pytorch_model.bin") if try_to_load_from_cache else ():
+            found = try_to_load_from_cache(cfg.hf_hub_id, file_name)
+            if isinstance(found, str):
+                return Path(found)
+    if cfg.url and (hub / cfg.url.rsplit("/", 1)[-1]).exists():
+        return hub / cfg.url.rsplit("/", 1)[-1]
+    return None
+
+
 def _read_state_dict(path: Path) -> dict:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -143,38 +225,55 @@ def _read_state_dict(path: Path) -> dict:
     return state.get("state_dict", state)
 
 
+def _stem_and_classifier(model: nn.Module) -> tuple[str, str]:
+    """The names of the first convolution and of the classifier: timm's own record of them
+    (``pretrained_cfg``) for any timm model, the SENets' otherwise."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    first_conv, classifier = cfg.get("first_conv"), cfg.get("classifier")
+    if isinstance(first_conv, (list, tuple)):
+        first_conv = first_conv[0]
+    if isinstance(classifier, (list, tuple)):
+        classifier = classifier[0]
+    return (first_conv or "layer0.conv1"), (classifier or "last_linear")
+
+
 def load_imagenet_weights(model: nn.Module, path: str | Path) -> None:
-    """Load a 1000-class 3-channel state dict (either backend) into a 4-channel model's body."""
+    """Load a 1000-class 3-channel state dict into a 4-channel model's body (its classifier
+    stays new; under :class:`AvgMaxTwoLayerHead`, the backbone's)."""
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"weights file {path} not found")
+    body = model.backbone if isinstance(model, AvgMaxTwoLayerHead) else model
+    stem, classifier = _stem_and_classifier(body)
     state = dict(_read_state_dict(path))
-    stem_key = "layer0.conv1.weight"
+    stem_key = f"{stem}.weight"
     if stem_key not in state:
-        raise ModelError(f"{path}: not SENet weights (no {stem_key})")
+        raise ModelError(f"{path}: not weights of this arch (no {stem_key})")
     rgb = state.pop(stem_key)
-    state = {k: v for k, v in state.items() if not k.startswith("last_linear.")}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith(("last_linear.", "layer0.conv1."))]
+    state = {k: v for k, v in state.items() if not k.startswith(f"{classifier}.")}
+    missing, unexpected = body.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith((f"{classifier}.", f"{stem}."))]
     if missing or unexpected:
         raise ModelError(f"{path} does not fit this arch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    conv = body.get_submodule(stem)
     if rgb.shape[1] == 3:
-        _set_stem_from_rgb(_stem_conv(model), rgb)
+        _set_stem_from_rgb(conv, rgb)
     elif rgb.shape[1] == IN_CHANNELS:
         with torch.no_grad():
-            _stem_conv(model).weight.copy_(rgb)
+            conv.weight.copy_(rgb)
     else:
         raise ModelError(f"{path}: stem has {rgb.shape[1]} input channels, expected 3 or 4")
 
 
 def create_model(arch: str = "se_resnext50_32x4d", backend: str = "timm", weights: str | Path | None = None,
-                 num_classes: int = N_CLASSES, drop_rate: float = DEFAULT_DROP_RATE) -> nn.Module:
-    """A 4-channel, ``num_classes``-output SENet of ``arch`` from ``backend``.
+                 num_classes: int = N_CLASSES, drop_rate: float = DEFAULT_DROP_RATE, head: str = "linear") -> nn.Module:
+    """A 4-channel, ``num_classes``-output network of ``arch`` (an SENet, or ``timm:NAME``)
+    from ``backend``, with the classifier ``head``.
 
     ``weights``: ``None``/``"none"``/``"scratch"`` (random init), a path to ImageNet weights, or
     ``"cache"`` (a clear error if they were never downloaded).
     """
-    model = _build(arch, backend, num_classes, drop_rate)
+    model = _build(arch, backend, num_classes, drop_rate, head)
     path = resolve_weights(arch, weights)
     if path is not None:
         load_imagenet_weights(model, path)
@@ -186,13 +285,15 @@ def resolve_weights(arch: str, weights: str | Path | None) -> Path | None:
     if weights in SCRATCH or (isinstance(weights, str) and weights.lower() in SCRATCH):
         return None
     if weights == "cache":
-        if arch not in ARCHS:
-            raise ModelError(f"unknown arch {arch!r}; choose from {sorted(ARCHS)}")
+        if arch not in ARCHS and not arch.startswith(TIMM_PREFIX):
+            raise ModelError(f"unknown arch {arch!r}; choose from {sorted(ARCHS)} or {TIMM_PREFIX}NAME")
         cached = find_cached_weights(arch)
         if cached is None:
-            raise ModelError(f"no cached ImageNet weights for {arch} (looked for {SOURCES[arch][2]} in "
-                             f"{Path(torch.hub.get_dir()) / 'checkpoints'} and timm/{SOURCES[arch][1]}.in1k in the "
-                             f"Hugging Face cache); pass --weights PATH to a local file, or --weights none")
+            where = (f"timm's caches for {arch[len(TIMM_PREFIX):]}" if arch.startswith(TIMM_PREFIX) else
+                     f"{SOURCES[arch][2]} in {Path(torch.hub.get_dir()) / 'checkpoints'} and "
+                     f"timm/{SOURCES[arch][1]}.in1k in the Hugging Face cache")
+            raise ModelError(f"no cached ImageNet weights for {arch} (looked for {where}); pass --weights PATH to a "
+                             f"local file, or --weights none")
         return cached
     path = Path(weights)
     if not path.is_file():

@@ -15,8 +15,18 @@ ARCH_SOURCES = {
     "senet154": ("senet154", "legacy_senet154", ("senet154-c7b49a05.pth", "legacy_senet154-e9eb9fe6.pth")),
     "se_resnet_tiny": (None, None, ()),
 }
-#: the architectures, in the order ``--arch`` lists them
+#: the architectures, in the order ``--arch`` lists them; besides them, ``timm:NAME`` is any
+#: model timm builds (``timm:densenet121``, ``timm:inception_v3``, ``timm:resnet34``)
 ARCHS = tuple(ARCH_SOURCES)
+TIMM_PREFIX = "timm:"
+#: the classifier on top of the backbone: the backbone's own (one linear layer on average
+#: pooling), or 1st place's (average and max pooling concatenated, two fully connected layers)
+HEADS = ("linear", "avgmax-2fc")
+
+
+def is_arch(name: str) -> bool:
+    """Whether ``name`` names an architecture: one of :data:`ARCHS`, or ``timm:NAME``."""
+    return name in ARCHS or (name.startswith(TIMM_PREFIX) and len(name) > len(TIMM_PREFIX))
 #: what ``--arch`` defaults to
 DEFAULT_ARCH = "se_resnext50_32x4d"
 #: libraries that build them (the same network and state-dict keys either way)

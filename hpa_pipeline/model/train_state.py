@@ -98,7 +98,7 @@ def check_precision(cfg: TrainConfig, device: torch.device) -> None:
 
 
 def make_state(cfg: TrainConfig, steps_per_epoch: int, device: torch.device) -> TrainState:
-    model = create_model(cfg.arch, cfg.backend, cfg.weights, drop_rate=cfg.drop_rate).to(device)
+    model = create_model(cfg.arch, cfg.backend, cfg.weights, drop_rate=cfg.drop_rate, head=cfg.head).to(device)
     if cfg.init_from:  # another run's best weights (then a new optimiser and schedule)
         start = RunFolder(Path(cfg.init_from))
         load_weights(model, load_checkpoint(start.best, device).get("model", {}), start.best)
