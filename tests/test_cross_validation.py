@@ -314,6 +314,30 @@ def test_a_single_fold_run_chooses_its_thresholds_by_its_strategy(stores, tmp_pa
     assert halved["strategy"] == "f1" and halved["scale"] == 0.5 and max(halved["thresholds"]) <= 0.5
 
 
+def test_test_time_crops_make_the_out_of_fold_table_and_predict(stores, tmp_path):
+    """--tta-crops: the out-of-fold table is made from crops (not whole images); predict takes
+    the run's crops by default and others on request; the package says how to feed it."""
+    _, tmp = stores
+    whole, cropped = tmp_path / "whole", tmp_path / "cropped"
+    assert CliRunner().invoke(cli, _train(stores, whole, 0)).exit_code == 0
+    result = CliRunner().invoke(cli, _train(stores, cropped, 0, "--tta-crops", "4", "--tta-crop-reduce", "max"))
+    assert result.exit_code == 0, result.output
+    ids, by_crops = read_probs(cropped / "oof.csv")
+    assert read_probs(whole / "oof.csv")[0] == ids and not np.allclose(read_probs(whole / "oof.csv")[1], by_crops)
+    outputs = {}
+    for name, extra in (("own", []), ("mean", ["--crop-reduce", "mean"]), ("none", ["--crops", "0"])):
+        out = tmp_path / f"{name}.csv"
+        predicted = CliRunner().invoke(cli, ["predict", "--store", str(tmp / "test.zarr"), "--run", str(cropped),
+                                             "--out", str(out), "--probs", str(tmp_path / f"{name}_p.csv"),
+                                             "--workers", "0", "--device", "cpu", *extra])
+        assert predicted.exit_code == 0, predicted.output
+        outputs[name] = read_probs(tmp_path / f"{name}_p.csv")[1]
+    assert (outputs["own"] >= outputs["mean"] - 1e-6).all() and not np.allclose(outputs["own"], outputs["mean"])
+    assert not np.allclose(outputs["none"], outputs["mean"])
+    bad = CliRunner().invoke(cli, _train(stores, tmp_path / "bad", 0, "--tta-crops", "3"))
+    assert bad.exit_code == 2 and "square grid" in bad.output
+
+
 def test_a_fold_run_writes_its_own_out_of_fold_table(stores, tmp_path):
     run = tmp_path / "run"
     result = CliRunner().invoke(cli, _train(stores, run, 1, "--tta", "2"))

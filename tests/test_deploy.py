@@ -84,6 +84,9 @@ def test_the_package_is_valid_and_reproduces_its_test_outputs(trained):
     assert config["thresholds"] == pytest.approx(run_thresholds) and len(config["class_names"]) == 28
     assert config["level"] == 64 and config["store_sizes"] == [128, 64] and config["dtype"] == "uint8"
     assert config["onnx_max_difference"] <= 1e-4
+    assert config["test_time"] == {"views": 1, "crops": 0, "crop": 48, "crop_mode": "tiled", "crop_reduce": "max"}
+    assert "**Test time**" in (package / "README.md").read_text() and "the whole 64² image" in (
+        package / "README.md").read_text()
     assert [c for c in rdf["inputs"][0]["axes"] if c["type"] == "channel"][0]["channel_names"] == [
         "red", "green", "blue", "yellow"]
     assert np.load(package / "test_input.npy").shape == (1, 4, 64, 64)

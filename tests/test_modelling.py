@@ -143,6 +143,39 @@ def test_any_timm_model_takes_four_channels_and_imagenet_weights_by_the_stem_rul
         create_model("timm:resnet18", backend="pretrainedmodels")
 
 
+def test_test_time_crops_are_placed_and_reduced_as_asked():
+    """Tiled crops start at the corners of a square grid, random ones are the same every run;
+    the probabilities are each crop's (averaged over its views) reduced by max or mean,
+    checked against the crops taken by hand."""
+    from hpa_pipeline.model.data import Normalizer
+    from hpa_pipeline.model.inference import TestCrops, predict_probs
+
+    tiled = TestCrops(4, 48)
+    assert tiled.origins(64, 0) == [(0, 0), (0, 16), (16, 0), (16, 16)]
+    assert TestCrops(1, 48).origins(64, 3) == [(8, 8)]
+    randomly = TestCrops(3, 32, "random", seed=1)
+    assert randomly.origins(64, 5) == randomly.origins(64, 5) != randomly.origins(64, 6)
+    torch.manual_seed(0)
+    model = create_model("se_resnet_tiny").eval()
+    images = torch.randint(0, 255, (2, 4, 64, 64), dtype=torch.uint8)
+    batch = [(images, torch.zeros(2, 28), torch.tensor([0, 1]), None)]
+    normalize = Normalizer([50.0] * 4, [30.0] * 4)
+    x = normalize(images)
+    for reduce in ("max", "mean"):
+        crops = TestCrops(4, 48, "tiled", reduce)
+        got, _, _ = predict_probs(model, batch, normalize, torch.device("cpu"), tta=2, crops=crops)
+        by_hand = []
+        for y, x0 in crops.origins(64, 0):
+            crop = x[:, :, y:y + 48, x0:x0 + 48]
+            with torch.no_grad():
+                by_hand.append((torch.sigmoid(model(crop)) + torch.sigmoid(model(crop.rot90(1, (2, 3))))) / 2)
+        stacked = torch.stack(by_hand)
+        expected = stacked.amax(0) if reduce == "max" else stacked.mean(0)
+        np.testing.assert_allclose(got, expected.numpy(), atol=1e-6)
+    with pytest.raises(Exception, match="square grid"):
+        TestCrops(3, 48)
+
+
 def test_both_backends_build_the_same_network_any_size():
     a, b = create_model("se_resnet50", "timm"), create_model("se_resnet50", "pretrainedmodels")
     b.load_state_dict(a.state_dict())  # same keys both ways

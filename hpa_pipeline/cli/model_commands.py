@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from ..model.config import COUNT_OR_AUTO, FOLD_OR_ALL, STORES, TrainConfig
-from ..model.names import RATIO_ON, STRATEGIES
+from ..model.names import CROP_MODES, CROP_REDUCTIONS, RATIO_ON, STRATEGIES
 from .options import CountOrAuto, FoldOrAll, writable_file
 from .progress import progress_bar
 from .recipes import recipe_option
@@ -103,7 +103,15 @@ def train(ctx, resume, **options):
 @click.option("--ratio-on", type=click.Choice(RATIO_ON), default=RATIO_ON[0], show_default=True,
               help="Thresholds of the ratio strategy: matched again on the predicted samples to each class's "
                    "training share, or used as chosen on the out-of-fold table (oof).")
-def predict(store, runs, tta, out, batch_size, workers, device, thresholds_file, probs_file, ratio_on):
+@click.option("--crops", type=click.IntRange(min=0), default=None,
+              help="Test-time crops of the run's --crop² per image (1st place: the max over several); 0 = whole "
+                   "images [default: the run's --tta-crops].")
+@click.option("--crop-mode", type=click.Choice(CROP_MODES), default=None,
+              help="tiled (a square grid, corner to corner) or random [default: the run's].")
+@click.option("--crop-reduce", type=click.Choice(CROP_REDUCTIONS), default=None,
+              help="How the crops' probabilities are reduced: max or mean [default: the run's].")
+def predict(store, runs, tta, out, batch_size, workers, device, thresholds_file, probs_file, ratio_on, crops,
+            crop_mode, crop_reduce):
     """Write a Kaggle submission (Id,Predicted) from one or more runs, with TTA and thresholds.
 
     A cross-validation folder (train --fold all) stands for its folds, averaged, with the
@@ -119,7 +127,7 @@ def predict(store, runs, tta, out, batch_size, workers, device, thresholds_file,
     with progress_bar("predict", unit="batch") as bar:
         ids, probs, labels = run_predict(store, list(runs), tta=tta, batch_size=batch_size, workers=workers,
                                          device=device, progress=bar, thresholds=thresholds_file,
-                                         ratio_on=ratio_on)
+                                         ratio_on=ratio_on, crops=crops, crop_mode=crop_mode, crop_reduce=crop_reduce)
     write_submission(out, ids, labels)
     if probs_file is not None:
         write_probs(probs_file, ids, probs)

@@ -97,6 +97,19 @@ def write_cover(image: np.ndarray, path: Path) -> None:
     matplotlib.image.imsave(path, composite(image[0]))
 
 
+def _test_time(config: dict, level: int) -> str:
+    """How a consumer should feed the graph to match the thresholds (views, crops, reduction)."""
+    views = config.get("tta", 1)
+    seen = (f"the mean over the first {views} of the 8 flips and quarter turns of each input"
+            if views > 1 else "each input as it is")
+    crops = config.get("tta_crops", 0)
+    if not crops:
+        return f"the whole {level}² image, {seen}."
+    where = "on a square grid from corner to corner" if config.get("tta_crop_mode") == "tiled" else "at random"
+    return (f"{crops} crops of {config.get('crop')}² pixels of the whole image, {where}, {seen}, then the "
+            f"{config.get('tta_crop_reduce')} over the crops for each class.")
+
+
 def write_documentation(deployed: DeployedRun, path: Path, sample_id: str) -> None:
     rows = "\n".join(f"| {c} | {name} | `{class_id(name)}` | {t:.3f} |"
                      for c, (name, t) in enumerate(zip(CLASS_NAMES, deployed.thresholds)))
@@ -115,6 +128,8 @@ levels were {deployed.sizes}). The graph normalises ({normalisation}) and applie
 
 **Output** `probabilities`: `(batch, 28)`. A class is predicted where its probability is above its
 threshold below; {EMPTY_ROW_RULE}.
+
+**Test time**, as the out-of-fold table the thresholds were chosen on was made: {_test_time(deployed.config, deployed.level)}
 
 The test tensors are sample `{sample_id}` of the training store.
 

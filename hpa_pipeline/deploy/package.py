@@ -44,6 +44,9 @@ def package_config(deployed, difference: float) -> dict:
             "dtype": deployed.dtype, "normalization": json.loads(json.dumps(deployed.normalization)),
             "normalize": deployed.config.get("normalize", "store"), "arch": deployed.config["arch"],
             "runs": [str(r) for r in deployed.runs], "onnx_max_difference": difference,
+            "test_time": {"views": deployed.config.get("tta", 1), "crops": deployed.config.get("tta_crops", 0),
+                          "crop": deployed.config.get("crop"), "crop_mode": deployed.config.get("tta_crop_mode"),
+                          "crop_reduce": deployed.config.get("tta_crop_reduce")},
             "version": __version__}
 
 

@@ -12,7 +12,8 @@ import re
 from dataclasses import dataclass, field, fields
 
 
-from .names import ARCHS, BACKENDS, DEFAULT_ARCH, HEADS, LOSSES, PRECISIONS, SCHEDULES, STRATEGIES, is_arch
+from .names import (ARCHS, BACKENDS, CROP_MODES, CROP_REDUCTIONS, DEFAULT_ARCH, HEADS, LOSSES, PRECISIONS, SCHEDULES,
+                    STRATEGIES, is_arch)
 from ..contract.duplicates import DEFAULT_MAX_DISTANCE
 from ..contract.errors import OptionError
 
@@ -101,6 +102,12 @@ class TrainConfig:
     steps_per_epoch: int | None = option(int, None, "Cap on optimizer steps per epoch.")
     tta: int = option(int, 1, "Test-time views (flips/rotations, 1-8) of the out-of-fold table written at the end "
                               "(oof.csv, from the best epoch's weights).")
+    tta_crops: int = option(int, 0, "Test-time crops of --crop² pixels for the out-of-fold table and, by default, "
+                                    "predict (1st place: the max over several); 0 = whole images.")
+    tta_crop_mode: str = option(str, "tiled", "Where test-time crops lie: tiled (a square grid, corner to corner: "
+                                              "4, 9, ...) or random (the same every run).", CROP_MODES)
+    tta_crop_reduce: str = option(str, "max", "How test-time crops' probabilities are reduced: max or mean.",
+                                  CROP_REDUCTIONS)
     threshold_strategy: str = option(str, "f1", "How thresholds are chosen from out-of-fold probabilities: f1 "
                                                 "(per class, maximise F1), ratio (predicted positive share = the "
                                                 "class's share in the labels) or fixed (0.5).", STRATEGIES)
@@ -165,6 +172,9 @@ class TrainConfig:
             raise OptionError("--stream reads every sample once per epoch; it cannot --oversample")
         if self.ema > 0 and self.swa_epochs > 0:
             raise OptionError("choose one weight average: --ema or --swa-epochs, not both")
+        if self.tta_crops < 0 or self.tta_crops and self.tta_crop_mode == "tiled" and \
+                round(self.tta_crops ** 0.5) ** 2 != self.tta_crops:
+            raise OptionError(f"--tta-crops {self.tta_crops}: tiled crops form a square grid (1, 4, 9, 16, ...)")
         if not 1 <= self.tta <= 8:
             raise OptionError(f"--tta must be between 1 and 8 (the flips and rotations), got {self.tta}")
         if not 0 < self.threshold_scale <= 10:

@@ -27,7 +27,9 @@ from .metrics import predict_labels
 from .models import create_model
 from .run_folder import RunError, RunFolder, fold_runs, is_cross_validation, read_config
 from .thresholds import rematched
+from .names import CROP_MODES, CROP_REDUCTIONS
 from ..contract.spec import StoreError
+from ..contract.errors import OptionError
 from ..contract.labels import N_CLASSES
 
 
@@ -49,11 +51,65 @@ def autocast(amp: str, device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
+@dataclass(frozen=True)
+class TestCrops:
+    """Test-time crops, as 1st place took them: ``count`` crops of ``size``² pixels of each whole
+    image, ``tiled`` (a square grid from corner to corner) or ``random`` (origins drawn from
+    ``(seed, sample)``, so the same every run), their probabilities reduced by ``max`` or ``mean``.
+    Each crop is seen in every TTA view first."""
+
+    count: int
+    size: int
+    mode: str = "tiled"
+    reduce: str = "max"
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.mode not in CROP_MODES or self.reduce not in CROP_REDUCTIONS:
+            raise OptionError(f"test-time crops: mode one of {CROP_MODES}, reduction one of {CROP_REDUCTIONS}")
+        if self.count < 1 or self.mode == "tiled" and round(self.count ** 0.5) ** 2 != self.count:
+            raise OptionError(f"--crops {self.count}: tiled crops form a square grid (1, 4, 9, 16, ...)")
+
+    def origins(self, side: int, sample: int) -> list[tuple[int, int]]:
+        """Where the crops of a ``side``² image start (``(y, x)``, in crop order)."""
+        room = side - self.size
+        if room < 0:
+            raise OptionError(f"test-time crops of {self.size}² do not fit images of {side}²")
+        if self.mode == "random":
+            rng = np.random.default_rng((self.seed, 5_000_011, sample))
+            return [(int(y), int(x)) for y, x in rng.integers(0, room + 1, (self.count, 2))]
+        k = round(self.count ** 0.5)
+        steps = np.linspace(0, room, k).round().astype(int) if k > 1 else [room // 2]
+        return [(int(y), int(x)) for y in steps for x in steps]
+
+    def take(self, images: torch.Tensor, samples, k: int) -> torch.Tensor:
+        """Crop ``k`` of each image of the batch."""
+        side = images.shape[-1]
+        spots = [self.origins(side, int(s))[k] for s in samples]
+        return torch.stack([img[:, y:y + self.size, x:x + self.size] for img, (y, x) in zip(images, spots)])
+
+    @classmethod
+    def of_run(cls, cfg: TrainConfig, count: int | None = None, mode: str | None = None,
+               reduce: str | None = None) -> TestCrops | None:
+        """The run's test-time crops (its ``tta_crops`` of its ``crop``), each part overridable;
+        None for whole images."""
+        count = cfg.tta_crops if count is None else count
+        if not count:
+            return None
+        return cls(count, cfg.crop, mode or cfg.tta_crop_mode, reduce or cfg.tta_crop_reduce, cfg.seed)
+
+    def combine(self, probs: list[torch.Tensor]) -> torch.Tensor:
+        stacked = torch.stack(probs)
+        return stacked.amax(dim=0) if self.reduce == "max" else stacked.mean(dim=0)
+
+
 @torch.no_grad()
 def predict_probs(model, loader, normalize: Normalizer, device, amp: str = "none", channels_last: bool = False,
-                  tta: int = 1, loss_fn=None, on_batch=None) -> tuple[np.ndarray, np.ndarray, float | None]:
-    """Sigmoid probabilities ``(n, 28)`` averaged over ``tta`` views, the sample indices, and the
-    mean of ``loss_fn`` over the un-augmented view (None without ``loss_fn``).
+                  tta: int = 1, loss_fn=None, on_batch=None,
+                  crops: TestCrops | None = None) -> tuple[np.ndarray, np.ndarray, float | None]:
+    """Sigmoid probabilities ``(n, 28)`` averaged over ``tta`` views (of the whole image, or of
+    each of the test-time ``crops``, then reduced over them), the sample indices, and the mean
+    of ``loss_fn`` over the un-augmented whole image (None without ``loss_fn``).
 
     ``on_batch(batches_done)`` before the first batch (0) and after each. The loss stays on the
     device until the end.
@@ -67,20 +123,34 @@ def predict_probs(model, loader, normalize: Normalizer, device, amp: str = "none
         images = normalize(images.to(device, non_blocking=True))
         if channels_last and device.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
-        total = 0
         with autocast(amp, device):
-            for code, view in enumerate(tta_views(images, tta)):
-                logits = model(view).float()
-                if code == 0 and loss_fn is not None:
-                    loss_sum += loss_fn(logits, targets.to(device, non_blocking=True)) * len(images)
-                total = total + torch.sigmoid(logits)
-        probs.append((total / tta).cpu().numpy())
+            first = None
+            if crops is None:
+                batch_probs, first = _views_mean(model, images, tta)
+            if loss_fn is not None:
+                first = model(images).float() if first is None else first  # the un-augmented whole image
+                loss_sum += loss_fn(first, targets.to(device, non_blocking=True)) * len(images)
+            if crops is not None:
+                samples = index.cpu().numpy()
+                batch_probs = crops.combine([_views_mean(model, crops.take(images, samples, k), tta)[0]
+                                             for k in range(crops.count)])
+        probs.append(batch_probs.cpu().numpy())
         indices.append(index.cpu().numpy())  # the feed hands indices over on the device
         seen += len(images)
         if on_batch:
             on_batch(batch + 1)
     loss = float(loss_sum) / max(seen, 1) if loss_fn is not None else None
     return np.concatenate(probs), np.concatenate(indices), loss
+
+
+def _views_mean(model, images: torch.Tensor, tta: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean probabilities over the first ``tta`` views, and the logits of the first view."""
+    total, first = 0, None
+    for code, view in enumerate(tta_views(images, tta)):
+        logits = model(view).float()
+        first = logits if code == 0 else first
+        total = total + torch.sigmoid(logits)
+    return total / tta, first
 
 
 @dataclass
@@ -156,14 +226,15 @@ def load_run(path: str | Path, device) -> TrainedRun:
 
 def predict(store: str | Path, runs: list[str | Path], tta: int = 1, batch_size: int = 16, workers: int = 2,
             device: str = "auto", progress: ProgressCallback | None = None,
-            thresholds: str | Path | None = None, ratio_on: str = "predicted",
-            ) -> tuple[list[str], np.ndarray, np.ndarray]:
+            thresholds: str | Path | None = None, ratio_on: str = "predicted", crops: int | None = None,
+            crop_mode: str | None = None, crop_reduce: str | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
     """:func:`predict_store` holding a reader's lock on the store: no writer changes it meanwhile.
 
     A cross-validation folder in ``runs`` stands for its folds, with its thresholds (chosen on
     the whole out-of-fold table); ``thresholds``: a ``thresholds.json`` that overrides them all.
     Thresholds of the ``ratio`` strategy are matched again on the predicted samples to the
-    training shares, unless ``ratio_on="oof"`` (:func:`.thresholds.rematched`).
+    training shares, unless ``ratio_on="oof"`` (:func:`.thresholds.rematched`). ``crops``,
+    ``crop_mode``, ``crop_reduce``: test-time crops (:class:`TestCrops`) instead of each run's own.
     """
 
     resolved = [Path(r).resolve() for r in runs]
@@ -179,7 +250,8 @@ def predict(store: str | Path, runs: list[str | Path], tta: int = 1, batch_size:
             expanded.append(run)
     chosen = thresholds if thresholds is not None else chosen
     with store_locked(store, shared=True):
-        ids, probs, _ = predict_store(store, expanded, tta, batch_size, workers, device, progress)
+        ids, probs, _ = predict_store(store, expanded, tta, batch_size, workers, device, progress,
+                                      crops, crop_mode, crop_reduce)
     records = [read_threshold_record(Path(chosen))] if chosen is not None else [
         read_threshold_record(RunFolder(Path(run)).thresholds) for run in expanded]
     record = {"thresholds": np.mean([r["thresholds"] for r in records], axis=0),
@@ -191,11 +263,14 @@ def predict(store: str | Path, runs: list[str | Path], tta: int = 1, batch_size:
 
 
 def predict_store(store: str | Path, runs: list[str | Path], tta: int = 1, batch_size: int = 16, workers: int = 2,
-                  device: str = "auto", progress: ProgressCallback | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
+                  device: str = "auto", progress: ProgressCallback | None = None, crops: int | None = None,
+                  crop_mode: str | None = None,
+                  crop_reduce: str | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
     """``(ids, mean probabilities (n, 28), predicted labels (n, 28) bool)`` over the whole store.
 
     Each run predicts at its own validation level with its own training
-    statistics; probabilities are averaged over runs (e.g. folds) and TTA views; thresholds are
+    statistics and test-time crops (its own, or ``crops`` ...); probabilities are averaged over
+    runs (e.g. folds) and TTA views; thresholds are
     the mean of the runs' thresholds. Samples not done in the store are an error: a submission
     needs all. ``progress`` gets the batches done over all runs (task ``predict``).
     """
@@ -224,7 +299,8 @@ def predict_store(store: str | Path, runs: list[str | Path], tta: int = 1, batch
 
         with whole_image_batches(dataset, batch_size, workers, dev) as batches:
             probs, indices, _ = predict_probs(run.model, batches, run.normalizer().to(dev), dev, run.config.amp,
-                                              run.config.channels_last, tta=tta, on_batch=step)
+                                              run.config.channels_last, tta=tta, on_batch=step,
+                                              crops=TestCrops.of_run(run.config, crops, crop_mode, crop_reduce))
         total = total + probs[np.argsort(indices)]
         thresholds.append(run.thresholds)
     probs = total / len(runs)

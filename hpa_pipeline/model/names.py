@@ -43,3 +43,8 @@ STRATEGIES = ("f1", "ratio", "fixed")
 #: how ``predict`` labels with ``ratio`` thresholds: matched again on the set it predicts
 #: (the default), or as fixed on the out-of-fold table
 RATIO_ON = ("predicted", "oof")
+
+#: test-time crops: how they are placed, and how their probabilities are reduced
+#: (:class:`~hpa_pipeline.model.inference.TestCrops`)
+CROP_MODES = ("tiled", "random")
+CROP_REDUCTIONS = ("max", "mean")

@@ -40,7 +40,7 @@ from . import distributed
 from .averaging import recompute_batchnorm
 from .checkpoints import load_checkpoint, load_weights, save_checkpoint
 from .config import TrainConfig
-from .inference import autocast, predict_probs
+from .inference import TestCrops, autocast, predict_probs
 from .metrics import crossfit_macro_f1, f1_table, macro_f1, per_class_f1, predict_labels
 from .thresholds import chooser
 from .planning import Plan, plan_run, samples_message
@@ -196,7 +196,7 @@ def write_out_of_fold(run: RunFolder, cfg: TrainConfig, plan: Plan, state: Train
         report(progress, Progress("valid", done, total, "step", "out-of-fold table"))
 
     probs, indices, _ = predict_probs(model, data.valid_batches(), data.normalize, device, cfg.amp,
-                                      cfg.channels_last, tta=cfg.tta, on_batch=step)
+                                      cfg.channels_last, tta=cfg.tta, on_batch=step, crops=TestCrops.of_run(cfg))
     probs, indices = distributed.gather_arrays((probs, indices), ranks)
     if ranks.is_main:
         order = np.argsort(indices)
