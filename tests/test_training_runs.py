@@ -166,6 +166,54 @@ def test_focal_loss_with_class_weighting_matches_a_hand_computation():
     assert float(MultilabelLoss("bce", 2.0, weight)(logits, targets)) == pytest.approx(bce, rel=1e-5)
 
 
+def _naive_lovasz_hinge(logits: np.ndarray, truth: np.ndarray) -> float:
+    """Berman et al.'s definition, written from sets: the Lovász extension of the Jaccard loss
+    Delta(M) = 1 - |gt minus M| / |gt union M| (M: the mispredicted elements) at the hinge errors."""
+    errors = 1.0 - logits * (2.0 * truth - 1.0)
+    order = sorted(range(len(errors)), key=lambda i: -errors[i])
+    gt = {i for i in range(len(truth)) if truth[i]}
+
+    def delta(mispredicted: set) -> float:
+        union = gt | mispredicted
+        return 1.0 - len(gt - mispredicted) / len(union) if union else 0.0
+
+    total, chosen = 0.0, set()
+    for i in order:
+        before = delta(chosen)
+        chosen.add(i)
+        total += max(errors[i], 0.0) * (delta(chosen) - before)
+    return total
+
+
+def test_each_loss_term_matches_an_independent_implementation():
+    """Focal with alpha (Lin et al.'s formula), the Lovász hinge per image and over the batch
+    (from its set definition), the hard-example log loss (numpy's top k), and their sum."""
+    rng = np.random.default_rng(4)
+    logits = torch.tensor(rng.normal(0, 2, (5, 28)), dtype=torch.float32)
+    targets = torch.tensor(rng.random((5, 28)) < 0.2, dtype=torch.float32)
+    x, y = logits.numpy().astype(np.float64), targets.numpy()
+    p = 1 / (1 + np.exp(-x))
+    p_t = np.where(y == 1, p, 1 - p)
+    alpha_t = np.where(y == 1, 0.25, 0.75)
+    focal = (alpha_t * (1 - p_t) ** 2 * -np.log(p_t)).mean()
+    assert float(MultilabelLoss("focal", 2.0, alpha=0.25)(logits, targets)) == pytest.approx(focal, rel=1e-5)
+    batch = _naive_lovasz_hinge(x.reshape(-1), y.reshape(-1))
+    per_image = np.mean([_naive_lovasz_hinge(a, b) for a, b in zip(x, y)])
+    assert float(MultilabelLoss("lovasz")(logits, targets)) == pytest.approx(batch, rel=1e-5)
+    assert float(MultilabelLoss("lovasz", lovasz="image")(logits, targets)) == pytest.approx(per_image, rel=1e-5)
+    bce = -np.log(p_t).reshape(-1)
+    hard = np.sort(bce)[::-1][:int(np.ceil(0.1 * bce.size))].mean()
+    assert float(MultilabelLoss("hard", hard_fraction=0.1)(logits, targets)) == pytest.approx(hard, rel=1e-5)
+    combined = MultilabelLoss("focal+lovasz+hard", alpha=0.25, lovasz="image")(logits, targets)
+    assert float(combined) == pytest.approx(focal + per_image + hard, rel=1e-5)
+
+
+def test_first_places_loss_trains(data, tmp_path):
+    summary = train(config(data, tmp_path / "run", epochs=1, steps_per_epoch=2, loss="focal+lovasz+hard",
+                           focal_alpha=0.25, lovasz="image"))
+    assert np.isfinite(summary["train_loss"]) and np.isfinite(summary["valid_loss"])
+
+
 def test_validation_loss_is_the_training_loss(data, tmp_path):
     _, tmp = data
     run = tmp_path / "run"

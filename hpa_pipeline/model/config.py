@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass, field, fields
 
 
-from .names import (ARCHS, BACKENDS, CROP_MODES, CROP_REDUCTIONS, DEFAULT_ARCH, HEADS, LOSSES, PRECISIONS, SCHEDULES,
-                    STRATEGIES, is_arch)
+from .names import (ARCHS, BACKENDS, CROP_MODES, CROP_REDUCTIONS, DEFAULT_ARCH, HEADS, LOVASZ_MODES, PRECISIONS,
+                    SCHEDULES, STRATEGIES, is_arch, loss_terms)
 from ..contract.duplicates import DEFAULT_MAX_DISTANCE
 from ..contract.errors import OptionError
 
@@ -81,9 +81,15 @@ class TrainConfig:
     warmup_epochs: float = option(float, 1.0, "Linear warm-up, in epochs, before the cosine decay.")
     schedule: str = option(str, "cosine", "Learning-rate schedule: linear warm-up then cosine, or one-cycle.",
                            SCHEDULES)
-    loss: str = option(str, "bce", "Binary cross-entropy, focal loss, or focal plus the Lovász hinge (1st place); "
-                                   "the validation loss is the same function.", LOSSES)
+    loss: str = option(str, "bce", "The loss: bce, focal, lovasz (the Lovász hinge) or hard (log loss of the hardest "
+                                   "--hard-fraction of a batch's class outputs), or several joined by + "
+                                   "(focal+lovasz+hard: 1st place's); the validation loss is the same function.")
     focal_gamma: float = option(float, 2.0, "Focusing exponent of the focal loss.")
+    focal_alpha: float = option(float, -1.0, "Focal loss's balance of positives (Lin et al.: 0.25); -1 = none.")
+    lovasz: str = option(str, "batch", "Lovász hinge over the batch's (sample, class) pairs as one problem, or per "
+                                       "image (each sample's classes; the reference's default).", LOVASZ_MODES)
+    hard_fraction: float = option(float, 0.1, "The hard term: the share of a batch's (sample, class) outputs, "
+                                              "those with the largest log loss, it averages.")
     class_weighting: bool = option(bool, False, "Weight each class's positives by sqrt((1-f)/f) of its frequency f.")
     oversample: bool = option(bool, False, "Sample rare classes more often.")
     ema: float = option(float, 0.0, "EMA decay of the weights (e.g. 0.999); 0 = off.")
@@ -137,6 +143,11 @@ class TrainConfig:
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 raise OptionError(f"--{f.name.replace('_', '-')} {getattr(self, f.name)!r} is not one of {choices}")
+        if loss_terms(self.loss) is None:
+            raise OptionError(f"--loss {self.loss!r}: one of bce, focal, lovasz, hard, or several joined by + "
+                              f"(e.g. focal+lovasz+hard)")
+        if not -1 <= self.focal_alpha <= 1 or not 0 < self.hard_fraction <= 1:
+            raise OptionError("--focal-alpha must be in [0, 1] (or -1: none) and --hard-fraction in (0, 1]")
         if not is_arch(self.arch):
             raise OptionError(f"--arch {self.arch!r} is not one of {', '.join(ARCHS)}, nor timm:NAME (any timm model)")
         if isinstance(self.fold, str) and self.fold.strip().lower() == "all":

@@ -31,8 +31,23 @@ def is_arch(name: str) -> bool:
 DEFAULT_ARCH = "se_resnext50_32x4d"
 #: libraries that build them (the same network and state-dict keys either way)
 BACKENDS = ("timm", "pretrainedmodels")
-#: training (and validation) losses of :class:`~hpa_pipeline.model.losses.MultilabelLoss`
-LOSSES = ("bce", "focal", "focal+lovasz")
+#: the terms a training (and validation) loss adds up (:class:`~hpa_pipeline.model.losses.MultilabelLoss`):
+#: ``--loss`` is one, or several joined by ``+`` (``focal+lovasz+hard``: 1st place's)
+LOSS_TERMS = ("bce", "focal", "lovasz", "hard")
+#: the losses the docs and recipes name
+LOSSES = ("bce", "focal", "focal+lovasz", "focal+lovasz+hard")
+#: how the Lovász hinge is taken: over the batch's (sample, class) pairs as one binary problem,
+#: or per image (each sample's 28 classes, averaged over the batch: the reference's default)
+LOVASZ_MODES = ("batch", "image")
+
+
+def loss_terms(loss: str) -> list[str] | None:
+    """The terms of ``loss`` (``"focal+lovasz"`` -> ``["focal", "lovasz"]``), or None when it
+    names an unknown term, none, or one twice."""
+    terms = loss.split("+") if isinstance(loss, str) else []
+    if not terms or any(t not in LOSS_TERMS for t in terms) or len(set(terms)) != len(terms):
+        return None
+    return terms
 #: learning-rate schedules
 SCHEDULES = ("cosine", "onecycle")
 #: mixed-precision modes on CUDA

@@ -99,5 +99,6 @@ def make_data(cfg: TrainConfig, plan: Plan, ranks: distributed.Ranks, device: to
                        f"for each of {ranks.world} process(es)")
     normalize = Normalizer(plan.normalization["mean"], plan.normalization["std"],
                            per_image=cfg.normalize == "image").to(device)
-    loss_fn = make_loss(cfg.loss, cfg.focal_gamma, cfg.class_weighting, train_labels).to(device)
+    loss_fn = make_loss(cfg.loss, cfg.focal_gamma, cfg.class_weighting, train_labels, cfg.focal_alpha, cfg.lovasz,
+                        cfg.hard_fraction).to(device)
     return Data(train_set, valid_set, cfg.batch_size, sampler, feeds, stream_loader, normalize, loss_fn, steps)
