@@ -338,6 +338,32 @@ def test_test_time_crops_make_the_out_of_fold_table_and_predict(stores, tmp_path
     assert bad.exit_code == 2 and "square grid" in bad.output
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe, sizes", [("hpa2018-1st", ["--level", "64", "--crop", "48", "--tta-crops", "4",
+                                                            "--batch-size", "8"]),
+                                           ("hpa2018-3rd", ["--level", "128", "--crop", "128", "--swa-epochs", "1",
+                                                            "--batch-size", "4", "--accumulate", "1"])])
+def test_the_winners_recipes_train_and_predict_as_written(stores, tmp_path, recipe, sizes):
+    """Each winner's recipe, its backbone, head, loss, external data, test-time rule and
+    thresholds as written, only shrunk to this machine (sizes, one short epoch, no weights)."""
+    from pathlib import Path
+
+    d, tmp = stores
+    external = tmp_path / "external.zarr"
+    other = make_dataset(tmp_path / "other", SynthSpec(n_train=8, n_test=1, image_sizes=(256,), seed=77), workers=1)
+    assert ingest(other.train_archive, other.train_csv, external, StoreSpec(size=128, levels=2, chunk=64)).exit_code == 0
+    config = str(Path(__file__).resolve().parents[1] / "pipelines" / f"{recipe}.yaml")
+    small = ["--store", str(tmp / "train.zarr"), "--out", str(tmp_path / "cv"), "--external", str(external), *sizes,
+             "--folds", "3", "--epochs", "1", "--steps-per-epoch", "1", "--weights", "none", "--device", "cpu",
+             "--workers", "0", "--amp", "none", "--tta", "2"]
+    trained = CliRunner().invoke(cli, ["--config", config, "train", *small])
+    assert trained.exit_code == 0, trained.output
+    predicted = CliRunner().invoke(cli, ["--config", config, "predict", "--store", str(tmp / "test.zarr"), "--run",
+                                         str(tmp_path / "cv"), "--out", str(tmp_path / "sub.csv"), "--workers", "0",
+                                         "--device", "cpu", "--tta", "2"])
+    assert predicted.exit_code == 0 and "ratio, matched on the" in predicted.output, predicted.output
+
+
 def test_a_fold_run_writes_its_own_out_of_fold_table(stores, tmp_path):
     run = tmp_path / "run"
     result = CliRunner().invoke(cli, _train(stores, run, 1, "--tta", "2"))
