@@ -173,7 +173,7 @@ def test_uncompressed_crops_are_read_straight_into_the_batch(store):
     import zarr
 
     expected = zarr.open_array(str(store), path="images/128")[3, :, 10:58, 17:65]
-    uncompressed = reader.blosc is None
+    uncompressed = reader.compressor is None
     for first_time in (True, False):
         calls["pread"] = 0
         os.pread = counting

@@ -269,8 +269,9 @@ def test_layout_options_come_from_the_store_spec():
     for command in ("build-zarr", "ingest"):
         params = {p.name: p for p in cli.commands[command].params}
         for name in LAYOUT_FIELDS:
-            if name != "levels":  # its default depends on --size and --chunk
+            if name not in ("levels", "codec"):  # levels: from --size and --chunk; codec: the store's own
                 assert params[name].default == getattr(default, name), (command, name)
+        assert params["codec"].default is None and default.codec in params["codec"].show_default
         assert tuple(params["codec"].type.choices) == CODECS and tuple(params["dtype"].type.choices) == DTYPES
 
 

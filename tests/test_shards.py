@@ -1,13 +1,14 @@
 import numpy as np
 import pytest
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from hpa_pipeline.contract.shards import write_sample_shard
 
 
 @pytest.mark.parametrize("compressors", [None, [BloscCodec(cname="zstd", clevel=1, shuffle="noshuffle")],
-                                         [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")]])
+                                         [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")],
+                                         [ZstdCodec(level=1, checksum=False), Crc32cCodec()]])
 @pytest.mark.parametrize("dtype", ["uint8", "uint16"])
 def test_direct_shards_read_back_through_zarr_like_zarrs_own(tmp_path, compressors, dtype):
     rng = np.random.default_rng(0)
@@ -35,7 +36,8 @@ def test_rewriting_a_shard_replaces_it_whole(tmp_path):
     assert (array[1] == 9).all() and (array[0] == 0).all()
 
 
-@pytest.mark.parametrize("compressors", [None, [BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle")]])
+@pytest.mark.parametrize("compressors", [None, [BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle")],
+                                         [ZstdCodec(level=1, checksum=False), Crc32cCodec()]])
 def test_shard_reader_regions_equal_zarrs(tmp_path, compressors):
     """The loader's reader (only the chunks a region touches) against zarr, uncompressed and lz4."""
     from hpa_pipeline.contract.shards import DamagedShard, ShardReader
@@ -96,7 +98,7 @@ def test_a_done_samples_damaged_shard_is_an_error_naming_the_file_never_zeros(da
         reader.read(3)
 
 
-@pytest.mark.parametrize("codec", ["zstd", "none"])
+@pytest.mark.parametrize("codec", ["zstd", "blosc-zstd", "lz4", "none"])
 def test_a_flipped_byte_inside_a_chunk_is_found_by_the_reader_and_by_zarr(small_dataset, tmp_path, codec):
     """Damage that leaves the index intact: each inner chunk's CRC32C (zarr's crc32c codec, so
     any Zarr v3 reader checks it) is checked by the loader's reader, on the uncompressed fast

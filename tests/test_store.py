@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from hpa_pipeline.cli import cli
 from hpa_pipeline.prep.ingest import ingest
 from hpa_pipeline.contract.labels import CLASS_NAMES, FILTERS, read_sample_table
-from hpa_pipeline.contract.store import StoreSpec
+from hpa_pipeline.contract.store import DONE, StoreSpec
 
 SPEC = StoreSpec(size=128, levels=3, chunk=32)
 
@@ -62,7 +62,7 @@ def test_inspect_reports_counts_levels_and_writes_a_montage(stores, tmp_path):
     result = CliRunner().invoke(cli, ["inspect", str(train), "--montage", str(png), "--n", "6"])
     assert result.exit_code == 0, result.output
     assert "12 done, 0 failed, 0 missing" in result.output
-    assert "images/128" in result.output and "blosc-zstd1" in result.output and "KiB/sample" in result.output
+    assert "images/128" in result.output and "bytes+zstd1+crc32c" in result.output and "KiB/sample" in result.output
     import cv2
 
     grid = cv2.imread(str(png))
@@ -100,14 +100,14 @@ def test_export_ngff_validates_and_reads_back_pixel_identical(stores, tmp_path):
 
 
 def test_inner_chunks_are_one_blosc_block_each(tmp_path):
-    """Blosc's zstd restarts on every block: the store asks for one block per inner chunk,
-    and zarr reads it back."""
+    """Blosc's zstd restarts on every block: a --codec blosc-zstd store asks for one block per
+    inner chunk, and zarr reads it back."""
     from hpa_pipeline.contract.labels import SampleTable
     from hpa_pipeline.contract.store import open_or_create_store, write_levels
 
     table = SampleTable(ids=("a", "b"), labels=None)
     for dtype, itemsize in (("uint8", 1), ("uint16", 2)):
-        spec = StoreSpec(size=128, levels=3, chunk=32, dtype=dtype)
+        spec = StoreSpec(size=128, levels=3, chunk=32, dtype=dtype, codec="blosc-zstd")
         root = open_or_create_store(tmp_path / f"{dtype}.zarr", table, spec).root
         for s in (128, 64, 32):
             blosc, checksum = root[f"images/{s}"].compressors
@@ -174,3 +174,48 @@ def test_a_store_made_before_the_whole_chunk_rule_is_read_and_resumed(small_data
     assert default.exit_code == 1 and "--levels 3 (stored) vs 2 (asked)" in default.output
     new = CliRunner().invoke(cli, [*args[:5], str(tmp_path / "new.zarr"), *args[6:], "--levels", "3"])
     assert new.exit_code == 2 and "--levels 3 makes level 32 smaller than one --chunk 64 chunk" in new.output
+
+
+def test_a_store_of_format_version_1_reads_verifies_and_resumes_as_before(small_dataset, tmp_path):
+    """Version 1's codec "zstd" was Blosc's: such a store is read as blosc-zstd, verifies, and
+    the same ingest command (no --codec) resumes it in Blosc; asking for plain zstd is refused."""
+    import zarr
+
+    from hpa_pipeline.contract.shards import ShardReader
+    from hpa_pipeline.contract.store import Store
+    from hpa_pipeline.prep.ingest import ingest
+
+    store = tmp_path / "old.zarr"
+    args = ["ingest", str(small_dataset.train_archive), "--csv", str(small_dataset.train_csv), "--out", str(store),
+            "--size", "128", "--levels", "2", "--chunk", "64", "--workers", "1"]
+    result = CliRunner().invoke(cli, [*args, "--codec", "blosc-zstd"])
+    assert result.exit_code == 0, result.output
+    root = zarr.open_group(str(store), mode="r+")
+    meta = dict(root.attrs["hpa"])
+    root.attrs["hpa"] = {**meta, "format_version": 1, "spec": {**meta["spec"], "codec": "zstd"}}
+    root[DONE][5] = False  # a sample to write on resume
+    assert Store.open(store).spec.codec == "blosc-zstd"
+    assert type(ShardReader(str(store), "images/128").compressor).__name__ == "Blosc"
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 0 and "1 written now" in again.output, again.output
+    assert CliRunner().invoke(cli, ["verify", str(store)]).exit_code == 0
+    refused = CliRunner().invoke(cli, [*args, "--codec", "zstd"])
+    assert refused.exit_code == 1 and "--codec blosc-zstd (stored) vs zstd (asked)" in refused.output
+
+
+def test_a_new_store_is_plain_zstd_by_default_and_any_zarr_reader_reads_it(small_dataset, tmp_path):
+    import zarr
+    from zarr.codecs import ZstdCodec
+
+    from hpa_pipeline.contract.store import Store
+
+    store = tmp_path / "new.zarr"
+    result = CliRunner().invoke(cli, ["ingest", str(small_dataset.train_archive), "--csv", str(small_dataset.train_csv),
+                                      "--out", str(store), "--size", "128", "--levels", "2", "--chunk", "64",
+                                      "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    opened = Store.open(store)
+    assert opened.spec.codec == "zstd" and opened.format_version == 2
+    compressor, _ = zarr.open_array(str(store), path="images/128").compressors
+    assert isinstance(compressor, ZstdCodec)
+    assert np.array_equal(zarr.open_array(str(store), path="images/128")[3], opened.reader(128).read(3))

@@ -46,12 +46,14 @@ def store_options(fn):
                      help="uint8 maps 16-bit sources by round(v/257); uint16 keeps source values."),
         click.option("--chunk", type=int, default=LAYOUT.chunk, show_default=True,
                      help="Square inner chunk in pixels, dividing every level (one shard per sample)."),
-        click.option("--codec", type=click.Choice(CODECS), default=LAYOUT.codec, show_default=True,
-                     help="Blosc compressor of the chunks (lossless); none: uncompressed, the fastest "
-                          "training crops and the largest store."),
+        click.option("--codec", type=click.Choice(CODECS), default=None, show_default=f"{LAYOUT.codec} for a new "
+                     "store, an existing store's own",
+                     help="Compressor of the chunks (lossless): zstd (zarr's own: a GPU can decode it with "
+                          "nvCOMP), blosc-zstd or lz4 (in Blosc's container), none (uncompressed: the "
+                          "fastest training crops, the largest store)."),
         click.option("--clevel", type=int, default=LAYOUT.clevel, show_default=True,
-                     help="Blosc compression level, 0-9: higher levels save a little space and cost much "
-                          "more time (benchmarks/bench_store.py)."),
+                     help="Compression level, 0-9: higher levels save a little space and cost much more "
+                          "time (benchmarks/bench_store.py)."),
         click.option("--workers", type=click.IntRange(min=1), default=None,
                      show_default="build-zarr: all cores; ingest: all cores but one, left to the decoder",
                      help="Samples processed at once on this machine: threads of the local Dask cluster "

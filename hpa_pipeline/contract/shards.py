@@ -33,20 +33,20 @@ class ShardLayout(NamedTuple):
     """What the direct writer and reader need of a sharded array's metadata."""
 
     chunk_shape: tuple[int, ...]
-    blosc: Blosc | None  # the inner chunks' compressor; None: uncompressed
+    compressor: object | None  # the inner chunks' numcodecs codec (Blosc or Zstd); None: uncompressed
     checksummed: bool  # each inner chunk ends in its CRC32C (zarr's crc32c codec)
 
 
 def _inner_chain(codecs) -> list[str] | None:
-    """The inner codec chain as names, checked by class: the bytes codec, then optionally Blosc,
-    then optionally crc32c; None for any other chain (zarr writes and reads those itself)."""
-    from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec
+    """The inner codec chain as names, checked by class: the bytes codec, then optionally Blosc
+    or zstd, then optionally crc32c; None for any other chain (zarr writes and reads those itself)."""
+    from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ZstdCodec
 
-    kinds = {BytesCodec: "BytesCodec", BloscCodec: "BloscCodec", Crc32cCodec: "Crc32cCodec"}
+    kinds = {BytesCodec: "BytesCodec", BloscCodec: "BloscCodec", ZstdCodec: "ZstdCodec", Crc32cCodec: "Crc32cCodec"}
     names = [next((name for cls, name in kinds.items() if isinstance(c, cls)), None) for c in codecs]
-    chains = (["BytesCodec"], ["BytesCodec", "BloscCodec"], ["BytesCodec", "Crc32cCodec"],
-              ["BytesCodec", "BloscCodec", "Crc32cCodec"])
-    return names if names in [list(chain) for chain in chains] else None
+    chains = [["BytesCodec", *compressor, *checksum] for compressor in ([], ["BloscCodec"], ["ZstdCodec"])
+              for checksum in ([], ["Crc32cCodec"])]
+    return names if names in chains else None
 
 
 @lru_cache(maxsize=32)
@@ -75,15 +75,21 @@ def _layout(store: str, name: str, metadata_version: int) -> ShardLayout | None:
         return None  # the reader fills empty chunks with 0
     if sharding.index_location.value != "end" or tuple(array.shards[1:]) != tuple(array.shape[1:]):
         return None
-    blosc = None
+    compressor = None
     if "BloscCodec" in chain:
         c = inner[chain.index("BloscCodec")]
         shuffle = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE, "bitshuffle": Blosc.BITSHUFFLE}
-        blosc = Blosc(cname=c.cname.value, clevel=c.clevel, shuffle=shuffle[c.shuffle.value], blocksize=c.blocksize)
-    return ShardLayout(tuple(sharding.chunk_shape), blosc, chain[-1] == "Crc32cCodec")
+        compressor = Blosc(cname=c.cname.value, clevel=c.clevel, shuffle=shuffle[c.shuffle.value],
+                           blocksize=c.blocksize)
+    elif "ZstdCodec" in chain:
+        from numcodecs import Zstd  # what zarr's ZstdCodec runs: the same frames
+
+        c = inner[chain.index("ZstdCodec")]
+        compressor = Zstd(level=c.level, checksum=c.checksum)
+    return ShardLayout(tuple(sharding.chunk_shape), compressor, chain[-1] == "Crc32cCodec")
 
 
-def encode_shard(shard: np.ndarray, chunk_shape: tuple[int, ...], blosc: Blosc | None,
+def encode_shard(shard: np.ndarray, chunk_shape: tuple[int, ...], compressor,
                  checksummed: bool = True) -> bytes:
     """The bytes of one complete shard: encoded inner chunks (each followed by its CRC32C when
     ``checksummed``, as zarr's crc32c codec writes it), then the CRC32C-checked index."""
@@ -92,7 +98,7 @@ def encode_shard(shard: np.ndarray, chunk_shape: tuple[int, ...], blosc: Blosc |
     for position in np.ndindex(*grid):
         block = tuple(slice(p * c, (p + 1) * c) for p, c in zip(position, chunk_shape))
         raw = np.ascontiguousarray(shard[block])
-        data = blosc.encode(raw) if blosc is not None else raw.tobytes()
+        data = compressor.encode(raw) if compressor is not None else raw.tobytes()
         parts.append(data)
         if checksummed:  # a part of its own: the chunk's bytes are joined once, not copied twice
             parts.append(_crc32c_bytes(data))
@@ -126,7 +132,7 @@ def write_sample_shard(store: str, name: str, index: int, image: np.ndarray) -> 
     if layout is None:
         zarr.open_array(store, path=name, mode="r+")[index] = image
         return
-    data = encode_shard(image[np.newaxis], layout.chunk_shape, layout.blosc, layout.checksummed)
+    data = encode_shard(image[np.newaxis], layout.chunk_shape, layout.compressor, layout.checksummed)
     if is_url(store):
         put_bytes(join(store, shard_key(name, index, image.ndim + 1)), data)
         return
@@ -162,14 +168,14 @@ class ShardReader:
         layout = None if is_url(self.store) else _layout(self.store, name, _metadata_version(self.store, name))
         self.layout = layout
         if layout is not None:
-            chunk_shape, self.blosc, self.checksummed = layout
+            chunk_shape, self.compressor, self.checksummed = layout
             self.chunk = chunk_shape[-1]
             self.grid = tuple(s // c for s, c in zip((1,) + tuple(self.shape[1:]), chunk_shape))
             self.n_chunks = int(np.prod(self.grid))
             # (sample, inner chunk) whose CRC32C this reader has checked: the uncompressed fast path
             # reads only a crop's rows, so a chunk is read whole and checked the first time
             # (compressed chunks are decoded, and so checked, whole every time: nothing to keep)
-            self._checked = np.zeros((self.shape[0], self.n_chunks) if self.blosc is None else (0, 0), bool)
+            self._checked = np.zeros((self.shape[0], self.n_chunks) if self.compressor is None else (0, 0), bool)
 
     def read(self, index: int, y: int = 0, x: int = 0, h: int | None = None, w: int | None = None,
              out: np.ndarray | None = None) -> np.ndarray:
@@ -217,11 +223,11 @@ class ShardReader:
                         rows = slice(ys.start - cy * c, ys.stop - cy * c)
                         columns = slice(xs.start - cx * c, xs.stop - cx * c)
                         chunk_id = (ch * self.grid[2] + cy) * self.grid[3] + cx
-                        if self.blosc is None and (not self.checksummed or self._checked[index, chunk_id]) \
+                        if self.compressor is None and (not self.checksummed or self._checked[index, chunk_id]) \
                                 and _read_into(fd, int(offset), c, self.dtype.itemsize, rows, columns, target):
                             continue
                         block = self._chunk(fd, path, index, int(offset), int(nbytes))
-                        if self.checksummed and self.blosc is None:  # the fast path may use it now
+                        if self.checksummed and self.compressor is None:  # the fast path may use it now
                             self._checked[index, chunk_id] = True
                         target[...] = block[rows, columns]
         finally:
@@ -253,7 +259,7 @@ class ShardReader:
             if len(crc) != 4 or _crc32c_bytes(raw) != crc:
                 raise DamagedShard(f"{path}: {self.sample(index)}: an inner chunk fails its CRC32C checksum")
         try:
-            data = self.blosc.decode(raw) if self.blosc is not None else raw
+            data = self.compressor.decode(raw) if self.compressor is not None else raw
         except (RuntimeError, ValueError) as exc:
             raise DamagedShard(f"{path}: {self.sample(index)}: an inner chunk does not decode ({exc})") from None
         if len(data) != expected:

@@ -20,8 +20,11 @@ def level_sizes(size: int, levels: int) -> list[int]:
 
 #: the pixel types a store holds (the source's 16 bits on request)
 DTYPES = ("uint8", "uint16")
-#: the inner chunks' compressors (each followed by the chunk's CRC32C)
-CODECS = ("zstd", "lz4", "none")
+#: the inner chunks' compressors (each followed by the chunk's CRC32C): zarr v3's own zstd (the
+#: default: plain zstd frames, which nvCOMP decodes on a GPU), zstd or lz4 in Blosc's container,
+#: or none
+CODECS = ("zstd", "blosc-zstd", "lz4", "none")
+DEFAULT_CODEC = "zstd"
 #: the fields of :class:`StoreSpec`, which are also build-zarr's and ingest's layout options (--size ...)
 LAYOUT_FIELDS = ("size", "levels", "dtype", "chunk", "codec", "clevel")
 
@@ -101,7 +104,7 @@ class StoreSpec:
     levels: int | None = None
     dtype: str = "uint8"
     chunk: int = 256
-    codec: str = "zstd"
+    codec: str | None = DEFAULT_CODEC  # None: an existing store's own, the default for a new one
     clevel: int = 1
 
     def __post_init__(self):
@@ -116,10 +119,10 @@ class StoreSpec:
         level_sizes(self.size, self.levels)  # raises on sizes that do not halve
         check_chunking(self.size, self.levels, self.chunk, new_store=False)
         if not 0 <= self.clevel <= 9:
-            raise OptionError(f"--clevel must be 0-9 (Blosc's levels), got {self.clevel}")
+            raise OptionError(f"--clevel must be 0-9, got {self.clevel}")
         if self.dtype not in DTYPES:
             raise OptionError(f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
-        if self.codec not in CODECS:
+        if self.codec is not None and self.codec not in CODECS:
             raise OptionError(f"codec must be one of {', '.join(CODECS)}, not {self.codec!r}")
 
     def check_new(self) -> None:
@@ -131,8 +134,8 @@ class StoreSpec:
         return level_sizes(self.size, self.levels)
 
     def compressors(self, chunk_bytes: int):
-        """The inner chunks' codecs: Blosc with one block per chunk (``blocksize=chunk_bytes``),
-        then each chunk's CRC32C.
+        """The inner chunks' codecs: zarr's zstd (``zstd``), or Blosc with one block per chunk
+        (``blocksize=chunk_bytes``; ``blosc-zstd``, ``lz4``), then each chunk's CRC32C.
 
         Why one block: Blosc's own choice for level 1 is a few tens of KiB, and its zstd
         starts afresh on each block. Whole-chunk blocks give the same size with zstd faster to
@@ -140,10 +143,13 @@ class StoreSpec:
         (benchmarks/bench_store.py; Blosc's threads, which smaller blocks would feed, are off here: the
         parallelism is the samples).
         """
-        from zarr.codecs import BloscCodec, Crc32cCodec  # here, not at the top: see the module's docstring
+        from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec  # here, not at the top: see the module's docstring
 
         # every chunk ends in its CRC32C, so that any Zarr v3 reader finds damage at rest
         checksum = Crc32cCodec()
         if self.codec == "none":
             return [checksum]
-        return [BloscCodec(cname=self.codec, clevel=self.clevel, shuffle="noshuffle", blocksize=chunk_bytes), checksum]
+        if self.codec in ("zstd", None):  # plain zstd frames: as fast as Blosc's on one-byte data, and GPU-decodable
+            return [ZstdCodec(level=self.clevel, checksum=False), checksum]
+        cname = "zstd" if self.codec == "blosc-zstd" else self.codec
+        return [BloscCodec(cname=cname, clevel=self.clevel, shuffle="noshuffle", blocksize=chunk_bytes), checksum]

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,11 +35,11 @@ from .atomic import SUFFIX, write_json
 from .labels import CLASS_NAMES, FILTERS, N_CLASSES, SampleTable
 from .locations import file_names, get_bytes, is_url, join, put_bytes, remove_tree
 from .shards import ShardReader, shard_key, write_sample_shard
-from .spec import LAYOUT_FIELDS, StoreError, StoreSpec, level_sizes  # noqa: F401 - re-exported: part of the store's interface
+from .spec import DEFAULT_CODEC, LAYOUT_FIELDS, StoreError, StoreSpec, level_sizes  # noqa: F401 - re-exported: part of the store's interface
 
 #: the layout version a store records (``attributes["hpa"]["format_version"]``); :meth:`Store.open`
 #: reads it, refuses a newer one, and brings older layouts of the same version up (:func:`_bring_up`)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: --codec zstd names zarr's own zstd; in version 1 it named Blosc-zstd
 #: the names of the store's arrays, attributes and files: defined here and nowhere else
 ATTRIBUTES = "hpa"
 IMAGES = "images"
@@ -332,7 +332,8 @@ def write_json_bytes(path: Path, data: bytes) -> None:
 def _bring_up(path: str, meta: dict) -> dict:
     """``attributes["hpa"]`` of any store this version reads, as this version writes it: the one
     place that knows what older layouts lacked (no statistics before a first finished build, no
-    class names or source in the earliest stores). Arrays an old store lacks (``phash``) read as
+    class names or source in the earliest stores; version 1's ``zstd`` codec, Blosc's, is named
+    ``blosc-zstd``). Arrays an old store lacks (``phash``) read as
     empty through :class:`Store`; stores without chunk checksums are read by :mod:`.shards`."""
     version = meta.get("format_version", 1)
     if not isinstance(version, int) or version > FORMAT_VERSION:
@@ -342,6 +343,8 @@ def _bring_up(path: str, meta: dict) -> dict:
     if missing:
         raise StoreError(f"{join(path, 'zarr.json')}: attributes lack {', '.join(missing)}; not a readable "
                          f"hpa-pipeline store")
+    if version < 2 and meta["spec"].get("codec") == "zstd":  # version 1's "zstd" was Blosc's
+        meta["spec"] = {**meta["spec"], "codec": "blosc-zstd"}
     meta["format_version"] = version
     meta.setdefault("statistics", {})
     meta.setdefault("class_names", list(CLASS_NAMES))
@@ -370,6 +373,8 @@ def open_or_create_store(path: str | Path, table: SampleTable, spec: StoreSpec, 
         return store
     if not is_url(path) and Path(path).exists() and any(Path(path).iterdir()):
         raise StoreError(f"{path} exists, is not empty and is not an hpa-pipeline store; choose another --out")
+    if spec.codec is None:  # no --codec given: a new store gets the default
+        spec = replace(spec, codec=DEFAULT_CODEC)
     try:
         return Store.of_group(path, _new_store(path, table, spec, source))
     except OSError as exc:  # a folder that cannot be made or written (not ours to fix)
@@ -485,9 +490,10 @@ def _check_same_build(path, root, table: SampleTable, spec: StoreSpec) -> None:
     meta = root.attrs.get(ATTRIBUTES)
     if meta is None:
         raise StoreError(f"{path} exists and is not an hpa-pipeline store; choose another --out")
-    old = StoreSpec(**meta["spec"])
+    old = StoreSpec(**_bring_up(path, dict(meta))["spec"])
     differences = [f"--{name} {getattr(old, name)} (stored) vs {getattr(spec, name)} (asked)"
-                   for name in LAYOUT_FIELDS if getattr(old, name) != getattr(spec, name)]
+                   for name in LAYOUT_FIELDS if getattr(old, name) != getattr(spec, name)
+                   and not (name == "codec" and spec.codec is None)]  # no --codec: the store's
     if differences:
         raise StoreError(f"{path} was built with other layout options: {'; '.join(differences)}. Rerun with the "
                          f"stored options to resume, or use another --out to build a second store.")

@@ -23,6 +23,8 @@ def _codec_names(array) -> list[str]:
             desc = type(c).__name__.replace("Codec", "").lower()
             if hasattr(c, "cname"):
                 desc += f"-{getattr(c.cname, 'value', c.cname)}{c.clevel}"
+            elif desc == "zstd":
+                desc += str(c.level)
             names.append(desc)
     return names
 
