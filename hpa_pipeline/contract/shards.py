@@ -201,6 +201,37 @@ class ShardReader:
             return f"sample {self.ids[index]}"
         return f"sample {index}"
 
+    def compressed_chunks(self, index: int, chunks: list[tuple[int, int, int]]) -> list[bytes | None]:
+        """The stored bytes of inner chunks ``(channel, row, column)`` of sample ``index``, each
+        CRC32C-checked and without its checksum (None: an empty chunk, the fill value): what a
+        decoder elsewhere (a GPU) turns into pixels. Local stores of this project's layout only."""
+        if self.layout is None:
+            raise ValueError(f"{self.store}/{self.name}: not a layout whose chunks can be read directly")
+        path = Path(self.store, shard_key(self.name, index, len(self.shape)))
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise DamagedShard.in_store(f"{path}: {self.sample(index)}'s shard is missing", self.store) from None
+        try:
+            table = self._index(fd, path, index)
+            found = []
+            for ch, cy, cx in chunks:
+                offset, nbytes = table[0, ch, cy, cx]
+                found.append(None if offset == 2**64 - 1 else self._stored(fd, path, index, int(offset), int(nbytes)))
+            return found
+        except DamagedShard as exc:
+            raise DamagedShard.in_store(str(exc), self.store) from None
+        finally:
+            os.close(fd)
+
+    def _stored(self, fd: int, path: Path, index: int, offset: int, nbytes: int) -> bytes:
+        raw = os.pread(fd, nbytes, offset)
+        if self.checksummed:
+            raw, crc = raw[:-4], raw[-4:]
+            if len(crc) != 4 or _crc32c_bytes(raw) != crc:
+                raise DamagedShard(f"{path}: {self.sample(index)}: an inner chunk fails its CRC32C checksum")
+        return raw
+
     def _read_direct(self, index: int, y: int, x: int, h: int, w: int, out: np.ndarray) -> np.ndarray:
         """:meth:`read` of the layout this project writes: the index, then only the chunks needed."""
         path = Path(self.store, shard_key(self.name, index, len(self.shape)))

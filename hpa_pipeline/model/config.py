@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass, field, fields
 
 
-from .names import (ARCHS, BACKENDS, CROP_MODES, CROP_REDUCTIONS, DEFAULT_ARCH, HEADS, LOVASZ_MODES, PRECISIONS,
-                    SCHEDULES, STRATEGIES, is_arch, loss_terms)
+from .names import (ARCHS, BACKENDS, CROP_MODES, CROP_REDUCTIONS, DECODERS, DEFAULT_ARCH, HEADS, LOVASZ_MODES,
+                    PRECISIONS, SCHEDULES, STRATEGIES, is_arch, loss_terms)
 from ..contract.duplicates import DEFAULT_MAX_DISTANCE
 from ..contract.errors import OptionError
 
@@ -59,6 +59,10 @@ class TrainConfig:
                                      "e.g. fine-tuning at 1024 a run trained at 512.")
     crop_grid: int = option(int, 1, "Crop origins on this grid (e.g. the store's chunk size: fastest reads); "
                                "1 = any offset.")
+    decode: str = option(str, "auto", "Where training crops are decoded: gpu (the loader workers read the chunks' "
+                                      "stored bytes and nvCOMP decodes them on the GPU: a store of --codec zstd or "
+                                      "none), cpu (in the workers), or auto (the GPU where it can; one line says "
+                                      "which and why).", DECODERS)
     stream: bool = option(bool, False, "Read whole shards in streaming order with a shuffle buffer "
                                  "(for s3:// and other remote stores).")
     stream_buffer: int = option(int, 16, "Whole images held per loader worker when streaming.")

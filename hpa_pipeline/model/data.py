@@ -337,7 +337,7 @@ def _worker_init(_):
     one_thread_per_task()
 
 
-def _already_collated(batch):
+def already_collated(batch):
     """``StoreDataset.__getitems__`` returns finished batches."""
     return batch
 
@@ -356,5 +356,5 @@ def make_loader(dataset: StoreDataset, batch_size: int, workers: int, sampler: S
                 drop_last: bool = False) -> DataLoader:
     """A DataLoader over a :class:`StoreDataset`, whose ``__getitems__`` makes whole batches."""
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, pin_memory=pin_memory,
-                      collate_fn=_already_collated, drop_last=drop_last,
+                      collate_fn=already_collated, drop_last=drop_last,
                       **worker_options(workers, multiprocessing_context))

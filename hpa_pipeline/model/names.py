@@ -63,3 +63,7 @@ RATIO_ON = ("predicted", "oof")
 #: (:class:`~hpa_pipeline.model.inference.TestCrops`)
 CROP_MODES = ("tiled", "random")
 CROP_REDUCTIONS = ("max", "mean")
+
+#: where training crops are decoded (:mod:`~hpa_pipeline.model.chunk_decode`): chosen (auto),
+#: in the loader workers (cpu), or on the GPU from the chunks' stored bytes (gpu)
+DECODERS = ("auto", "cpu", "gpu")

@@ -163,6 +163,9 @@ def _train(cfg: TrainConfig, run: RunFolder, progress, ranks: distributed.Ranks,
         # say which: a mistyped --resume --out starts a new run, and must not do so silently
         report(progress, Progress("train", message=start_message(run, state.epoch, cfg.epochs, state.step, resume)))
         report(progress, Progress("train", message=samples_message(cfg, plan, len(plan.ids))))
+        log.info("%s", data.decode_line)
+        if cfg.decode != "auto" or data.gpu_decoding is not None or device.type == "cuda":
+            report(progress, Progress("train", message=data.decode_line))
         for epoch in range(state.epoch + 1, cfg.epochs):
             speed = train_one_epoch(cfg, epoch, state, step, data, ranks, device, progress)
             evaluation = validate(cfg, epoch, state, data, ranks, device, progress, plan.training_shares)

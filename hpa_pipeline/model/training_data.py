@@ -13,7 +13,10 @@ import torch
 from ..common.machine import usable_cores
 from . import distributed
 from .config import TrainConfig
-from .data import CombinedDataset, EpochSampler, Normalizer, StoreDataset, make_loader, rare_class_weights
+from ..contract.errors import OptionError
+from .chunk_decode import choose_decoder, crops_of, read_compressed_batch
+from .data import (CombinedDataset, EpochSampler, Normalizer, StoreDataset, already_collated, make_loader,
+                   rare_class_weights, worker_options)
 from .feed import BatchFeed
 from .losses import make_loss
 from .planning import Plan
@@ -32,9 +35,13 @@ class Data:
     normalize: Normalizer  # the training level's statistics, for training and validation alike
     loss_fn: torch.nn.Module
     steps_per_epoch: int
+    gpu_decoding: GpuDecoding | None = None  # --decode gpu: workers read stored bytes, the device decodes
+    decode_line: str = ""  # which decoder the run uses, and why
 
     def train_batches(self):
         """This epoch's training batches (set the sampler's epoch first)."""
+        if self.gpu_decoding is not None:
+            return self.gpu_decoding.batches()
         if self.stream_loader is not None:
             return iter(self.stream_loader)
         if self.feeds is not None:
@@ -58,6 +65,58 @@ class Data:
             feed.close()
 
 
+class CompressedCrops(torch.utils.data.Dataset):
+    """A training dataset's batches as the stored bytes of their chunks (:mod:`.chunk_decode`)."""
+
+    def __init__(self, dataset: StoreDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitems__(self, items: list):
+        return read_compressed_batch(self.dataset, items)
+
+
+@dataclass
+class GpuDecoding:
+    """Loader workers that read each batch's stored chunk bytes (page-locked), decoded and cut
+    into crops on ``device`` by :func:`.chunk_decode.crops_of`."""
+
+    loader: torch.utils.data.DataLoader
+    codec: str
+    device: torch.device
+
+    def batches(self):
+        return (crops_of(batch, self.codec, self.device) for batch in self.loader)
+
+
+def gpu_decoding(cfg: TrainConfig, train_set, sampler, store_codec: str, device: torch.device,
+                 direct: bool) -> tuple[GpuDecoding | None, str]:
+    """The GPU feed where ``--decode`` chooses it, and the line saying which decoder and why."""
+    reasons_against = []
+    if cfg.stream:
+        reasons_against.append("--stream reads whole shards")
+    if isinstance(train_set, CombinedDataset):
+        reasons_against.append("--external stores are read by the loader workers")
+    if reasons_against:
+        if cfg.decode == "gpu":
+            raise OptionError(f"--decode gpu: {'; '.join(reasons_against)}")
+        return None, f"decoding on the CPU: {'; '.join(reasons_against)}"
+    chosen, why = choose_decoder(cfg.decode, store_codec, device, direct)
+    if chosen == "cpu":
+        return None, why
+    return GpuDecoding(compressed_loader(train_set, sampler, cfg.batch_size, cfg.workers or max_workers(), device),
+                       store_codec, device), why
+
+
+def compressed_loader(train_set, sampler, batch_size: int, workers: int, device: torch.device):
+    """Loader workers reading each batch's stored chunk bytes, page-locked for a GPU."""
+    return torch.utils.data.DataLoader(CompressedCrops(train_set), batch_size=batch_size, sampler=sampler,
+                                       collate_fn=already_collated, drop_last=True, pin_memory=device.type == "cuda",
+                                       **worker_options(workers, prefetch_factor=4))
+
+
 def max_workers() -> int:
     """Loader workers at most with ``--workers auto``: every core but the training process's."""
     return max(1, usable_cores() - 1)
@@ -77,7 +136,8 @@ def make_data(cfg: TrainConfig, plan: Plan, ranks: distributed.Ranks, device: to
     # each rank validates every world-th sample; the predictions are gathered
     valid_set = StoreDataset(plan.store, cfg.val_level or cfg.level, plan.valid_idx[ranks.rank::ranks.world],
                              train=False, seed=cfg.seed)
-    sampler = stream_loader = feeds = None
+    sampler = stream_loader = feeds = decoding = None
+    decode_line = "decoding on the CPU: --stream reads whole shards"
     if cfg.stream:  # whole shards in streaming order: one request per sample (remote stores)
         stream = ShardStream(train_set, cfg.stream_buffer, rank=ranks.rank, world=ranks.world)
         stream_loader = make_stream_loader(stream, cfg.batch_size, cfg.workers, device.type == "cuda")
@@ -87,6 +147,8 @@ def make_data(cfg: TrainConfig, plan: Plan, ranks: distributed.Ranks, device: to
         sampler = EpochSampler(len(train_set), cfg.seed, weights, rank=ranks.rank, world=ranks.world,
                                batch_size=cfg.batch_size, draws=cfg.epoch_size, tag_epoch=True)
         batches = len(sampler) // cfg.batch_size
+        decoding, decode_line = gpu_decoding(cfg, train_set, sampler, plan.store.spec.codec, device,
+                                             train_set.reader().layout is not None)
         if cfg.workers != 0:
             workers = cfg.workers or min(2, max_workers())  # auto: grown as the measured wait asks
             feeds = (BatchFeed(train_set, cfg.batch_size, workers, device),
@@ -101,4 +163,5 @@ def make_data(cfg: TrainConfig, plan: Plan, ranks: distributed.Ranks, device: to
                            per_image=cfg.normalize == "image").to(device)
     loss_fn = make_loss(cfg.loss, cfg.focal_gamma, cfg.class_weighting, train_labels, cfg.focal_alpha, cfg.lovasz,
                         cfg.hard_fraction).to(device)
-    return Data(train_set, valid_set, cfg.batch_size, sampler, feeds, stream_loader, normalize, loss_fn, steps)
+    return Data(train_set, valid_set, cfg.batch_size, sampler, feeds, stream_loader, normalize, loss_fn, steps,
+                decoding, decode_line)

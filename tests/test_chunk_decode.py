@@ -1,0 +1,95 @@
+"""Crops decoded from the chunks' stored bytes (the GPU feed's path) equal the loader's own,
+bit for bit, on the CPU; on a GPU the same batch decoded by nvCOMP equals the CPU's (CUDA only)."""
+import numpy as np
+import pytest
+import torch
+
+from hpa_pipeline.contract.store import StoreSpec
+from hpa_pipeline.model.chunk_decode import choose_decoder, crops_of, read_compressed_batch
+from hpa_pipeline.model.data import StoreDataset
+from hpa_pipeline.prep.ingest import ingest
+
+
+@pytest.fixture(scope="module", params=[("zstd", "uint8"), ("none", "uint8"), ("zstd", "uint16")])
+def store(request, small_dataset, tmp_path_factory):
+    codec, dtype = request.param
+    out = tmp_path_factory.mktemp("chunks") / f"{codec}-{dtype}.zarr"
+    assert ingest(small_dataset.train_archive, small_dataset.train_csv, out,
+                  StoreSpec(size=256, levels=2, chunk=64, codec=codec, dtype=dtype)).exit_code == 0
+    return out, codec
+
+
+def test_crops_from_stored_chunks_equal_the_loaders_bit_for_bit(store):
+    path, codec = store
+    for crop, grid in ((96, 1), (64, 64), (128, 1)):
+        dataset = StoreDataset(str(path), 256, np.arange(12), crop=crop, train=True, seed=3, crop_grid=grid)
+        for epoch in (0, 1):
+            items = [(epoch, k) for k in range(12)]
+            expected = dataset.__getitems__(items)
+            got = crops_of(read_compressed_batch(dataset, items), codec, torch.device("cpu"))
+            assert got[0].dtype == expected[0].dtype and torch.equal(got[0], expected[0])
+            for a, b in zip(got[1:], expected[1:]):
+                assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (make bench-gpu runs it)")
+def test_gpu_decoding_equals_cpu_decoding(store):
+    path, codec = store
+    if codec == "zstd":
+        pytest.importorskip("nvidia.nvcomp")
+    dataset = StoreDataset(str(path), 256, np.arange(12), crop=96, train=True, seed=3)
+    batch = read_compressed_batch(dataset, list(range(12)))
+    cpu = crops_of(batch, codec, torch.device("cpu"))[0]
+    gpu = crops_of(batch.pin_memory(), codec, torch.device("cuda"))[0]
+    assert torch.equal(gpu.cpu(), cpu)
+
+
+def test_the_decoder_is_chosen_with_its_reason():
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert choose_decoder("auto", "zstd", cpu) == ("cpu", "decoding on the CPU: training runs on cpu, not a GPU")
+    chosen, why = choose_decoder("auto", "blosc-zstd", cuda)
+    assert chosen == "cpu" and "Blosc's container" in why and "--codec zstd" in why
+    assert choose_decoder("cpu", "zstd", cuda)[0] == "cpu"
+    assert choose_decoder("auto", "none", cuda)[0] == "gpu"  # uncompressed chunks need no nvCOMP
+    with pytest.raises(Exception, match="--decode gpu: training runs on cpu"):
+        choose_decoder("gpu", "zstd", cpu)
+
+
+def test_the_compressed_feed_gives_the_batches_of_the_loader_feed(store):
+    """Worker processes reading stored bytes, the batch decoded in this process: the same
+    batches, in the same order, as the loader workers that decode crops themselves."""
+    from hpa_pipeline.model.data import EpochSampler
+    from hpa_pipeline.model.feed import BatchFeed
+    from hpa_pipeline.model.training_data import GpuDecoding, compressed_loader
+
+    path, codec = store
+    dataset = StoreDataset(str(path), 256, np.arange(12), crop=96, train=True, seed=5)
+    sampler = EpochSampler(12, seed=5, tag_epoch=True)
+    cpu = torch.device("cpu")
+    decoding = GpuDecoding(compressed_loader(dataset, sampler, 4, 2, cpu), codec, cpu)
+    feed = BatchFeed(dataset, 4, 1, cpu)
+    try:
+        for epoch in (0, 1):
+            sampler.set_epoch(epoch)
+            ours = list(decoding.batches())
+            theirs = [tuple(t.clone() for t in b) for b in feed.batches(sampler, drop_last=True)]
+            assert len(ours) == len(theirs) == 3
+            for a, b in zip(ours, theirs):
+                assert all(torch.equal(x, y) for x, y in zip(a, b))
+    finally:
+        feed.close()
+
+
+def test_decode_gpu_on_a_machine_without_one_is_one_line(small_dataset, tmp_path):
+    from click.testing import CliRunner
+
+    from hpa_pipeline.cli import cli
+
+    out = tmp_path / "s.zarr"
+    assert ingest(small_dataset.train_archive, small_dataset.train_csv, out,
+                  StoreSpec(size=128, levels=2, chunk=64)).exit_code == 0
+    result = CliRunner().invoke(cli, ["train", "--store", str(out), "--out", str(tmp_path / "run"), "--arch",
+                                      "se_resnet_tiny", "--level", "64", "--crop", "48", "--epochs", "1",
+                                      "--workers", "0", "--weights", "none", "--device", "cpu", "--decode", "gpu"])
+    assert result.exit_code == 2 and "--decode gpu: training runs on cpu, not a GPU" in result.output
+    assert "Traceback" not in result.output
