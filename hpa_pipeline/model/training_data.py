@@ -147,8 +147,8 @@ def make_data(cfg: TrainConfig, plan: Plan, ranks: distributed.Ranks, device: to
         sampler = EpochSampler(len(train_set), cfg.seed, weights, rank=ranks.rank, world=ranks.world,
                                batch_size=cfg.batch_size, draws=cfg.epoch_size, tag_epoch=True)
         batches = len(sampler) // cfg.batch_size
-        decoding, decode_line = gpu_decoding(cfg, train_set, sampler, plan.store.spec.codec, device,
-                                             train_set.reader().layout is not None)
+        direct = isinstance(train_set, StoreDataset) and train_set.reader().layout is not None
+        decoding, decode_line = gpu_decoding(cfg, train_set, sampler, plan.store.spec.codec, device, direct)
         if cfg.workers != 0:
             workers = cfg.workers or min(2, max_workers())  # auto: grown as the measured wait asks
             feeds = (BatchFeed(train_set, cfg.batch_size, workers, device),
