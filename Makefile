@@ -14,7 +14,7 @@ SIZE ?= 1024
 DEMO ?= build/demo
 RECIPE ?= pipelines/ingest.yaml
 
-.PHONY: install test test-fast demo ingest train-cv docs bench bench-gpu clean
+.PHONY: install test test-fast demo demo-images ingest train-cv docs bench bench-gpu clean
 
 install: $(STAMP)
 
@@ -61,6 +61,13 @@ ingest: install
 train-cv: install
 	$(HPA) --config pipelines/cv.yaml train --store $(OUT)/train.zarr --out $(OUT)/cv --resume
 	$(HPA) --config pipelines/cv.yaml predict --store $(OUT)/test.zarr --run $(OUT)/cv --out $(OUT)/submission.csv
+
+# The home page's pictures of a demo run (make demo first): its first fold's curves and
+# per-class F1, and the training store's montage; committed, so the site builds without a run.
+demo-images:
+	cp $(DEMO)/cv/fold0/curves.png docs/images/demo_curves.png
+	cp $(DEMO)/cv/fold0/per_class_f1.png docs/images/demo_per_class_f1.png
+	cp $(DEMO)/train_montage.png docs/images/demo_montage.png
 
 # The documentation site into build/site/, offline; broken links fail (strict).
 docs: install

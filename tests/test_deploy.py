@@ -147,6 +147,31 @@ def test_a_failed_first_export_leaves_nothing_and_blocks_nothing(trained, tmp_pa
     assert CliRunner().invoke(cli, ["export", str(tmp / "run"), "--out", str(out)]).exit_code == 0
 
 
+def test_a_full_disk_leaves_the_earlier_package_whole(trained, tmp_path):
+    """A real tmpfs with room for the earlier package and not for a second: the new one cannot
+    be built beside it; the earlier one stays as it was, and nothing half-written is left."""
+    import os
+
+    _, tmp, package, _ = trained
+    size = sum(p.stat().st_size for p in package.rglob("*") if p.is_file())
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    room = size + (1 << 20)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={room}", "tmpfs", str(disk)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        earlier, before = _copy_of_package(package, disk)
+        result = CliRunner().invoke(cli, ["export", str(tmp / "run"), "--out", str(earlier)])
+        assert result.exit_code == 1 and "no space left" in result.output.lower(), result.output
+        assert "Traceback" not in result.output
+        assert _files(earlier) == before
+        assert sorted(os.listdir(disk)) == [".package.hpa-lock", "package"]  # no partial folder left
+        assert (disk / ".package.hpa-lock").read_text() == ""  # the lock released: no holder recorded
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
 def test_export_never_writes_through_a_link_in_an_earlier_package(trained, tmp_path):
     _, tmp, package, _ = trained
     earlier, _ = _copy_of_package(package, tmp_path)

@@ -32,6 +32,12 @@ def test_the_site_builds_strictly_with_every_command_and_the_benchmark_results(t
     benchmarks = (tmp_path / "benchmarks" / "index.html").read_text()
     assert "checksum" in benchmarks and "<!-- benchmark-results -->" not in benchmarks
     assert "What changed for users" in (tmp_path / "changelog" / "index.html").read_text()
+    assert "<th>figure</th>" in benchmarks and 'src="../plots/loader.png"' in benchmarks  # tables and plots
+    assert (tmp_path / "plots" / "loader.png").stat().st_size > 10_000
+    home = (tmp_path / "index.html").read_text()
+    assert "Quick start" in home and "images/demo_curves.png" in home
+    for page in tmp_path.rglob("*.html"):  # read offline: nothing fetched from elsewhere
+        assert "fonts.googleapis.com" not in page.read_text(), page
 
 
 def test_nothing_in_the_project_reads_or_links_outside_it():
