@@ -55,6 +55,7 @@ def test_the_decoder_is_chosen_with_its_reason():
         choose_decoder("gpu", "zstd", cpu)
 
 
+@pytest.mark.integration  # loader worker processes
 def test_the_compressed_feed_gives_the_batches_of_the_loader_feed(store):
     """Worker processes reading stored bytes, the batch decoded in this process: the same
     batches, in the same order, as the loader workers that decode crops themselves."""
@@ -80,6 +81,7 @@ def test_the_compressed_feed_gives_the_batches_of_the_loader_feed(store):
         feed.close()
 
 
+@pytest.mark.integration  # a training command
 def test_decode_gpu_on_a_machine_without_one_is_one_line(small_dataset, tmp_path):
     from click.testing import CliRunner
 

@@ -38,6 +38,7 @@ def test_the_api_names_import_from_the_package_without_loading_torch_first():
         hpa_pipeline.nothing  # noqa: B018
 
 
+@pytest.mark.integration  # a subprocess with loader workers
 def test_the_pages_examples_run_as_written(data):
     blocks = re.findall(r"```python\n(.*?)```", PAGE.read_text(), re.S)
     assert len(blocks) == 3
@@ -54,6 +55,7 @@ def _crops(loader):
     return torch.cat([images for images, _ in loader])
 
 
+@pytest.mark.integration  # loader worker processes
 def test_a_plain_dataloader_gets_normalised_augmented_floats_and_new_crops_every_epoch(data):
     from hpa_pipeline import StoreDataset
 
