@@ -184,6 +184,23 @@ def test_export_never_writes_through_a_link_in_an_earlier_package(trained, tmp_p
     assert outside.read_text() == "mine" and not (earlier / "README.md").is_symlink()
 
 
+def test_a_run_saved_before_its_dtype_and_levels_were_exports_as_one_that_has_them(trained, tmp_path):
+    """Older runs' config.yaml lacks the dtype and the store's levels: read_config brings them
+    up (uint8; the levels from the store) in one place, and the package is the same."""
+    _, tmp, package, _ = trained
+    run = tmp_path / "run"
+    shutil.copytree(tmp / "run", run)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    for field in ("dtype", "sizes"):
+        config["normalization"].pop(field)
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    result = CliRunner().invoke(cli, ["export", str(run), "--out", str(tmp_path / "package")])
+    assert result.exit_code == 0, result.output
+    ours = yaml.safe_load((tmp_path / "package" / "rdf.yaml").read_text())["config"]["hpa_pipeline"]
+    theirs = yaml.safe_load((package / "rdf.yaml").read_text())["config"]["hpa_pipeline"]
+    assert (ours["store_sizes"], ours["dtype"]) == (theirs["store_sizes"], theirs["dtype"]) == ([128, 64], "uint8")
+
+
 def test_a_run_folder_with_bad_statistics_is_one_line(trained, tmp_path):
     """NaN in the saved std would give NaN probabilities from an export that validates."""
     _, tmp, _, _ = trained

@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..contract.store import Store
-from ..model.inference import TrainedRun, load_run, read_thresholds
+from ..model.inference import load_run, read_thresholds
 from ..model.run_folder import RunError, RunFolder, fold_runs, is_cross_validation
 
 
@@ -50,13 +49,6 @@ class DeployedRun:
     config: dict = field(default_factory=dict)  # the (first) run's options
 
 
-def _store_sizes(trained: TrainedRun) -> list[int]:
-    sizes = trained.normalization.get("sizes")
-    if sizes:
-        return list(sizes)
-    return Store.open(trained.config.store).sizes  # runs trained before their levels were saved
-
-
 def load_deployed(path: str | Path) -> DeployedRun:
     """A run folder, or a cross-validation folder (its folds averaged), as a :class:`DeployedRun`."""
     path = Path(path)
@@ -73,5 +65,8 @@ def load_deployed(path: str | Path) -> DeployedRun:
     first = trained[0]
     from dataclasses import asdict
 
-    return DeployedRun(module, thresholds, first.level, _store_sizes(first), first.normalization.get("dtype", "uint8"),
+    if "sizes" not in first.normalization:
+        raise RunError(f"{first.path}: its store's levels are unknown (an older run whose store {first.config.store} "
+                       f"is not there); export it where its store is")
+    return DeployedRun(module, thresholds, first.level, list(first.normalization["sizes"]), first.normalization["dtype"],
                        first.normalization, runs, {**asdict(first.config), "external": list(first.config.external)})

@@ -286,8 +286,8 @@ def predict_store(store: str | Path, runs: list[str | Path], tta: int = 1, batch
     dev = pick_device(device)
     trained = [load_run(run, dev) for run in runs]
     for run in trained:  # a run normalises by its training data's statistics: same dtype, or nonsense
-        trained_on = run.normalization.get("dtype")
-        if trained_on is not None and trained_on != opened.dtype:
+        trained_on = run.normalization["dtype"]
+        if trained_on != opened.dtype:
             raise RunError(f"{run.path} was trained on {trained_on} images and --store {store} is "
                            f"{opened.dtype}; build the test store with --dtype {trained_on}")
     datasets = [StoreDataset(opened, run.level, np.arange(len(done))) for run in trained]

@@ -75,7 +75,7 @@ def check_same_training_data(run: RunFolder, store: str, normalization: dict) ->
     _, saved = read_config(run.config)
     if not saved:
         return
-    if saved.get("dtype", normalization["dtype"]) != normalization["dtype"]:
+    if saved["dtype"] != normalization["dtype"]:
         raise RunError(f"--store {store} is {normalization['dtype']}, but {run.path} trained on "
                        f"{saved['dtype']} images; resume with the store it trained on")
     if not np.allclose(saved["mean"], normalization["mean"]) or not np.allclose(saved["std"], normalization["std"]):

@@ -159,8 +159,24 @@ def read_config(path: Path) -> tuple[TrainConfig, dict | None]:
     except (TypeError, ValueError) as exc:
         raise RunError(f"{path}: a saved option is not valid ({exc})") from None
     if normalization:  # a cross-validation folder's config.yaml saves none ({})
+        normalization = bring_up_normalization(normalization, cfg)
         check_normalization(normalization, cfg, path)
     return cfg, normalization
+
+
+def bring_up_normalization(normalization: dict, cfg: TrainConfig) -> dict:
+    """A run's saved statistics as this version writes them: the one place that knows what
+    older runs lacked (the dtype, before 16-bit stores: uint8; the store's levels: read from
+    the store, where it still is)."""
+    normalization = {"dtype": "uint8", **normalization}
+    if "sizes" not in normalization and cfg.store:
+        from ..contract.store import Store
+
+        try:
+            normalization["sizes"] = list(Store.open(cfg.store).sizes)
+        except HpaError:
+            pass  # the store is gone: whatever needs the levels says so
+    return normalization
 
 
 def check_normalization(normalization, cfg: TrainConfig, path: Path) -> None:
