@@ -26,3 +26,20 @@ def small_dataset(tmp_path_factory):
     spec = SynthSpec(n_train=12, n_test=4, image_sizes=(256, 384), seed=7,
                      labels_csv=REAL_TRAIN_CSV if REAL_TRAIN_CSV.exists() else None)
     return make_dataset(tmp_path_factory.mktemp("small"), spec, workers=1)
+
+
+@pytest.fixture(scope="session")
+def train_and_test_stores(tmp_path_factory):
+    """A train store (40 samples) and a test store (8) at levels 128/64, 64² chunks: what the
+    training, cross-validation and run-folder tests train on, built once for all of them.
+    Returns the synthetic dataset and the folder holding ``train.zarr`` and ``test.zarr``;
+    tests only read them (each writes its runs elsewhere)."""
+    from hpa_pipeline.contract.store import StoreSpec
+    from hpa_pipeline.prep.ingest import ingest
+
+    tmp = tmp_path_factory.mktemp("stores")
+    d = make_dataset(tmp / "data", SynthSpec(n_train=40, n_test=8, image_sizes=(256,), seed=11), workers=2)
+    spec = StoreSpec(size=128, levels=2, chunk=64)
+    assert ingest(d.train_archive, d.train_csv, tmp / "train.zarr", spec).exit_code == 0
+    assert ingest(d.test_archive, d.sample_submission, tmp / "test.zarr", spec).exit_code == 0
+    return d, tmp

@@ -23,13 +23,8 @@ pytestmark = pytest.mark.integration  # whole training runs
 
 
 @pytest.fixture(scope="module")
-def stores(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("cv")
-    d = make_dataset(tmp / "data", SynthSpec(n_train=30, n_test=6, image_sizes=(256,), seed=5), workers=2)
-    spec = StoreSpec(size=128, levels=2, chunk=64)
-    assert ingest(d.train_archive, d.train_csv, tmp / "train.zarr", spec).exit_code == 0
-    assert ingest(d.test_archive, d.sample_submission, tmp / "test.zarr", spec).exit_code == 0
-    return d, tmp
+def stores(train_and_test_stores):
+    return train_and_test_stores  # conftest.py: shared with the run-folder tests
 
 
 def _train(stores, out, fold="all", *extra):
@@ -54,7 +49,7 @@ def test_fold_all_trains_every_fold_and_writes_the_out_of_fold_table(stores, cv_
     ids, probs = read_probs(out / "oof.csv")
     train_ids = [r["Id"] for r in csv.DictReader(d.train_csv.open())]
     assert sorted(ids) == sorted(train_ids) and len(ids) == len(set(ids))  # every training id exactly once
-    assert probs.shape == (30, 28) and ((probs >= 0) & (probs <= 1)).all()
+    assert probs.shape == (40, 28) and ((probs >= 0) & (probs <= 1)).all()
     folds = {r["Id"]: int(r["fold"]) for r in csv.DictReader((out / "folds.csv").open())}
     for k in range(3):  # each row comes from the fold that did not train on it
         fold_ids, fold_probs = read_probs(out / f"fold{k}" / "oof.csv")
@@ -87,7 +82,7 @@ def test_fold_all_resumes_at_the_fold_where_it_stopped(stores, tmp_path, monkeyp
     assert again.exit_code == 0, again.output
     assert "fold 1/3: finished, kept" in again.output
     assert (out / "fold0" / "oof.csv").read_bytes() == kept
-    assert len(read_probs(out / "oof.csv")[0]) == 30
+    assert len(read_probs(out / "oof.csv")[0]) == 40
     fresh = CliRunner().invoke(cli, _train(stores, out))
     assert fresh.exit_code == 1 and "already holds a cross-validation; continue it with --resume" in fresh.output
 
@@ -107,7 +102,7 @@ def test_a_first_run_that_fails_before_training_blocks_nothing(stores, tmp_path)
         assert failed.exit_code == 1 and "missing.pth" in failed.output, failed.output
         fixed = CliRunner().invoke(cli, [*args, "--weights", "none", *extra])
         assert fixed.exit_code == 0, fixed.output
-        assert len(read_probs(out / "oof.csv")[0]) == 30
+        assert len(read_probs(out / "oof.csv")[0]) == 40
 
 
 def test_an_interrupted_cross_validation_says_what_it_keeps_and_resumes_without_fold_all(stores, tmp_path,
@@ -230,7 +225,7 @@ def test_predict_from_a_cross_validation_folder_averages_its_folds(stores, cv_ru
                                + ["--out", str(tmp_path / "folds.csv"), "--probs", str(tmp_path / "probs3.csv")])
     assert folds.exit_code == 0
     ids, probs = read_probs(tmp_path / "probs.csv")
-    assert np.allclose(probs, read_probs(tmp_path / "probs3.csv")[1]) and len(ids) == 6
+    assert np.allclose(probs, read_probs(tmp_path / "probs3.csv")[1]) and len(ids) == 8
     chosen = np.array(json.loads((out / "thresholds.json").read_text())["thresholds"])
     expected = predict_labels(probs, chosen)
     rows = list(csv.DictReader((tmp_path / "cv.csv").open()))

@@ -25,13 +25,8 @@ from hpa_pipeline.prep.synth import SynthSpec, make_dataset
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("trust")
-    d = make_dataset(tmp / "data", SynthSpec(n_train=40, n_test=8, image_sizes=(256,), seed=11), workers=2)
-    spec = StoreSpec(size=128, levels=2, chunk=64)
-    assert ingest(d.train_archive, d.train_csv, tmp / "train.zarr", spec).exit_code == 0
-    assert ingest(d.test_archive, d.sample_submission, tmp / "test.zarr", spec).exit_code == 0
-    return d, tmp
+def data(train_and_test_stores):
+    return train_and_test_stores  # conftest.py: shared with the cross-validation tests
 
 
 def config(data, out, **overrides):
