@@ -45,6 +45,7 @@ def test_a_users_mistake_is_one_line_and_debug_shows_its_traceback(tmp_path):
     assert "this is a bug" not in debug.stderr
 
 
+@pytest.mark.integration  # a subprocess
 def test_train_without_out_is_a_usage_error(tmp_path):
     result = _hpa_pipe("train", "--store", str(tmp_path / "s.zarr"))
     assert result.returncode == 2 and result.stderr.strip().startswith("Error: --out is required"), result.stderr

@@ -176,6 +176,7 @@ def test_test_time_crops_are_placed_and_reduced_as_asked():
         TestCrops(3, 48)
 
 
+@pytest.mark.integration  # two SE-ResNet50s
 def test_both_backends_build_the_same_network_any_size():
     a, b = create_model("se_resnet50", "timm"), create_model("se_resnet50", "pretrainedmodels")
     b.load_state_dict(a.state_dict())  # same keys both ways

@@ -29,6 +29,7 @@ def data(tmp_path_factory):
     return tmp
 
 
+@pytest.mark.integration  # a subprocess
 def test_the_api_names_import_from_the_package_without_loading_torch_first():
     code = ("import sys, hpa_pipeline\nassert 'torch' not in sys.modules\n"
             "from hpa_pipeline import " + ", ".join(hpa_pipeline.__all__) + "\n")

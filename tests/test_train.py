@@ -89,6 +89,7 @@ def test_run_folder_holds_everything(four_class_store, tmp_path):
     assert out.read_text().splitlines()[0] == "Id,Predicted" and len(out.read_text().splitlines()) == 9
 
 
+@pytest.mark.integration  # a training run
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(four_class_store, tmp_path, monkeypatch):
     import hpa_pipeline.model.training_data as training_data
 

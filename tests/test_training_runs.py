@@ -51,6 +51,7 @@ def snapshot(run):
 
 # --- numbers ---------------------------------------------------------------------------------------
 
+@pytest.mark.integration  # training runs
 def test_predict_normalises_with_the_training_statistics_not_the_test_stores(data, finished_run, tmp_path):
     d, tmp = data
     ids = [line.split(",")[0] for line in d.sample_submission.read_text().splitlines()[1:]]
@@ -203,6 +204,7 @@ def test_each_loss_term_matches_an_independent_implementation():
     assert float(combined) == pytest.approx(focal + per_image + hard, rel=1e-5)
 
 
+@pytest.mark.integration  # training runs
 def test_first_places_loss_trains(data, tmp_path):
     summary = train(config(data, tmp_path / "run", epochs=1, steps_per_epoch=2, loss="focal+lovasz+hard",
                            focal_alpha=0.25, lovasz="image"))
@@ -356,6 +358,7 @@ def test_a_failed_command_leaves_the_run_folder_as_it_was(data, finished_run):
     assert not (finished_run.parent / "fresh").exists()
 
 
+@pytest.mark.integration  # training runs
 def test_folds_of_a_run_that_never_finished_an_epoch_are_made_again(data, finished_run, tmp_path):
     """A first run that failed before its first epoch binds nothing: its folds.csv (4 folds)
     is made again for the options given now (5 folds); once an epoch is finished, folds.csv
@@ -707,6 +710,7 @@ def test_train_says_how_many_samples_it_uses_and_leaves_out(data, tmp_path):
     assert f"2 samples of {store} are not done" in line and "left out" in line
 
 
+@pytest.mark.integration  # training runs
 def test_init_from_starts_from_another_runs_best_weights(data, finished_run, tmp_path):
     import yaml
 
@@ -722,6 +726,7 @@ def test_init_from_starts_from_another_runs_best_weights(data, finished_run, tmp
         train(config(data, tmp_path / "other", epochs=1, init_from=str(tmp_path / "nowhere")))
 
 
+@pytest.mark.integration  # training runs
 def test_per_image_normalisation_and_focal_lovasz_train_and_predict(data, tmp_path):
     _, tmp = data
     run = tmp_path / "run"

@@ -157,6 +157,7 @@ def _ingest_again(store, small_dataset, clean):
                                     "--workers", "1", "--codec", codec])
 
 
+@pytest.mark.integration  # whole ingests and commands
 @pytest.mark.parametrize("array", ["done", "labels", "phash", "channel_sums"])
 def test_a_damaged_per_sample_array_is_named_and_the_same_ingest_rebuilds_it(clean, tmp_path, small_dataset,
                                                                               array):
@@ -186,6 +187,7 @@ def test_a_damaged_per_sample_array_is_named_and_the_same_ingest_rebuilds_it(cle
     assert_same_stores(clean, store, ["images/128", "images/64", "labels", "done"], statistics=True)
 
 
+@pytest.mark.integration  # whole ingests and commands
 @pytest.mark.parametrize("name", ["images/64/zarr.json", "phash/zarr.json", "done/zarr.json", "labels/zarr.json"])
 def test_a_damaged_array_metadata_file_is_written_again_by_the_same_ingest(clean, tmp_path, small_dataset, name):
     if "none" in clean.name and name != "images/64/zarr.json":
