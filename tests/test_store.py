@@ -183,7 +183,6 @@ def test_a_store_of_format_version_1_reads_verifies_and_resumes_as_before(small_
 
     from hpa_pipeline.contract.shards import ShardReader
     from hpa_pipeline.contract.store import Store
-    from hpa_pipeline.prep.ingest import ingest
 
     store = tmp_path / "old.zarr"
     args = ["ingest", str(small_dataset.train_archive), "--csv", str(small_dataset.train_csv), "--out", str(store),
