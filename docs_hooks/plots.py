@@ -36,10 +36,8 @@ def _bars(ax, labels: list[str], values: list[float], unit: str) -> None:
 def plot_loader(figures: dict, ax) -> None:
     rows = [("baseline: PIL + 4 PNGs", figures.get("baseline: PIL + 4 PNGs, 1 process: crops/s"))]
     for key, value in figures.items():
-        if key.endswith("crops/s per core (1 process)"):
-            rows.append((key.removeprefix("ours ").split(":")[0], value))
-        elif key.endswith("crops/s per core") and "--crop-grid" in key:
-            rows.append((key.removeprefix("ours ").split(": ")[0], value))
+        if key.endswith(": crops/s per core (1 process)") or (key.endswith(": crops/s per core") and "--crop-grid" in key):
+            rows.append((key.removeprefix("ours ").rsplit(": crops/s per core", 1)[0], value))
     rows = [(k, float(v)) for k, v in rows if v is not None]
     _bars(ax, [k for k, _ in rows], [v for _, v in rows], "augmented 512² crops per second, one core")
     ax.set_title("Loader: crops per second per core, by codec and chunk grid")
@@ -97,8 +95,10 @@ def draw_all(results: Path = ROOT / "benchmarks" / "results", out: Path = PLOTS)
         path = results / f"{name}.json"
         if not path.exists():
             continue
-        fig, ax = plt.subplots(figsize=(8, 3.6))
+        fig, ax = plt.subplots(figsize=(9, 3.8))
         plotter(json.loads(path.read_text())["figures"], ax)
+        fig.suptitle(ax.get_title())  # over the whole figure: long row labels leave the axes narrow
+        ax.set_title("")
         fig.tight_layout()
         fig.savefig(out / f"{name}.png", dpi=110)
         plt.close(fig)
