@@ -48,18 +48,18 @@ def test_a_log_file_gets_a_line_every_interval_and_one_when_a_part_ends():
     bar.close()
     lines = out.getvalue().splitlines()
     assert "\r" not in out.getvalue()
-    assert lines == ["train epoch 1/2: 3/10 step (30%), 1.0 step/s, loss=0.5 [3s]",
-                     "train epoch 1/2: 6/10 step (60%), 1.0 step/s, loss=0.5 [6s]",
-                     "train epoch 1/2: 9/10 step (90%), 1.0 step/s, loss=0.5 [9s]",
-                     "train epoch 1/2: 10/10 step (100%), 1.0 step/s, loss=0.5 [10s]",
+    assert lines == ["train epoch 1/2: 3/10 steps (30%), 1.0 step/s, loss=0.5 [3s]",
+                     "train epoch 1/2: 6/10 steps (60%), 1.0 step/s, loss=0.5 [6s]",
+                     "train epoch 1/2: 9/10 steps (90%), 1.0 step/s, loss=0.5 [9s]",
+                     "train epoch 1/2: 10/10 steps (100%), 1.0 step/s, loss=0.5 [10s]",
                      "epoch 1: valid macro F1 0.3",
-                     "valid epoch 1/2: 2/2 step (100%), 1.0 step/s, loss=0.5 [2s]"]
+                     "valid epoch 1/2: 2/2 steps (100%), 1.0 step/s, loss=0.5 [2s]"]
 
 
 def test_a_resumed_part_counts_its_rate_from_what_it_did_itself():
     bar, clock, out = _log_bar(interval=100.0)
     _epoch(bar, clock, "epoch 2/2", 10, seconds_per_step=2.0, first=6)  # 6 steps were done before
-    assert out.getvalue().splitlines() == ["train epoch 2/2: 10/10 step (100%), 0.5 step/s, loss=0.5 [8s]"]
+    assert out.getvalue().splitlines() == ["train epoch 2/2: 10/10 steps (100%), 0.5 step/s, loss=0.5 [8s]"]
 
 
 def test_nothing_to_do_and_nothing_done_draw_nothing():
@@ -122,6 +122,27 @@ def test_on_a_terminal_each_part_ends_as_a_line_and_the_summary_is_never_glued_t
     assert finished[2].strip() == "train: summary"  # its own line
     # no empty bar ("0step [00:00, ?step/s]"); a real rate such as "36366.80step/s" is no empty bar
     assert "valid" not in screen and "0/0" not in screen and not re.search(r"(?<![\d.])0step", screen)
+
+
+def test_a_finished_bar_on_a_terminal_shows_the_parts_own_elapsed_time():
+    """The bar appears only after the delay, but its clock is the part's: an epoch of 17.5 s
+    ends showing 00:17, not the few seconds the bar itself was on screen."""
+    master, term = _pty_file()
+    clock = Clock()
+    bar = ProgressBar("train", unit="step", file=term, clock=clock, delay=0.5)
+    _epoch(bar, clock, "epoch 1/1", 7, seconds_per_step=2.5)
+    bar.close()
+    term.close()
+    screen = _read_all(master)
+    os.close(master)
+    last = [line.rstrip("\r").split("\r")[-1] for line in screen.split("\n") if "epoch" in line][-1]
+    assert "7/7 [00:17<00:00" in last, last
+
+
+def test_counts_take_the_plural():
+    from hpa_pipeline.cli.progress import plural
+
+    assert [plural("sample", n) for n in (0, 1, 2, 320)] == ["samples", "sample", "samples", "samples"]
 
 
 @pytest.mark.integration
@@ -195,7 +216,7 @@ def test_a_part_of_unknown_total_ends_with_a_line_in_a_log():
         clock.now += 4
         bar(Progress("classify", done, None))
     bar.close()
-    assert out.getvalue().splitlines() == ["classify: 16 sample, 2.0 sample/s [8s]"]
+    assert out.getvalue().splitlines() == ["classify: 16 samples, 2.0 sample/s [8s]"]
 
 
 def test_a_count_that_arrives_late_does_not_move_the_bar_back():
@@ -204,7 +225,7 @@ def test_a_count_that_arrives_late_does_not_move_the_bar_back():
     for done in (2, 1, 3, 4):  # two threads' reports, the second overtaken by the first
         clock.now += 1
         bar(Progress("train", done, 4, "step", "epoch 1/1"))
-    assert out.getvalue().splitlines() == ["train epoch 1/1: 4/4 step (100%), 1.0 step/s [4s]"]
+    assert out.getvalue().splitlines() == ["train epoch 1/1: 4/4 steps (100%), 1.0 step/s [4s]"]
 
 
 def test_each_command_in_one_process_sets_the_log_handlers_afresh():

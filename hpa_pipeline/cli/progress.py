@@ -77,7 +77,7 @@ class ProgressBar:
         if part.bar is None:
             if now - part.start < self.delay:  # a part done in under that is not drawn at all
                 return
-            part.bar = _tqdm(part, self.unit, self.file)
+            part.bar = _tqdm(part, self.unit, self.file, self.clock)
         part.bar.total = part.total
         if part.stats:
             part.bar.set_postfix(part.stats, refresh=False)
@@ -149,7 +149,13 @@ class _Part:
         per_s = _amount((self.done - self.first_done) / elapsed, unit) + ("" if unit == "B" else f" {unit}")
         rate = f", {per_s}/s" if elapsed > 0 else ""
         stats = "".join(f", {k}={v}" for k, v in self.stats.items())
-        return f"{self.name}: {count}{'' if unit == 'B' else ' ' + unit}{share}{rate}{stats} [{elapsed:.0f}s]"
+        counted = "" if unit == "B" else " " + plural(unit, self.total if self.total is not None else self.done)
+        return f"{self.name}: {count}{counted}{share}{rate}{stats} [{elapsed:.0f}s]"
+
+
+def plural(unit: str, n: float) -> str:
+    """``sample`` -> ``samples`` unless there is exactly one."""
+    return unit if n == 1 or unit.endswith("s") else unit + "s"
 
 
 def _amount(n: float, unit: str) -> str:
@@ -160,13 +166,18 @@ def _amount(n: float, unit: str) -> str:
     return f"{n:.1f}" if isinstance(n, float) else str(n)
 
 
-def _tqdm(part: _Part, unit: str, file):
-    """A tqdm bar for ``part``, drawn at once; its rate counts from now (``initial``)."""
+def _tqdm(part: _Part, unit: str, file, clock):
+    """A tqdm bar for ``part``, drawn at once. It is made once the part has run a while, so it
+    keeps time by the part's clock (``clock``) from the part's start: its elapsed time and rate
+    are the part's own, not those of the bar's time on screen."""
     from tqdm import tqdm
 
     scale = {"unit_scale": True, "unit_divisor": 1024} if unit == "B" else {}
-    return tqdm(desc=part.name, total=part.total, initial=part.done, unit=unit, file=file, dynamic_ncols=True,
-                smoothing=0, leave=True, **scale)
+    bar = tqdm(desc=part.name, total=part.total, initial=part.first_done, unit=unit, file=file, dynamic_ncols=True,
+               smoothing=0, leave=True, **scale)
+    bar._time = clock  # tqdm reads every time through this attribute
+    bar.start_t, bar.last_print_t = part.start, clock()
+    return bar
 
 
 def _is_terminal(file) -> bool:
