@@ -49,7 +49,7 @@ demo: install
 # Both archives into train.zarr and test.zarr; resumable (run it again after a crash).
 # Runs both even if the first reports failed samples; exits 3 if either did (see report.json).
 ingest: install
-	rc=0; \
+	@rc=0; \
 	$(HPA) --config $(RECIPE) ingest $(DATA)/train_full_size.7z --csv $(DATA)/train.csv \
 		--out $(OUT)/train.zarr --size $(SIZE) || rc=$$?; \
 	$(HPA) --config $(RECIPE) ingest $(DATA)/test_full_size.7z --csv $(DATA)/sample_submission.csv \

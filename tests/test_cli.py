@@ -113,7 +113,9 @@ def test_ingest_leaves_a_core_to_the_decoder_by_default(tmp_path, monkeypatch):
     with_cores(monkeypatch, 3)
     result = CliRunner().invoke(cli, ["ingest", str(d.train_archive), "--out", str(tmp_path / "a.zarr"), *args])
     assert result.exit_code == 0, result.output
-    assert "dask: 1 worker(s), 2 thread(s)" in result.output
+    assert "dask: 1 worker(s), 2 thread(s) in this process" in result.output
+    assert "inproc://" not in result.output and "dashboard" not in result.output
     with_cores(monkeypatch, 2)
     result = CliRunner().invoke(cli, ["ingest", str(d.train_archive), "--out", str(tmp_path / "b.zarr"), *args])
     assert result.exit_code == 0 and "dask: not started" in result.output, result.output
+    assert "--workers 1" not in result.output  # the user gave no --workers

@@ -333,6 +333,16 @@ def test_test_time_crops_make_the_out_of_fold_table_and_predict(stores, tmp_path
     assert bad.exit_code == 2 and "square grid" in bad.output
 
 
+def test_a_cross_validation_says_its_result_once_and_starts_its_folds_as_new_runs(stores, tmp_path):
+    """The terminal of `make train-cv` (which always passes --resume) on a fresh folder: each
+    fold is announced as a new run, and the out-of-fold result is one line."""
+    result = CliRunner().invoke(cli, [*_train(stores, tmp_path / "cv"), "--resume"])
+    assert result.exit_code == 0, result.output
+    assert "no finished epoch" not in result.output and "new run in" in result.output
+    assert result.output.count("out-of-fold macro F1") == 1 and "over 40 samples" in result.output
+    assert result.output.startswith("train: loading PyTorch")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe, sizes", [("hpa2018-1st", ["--level", "64", "--crop", "48", "--tta-crops", "4",
                                                             "--batch-size", "8"]),

@@ -73,6 +73,16 @@ def test_the_f1_search_tries_every_probability_down_to_zero():
     assert found == min(best, key=lambda t: (abs(t - 0.5), t))
 
 
+def test_the_f1_table_marks_classes_without_samples():
+    from hpa_pipeline.model.metrics import f1_table
+
+    truth = np.zeros((4, 28), bool)
+    truth[:, 0] = True
+    lines = f1_table(truth, truth).splitlines()
+    assert "(no samples" not in lines[1] and "1.000" in lines[1]
+    assert lines[2].endswith("0.000  (no samples: counts as 0 in the macro F1)")
+
+
 def test_folds_stratify_every_class_on_the_real_labels():
     labels = read_sample_table(need(REAL_TRAIN_CSV)).label_matrix()
     folds = make_folds(labels, 5, seed=0)

@@ -13,7 +13,7 @@ import click
 from ..model.config import COUNT_OR_AUTO, FOLD_OR_ALL, STORES, TrainConfig
 from ..model.names import CROP_MODES, CROP_REDUCTIONS, RATIO_ON, STRATEGIES
 from .options import CountOrAuto, FoldOrAll, writable_file
-from .progress import progress_bar
+from .progress import note, progress_bar
 from .recipes import recipe_option
 
 
@@ -55,6 +55,7 @@ def train_options(fn):
 @click.pass_context
 def train(ctx, resume, **options):
     """Train an SENet on one fold of a store (checkpoints every epoch, resumable)."""
+    note("train: loading PyTorch, then checking the store, the folds and the weights ...")  # seconds before a bar
     from ..model.cross_validation import train_folds
     from ..model.distributed import ranks_from_env
     from ..model.run_folder import is_unfinished_cross_validation
@@ -76,7 +77,8 @@ def train(ctx, resume, **options):
         summary = run_training(cfg, resume=resume, progress=bar, given=given)
     if main_rank and "cross_validation" in summary:
         click.echo(f"train: out-of-fold macro F1 {summary['oof_macro_f1_crossfit']:.4f} (cross-fitted; "
-                   f"{summary['oof_macro_f1']:.4f} in sample); cross-validation in {cfg.out}")
+                   f"{summary['oof_macro_f1']:.4f} in sample) over {summary['n_samples']} samples; "
+                   f"cross-validation in {cfg.out}")
     elif main_rank:
         click.echo(f"train: best validation macro F1 {summary.get('best_valid_macro_f1', float('nan')):.4f} "
                    f"after {summary.get('step', 0)} steps; run in {cfg.out}")

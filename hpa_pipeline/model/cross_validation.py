@@ -48,11 +48,9 @@ def train_folds(cfg: TrainConfig, resume: bool, progress: ProgressCallback | Non
             _train_fold(replace(cfg, fold=k, out=str(run.path)), out, resume, progress, given)
         result = combine_runs([RunFolder(out).fold(k).path for k in range(cfg.folds)], cfg.threshold_strategy,
                               cfg.threshold_scale, cfg.seed, write_to=out)
-    report(progress, Progress("train", message=f"out-of-fold macro F1 {result['oof_macro_f1_crossfit']:.4f} "
-                                                f"(cross-fitted; {result['oof_macro_f1']:.4f} in sample) over "
-                                                f"{result['n_samples']} samples; {out}/oof.csv"))
     return {"best_valid_macro_f1": result["oof_macro_f1_crossfit"], "oof_macro_f1": result["oof_macro_f1"],
-            "oof_macro_f1_crossfit": result["oof_macro_f1_crossfit"], "step": 0, "cross_validation": str(out)}
+            "oof_macro_f1_crossfit": result["oof_macro_f1_crossfit"], "step": 0, "cross_validation": str(out),
+            "n_samples": result["n_samples"]}
 
 
 def _train_fold(cfg: TrainConfig, out: Path, resume: bool, progress, given) -> None:
@@ -61,7 +59,7 @@ def _train_fold(cfg: TrainConfig, out: Path, resume: bool, progress, given) -> N
 
     run = RunFolder(Path(cfg.out))
     try:
-        train(cfg, resume=resume or run.last.exists(), progress=progress, given=given)
+        train(cfg, resume=run.last.exists(), progress=progress, given=given)  # a fold not begun is new
     except Interrupted as exc:
         finished = [k for k in range(cfg.folds) if RunFolder(out).fold(k).oof.exists()]
         kept = (f"fold(s) {', '.join(str(k + 1) for k in finished)} of {cfg.folds} finished and kept"

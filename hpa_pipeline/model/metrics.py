@@ -102,6 +102,8 @@ def f1_table(y_true: np.ndarray, y_pred: np.ndarray) -> str:
     f1 = per_class_f1(y_true, y_pred)
     lines = [f"{'class':>5}  {'name':<30} {'support':>7}  {'F1':>6}"]
     for c, name in enumerate(CLASS_NAMES):
-        lines.append(f"{c:>5}  {name:<30} {int(y_true[:, c].sum()):>7}  {f1[c]:6.3f}")
+        support = int(y_true[:, c].sum())
+        marked = "" if support else "  (no samples: counts as 0 in the macro F1)"
+        lines.append(f"{c:>5}  {name:<30} {support:>7}  {f1[c]:6.3f}{marked}")
     lines.append(f"{'':>5}  {'macro F1':<30} {len(y_true):>7}  {f1.mean():6.3f}")
     return "\n".join(lines)

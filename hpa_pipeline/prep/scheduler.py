@@ -160,7 +160,9 @@ def cluster_from_recipe(recipe: dict):
 def cluster_line(info: dict) -> str:
     """The one line that says which cluster runs the samples (from :func:`describe`)."""
     if info["scheduler"].startswith("this process"):
-        return "dask: not started; one worker (--workers 1) runs each sample in this process"
+        return "dask: not started; each sample runs in this process, one at a time"
+    if info["scheduler"].startswith("inproc://"):  # threads of this process: no address or dashboard to visit
+        return f"dask: {info['workers']} worker(s), {info['threads']} thread(s) in this process"
     dashboard = (f"; dashboard {info['dashboard']}" if info["dashboard"] else
                  " (no dashboard: it comes with --cluster processes, a recipe or --scheduler, and needs bokeh)")
     return f"dask: {info['workers']} worker(s), {info['threads']} thread(s) at {info['scheduler']}{dashboard}"
