@@ -1,13 +1,15 @@
 """Shared fixtures: the real reference data (skipped cleanly when absent) and small synthetic datasets."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from hpa_pipeline.prep.synth import SynthSpec, make_dataset
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+#: the reference data: ../shared/data beside the checkout, or where HPA_SHARED_DATA says
+SHARED_DATA = Path(os.environ.get("HPA_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 REAL_TRAIN_CSV = SHARED_DATA / "kaggle" / "train.csv"
 REAL_SAMPLE_SUBMISSION = SHARED_DATA / "kaggle" / "sample_submission.csv"
 REAL_PNG_DIR = SHARED_DATA / "hpa-real-png"

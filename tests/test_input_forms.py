@@ -20,7 +20,7 @@ from hpa_pipeline.prep.extract import extract_archives
 from hpa_pipeline.prep.imaging import ImageError, read_image
 from hpa_pipeline.prep.ingest import ingest
 
-REAL_PNG = Path(__file__).resolve().parents[2] / "shared" / "data" / "hpa-real-png"
+from .conftest import REAL_PNG_DIR as REAL_PNG  # noqa: E402 - the reference data's one location
 
 
 def area_mean(image: np.ndarray, size: int) -> np.ndarray:
