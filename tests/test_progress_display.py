@@ -143,6 +143,7 @@ def test_counts_take_the_plural():
     from hpa_pipeline.cli.progress import plural
 
     assert [plural("sample", n) for n in (0, 1, 2, 320)] == ["samples", "sample", "samples", "samples"]
+    assert (plural("batch", 12), plural("step", 4)) == ("batches", "steps")
 
 
 @pytest.mark.integration

@@ -154,8 +154,10 @@ class _Part:
 
 
 def plural(unit: str, n: float) -> str:
-    """``sample`` -> ``samples`` unless there is exactly one."""
-    return unit if n == 1 or unit.endswith("s") else unit + "s"
+    """``sample`` -> ``samples``, ``batch`` -> ``batches``, unless there is exactly one."""
+    if n == 1 or unit.endswith("s"):
+        return unit
+    return unit + ("es" if unit.endswith(("ch", "sh", "x")) else "s")
 
 
 def _amount(n: float, unit: str) -> str:
