@@ -124,10 +124,18 @@ def _nvcomp_decode(raw: torch.Tensor, starts: torch.Tensor, lengths: torch.Tenso
                          device_id=raw.device.index or 0)
     frames = [nvcomp.as_array(raw[s:s + n]) for s, n in zip(starts.tolist(), lengths.tolist())]
     decoded = codec.decode(frames, data_type="|u1")
-    out = torch.cat([torch.from_dlpack(d).reshape(-1) for d in decoded])
+    out = torch.cat([_as_tensor(d, raw.device).reshape(-1) for d in decoded])
     if out.numel() != len(frames) * chunk_bytes:
         raise RuntimeError(f"nvCOMP decoded {out.numel()} bytes, not {len(frames)} chunks of {chunk_bytes}")
     return out
+
+
+def _as_tensor(array, device: torch.device) -> torch.Tensor:
+    """An nvCOMP array on the device as a tensor, without a copy (DLPack, else the CUDA array
+    interface)."""
+    if hasattr(array, "__dlpack__"):
+        return torch.from_dlpack(array)
+    return torch.as_tensor(array, device=device)
 
 
 def assemble_crops(chunks: torch.Tensor, batch: CompressedBatch) -> torch.Tensor:
