@@ -103,5 +103,5 @@ def test_build_zarr_on_a_slurm_recipe(tmp_path, monkeypatch):
     assert "dask: " in result.output and "worker(s)" in result.output
     assert "12/12 samples done" in result.output
     # the progress line (not a terminal: a line, not a bar) counts the distributed tasks as they finish
-    assert "build-zarr: 12/12 sample (100%)" in result.output
+    assert "build-zarr: 12/12 samples (100%)" in result.output
     assert_same_stores(reference, out, ARRAYS, statistics=True)

@@ -63,7 +63,7 @@ def test_cluster_processes_option_prints_the_cluster_and_its_dashboard(data, tmp
     assert result.exit_code == 0, result.output
     assert "dask: 2 worker(s), 4 thread(s) at tcp://" in result.output
     assert re.search(r"dashboard http://[^ ]+/status", result.output), result.output
-    assert "ingest: 40/40 sample (100%)" in result.output  # the progress line, fed by the distributed futures
+    assert "ingest: 40/40 samples (100%)" in result.output  # the progress line, fed by the distributed futures
     assert_same_stores(reference, tmp_path / "p.zarr", ARRAYS)
 
 
