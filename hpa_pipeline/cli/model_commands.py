@@ -55,7 +55,8 @@ def train_options(fn):
 @click.pass_context
 def train(ctx, resume, **options):
     """Train an SENet on one fold of a store (checkpoints every epoch, resumable)."""
-    note("train: loading PyTorch, then checking the store, the folds and the weights ...")  # seconds before a bar
+    if options.get("out") and options.get("store"):  # a usage error needs no such line first
+        note("train: loading PyTorch, then checking the store, the folds and the weights ...")  # seconds before a bar
     from ..model.cross_validation import train_folds
     from ..model.distributed import ranks_from_env
     from ..model.run_folder import is_unfinished_cross_validation
