@@ -207,11 +207,10 @@ class ShardReader:
         decoder elsewhere (a GPU) turns into pixels. Local stores of this project's layout only."""
         if self.layout is None:
             raise ValueError(f"{self.store}/{self.name}: not a layout whose chunks can be read directly")
-        path = Path(self.store, shard_key(self.name, index, len(self.shape)))
         try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            raise DamagedShard.in_store(f"{path}: {self.sample(index)}'s shard is missing", self.store) from None
+            fd, path = self._open_shard(index)
+        except DamagedShard as exc:
+            raise DamagedShard.in_store(str(exc), self.store) from None
         try:
             table = self._index(fd, path, index)
             found = []
@@ -224,7 +223,16 @@ class ShardReader:
         finally:
             os.close(fd)
 
+    def _open_shard(self, index: int) -> tuple[int, Path]:
+        """The open shard file of sample ``index`` and its path; a missing one is damage."""
+        path = Path(self.store, shard_key(self.name, index, len(self.shape)))
+        try:
+            return os.open(path, os.O_RDONLY), path
+        except FileNotFoundError:
+            raise DamagedShard(f"{path}: {self.sample(index)}'s shard is missing") from None
+
     def _stored(self, fd: int, path: Path, index: int, offset: int, nbytes: int) -> bytes:
+        """One inner chunk's stored bytes, its CRC32C checked and taken off."""
         raw = os.pread(fd, nbytes, offset)
         if self.checksummed:
             raw, crc = raw[:-4], raw[-4:]
@@ -234,11 +242,7 @@ class ShardReader:
 
     def _read_direct(self, index: int, y: int, x: int, h: int, w: int, out: np.ndarray) -> np.ndarray:
         """:meth:`read` of the layout this project writes: the index, then only the chunks needed."""
-        path = Path(self.store, shard_key(self.name, index, len(self.shape)))
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            raise DamagedShard(f"{path}: {self.sample(index)}'s shard is missing") from None
+        fd, path = self._open_shard(index)
         try:
             table = self._index(fd, path, index)
             c = self.chunk
@@ -283,12 +287,8 @@ class ShardReader:
 
     def _chunk(self, fd: int, path: Path, index: int, offset: int, nbytes: int) -> np.ndarray:
         """One decoded ``chunk x chunk`` inner chunk; damage that decoding finds names the file."""
-        raw = os.pread(fd, nbytes, offset)
+        raw = self._stored(fd, path, index, offset, nbytes)
         expected = self.chunk * self.chunk * self.dtype.itemsize
-        if self.checksummed:
-            raw, crc = raw[:-4], raw[-4:]
-            if len(crc) != 4 or _crc32c_bytes(raw) != crc:
-                raise DamagedShard(f"{path}: {self.sample(index)}: an inner chunk fails its CRC32C checksum")
         try:
             data = self.compressor.decode(raw) if self.compressor is not None else raw
         except (RuntimeError, ValueError) as exc:
