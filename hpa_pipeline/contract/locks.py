@@ -38,7 +38,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -89,8 +89,7 @@ def _open_lock_file(lock_path: Path, what: str, shared: bool) -> int:
         except BlockingIOError:
             holder = _read_holder(fd)
             os.close(fd)
-            raise Busy(f"{what} is in use by {describe_holder(holder)}; wait for it to finish, or stop it (a killed "
-                       f"command's lock is taken over at once)") from None
+            raise _busy(what, holder) from None
         except BaseException:
             os.close(fd)
             raise
@@ -122,7 +121,7 @@ def _writing(target: Path, lock: Path, what: str) -> Iterator[dict | None]:
     """The writer's file lock beside ``target``, then ``target`` itself where it exists (so a
     reader, which locks only the folder, keeps a writer out); the file goes if no target was made."""
     with locked(lock, what) as stale:
-        with _folder_flock(target, what, shared=False, holder=None):
+        with _folder_flock(target, what, shared=False, holder=lambda: None):
             try:
                 yield stale
             finally:
@@ -135,17 +134,17 @@ def _reading(target: Path, what: str) -> Iterator[None]:
     """A reader's shared lock on the folder itself (read-only handle) and on the writer's file
     if there is one: nothing is created or written."""
     lock = store_lock_path(target)
-    with _folder_flock(target, what, shared=True, holder=_holder_of(lock)):
-        if _holder_of(lock) is not None or _held(lock):  # a writer that began before the folder existed
-            raise Busy(f"{what} is in use by {describe_holder(_holder_of(lock))}; wait for it to finish, or stop "
-                       f"it (a killed command's lock is taken over at once)")
+    with _folder_flock(target, what, shared=True, holder=lambda: _writer_of(lock)[1]):
+        held, holder = _writer_of(lock)
+        if held:  # a writer that began before the folder existed
+            raise _busy(what, holder)
         yield None
 
 
 @contextmanager
-def _folder_flock(target: Path, what: str, shared: bool, holder: dict | None) -> Iterator[None]:
+def _folder_flock(target: Path, what: str, shared: bool, holder: Callable[[], dict | None]) -> Iterator[None]:
     """flock on the folder ``target`` (nothing when it does not exist, or where the file system
-    cannot lock a folder: a network file system without it)."""
+    cannot lock a folder: a network file system without it); ``holder()`` names who has it."""
     try:
         fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
@@ -155,8 +154,7 @@ def _folder_flock(target: Path, what: str, shared: bool, holder: dict | None) ->
         try:
             fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise Busy(f"{what} is in use by {describe_holder(holder)}; wait for it to finish, or stop it (a killed "
-                       f"command's lock is taken over at once)") from None
+            raise _busy(what, holder()) from None
         except OSError:
             yield None
             return
@@ -168,16 +166,12 @@ def _folder_flock(target: Path, what: str, shared: bool, holder: dict | None) ->
         os.close(fd)
 
 
-def _holder_of(lock: Path) -> dict | None:
-    """The holder a writer's lock file records while it is held (None where there is none)."""
-    return _read_holder_if_held(lock)[1]
+def _busy(what: str, holder: dict | None) -> Busy:
+    return Busy(f"{what} is in use by {describe_holder(holder)}; wait for it to finish, or stop it (a killed "
+                f"command's lock is taken over at once)")
 
 
-def _held(lock: Path) -> bool:
-    return _read_holder_if_held(lock)[0]
-
-
-def _read_holder_if_held(lock: Path) -> tuple[bool, dict | None]:
+def _writer_of(lock: Path) -> tuple[bool, dict | None]:
     """Whether a writer holds the lock file (tried through a read-only handle), and its record."""
     try:
         fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
