@@ -53,6 +53,10 @@ def test_the_decoder_is_chosen_with_its_reason():
     assert choose_decoder("auto", "none", cuda)[0] == "gpu"  # uncompressed chunks need no nvCOMP
     with pytest.raises(Exception, match="--decode gpu: training runs on cpu"):
         choose_decoder("gpu", "zstd", cpu)
+    chosen, why = choose_decoder("auto", "none", cuda, ruled_out=["--stream reads whole shards"])
+    assert chosen == "cpu" and why == "decoding on the CPU: --stream reads whole shards"
+    with pytest.raises(Exception, match="--decode gpu: --stream reads whole shards"):
+        choose_decoder("gpu", "none", cuda, ruled_out=["--stream reads whole shards"])
 
 
 @pytest.mark.integration  # loader worker processes

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from .atomic import SUFFIX, write_json
+from .atomic import SUFFIX, write_bytes, write_json
 from .labels import CLASS_NAMES, FILTERS, N_CLASSES, SampleTable
 from .locations import file_names, get_bytes, is_url, join, put_bytes, remove_tree
 from .shards import ShardReader, shard_key, write_sample_shard
@@ -306,7 +306,7 @@ def repair_store_files(path: str, meta: dict, table: SampleTable) -> list[str]:
                 json.loads(file.read_bytes())
             except (FileNotFoundError, ValueError):
                 file.parent.mkdir(parents=True, exist_ok=True)
-                write_json_bytes(file, Path(blank, name).read_bytes())
+                write_bytes(file, Path(blank, name).read_bytes())
                 repaired.append(f"{file}: metadata file damaged or missing; written again")
     root = zarr.open_group(path, mode="r+")
     for name in [*([LABELS] if table.has_labels else []), *BOOK_ARRAYS]:
@@ -321,12 +321,6 @@ def repair_store_files(path: str, meta: dict, table: SampleTable) -> list[str]:
     if table.has_labels and repaired:
         root[LABELS][:] = table.label_matrix()
     return repaired
-
-
-def write_json_bytes(path: Path, data: bytes) -> None:
-    from .atomic import write_bytes
-
-    write_bytes(path, data)
 
 
 def _bring_up(path: str, meta: dict) -> dict:

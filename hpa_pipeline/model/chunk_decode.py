@@ -171,12 +171,14 @@ def nvcomp_available() -> str | None:
     return None
 
 
-def choose_decoder(decode: str, codec: str, device: torch.device, direct: bool = True) -> tuple[str, str]:
-    """``("cpu" | "gpu", why)`` for ``--decode`` on a store of ``codec`` trained on ``device``;
-    ``gpu`` asked where it cannot work is an error that says why."""
+def choose_decoder(decode: str, codec: str, device: torch.device, direct: bool = True,
+                   ruled_out: list[str] | None = None) -> tuple[str, str]:
+    """``("cpu" | "gpu", why)`` for ``--decode`` on a store of ``codec`` trained on ``device``
+    (``ruled_out``: what else of the run keeps the decoding on the CPU); ``gpu`` asked where it
+    cannot work is an error that says why."""
     if decode not in DECODERS:
         raise OptionError(f"--decode must be one of {', '.join(DECODERS)}, not {decode!r}")
-    reasons = []
+    reasons = list(ruled_out or [])
     if device.type != "cuda":
         reasons.append(f"training runs on {device.type}, not a GPU")
     if codec not in ("zstd", "none"):

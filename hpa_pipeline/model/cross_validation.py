@@ -45,7 +45,7 @@ def train_folds(cfg: TrainConfig, resume: bool, progress: ProgressCallback | Non
                 report(progress, Progress("train", message=f"fold {k + 1}/{cfg.folds}: finished, kept"))
                 continue
             report(progress, Progress("train", message=f"fold {k + 1}/{cfg.folds}"))
-            _train_fold(replace(cfg, fold=k, out=str(run.path)), out, resume, progress, given)
+            _train_fold(replace(cfg, fold=k, out=str(run.path)), out, progress, given)
         result = combine_runs([RunFolder(out).fold(k).path for k in range(cfg.folds)], cfg.threshold_strategy,
                               cfg.threshold_scale, cfg.seed, write_to=out)
     return {"best_valid_macro_f1": result["oof_macro_f1_crossfit"], "oof_macro_f1": result["oof_macro_f1"],
@@ -53,7 +53,7 @@ def train_folds(cfg: TrainConfig, resume: bool, progress: ProgressCallback | Non
             "n_samples": result["n_samples"]}
 
 
-def _train_fold(cfg: TrainConfig, out: Path, resume: bool, progress, given) -> None:
+def _train_fold(cfg: TrainConfig, out: Path, progress, given) -> None:
     """One fold; an interrupt says what the whole cross-validation keeps."""
     from .train import train
 
@@ -71,7 +71,7 @@ def _train_fold(cfg: TrainConfig, out: Path, resume: bool, progress, given) -> N
 
 def _started(out: Path, folds: int) -> bool:
     """Whether any fold of the cross-validation in ``out`` has finished an epoch."""
-    return any(RunFolder(out).fold(k).last.exists() or RunFolder(out).fold(k).oof.exists() for k in range(folds))
+    return any(run.last.exists() or run.oof.exists() for run in (RunFolder(out).fold(k) for k in range(folds)))
 
 
 def _cv_config(out: Path, cfg: TrainConfig, resume: bool, given) -> TrainConfig:

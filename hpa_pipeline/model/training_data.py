@@ -13,7 +13,6 @@ import torch
 from ..common.machine import usable_cores
 from . import distributed
 from .config import TrainConfig
-from ..contract.errors import OptionError
 from .chunk_decode import choose_decoder, crops_of, read_compressed_batch
 from .data import (CombinedDataset, EpochSampler, Normalizer, StoreDataset, already_collated, make_loader,
                    rare_class_weights, worker_options)
@@ -91,19 +90,14 @@ class GpuDecoding:
         return (crops_of(batch, self.codec, self.device) for batch in self.loader)
 
 
-def gpu_decoding(cfg: TrainConfig, train_set, sampler, store_codec: str, device: torch.device,
-                 direct: bool) -> tuple[GpuDecoding | None, str]:
+def gpu_decoding(cfg: TrainConfig, train_set, sampler, store_codec: str,
+                 device: torch.device) -> tuple[GpuDecoding | None, str]:
     """The GPU feed where ``--decode`` chooses it, and the line saying which decoder and why."""
-    reasons_against = []
-    if cfg.stream:
-        reasons_against.append("--stream reads whole shards")
-    if isinstance(train_set, CombinedDataset):
-        reasons_against.append("--external stores are read by the loader workers")
-    if reasons_against:
-        if cfg.decode == "gpu":
-            raise OptionError(f"--decode gpu: {'; '.join(reasons_against)}")
-        return None, f"decoding on the CPU: {'; '.join(reasons_against)}"
-    chosen, why = choose_decoder(cfg.decode, store_codec, device, direct)
+    ruled_out = ((["--stream reads whole shards"] if cfg.stream else [])
+                 + (["--external stores are read by the loader workers"]
+                    if isinstance(train_set, CombinedDataset) else []))
+    direct = not ruled_out and train_set.reader().layout is not None
+    chosen, why = choose_decoder(cfg.decode, store_codec, device, direct, ruled_out)
     if chosen == "cpu":
         return None, why
     return GpuDecoding(compressed_loader(train_set, sampler, cfg.batch_size, cfg.workers or max_workers(), device),
@@ -136,8 +130,7 @@ def make_data(cfg: TrainConfig, plan: Plan, ranks: distributed.Ranks, device: to
     # each rank validates every world-th sample; the predictions are gathered
     valid_set = StoreDataset(plan.store, cfg.val_level or cfg.level, plan.valid_idx[ranks.rank::ranks.world],
                              train=False, seed=cfg.seed)
-    sampler = stream_loader = feeds = decoding = None
-    decode_line = "decoding on the CPU: --stream reads whole shards"
+    sampler = stream_loader = feeds = None
     if cfg.stream:  # whole shards in streaming order: one request per sample (remote stores)
         stream = ShardStream(train_set, cfg.stream_buffer, rank=ranks.rank, world=ranks.world)
         stream_loader = make_stream_loader(stream, cfg.batch_size, cfg.workers, device.type == "cuda")
@@ -147,12 +140,11 @@ def make_data(cfg: TrainConfig, plan: Plan, ranks: distributed.Ranks, device: to
         sampler = EpochSampler(len(train_set), cfg.seed, weights, rank=ranks.rank, world=ranks.world,
                                batch_size=cfg.batch_size, draws=cfg.epoch_size, tag_epoch=True)
         batches = len(sampler) // cfg.batch_size
-        direct = isinstance(train_set, StoreDataset) and train_set.reader().layout is not None
-        decoding, decode_line = gpu_decoding(cfg, train_set, sampler, plan.store.spec.codec, device, direct)
         if cfg.workers != 0:
             workers = cfg.workers or min(2, max_workers())  # auto: grown as the measured wait asks
             feeds = (BatchFeed(train_set, cfg.batch_size, workers, device),
                      BatchFeed(valid_set, cfg.batch_size, max(1, workers // 2), device, slots=4))
+    decoding, decode_line = gpu_decoding(cfg, train_set, sampler, plan.store.spec.codec, device)
     steps = batches // cfg.accumulate
     if cfg.steps_per_epoch:
         steps = min(steps, cfg.steps_per_epoch)
