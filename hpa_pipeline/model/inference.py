@@ -176,9 +176,15 @@ class TrainedRun:
 def read_thresholds(path: Path) -> np.ndarray:
     """The 28 per-class thresholds of a ``thresholds.json``, each a number in [0, 1]; anything
     else is a :class:`RunError` naming the file."""
+    return read_threshold_record(path)["thresholds"]
+
+
+def read_threshold_record(path: Path) -> dict:
+    """A ``thresholds.json``: its checked thresholds, and the strategy and training shares it
+    was chosen with (None in files written without them)."""
     try:
-        values = json.loads(path.read_text())["thresholds"]
-        thresholds = np.array(values, dtype=np.float64)
+        record = json.loads(path.read_text())
+        thresholds = np.array(record["thresholds"], dtype=np.float64)
     except FileNotFoundError:
         raise RunError(f"{path}: missing (has this run finished an epoch?)") from None
     except (ValueError, KeyError, TypeError) as exc:
@@ -186,14 +192,6 @@ def read_thresholds(path: Path) -> np.ndarray:
     if thresholds.shape != (N_CLASSES,) or not np.all((thresholds >= 0) & (thresholds <= 1)):
         raise RunError(f"{path}: expected {N_CLASSES} thresholds between 0 and 1, found "
                        f"{thresholds.size} values{'' if thresholds.size != N_CLASSES else ' outside [0, 1]'}")
-    return thresholds
-
-
-def read_threshold_record(path: Path) -> dict:
-    """A ``thresholds.json``: its checked thresholds, and the strategy and training shares it
-    was chosen with (None in files written without them)."""
-    thresholds = read_thresholds(path)
-    record = json.loads(path.read_text())
     shares = record.get("shares")
     if shares is not None:
         values = np.array(shares, dtype=np.float64) if isinstance(shares, list) else np.array([])
