@@ -62,17 +62,22 @@ def test_fold_all_trains_every_fold_and_writes_the_out_of_fold_table(stores, cv_
     assert json.loads((out / "cv.json").read_text())["runs"] == ["fold0", "fold1", "fold2"]
 
 
-def test_fold_all_resumes_at_the_fold_where_it_stopped(stores, tmp_path, monkeypatch):
-    out = tmp_path / "cv"
+def interrupt_in_fold_1(monkeypatch) -> None:
+    """Ctrl-C once fold 1 has written its epoch: fold 0 is finished, fold 1 is not."""
     calls = {"n": 0}
 
     def crash(name):
         if name == "after_last":
             calls["n"] += 1
-            if calls["n"] == 2:  # fold 1's epoch: fold 0 is finished
+            if calls["n"] == 2:
                 raise KeyboardInterrupt
 
     monkeypatch.setattr(train_module, "fault_point", crash)
+
+
+def test_fold_all_resumes_at_the_fold_where_it_stopped(stores, tmp_path, monkeypatch):
+    out = tmp_path / "cv"
+    interrupt_in_fold_1(monkeypatch)
     result = CliRunner().invoke(cli, _train(stores, out))
     assert result.exit_code != 0  # Ctrl-C (the CLI runner reports it as an abort)
     monkeypatch.undo()
@@ -108,15 +113,7 @@ def test_a_first_run_that_fails_before_training_blocks_nothing(stores, tmp_path)
 def test_an_interrupted_cross_validation_says_what_it_keeps_and_resumes_without_fold_all(stores, tmp_path,
                                                                                          monkeypatch):
     out = tmp_path / "cv"
-    calls = {"n": 0}
-
-    def crash(name):
-        if name == "after_last":
-            calls["n"] += 1
-            if calls["n"] == 2:  # fold 1's epoch: fold 0 is finished
-                raise KeyboardInterrupt
-
-    monkeypatch.setattr(train_module, "fault_point", crash)
+    interrupt_in_fold_1(monkeypatch)
     result = CliRunner().invoke(cli, _train(stores, out), standalone_mode=False)
     monkeypatch.undo()
     said = str(result.exception.__context__)  # what hpa-pipe prints on Ctrl-C
