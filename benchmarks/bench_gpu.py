@@ -101,7 +101,7 @@ def _learning_store() -> Path:
         extract_archives([data / "train_full_size.7z"], tiff)
     store = BENCH_DATA / f"{name}.zarr"
     if not (store / "report.json").exists():
-        build_zarr(tiff, data / "train.csv", store, StoreSpec(size=256, levels=2, codec="none"))
+        build_zarr(tiff, data / "train.csv", store, StoreSpec(size=256, levels=2, chunk=128, codec="none"))
     return store
 
 
@@ -172,24 +172,30 @@ def _endless(n: int):
             yield (epoch, int(k))
 
 
-def _feed_alone(feed, batches: int) -> dict:
+def _feed_alone(stream, batches: int, workers) -> dict:
+    """A feed's batches taken as fast as it gives them (no training): its rate, and the CPU it
+    takes per wall second, this process and ``workers()`` (its worker processes, once started)."""
     import psutil
-    import torch
 
     me = psutil.Process()
-    stream = feed.batches(_endless(N))
     for _ in range(WARMUP):
         next(stream)
-    workers = [psutil.Process(p.pid) for p in feed._processes]
-    cpu0 = sum(sum(w.cpu_times()[:2]) for w in workers) + sum(me.cpu_times()[:2])
+    processes = [me, *workers()]
+    cpu0 = sum(sum(p.cpu_times()[:2]) for p in processes)
     sync()
     start = time.perf_counter()
     seen = sum(len(next(stream)[0]) for _ in range(batches))
     sync()
     wall = time.perf_counter() - start
-    cpu1 = sum(sum(w.cpu_times()[:2]) for w in workers) + sum(me.cpu_times()[:2])
+    cpu1 = sum(sum(p.cpu_times()[:2]) for p in processes)
     stream.close()
     return {"img_s": round(seen / wall, 1), "cores_used": round((cpu1 - cpu0) / wall, 2)}
+
+
+def _batch_feed_alone(feed, batches: int) -> dict:
+    import psutil
+
+    return _feed_alone(feed.batches(_endless(N)), batches, lambda: [psutil.Process(p.pid) for p in feed._processes])
 
 
 def _eval_rate(model, normalize) -> float:
@@ -282,7 +288,7 @@ def run() -> dict:
         try:
             fed = _timed_steps(model, step, ((b[0], b[1], b[3]) for b in feed.batches(_endless(N))), normalize,
                                STEPS)
-            alone = _feed_alone(feed, STEPS)
+            alone = _batch_feed_alone(feed, STEPS)
         finally:
             feed.close()
         figures.update({
@@ -348,7 +354,7 @@ def _default_codec_feed(model, step, normalize, memory: float, mode: str) -> dic
     feed = BatchFeed(dataset, BATCH, workers, torch.device(DEVICE))
     try:
         fed = _timed_steps(model, step, ((b[0], b[1], b[3]) for b in feed.batches(_endless(N))), normalize, STEPS)
-        alone = _feed_alone(feed, STEPS)
+        alone = _batch_feed_alone(feed, STEPS)
     finally:
         feed.close()
     return {f"{mode}: default store (zstd-1): one worker crops/s, workers": f"{round(per_worker, 1)}, {workers}",
@@ -387,23 +393,11 @@ def _gpu_decode_feed(model, step, normalize, memory: float, mode: str) -> dict:
     sampler = EpochSampler(N, seed=0, draws=BATCH * (STEPS + WARMUP + 4) * 3, tag_epoch=True)
     decoding = GpuDecoding(compressed_loader(dataset, sampler, BATCH, workers, device), "zstd", device)
     fed = _timed_steps(model, step, ((b[0], b[1], b[3]) for b in decoding.batches()), normalize, STEPS)
-    me = psutil.Process()
-    stream = decoding.batches()
-    for _ in range(WARMUP):
-        next(stream)
-    children = me.children(recursive=True)
-    cpu0 = sum(sum(c.cpu_times()[:2]) for c in children) + sum(me.cpu_times()[:2])
-    sync()
-    start = time.perf_counter()
-    seen = sum(len(next(stream)[0]) for _ in range(STEPS))
-    sync()
-    wall = time.perf_counter() - start
-    cpu1 = sum(sum(c.cpu_times()[:2]) for c in children) + sum(me.cpu_times()[:2])
-    stream.close()
+    alone = _feed_alone(decoding.batches(), STEPS, lambda: psutil.Process().children(recursive=True))
     return {f"{mode}: --decode gpu: workers, loader-fed img/s": f"{workers}, {round(fed, 1)}",
             f"{mode}: --decode gpu: loader-fed / memory-fed (target >= 0.98)": round(fed / memory, 3),
             f"{mode}: --decode gpu: feed alone img/s, CPU cores used (target <= 0.5)":
-                f"{round(seen / wall, 1)}, {round((cpu1 - cpu0) / wall, 2)}",
+                f"{alone['img_s']}, {alone['cores_used']}",
             f"{mode}: --decode gpu: nvCOMP batched zstd decode GB/s (decoded bytes)": round(decode_gb_s, 1),
             f"{mode}: --decode gpu: batches bit-identical to the CPU decoder's": identical}
 
