@@ -14,7 +14,7 @@ import yaml
 
 from .. import __version__
 from ..contract.labels import CLASS_NAMES
-from ..model.run_folder import RunError
+from ..model.run_folder import RunError, are_level_sizes, is_number
 
 RDF = "rdf.yaml"
 
@@ -137,24 +137,16 @@ def _check_config(config: dict, path: Path) -> None:
 
     thresholds = config.get("thresholds")
     if not isinstance(thresholds, list) or len(thresholds) != len(CLASS_NAMES) or not all(
-            _number(t) and 0 <= t <= 1 for t in thresholds):
+            is_number(t) and 0 <= t <= 1 for t in thresholds):
         raise bad("thresholds", f"must be {len(CLASS_NAMES)} numbers in [0, 1]")
     sizes = config.get("store_sizes")
-    if not isinstance(sizes, list) or not sizes or not all(_whole(v) and 0 < v <= 1 << 16 for v in sizes):
+    if not are_level_sizes(sizes):
         raise bad("store_sizes", f"must be the training store's level sizes in pixels, not {sizes!r}")
     level = config.get("level")
-    if not _whole(level) or level not in sizes:
+    if not are_level_sizes([level]) or level not in sizes:
         raise bad("level", f"{level!r} is not one of store_sizes {sizes}")
     if config.get("dtype") not in DTYPES:
         raise bad("dtype", f"must be one of {', '.join(DTYPES)}, not {config.get('dtype')!r}")
-
-
-def _number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and bool(np.isfinite(v))
-
-
-def _whole(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def onnx_weights(rdf: dict, folder: Path, path: Path) -> Path:

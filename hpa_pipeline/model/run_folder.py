@@ -179,6 +179,17 @@ def bring_up_normalization(normalization: dict, cfg: TrainConfig) -> dict:
     return normalization
 
 
+def is_number(value) -> bool:
+    """A finite int or float (not a bool): what a saved statistic or threshold must be."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
+
+
+def are_level_sizes(sizes) -> bool:
+    """A non-empty list of whole pixel sizes, as a store's levels are saved."""
+    return isinstance(sizes, list) and bool(sizes) and all(
+        isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 1 << 16 for v in sizes)
+
+
 def check_normalization(normalization, cfg: TrainConfig, path: Path) -> None:
     """The statistics a run saved, as everything downstream (predict, export, classify) uses
     them: four finite means, four finite positive stds, a known dtype, the levels of its store
@@ -192,17 +203,15 @@ def check_normalization(normalization, cfg: TrainConfig, path: Path) -> None:
         raise bad("", "is not a mapping of mean, std, dtype and sizes")
     for field in ("mean", "std"):
         values = normalization.get(field)
-        if not isinstance(values, list) or len(values) != 4 or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in values):
+        if not isinstance(values, list) or len(values) != 4 or not all(is_number(v) for v in values):
             raise bad(field, f"must be 4 finite numbers (one per channel), not {values!r}")
     if min(normalization["std"]) <= 0:
         raise bad("std", f"must be above 0 (it divides the pixels), not {normalization['std']}")
-    if normalization.get("dtype", "uint8") not in DTYPES:
-        raise bad("dtype", f"must be one of {', '.join(DTYPES)}, not {normalization.get('dtype')!r}")
+    if normalization["dtype"] not in DTYPES:
+        raise bad("dtype", f"must be one of {', '.join(DTYPES)}, not {normalization['dtype']!r}")
     sizes = normalization.get("sizes")
     if sizes is not None:
-        if not isinstance(sizes, list) or not sizes or not all(
-                isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 1 << 16 for v in sizes):
+        if not are_level_sizes(sizes):
             raise bad("sizes", f"must be the store's level sizes in pixels, not {sizes!r}")
         for name, level in (("level", cfg.level), ("val_level", cfg.val_level)):
             if level and level not in sizes:
