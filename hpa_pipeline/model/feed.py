@@ -76,6 +76,14 @@ def _worker_main(dataset, images, labels, indices, augmentation, tasks, results,
             results.put((seq, slot, 0, traceback.format_exc()))
 
 
+def raise_from_worker(error: HpaError | str) -> None:
+    """Raise what a worker process sent (:func:`..contract.errors.sendable`): the user's error
+    as itself, anything else as a bug with the worker's traceback."""
+    if isinstance(error, HpaError):
+        raise error
+    raise FeedError(f"a loader worker failed:\n{error}")
+
+
 def _register_pinned(tensor: torch.Tensor) -> bool:
     """Page-lock a shared-memory tensor in place (``cudaHostRegister``), so that copies from it
     to the GPU are asynchronous DMA; False where CUDA refuses.
@@ -257,10 +265,8 @@ class BatchFeed:
                                            hint="use fewer --workers or a smaller --batch-size, or give the job "
                                                 "more memory") from None
                 continue
-            if isinstance(error, HpaError):
-                raise error
             if error is not None:
-                raise FeedError(f"a loader worker failed:\n{error}")
+                raise_from_worker(error)
             return seq, slot, count
 
     # -- batches ------------------------------------------------------------------------------

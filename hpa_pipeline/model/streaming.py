@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, IterableDataset, default_collate, get_w
 
 from ..contract.errors import HpaError, sendable
 from .data import StoreDataset, worker_options
+from .feed import raise_from_worker
 
 
 class ShardStream(IterableDataset):
@@ -117,10 +118,8 @@ class StreamLoader:
         stop = getattr(batches, "_shutdown_workers", None)  # now, not when a traceback is collected
         if failed is not None and stop is not None:
             stop()
-        if isinstance(failed, str):
-            raise RuntimeError(f"a stream worker failed:\n{failed}")
         if failed is not None:
-            raise failed
+            raise_from_worker(failed)
 
 
 def make_stream_loader(stream: ShardStream, batch_size: int, workers: int, pin_memory: bool = False) -> StreamLoader:
