@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 
 
 from .names import (ARCHS, BACKENDS, CROP_MODES, CROP_REDUCTIONS, DECODERS, DEFAULT_ARCH, HEADS, LOVASZ_MODES,
-                    PRECISIONS, SCHEDULES, STRATEGIES, is_arch, loss_terms)
+                    PRECISIONS, SCHEDULES, STRATEGIES, fits_crop_grid, is_arch, loss_terms)
 from ..contract.duplicates import DEFAULT_MAX_DISTANCE
 from ..contract.errors import OptionError
 
@@ -187,8 +187,7 @@ class TrainConfig:
             raise OptionError("--stream reads every sample once per epoch; it cannot --oversample")
         if self.ema > 0 and self.swa_epochs > 0:
             raise OptionError("choose one weight average: --ema or --swa-epochs, not both")
-        if self.tta_crops < 0 or self.tta_crops and self.tta_crop_mode == "tiled" and \
-                round(self.tta_crops ** 0.5) ** 2 != self.tta_crops:
+        if not fits_crop_grid(self.tta_crops, self.tta_crop_mode):
             raise OptionError(f"--tta-crops {self.tta_crops}: tiled crops form a square grid (1, 4, 9, 16, ...)")
         if not 1 <= self.tta <= 8:
             raise OptionError(f"--tta must be between 1 and 8 (the flips and rotations), got {self.tta}")

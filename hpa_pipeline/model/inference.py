@@ -27,7 +27,7 @@ from .metrics import predict_labels
 from .models import create_model
 from .run_folder import RunError, RunFolder, fold_runs, is_cross_validation, read_config
 from .thresholds import rematched
-from .names import CROP_MODES, CROP_REDUCTIONS
+from .names import CROP_MODES, CROP_REDUCTIONS, fits_crop_grid
 from ..contract.spec import StoreError
 from ..contract.errors import OptionError
 from ..contract.labels import N_CLASSES
@@ -67,7 +67,7 @@ class TestCrops:
     def __post_init__(self):
         if self.mode not in CROP_MODES or self.reduce not in CROP_REDUCTIONS:
             raise OptionError(f"test-time crops: mode one of {CROP_MODES}, reduction one of {CROP_REDUCTIONS}")
-        if self.count < 1 or self.mode == "tiled" and round(self.count ** 0.5) ** 2 != self.count:
+        if self.count < 1 or not fits_crop_grid(self.count, self.mode):
             raise OptionError(f"--crops {self.count}: tiled crops form a square grid (1, 4, 9, 16, ...)")
 
     def origins(self, side: int, sample: int) -> list[tuple[int, int]]:

@@ -64,6 +64,11 @@ RATIO_ON = ("predicted", "oof")
 CROP_MODES = ("tiled", "random")
 CROP_REDUCTIONS = ("max", "mean")
 
+
+def fits_crop_grid(count: int, mode: str) -> bool:
+    """Whether ``count`` test-time crops can lie as ``mode`` asks: tiled ones on a square grid."""
+    return count >= 0 and (mode != "tiled" or round(count ** 0.5) ** 2 == count)
+
 #: where training crops are decoded (:mod:`~hpa_pipeline.model.chunk_decode`): chosen (auto),
 #: in the loader workers (cpu), or on the GPU from the chunks' stored bytes (gpu)
 DECODERS = ("auto", "cpu", "gpu")
