@@ -67,7 +67,7 @@ train-cv: install
 demo-images:
 	cp $(DEMO)/cv/fold0/curves.png docs/images/demo_curves.png
 	cp $(DEMO)/cv/fold0/per_class_f1.png docs/images/demo_per_class_f1.png
-	$(BIN)/python -c "from PIL import Image; Image.open('$(DEMO)/train_montage.png').convert('RGB').resize((600, 600)).save('docs/images/demo_montage.jpg', quality=85)"
+	$(BIN)/python -c "from PIL import Image; Image.open('$(DEMO)/train_montage.png').convert('RGB').resize((768, 768)).save('docs/images/demo_montage.jpg', quality=85)"
 
 # The documentation site into build/site/, offline; broken links fail (strict).
 docs: install

@@ -62,3 +62,17 @@ def test_the_architecture_page_lists_every_module():
     modules = [p for p in (REPO / "hpa_pipeline").rglob("*.py") if p.name not in ("__init__.py", "__main__.py")]
     missing = [str(p.relative_to(REPO)) for p in modules if f"{p.name}`" not in page]
     assert not missing, f"docs/architecture.md does not list {missing}"
+
+
+def test_code_blocks_fit_eighty_columns():
+    """The site's code column holds 80 characters at a laptop's width; a longer line wraps at a
+    hyphen (``--`` apart from ``out``) and a diagram falls apart. The README is read in a terminal."""
+    too_long = []
+    for path in [*sorted((REPO / "docs").glob("*.md")), REPO / "README.md"]:
+        in_block = False
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if line.lstrip().startswith("```"):
+                in_block = not in_block
+            elif in_block and len(line.rstrip()) > 80:
+                too_long.append(f"{path.relative_to(REPO)}:{number}")
+    assert not too_long

@@ -97,6 +97,12 @@ def montage_level(path: str | Path, sizes: list[int], level: int | None = None) 
     return level
 
 
+def write_caption(tile: np.ndarray, caption: str) -> None:
+    """White text drawn over a black outline, so that it reads on bright and dark cells alike."""
+    for colour, thickness in (((0, 0, 0), 3), ((255, 255, 255), 1)):
+        cv2.putText(tile, caption, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, colour, thickness, cv2.LINE_AA)
+
+
 def write_montage(path: str | Path, out_png: str | Path, n: int = 16, level: int | None = None,
                   columns: int = 4) -> Path:
     """A grid of the first ``n`` done samples as RGB composites, captioned with id and labels."""
@@ -113,7 +119,7 @@ def write_montage(path: str | Path, out_png: str | Path, n: int = 16, level: int
         caption = store.ids[index][:8]
         if labels is not None:
             caption += " " + ",".join(str(c) for c in np.flatnonzero(labels[index]))
-        cv2.putText(tile, caption, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+        write_caption(tile, caption)
         tiles.append(tile)
     while len(tiles) % columns:
         tiles.append(np.zeros_like(tiles[0]))
