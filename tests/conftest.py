@@ -37,11 +37,10 @@ def train_and_test_stores(tmp_path_factory):
     Returns the synthetic dataset and the folder holding ``train.zarr`` and ``test.zarr``;
     tests only read them (each writes its runs elsewhere)."""
     from hpa_pipeline.contract.store import StoreSpec
-    from hpa_pipeline.prep.ingest import ingest
+
+    from .helpers import synthetic_stores
 
     tmp = tmp_path_factory.mktemp("stores")
-    d = make_dataset(tmp / "data", SynthSpec(n_train=40, n_test=8, image_sizes=(256,), seed=11), workers=2)
-    spec = StoreSpec(size=128, levels=2, chunk=64)
-    assert ingest(d.train_archive, d.train_csv, tmp / "train.zarr", spec).exit_code == 0
-    assert ingest(d.test_archive, d.sample_submission, tmp / "test.zarr", spec).exit_code == 0
+    d, _, _ = synthetic_stores(tmp, SynthSpec(n_train=40, n_test=8, image_sizes=(256,), seed=11),
+                               StoreSpec(size=128, levels=2, chunk=64))
     return d, tmp

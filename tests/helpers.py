@@ -98,3 +98,21 @@ def hpa_pipe_signalled_at(module: str, function: str, count: int, signum: int, a
     import sys
 
     return [sys.executable, "-c", _SIGNAL_AT_CALL, module, function, str(count), str(int(signum)), *args]
+
+
+def synthetic_stores(folder: Path, synth, spec, test: bool = True, workers: int | None = None):
+    """A synthetic dataset under ``folder/data`` and its stores ``folder/train.zarr`` (and
+    ``folder/test.zarr`` when ``test``), built by ingest with one layout: the one way the
+    suite makes the stores it trains and reads on. Each caller says how its data differ
+    (``synth``: samples, sizes, labels, planted duplicates; ``spec``: level, chunk, codec, dtype).
+    Returns the dataset and the two store paths (the test path even when not built)."""
+    from hpa_pipeline.prep.ingest import ingest
+    from hpa_pipeline.prep.synth import make_dataset
+
+    folder = Path(folder)
+    d = make_dataset(folder / "data", synth, workers=2)
+    train, test_store = folder / "train.zarr", folder / "test.zarr"
+    assert ingest(d.train_archive, d.train_csv, train, spec, workers=workers).exit_code == 0
+    if test:
+        assert ingest(d.test_archive, d.sample_submission, test_store, spec, workers=workers).exit_code == 0
+    return d, train, test_store

@@ -17,8 +17,9 @@ from click.testing import CliRunner
 from hpa_pipeline.cli import cli
 from hpa_pipeline.contract.store import StoreSpec
 from hpa_pipeline.model.probs_table import read_probs
-from hpa_pipeline.prep.ingest import ingest
-from hpa_pipeline.prep.synth import SynthSpec, make_dataset
+from hpa_pipeline.prep.synth import SynthSpec
+
+from .helpers import synthetic_stores
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("bioimageio.spec")
@@ -28,10 +29,8 @@ pytestmark = pytest.mark.integration  # whole runs and exports
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("deploy")
-    d = make_dataset(tmp / "data", SynthSpec(n_train=24, n_test=6, image_sizes=(256, 384), seed=9), workers=2)
-    spec = StoreSpec(size=128, levels=2, chunk=64)
-    assert ingest(d.train_archive, d.train_csv, tmp / "train.zarr", spec).exit_code == 0
-    assert ingest(d.test_archive, d.sample_submission, tmp / "test.zarr", spec).exit_code == 0
+    d, _, _ = synthetic_stores(tmp, SynthSpec(n_train=24, n_test=6, image_sizes=(256, 384), seed=9),
+                               StoreSpec(size=128, levels=2, chunk=64))
     result = CliRunner().invoke(cli, ["train", "--store", str(tmp / "train.zarr"), "--out", str(tmp / "run"), "--arch",
                                       "se_resnet_tiny", "--level", "64", "--crop", "48", "--folds", "3", "--epochs",
                                       "1", "--batch-size", "8", "--workers", "0", "--steps-per-epoch", "2",

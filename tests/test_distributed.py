@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from hpa_pipeline.model.data import EpochSampler
-from hpa_pipeline.prep.ingest import ingest
 from hpa_pipeline.contract.store import StoreSpec
-from hpa_pipeline.prep.synth import SynthSpec, make_dataset
+from hpa_pipeline.prep.synth import SynthSpec
+
+from .helpers import synthetic_stores
 
 pytestmark = pytest.mark.integration  # subprocesses, clusters, object stores or kills
 
@@ -28,9 +29,8 @@ OPTIONS = dict(arch="se_resnet_tiny", drop_rate=0.0, level=32, crop=32, folds=4,
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
-    d = make_dataset(tmp / "data", SynthSpec(n_train=32, n_test=1, image_sizes=(256,), seed=4), workers=2)
-    out = tmp / "train.zarr"
-    assert ingest(d.train_archive, d.train_csv, out, StoreSpec(size=64, levels=2, chunk=32)).exit_code == 0
+    _, out, _ = synthetic_stores(tmp, SynthSpec(n_train=32, n_test=1, image_sizes=(256,), seed=4),
+                                 StoreSpec(size=64, levels=2, chunk=32), test=False)
     return out
 
 

@@ -13,7 +13,9 @@ from hpa_pipeline.contract.duplicates import find_pairs, groups_of, hamming
 from hpa_pipeline.contract.store import StoreSpec
 from hpa_pipeline.prep.hashing import channel_hash
 from hpa_pipeline.prep.ingest import ingest
-from hpa_pipeline.prep.synth import SynthSpec, make_dataset
+from hpa_pipeline.prep.synth import SynthSpec
+
+from .helpers import synthetic_stores
 
 SPEC = StoreSpec(size=128, levels=2, chunk=64)
 
@@ -22,9 +24,7 @@ SPEC = StoreSpec(size=128, levels=2, chunk=64)
 def planted(tmp_path_factory):
     """24 train + 8 test samples with 6 planted near-duplicates (3 in train, 3 in test)."""
     tmp = tmp_path_factory.mktemp("dups")
-    d = make_dataset(tmp / "data", SynthSpec(n_train=24, n_test=8, image_sizes=(256,), seed=4, duplicates=6), workers=2)
-    assert ingest(d.train_archive, d.train_csv, tmp / "train.zarr", SPEC).exit_code == 0
-    assert ingest(d.test_archive, d.sample_submission, tmp / "test.zarr", SPEC).exit_code == 0
+    d, _, _ = synthetic_stores(tmp, SynthSpec(n_train=24, n_test=8, image_sizes=(256,), seed=4, duplicates=6), SPEC)
     truth = [(r["Id"], r["split"], r["copy_of"]) for r in csv.DictReader((d.out_dir / "duplicates.csv").open())]
     return d, tmp, truth
 

@@ -15,17 +15,16 @@ from hpa_pipeline.contract.store import StoreSpec
 from hpa_pipeline.model.data import EpochSampler, StoreDataset
 from hpa_pipeline.model.feed import BatchFeed, FeedError
 from hpa_pipeline.model.train import TrainConfig, train
-from hpa_pipeline.prep.ingest import ingest
-from hpa_pipeline.prep.synth import SynthSpec, make_dataset
+from hpa_pipeline.prep.synth import SynthSpec
+
+from .helpers import synthetic_stores
 
 
 @pytest.fixture(scope="module", params=["none", "zstd"])
 def store(request, tmp_path_factory):
     tmp = tmp_path_factory.mktemp(f"feed_{request.param}")
-    d = make_dataset(tmp / "data", SynthSpec(n_train=24, n_test=1, image_sizes=(256,), seed=2), workers=2)
-    out = tmp / "train.zarr"
-    assert ingest(d.train_archive, d.train_csv, out, StoreSpec(size=128, levels=2, chunk=32,
-                                                                codec=request.param)).exit_code == 0
+    _, out, _ = synthetic_stores(tmp, SynthSpec(n_train=24, n_test=1, image_sizes=(256,), seed=2),
+                                 StoreSpec(size=128, levels=2, chunk=32, codec=request.param), test=False)
     return out
 
 

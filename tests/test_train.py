@@ -11,12 +11,11 @@ import torch
 from click.testing import CliRunner
 
 from hpa_pipeline.cli import cli
-from hpa_pipeline.prep.ingest import ingest
 from hpa_pipeline.contract.store import StoreSpec
-from hpa_pipeline.prep.synth import SynthSpec, make_dataset
+from hpa_pipeline.prep.synth import SynthSpec
 from hpa_pipeline.model.train import TrainConfig, TrainingDiverged, train
 
-from .helpers import hpa_pipe_signalled_at
+from .helpers import hpa_pipe_signalled_at, synthetic_stores
 
 FOUR_CLASSES = [0, 2, 21, 23]  # nucleoplasm, nucleoli, plasma membrane, mitochondria
 
@@ -27,12 +26,8 @@ def four_class_store(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("four")
     labels_csv = tmp / "labels.csv"
     labels_csv.write_text("Id,Target\n" + "".join(f"x{c},{c}\n" for c in FOUR_CLASSES))
-    d = make_dataset(tmp / "data", SynthSpec(n_train=120, n_test=8, image_sizes=(256,), seed=5,
-                                             labels_csv=labels_csv), workers=2)
-    store = tmp / "train.zarr"
-    ingest(d.train_archive, d.train_csv, store, StoreSpec(size=128, levels=2, chunk=64))
-    ingest(d.test_archive, d.sample_submission, tmp / "test.zarr", StoreSpec(size=128, levels=2, chunk=64))
-    return d, store, tmp / "test.zarr"
+    return synthetic_stores(tmp, SynthSpec(n_train=120, n_test=8, image_sizes=(256,), seed=5, labels_csv=labels_csv),
+                            StoreSpec(size=128, levels=2, chunk=64))
 
 
 def tiny_config(store, out, **overrides):
@@ -183,12 +178,9 @@ def test_a_uint16_store_trains_and_predicts_on_its_16_bit_values(tmp_path):
     from hpa_pipeline.model.inference import predict
     from hpa_pipeline.model.run_folder import read_config
 
-    d = make_dataset(tmp_path / "data", SynthSpec(n_train=32, n_test=4, image_sizes=(256,), bit_depth=16, seed=3),
-                     workers=2)
-    spec = StoreSpec(size=128, levels=2, chunk=64, dtype="uint16")
-    store, test_store = tmp_path / "train.zarr", tmp_path / "test.zarr"
-    assert ingest(d.train_archive, d.train_csv, store, spec).exit_code == 0
-    assert ingest(d.test_archive, d.sample_submission, test_store, spec).exit_code == 0
+    d, store, test_store = synthetic_stores(
+        tmp_path, SynthSpec(n_train=32, n_test=4, image_sizes=(256,), bit_depth=16, seed=3),
+        StoreSpec(size=128, levels=2, chunk=64, dtype="uint16"))
     dataset = StoreDataset(str(store), 64, np.arange(8), crop=64)
     images = dataset.__getitems__(list(range(8)))[0].numpy()
     assert images.dtype == np.uint16
