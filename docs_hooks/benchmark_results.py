@@ -82,9 +82,111 @@ def _layout(keys: list[str]) -> int:
     return best_depth
 
 
+def _split_outside(text: str, separator: str) -> list[str]:
+    """``text`` split at each ``separator`` outside parentheses."""
+    parts, level, start = [], 0, 0
+    for i, ch in enumerate(text):
+        level += (ch == "(") - (ch == ")")
+        if level == 0 and text.startswith(separator, i):
+            parts.append(text[start:i])
+            start = i + len(separator)
+    return parts + [text[start:]]
+
+
+def _one_by_one(key: str, value) -> dict:
+    """Figures named one by one in one key (``"7zz t: wall s, CPU s": "7.7, 7.6"``, or a list) as
+    one figure each (``"7zz t: wall s"``, ``"7zz t: CPU s"``), so that each gets a column of its
+    own; ``"; "`` separates first, then ``", "``. Anything else is returned as it is."""
+    head, _, last = key.rpartition(": ")
+    for separator in ("; ", ", "):
+        names = _split_outside(last, separator)
+        values = value if isinstance(value, list) else _split_outside(str(value), separator)
+        if len(names) == len(values) > 1 and not _is_table(value):
+            out = {}
+            for name, v in zip(names, values):
+                out.update(_one_by_one(f"{head}: {name}" if head else name, v))
+            return out
+    return {key: value}
+
+
+def _expanded(figures: dict) -> dict:
+    out = {}
+    for key, value in figures.items():
+        out.update(_one_by_one(key, value))
+    return out
+
+
+#: a text figure longer than this is written below its table rather than in a column
+LONG_TEXT = 60
+
+
+def _long_text(matrix: dict, variants: list, measures: list) -> list[str]:
+    """The measures whose figures are long descriptions (an archive's packing, say): a column of
+    them would make every row tall, so they are listed below the table instead."""
+    return [m for m in measures
+            if all(isinstance(matrix.get((v, m), ""), str) for v in variants)
+            and max(len(str(matrix.get((v, m), ""))) for v in variants) > LONG_TEXT]
+
+
+#: more measures than this, and fewer variants, and the table turns: variants as columns
+WIDEST = 7
+
+
+def _transposed(matrix: dict, variants: list, measures: list) -> str:
+    """Many measures of a few variants (an archive packed three ways, say): a column per variant
+    keeps the table within the page, where a column per measure would run far past it."""
+    return ("\n| figure | " + " | ".join(_cell(v) for v in variants) + " |\n|---|" + "---|" * len(variants) + "\n"
+            + "\n".join(f"| {_cell(m)} | " + " | ".join(_cell(matrix.get((v, m), "")) for v in variants) + " |"
+                         for m in measures) + "\n")
+
+
+def _matrix_table(matrix: dict, variants: list, measures: list) -> str:
+    described = _long_text(matrix, variants, measures)
+    columns = [m for m in measures if m not in described]
+    if len(columns) > WIDEST and len(variants) < len(columns):
+        out = _transposed(matrix, variants, columns)
+    else:
+        out = ("\n| | " + " | ".join(_cell(m) for m in columns) + " |\n|---|" + "---|" * len(columns) + "\n"
+               + "\n".join(f"| {_cell(v)} | " + " | ".join(_cell(matrix.get((v, m), "")) for m in columns) + " |"
+                            for v in variants) + "\n")
+    for m in described:
+        out += f"\n{_cell(m)}:\n\n" + "\n".join(f"- {_cell(v)}: {_cell(matrix[(v, m)])}"
+                                                for v in variants if matrix.get((v, m), "") != "") + "\n"
+    return out
+
+
+def _merged(matrix: dict, variants: list, measures: list) -> tuple[dict, list, list]:
+    """Rows that are one variant written two ways become one row:
+
+    - a variant named once in full and elsewhere by its first word (``"old (DataLoader per
+      epoch)"`` and ``"old"``) is one row, under its full name;
+    - a variant with one more option (``"lz4, 256² chunks, --crop-grid 256"`` beside ``"lz4, 256²
+      chunks"``) is the base variant's row, its measures named with the option
+      (``"crops/s per core, --crop-grid 256"``).
+    """
+    full = {v.split(" (")[0]: v for v in variants if " (" in v}
+    rows, columns = {}, {}
+    for v in variants:
+        base, _, option = v.rpartition(", ")
+        if v in full:
+            rows[v] = (full[v], "")
+        elif (base in variants or base in full) and option.startswith("--"):
+            rows[v] = (full.get(base, base), f", {option}")
+        else:
+            rows[v] = (v, "")
+    merged = {}
+    for (v, m), value in matrix.items():
+        row, suffix = rows[v]
+        merged[(row, m + suffix)] = value
+        columns.setdefault(m + suffix, None)
+    order = [m for m in measures if m in columns] + [m for m in columns if m not in measures]
+    return merged, [v for v in variants if rows[v] == (v, "")], order
+
+
 def _tables(figures: dict) -> str:
     """Figures of several variants as one table (variants as rows, measures as columns), the
     others as a two-column table, each in the order the benchmark wrote them."""
+    figures = _expanded(figures)
     keys = [k for k, v in figures.items() if not _is_table(v)]
     depth = _layout(keys)
     counts: dict[str, int] = {}
@@ -101,13 +203,12 @@ def _tables(figures: dict) -> str:
         matrix[(variant, measure)] = figures[key]
         variants += [variant] if variant not in variants else []
         measures += [measure] if measure not in measures else []
+    matrix, variants, measures = _merged(matrix, variants, measures)
     out = ""
     if plain:
         out += "| figure | value |\n|---|---|\n" + "\n".join(f"| {_cell(k)} | {_cell(v)} |" for k, v in plain) + "\n"
     if variants:
-        out += ("\n| | " + " | ".join(_cell(m) for m in measures) + " |\n|---|" + "---|" * len(measures) + "\n"
-                + "\n".join(f"| {_cell(v)} | " + " | ".join(_cell(matrix.get((v, m), "")) for m in measures) + " |"
-                             for v in variants) + "\n")
+        out += _matrix_table(matrix, variants, measures)
     return out
 
 

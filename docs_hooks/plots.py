@@ -74,8 +74,8 @@ def plot_memory(figures: dict, ax) -> None:
 
 
 def plot_capacity(figures: dict, ax) -> None:
-    rows = [(key.split(":")[0], value[0]) for key, value in figures.items()
-            if key.startswith("size ") and isinstance(value, list)]
+    rows = [(key.split(":")[0], value) for key, value in figures.items()
+            if key.startswith("size ") and key.endswith(": samples/s per core")]
     _bars(ax, [k for k, _ in rows], [float(v) for _, v in rows], "samples per second per core (build-zarr)")
     ax.set_title("Capacity: build rate per core by top level size")
 

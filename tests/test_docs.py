@@ -76,3 +76,37 @@ def test_code_blocks_fit_eighty_columns():
             elif in_block and len(line.rstrip()) > 80:
                 too_long.append(f"{path.relative_to(REPO)}:{number}")
     assert not too_long
+
+
+def _benchmark_tables(figures: dict) -> str:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("benchmark_results", REPO / "docs_hooks" / "benchmark_results.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module._tables(figures)
+
+
+def test_benchmark_tables_give_each_figure_a_cell_of_its_own():
+    """Figures a benchmark wrote several to a key (``wall s, CPU s``), a variant written twice (its
+    full name and its first word; with one more option) and a long description are laid out
+    as a table a reader can scan: one figure per cell, one row per variant, the description
+    below."""
+    long = "243 MiB, 65 members in 1 solid block(s); first block: one LZMA2 stream: decoded on one thread"
+    table = _benchmark_tables({
+        "a (one stream): archive": long, "a (one stream): 7zz: wall s, CPU s": "7.74, 7.67",
+        "a: samples": 3, "a, --crop-grid 256: crops/s": 580.8,
+        "b: archive": long.replace("1 solid", "2 solid"), "b: 7zz: wall s, CPU s": [3.91, 7.63],
+        "b: samples": 4, "b, --crop-grid 256: crops/s": 557.7,
+    })
+    lines = table.strip().splitlines()
+    assert lines[0] == "| | 7zz: wall s | 7zz: CPU s | samples | crops/s, --crop-grid 256 |"
+    assert lines[2] == "| a (one stream) | 7.74 | 7.67 | 3 | 580.8 |"
+    assert lines[3] == "| b | 3.91 | 7.63 | 4 | 557.7 |"
+    assert "archive:" in table and f"- a (one stream): {long}" in table and long not in lines[2]
+
+
+def test_benchmark_tables_turn_when_a_few_variants_have_many_measures():
+    figures = {f"{v}: measure {m}": m for v in ("a", "b") for m in range(9)}
+    lines = _benchmark_tables(figures).strip().splitlines()
+    assert lines[0] == "| figure | a | b |" and lines[2] == "| measure 0 | 0 | 0 |" and len(lines) == 2 + 9
