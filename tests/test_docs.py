@@ -27,7 +27,8 @@ def test_the_site_builds_strictly_with_every_command_and_the_benchmark_results(t
         for param in command.params:
             if getattr(param, "opts", None) and param.opts[0].startswith("--") and param.opts[0] != "--help":
                 assert param.opts[0] in reference, (name, param.opts[0])
-    assert "Sentinel" not in reference  # Click's marker for no default, shown as a dash
+    assert "Sentinel" not in reference and "<td>None</td>" not in reference  # no default: a dash
+    assert "<td>zstd for a new store, an existing store&#x27;s own</td>" in reference  # worked out: in words
     assert "&lt;id&gt;_&lt;filter&gt;" in reference and "<id>" not in reference  # not eaten as HTML tags
     benchmarks = (tmp_path / "benchmarks" / "index.html").read_text()
     assert "checksum" in benchmarks and "<!-- benchmark-results -->" not in benchmarks
