@@ -111,3 +111,19 @@ def test_benchmark_tables_turn_when_a_few_variants_have_many_measures():
     figures = {f"{v}: measure {m}": m for v in ("a", "b") for m in range(9)}
     lines = _benchmark_tables(figures).strip().splitlines()
     assert lines[0] == "| figure | a | b |" and lines[2] == "| measure 0 | 0 | 0 |" and len(lines) == 2 + 9
+
+
+def test_every_list_starts_after_a_blank_line():
+    """Python-Markdown (the site) reads a list right under a line of text as part of that
+    paragraph, so its items run together; GitHub renders it either way, so only the site shows it."""
+    joined = []
+    for path in [*sorted((REPO / "docs").glob("*.md")), REPO / "README.md", REPO / "CHANGELOG.md"]:
+        lines, in_block = path.read_text().splitlines(), False
+        for number in range(1, len(lines)):
+            line, previous = lines[number], lines[number - 1]
+            in_block ^= line.lstrip().startswith("```")
+            starts_list = line.startswith("- ") or line[:3] == "1. "
+            if (not in_block and starts_list and previous.strip()
+                    and not previous.startswith(("- ", " ")) and not previous[:1].isdigit()):
+                joined.append(f"{path.relative_to(REPO)}:{number + 1}")
+    assert not joined
