@@ -212,6 +212,7 @@ def test_workers_start_once_per_run_and_train_like_in_process_reading(store, tmp
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
 
 
+@pytest.mark.integration  # over a second: the fast tier has a minute
 def test_epoch_size_sets_the_steps_and_draws_with_replacement(store, tmp_path):
     summary = train(tiny(store, tmp_path / "run", epochs=1, epoch_size=40, workers=0))
     assert summary["step"] == 10  # 40 draws from a fold of ~18, batches of 4

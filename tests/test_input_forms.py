@@ -79,6 +79,7 @@ def test_a_zip_of_real_pngs_ingests_to_the_same_store(real_png_samples, tmp_path
         np.testing.assert_array_equal(za[f"images/{size}"][:], zb[f"images/{size}"][:])
 
 
+@pytest.mark.integration  # over a second: the fast tier has a minute
 def test_sources_smaller_than_size_fail_by_id_unless_upscaled(real_png_samples, tmp_path):
     folder, csv, _, ids = real_png_samples
     report = build_zarr(folder, csv, tmp_path / "big.zarr", StoreSpec(size=1024, levels=1), workers=2)
@@ -170,6 +171,7 @@ def test_a_zip_with_bad_members_fails_them_by_name_and_goes_on(tmp_path):
     assert any("s1_green.png" in f for f in extracted.failed)
 
 
+@pytest.mark.integration  # over a second: the fast tier has a minute
 def test_synth_writes_the_png_zip_that_ingest_reads(tmp_path):
     result = CliRunner().invoke(cli, ["synth", "--out", str(tmp_path / "d"), "--form", "png-zip", "--n-train", "6",
                                       "--n-test", "2", "--image-sizes", "1024", "--workers", "1"])

@@ -272,6 +272,7 @@ def test_weights_none_on_the_command_line_beats_a_recipe_with_cache(data, tmp_pa
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["weights"] == "none"
 
 
+@pytest.mark.integration  # over a second: the fast tier has a minute
 def test_both_backends_apply_the_same_dropout_in_training():
     a = create_model("se_resnet50", "timm", drop_rate=0.5)
     b = create_model("se_resnet50", "pretrainedmodels", drop_rate=0.5)
