@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -430,3 +431,17 @@ def test_a_recipe_value_error_names_the_recipe_and_its_key(tmp_path, text, messa
     recipe.write_text(text)
     result = CliRunner().invoke(cli, ["--config", str(recipe), "evaluate", "--help"])
     assert result.exit_code == 2 and f"{recipe}: {message}" in result.output, result.output
+
+
+def test_a_file_that_cannot_be_written_is_named_not_its_temporary(tmp_path):
+    """Files are written under a temporary name and renamed; a folder that takes no new file
+    (/proc: a real one, root included) gives one line naming the file the user asked for."""
+    from hpa_pipeline.contract.atomic import write_bytes
+
+    if not Path("/proc/self").exists():
+        pytest.skip("no /proc here")
+    with pytest.raises(OSError) as raised:
+        write_bytes("/proc/hpa-montage.png", b"png")
+    assert raised.value.filename == "/proc/hpa-montage.png" and ".partial" not in str(raised.value)
+    result = CliRunner().invoke(cli, ["inspect", str(tmp_path), "--montage", "/proc/hpa-montage.png"])
+    assert ".partial" not in result.output

@@ -29,6 +29,12 @@ def replacing(path: str | Path, unique: bool = True) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        if error.filename != str(tmp):
+            raise
+        # the user asked for ``path``; the temporary name would only puzzle them
+        raise type(error)(error.errno, error.strerror, str(path)) from error
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
