@@ -96,3 +96,20 @@ def test_unfinished_samples_are_left_out(data, tmp_path):
     assert chosen.indices.tolist() == [1, 2] and chosen.left_out == 1
     assert len(list(DataLoader(dataset, batch_size=5))) == 3
     assert Store.open(store).done().sum() == 15
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(indices=[1, 16]), "indices [16] are outside the store's 16 samples (0 to 15)"),
+    (dict(indices=[-1]), "indices [-1] are outside"),
+    (dict(crop=-5), "crop -5: a crop is at least 1 pixel"),
+    (dict(crop=0), "crop 0: a crop is at least 1 pixel"),
+    (dict(level=99), "has no level 99"),
+])
+def test_a_wrong_argument_is_one_clear_error_at_once(data, options, message):
+    """Not an empty dataset that fails at its first item, nor numpy's words for a negative shape."""
+    from hpa_pipeline import StoreDataset
+    from hpa_pipeline.contract.errors import OptionError
+
+    with pytest.raises(OptionError) as raised:
+        StoreDataset(str(data / "data" / "train.zarr"), **{"level": 128, **options})
+    assert message in str(raised.value)

@@ -79,8 +79,9 @@ class StoreDataset(Dataset):
         labels = opened.labels()
         self.labels = labels.astype(np.float32) if labels is not None else None
         self.seed, self.epoch, self.jitter, self.crop_grid = seed, 0, jitter, max(1, int(crop_grid))
-        if crop is not None and crop > level:
-            raise OptionError(f"crop {crop} is larger than level {level}")
+        if crop is not None and not 0 < crop <= level:
+            raise OptionError(f"crop {crop} is larger than level {level}" if crop > level
+                              else f"crop {crop}: a crop is at least 1 pixel")
         self._reader = None
 
     def set_epoch(self, epoch: int) -> None:

@@ -26,8 +26,20 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..contract.errors import OptionError
 from ..contract.store import Store
 from .data import IDENTITY, StoreDataset as CropReader, draw_augmentation
+
+
+def _sample_indices(indices, n_samples: int) -> np.ndarray:
+    """``indices`` as sample numbers of a store of ``n_samples``; one outside it is a mistake
+    (it would otherwise be left out as if unfinished, and an empty dataset fail later)."""
+    chosen = np.asarray(indices, dtype=np.int64).reshape(-1)
+    outside = chosen[(chosen < 0) | (chosen >= n_samples)]
+    if outside.size:
+        raise OptionError(f"indices {outside[:5].tolist()} are outside the store's {n_samples} samples "
+                          f"(0 to {n_samples - 1})")
+    return chosen
 
 
 class StoreDataset(CropReader):
@@ -45,11 +57,12 @@ class StoreDataset(CropReader):
                  crop_grid: int = 1):
         opened = store if isinstance(store, Store) else Store.open(store)
         done = np.flatnonzero(opened.done())
-        chosen = done if indices is None else np.intersect1d(np.asarray(indices, dtype=np.int64), done)
+        given = done if indices is None else np.unique(_sample_indices(indices, len(opened.ids)))
+        chosen = np.intersect1d(given, done)
         self.augment = crop is not None if augment is None else augment
         super().__init__(opened, level or opened.sizes[0], chosen, crop=crop, train=crop is not None or self.augment,
                          seed=seed, jitter=jitter, crop_grid=crop_grid)
-        self.raw, self.left_out = raw, (0 if indices is None else len(np.asarray(indices)) - len(chosen))
+        self.raw, self.left_out = raw, len(given) - len(chosen)
         self._epoch_set, self._rng, self._rng_seed = False, None, None
         self._normalize = self.normalizer()
 
