@@ -445,3 +445,12 @@ def test_a_file_that_cannot_be_written_is_named_not_its_temporary(tmp_path):
     assert raised.value.filename == "/proc/hpa-montage.png" and ".partial" not in str(raised.value)
     result = CliRunner().invoke(cli, ["inspect", str(tmp_path), "--montage", "/proc/hpa-montage.png"])
     assert ".partial" not in result.output
+
+
+def test_evaluate_says_a_probability_table_needs_its_thresholds(tmp_path):
+    probs = tmp_path / "oof.csv"
+    probs.write_text("Id," + ",".join(map(str, range(28))) + "\na," + ",".join(["0.5"] * 28) + "\n")
+    labels = tmp_path / "train.csv"
+    labels.write_text("Id,Target\na,0\n")
+    result = CliRunner().invoke(cli, ["evaluate", "--submission", str(probs), "--labels", str(labels)])
+    assert result.exit_code == 1 and "is a probability table" in result.output and "--thresholds" in result.output

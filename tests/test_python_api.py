@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -113,3 +114,19 @@ def test_a_wrong_argument_is_one_clear_error_at_once(data, options, message):
     with pytest.raises(OptionError) as raised:
         StoreDataset(str(data / "data" / "train.zarr"), **{"level": 128, **options})
     assert message in str(raised.value)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda t, p: hpa_pipeline.macro_f1(t, p), "y_pred holds values other than 0 and 1"),
+    (lambda t, p: hpa_pipeline.macro_f1(t, p[:3] > 0.5), "y_pred has shape (3, 28); expected (4, 28)"),
+    (lambda t, p: hpa_pipeline.choose_thresholds(t, p[:, :27]), "probs has shape (4, 27)"),
+    (lambda t, p: hpa_pipeline.choose_thresholds(t, p * np.nan), "probs holds NaN"),
+    (lambda t, p: hpa_pipeline.predict_labels(p, np.zeros(27)), "27 thresholds for 28 classes"),
+])
+def test_the_metric_and_thresholds_refuse_tables_that_would_score_wrongly(call, message):
+    """Probabilities passed as predictions counted every non-zero as a label: a score, silently
+    wrong. Mismatched shapes and NaNs get a line saying which table and what is wrong."""
+    truth = np.eye(4, 28, dtype=bool)
+    probs = np.random.default_rng(0).random((4, 28))
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        call(truth, probs)

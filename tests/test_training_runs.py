@@ -19,7 +19,7 @@ from hpa_pipeline.model.losses import MultilabelLoss, make_loss
 from hpa_pipeline.model.metrics import crossfit_macro_f1, macro_f1, per_class_f1, predict_labels, search_thresholds
 from hpa_pipeline.model.models import ModelError, create_model, find_cached_weights
 from hpa_pipeline.model.run_folder import RunError
-from hpa_pipeline.model.train import TrainConfig, train
+from hpa_pipeline.model.train import TrainConfig, TrainingDiverged, train
 from hpa_pipeline.prep.ingest import ingest
 from hpa_pipeline.prep.synth import SynthSpec, make_dataset
 
@@ -709,6 +709,22 @@ def test_train_says_how_many_samples_it_uses_and_leaves_out(data, tmp_path):
           progress=lambda e: messages.append(e.message) if e.message else None)
     [line] = [m for m in messages if m.startswith("training on")]
     assert f"2 samples of {store} are not done" in line and "left out" in line
+
+
+@pytest.mark.integration  # training runs
+def test_nan_validation_outputs_stop_the_run_as_diverged(data, finished_run, tmp_path):
+    """BatchNorm statistics gone NaN leave the training loss finite (training normalises by the
+    batch's own) but every validation output NaN: the run stops as diverged, with its line,
+    rather than scoring NaNs as if they were probabilities."""
+    start = tmp_path / "start"
+    shutil.copytree(finished_run, start)
+    checkpoint = torch.load(start / "checkpoints" / "best.pt", weights_only=True)
+    for name, value in checkpoint["model"].items():
+        if name.endswith("running_mean"):
+            value.fill_(float("nan"))
+    torch.save(checkpoint, start / "checkpoints" / "best.pt")
+    with pytest.raises(TrainingDiverged, match="validation outputs are NaN or infinite at epoch 1"):
+        train(config(data, tmp_path / "run", epochs=1, steps_per_epoch=1, init_from=str(start)))
 
 
 @pytest.mark.integration  # training runs

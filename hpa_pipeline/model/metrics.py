@@ -10,9 +10,34 @@ import numpy as np
 from ..contract.labels import CLASS_NAMES
 
 
+def label_table(name: str, table, like: np.ndarray | None = None) -> np.ndarray:
+    """``table`` as a boolean ``(n, classes)`` array, checked: a 0/1 table (probabilities are
+    labelled first, by :func:`predict_labels`), of ``like``'s shape when given."""
+    table = np.asarray(table)
+    if table.ndim != 2 or (like is not None and table.shape != like.shape):
+        want = f"{like.shape}, as the truth's" if like is not None else "(samples, classes)"
+        raise ValueError(f"{name} has shape {table.shape}; expected {want}")
+    if table.dtype != bool and not np.isin(table, (0, 1)).all():
+        raise ValueError(f"{name} holds values other than 0 and 1: label probabilities first "
+                         "(predict_labels(probs, thresholds))")
+    return table.astype(bool)
+
+
+def probability_table(name: str, probs, like: np.ndarray | None = None) -> np.ndarray:
+    """``probs`` as a float ``(n, classes)`` array of finite values, of ``like``'s shape when given."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2 or (like is not None and probs.shape != like.shape):
+        want = f"{like.shape}, as the truth's" if like is not None else "(samples, classes)"
+        raise ValueError(f"{name} has shape {probs.shape}; expected {want}")
+    if not np.isfinite(probs).all():
+        raise ValueError(f"{name} holds NaN or infinite values")
+    return probs
+
+
 def per_class_f1(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
     """``(28,)`` F1 of each class from boolean ``(n, 28)`` truth and predictions."""
-    y_true, y_pred = y_true.astype(bool), y_pred.astype(bool)
+    y_true = label_table("y_true", y_true)
+    y_pred = label_table("y_pred", y_pred, like=y_true)
     tp = (y_true & y_pred).sum(0).astype(np.float64)
     fp = (~y_true & y_pred).sum(0)
     fn = (y_true & ~y_pred).sum(0)
@@ -26,6 +51,11 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 
 def predict_labels(probs: np.ndarray, thresholds: np.ndarray | float) -> np.ndarray:
     """Labels above threshold; a row with none gets its most probable class (the store contract)."""
+    probs = probability_table("probs", probs)
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    if thresholds.ndim > 1 or (thresholds.ndim == 1 and thresholds.shape[0] != probs.shape[1]):
+        raise ValueError(f"{thresholds.shape[0] if thresholds.ndim == 1 else thresholds.shape} thresholds "
+                         f"for {probs.shape[1]} classes")
     pred = probs > thresholds
     empty = ~pred.any(axis=1)
     pred[empty, probs[empty].argmax(axis=1)] = True

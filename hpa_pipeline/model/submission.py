@@ -40,6 +40,10 @@ def read_submission(path: str | Path) -> tuple[list[str], np.ndarray]:
         table = read_csv_table(path)
     except LabelError as exc:
         raise SubmissionError(str(exc)) from None
+    if list(table.columns) == ["Id", *map(str, range(N_CLASSES))]:
+        raise SubmissionError(f"{path} is a probability table (Id, 0 ... {N_CLASSES - 1}), not a submission; "
+                              "give the thresholds that label it with --thresholds (e.g. the run's "
+                              "thresholds.json)")
     if list(table.columns) != ["Id", "Predicted"]:
         raise SubmissionError(f"{path}: columns are {list(table.columns)}, expected ['Id', 'Predicted']")
     labels = np.zeros((len(table), N_CLASSES), bool)

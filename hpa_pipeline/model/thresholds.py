@@ -20,7 +20,8 @@ from functools import partial
 import numpy as np
 
 from ..contract.errors import OptionError
-from .metrics import crossfit_macro_f1, macro_f1, predict_labels, search_thresholds
+from .metrics import (crossfit_macro_f1, label_table, macro_f1, predict_labels, probability_table,
+                      search_thresholds)
 from .names import RATIO_ON, STRATEGIES
 
 
@@ -58,7 +59,8 @@ def choose_thresholds(truth: np.ndarray, probs: np.ndarray, strategy: str = "f1"
                       shares: np.ndarray | None = None, seed: int = 0) -> dict:
     """The strategy's thresholds on the whole table, with the macro F1 of every strategy: in
     sample, and cross-fitted (the honest figure)."""
-    truth = truth.astype(bool)
+    truth = label_table("truth", truth)
+    probs = probability_table("probs", probs, like=truth)
     thresholds = chooser(strategy, scale, shares)(truth, probs)
     scores = {}
     for name in STRATEGIES:

@@ -357,6 +357,10 @@ def validate(cfg: TrainConfig, epoch: int, state: TrainState, data: Data, ranks,
                                          cfg.channels_last, loss_fn=data.loss_fn, on_batch=step)
     loss_total, count = distributed.sum_over_ranks([loss * len(indices), len(indices)], ranks, device)
     probs, indices = distributed.gather_arrays((probs, indices), ranks)
+    if not np.isfinite(probs).all():
+        raise TrainingDiverged(f"the model's validation outputs are NaN or infinite at epoch {epoch + 1} (its "
+                               "training loss was not); the last good checkpoint is kept. Lower --lr or use "
+                               "--amp bf16/none.")
     truth = data.valid_set.labels[indices] > 0.5
     thresholds = chooser(cfg.threshold_strategy, cfg.threshold_scale, shares)(truth, probs)
     scores = {"valid_loss": loss_total / max(count, 1),
