@@ -303,6 +303,7 @@ def run() -> dict:
         save(NAME, figures)  # before the longest part: a run cut off in `train` keeps these
         if eval_rate is None:  # validation is not compiled: measured once
             eval_rate = _eval_rate(model, normalize)
+            figures.update(_whole_image_feed(model, normalize, eval_rate))
         del model, step
         if DEVICE == "cuda":
             torch.cuda.empty_cache()
@@ -374,7 +375,7 @@ def _gpu_decode_feed(model, step, normalize, memory: float, mode: str) -> dict:
 
     from hpa_pipeline.model.chunk_decode import crops_of, decode_chunks, read_compressed_batch
     from hpa_pipeline.model.data import EpochSampler, StoreDataset
-    from hpa_pipeline.model.training_data import GpuDecoding, compressed_loader
+    from hpa_pipeline.model.chunk_decode import GpuDecoding, compressed_loader
 
     device = torch.device(DEVICE)
     dataset = StoreDataset(str(_store("zstd")), LEVEL, np.arange(N), crop=CROP, train=True)
@@ -400,6 +401,54 @@ def _gpu_decode_feed(model, step, normalize, memory: float, mode: str) -> dict:
                 f"{alone['img_s']}, {alone['cores_used']}",
             f"{mode}: --decode gpu: nvCOMP batched zstd decode GB/s (decoded bytes)": round(decode_gb_s, 1),
             f"{mode}: --decode gpu: batches bit-identical to the CPU decoder's": identical}
+
+
+def _reaped_children_cpu() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _whole_image_feed(model, normalize, eval_rate: float) -> dict:
+    """Validation and ``predict``: whole images of the level, from the default store, through
+    the model in eval mode, with the images decoded in ``predict``'s two loader workers (``--decode
+    cpu``) and on the GPU (``--decode gpu``); images/s against the memory-fed rate, and the CPU
+    the feed took per wall second. Where the GPU waits for the workers, decoding there pays."""
+    import psutil
+    import torch
+
+    from hpa_pipeline.model.data import StoreDataset
+    from hpa_pipeline.model.inference import whole_image_batches
+
+    device = torch.device(DEVICE)
+    passes = max(1, BATCH * max(2, STEPS // 4) // N)
+    dataset = StoreDataset(str(_store("zstd")), LEVEL, np.tile(np.arange(N), passes))
+    figures = {}
+    for decode, codec in (("cpu", None), ("gpu", "zstd")):
+        name = f"whole {LEVEL}² images (validation, predict), --decode {decode}"
+        if codec is not None and DEVICE != "cuda":
+            figures[name] = "not measured: no GPU (dry run)"
+            continue
+        model.eval()
+        me = psutil.Process()
+        with torch.no_grad(), torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=DEVICE == "cuda"), \
+                whole_image_batches(dataset, BATCH, 2, device, codec) as batches:
+            cpu0, seen = sum(me.cpu_times()[:2]) + _reaped_children_cpu(), 0
+            sync()
+            start = time.perf_counter()
+            for images, *_ in batches:
+                model(normalize(images.to(device, non_blocking=True)).contiguous(memory_format=torch.channels_last))
+                seen += len(images)
+            sync()
+            wall = time.perf_counter() - start
+            # workers still running (BatchFeed's) and those already ended (a finished DataLoader's)
+            cpu = (sum(me.cpu_times()[:2]) + _reaped_children_cpu() - cpu0
+                   + sum(sum(c.cpu_times()[:2]) for c in me.children(recursive=True)))
+        model.train()
+        figures[f"{name}: loader-fed img/s, / memory-fed, CPU cores used"] = \
+            f"{round(seen / wall, 1)}, {round(seen / wall / eval_rate, 3)}, {round(cpu / wall, 2)}"
+    return figures
 
 
 if __name__ == "__main__":

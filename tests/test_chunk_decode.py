@@ -32,6 +32,40 @@ def test_crops_from_stored_chunks_equal_the_loaders_bit_for_bit(store):
                 assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.integration)])
+def test_whole_images_from_stored_chunks_equal_the_loaders_bit_for_bit(store, workers):
+    """What validation and predict read with --decode gpu (here decoded on the CPU): every whole
+    image of the level in order, as the loader's own workers give it."""
+    from hpa_pipeline.model.inference import whole_image_batches
+
+    path, codec = store
+    for level in (256, 128):  # 128: two chunks a side, one more row and column of empty tiles
+        dataset = StoreDataset(str(path), level, np.arange(12))
+        cpu = torch.device("cpu")
+        with whole_image_batches(dataset, 5, workers, cpu) as batches:
+            theirs = [tuple(t.clone() for t in b) for b in batches]
+        with whole_image_batches(dataset, 5, workers, cpu, codec=codec) as batches:
+            ours = list(batches)
+        assert [len(b[0]) for b in ours] == [len(b[0]) for b in theirs] == [5, 5, 2]
+        for a, b in zip(ours, theirs):
+            assert a[0].shape[-1] == level and all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (make bench-gpu runs it)")
+def test_whole_images_decoded_on_the_gpu_equal_the_cpus(store):
+    from hpa_pipeline.model.inference import whole_image_batches
+
+    path, codec = store
+    if codec == "zstd":
+        pytest.importorskip("nvidia.nvcomp")
+    dataset = StoreDataset(str(path), 256, np.arange(12))
+    with whole_image_batches(dataset, 4, 0, torch.device("cpu"), codec=codec) as batches:
+        cpu = [b[0] for b in batches]
+    with whole_image_batches(dataset, 4, 2, torch.device("cuda"), codec=codec) as batches:
+        gpu = [b[0].cpu() for b in batches]
+    assert all(torch.equal(a, b) for a, b in zip(gpu, cpu)) and len(gpu) == 3
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (make bench-gpu runs it)")
 def test_gpu_decoding_equals_cpu_decoding(store):
     path, codec = store
@@ -65,7 +99,7 @@ def test_the_compressed_feed_gives_the_batches_of_the_loader_feed(store):
     batches, in the same order, as the loader workers that decode crops themselves."""
     from hpa_pipeline.model.data import EpochSampler
     from hpa_pipeline.model.feed import BatchFeed
-    from hpa_pipeline.model.training_data import GpuDecoding, compressed_loader
+    from hpa_pipeline.model.chunk_decode import GpuDecoding, compressed_loader
 
     path, codec = store
     dataset = StoreDataset(str(path), 256, np.arange(12), crop=96, train=True, seed=5)

@@ -211,6 +211,18 @@ def test_evaluate_refuses_a_table_with_an_id_twice_and_another_missing(stores, c
     assert result.exit_code == 1 and "duplicate id" in result.output, result.output
 
 
+def test_predict_decode_gpu_on_a_machine_without_one_is_one_line(stores, cv_run, tmp_path):
+    _, tmp = stores
+    out, _ = cv_run
+    result = CliRunner().invoke(cli, ["predict", "--store", str(tmp / "test.zarr"), "--run", str(out), "--device",
+                                      "cpu", "--decode", "gpu", "--out", str(tmp_path / "s.csv")])
+    assert result.exit_code == 2 and "--decode gpu: predict runs on cpu, not a GPU" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "s.csv").exists()
+    on_cpu = CliRunner().invoke(cli, ["predict", "--store", str(tmp / "test.zarr"), "--run", str(out), "--device",
+                                      "cpu", "--decode", "cpu", "--workers", "0", "--out", str(tmp_path / "c.csv")])
+    assert on_cpu.exit_code == 0 and "decoding in the loader workers on the CPU (--decode cpu)" in on_cpu.output
+
+
 def test_predict_from_a_cross_validation_folder_averages_its_folds(stores, cv_run, tmp_path):
     _, tmp = stores
     out, _ = cv_run

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from ..model.config import COUNT_OR_AUTO, FOLD_OR_ALL, STORES, TrainConfig
-from ..model.names import CROP_MODES, CROP_REDUCTIONS, RATIO_ON, STRATEGIES
+from ..model.names import CROP_MODES, CROP_REDUCTIONS, DECODERS, RATIO_ON, STRATEGIES
 from .options import CountOrAuto, FoldOrAll, writable_file
 from .progress import note, progress_bar
 from .recipes import recipe_option
@@ -113,8 +113,12 @@ def train(ctx, resume, **options):
               help="tiled (a square grid, corner to corner) or random [default: the run's].")
 @click.option("--crop-reduce", type=click.Choice(CROP_REDUCTIONS), default=None,
               help="How the crops' probabilities are reduced: max or mean [default: the run's].")
+@click.option("--decode", type=click.Choice(DECODERS), default="auto", show_default=True,
+              help="Where the test images are decoded: gpu (the workers read the chunks' stored bytes and nvCOMP "
+                   "decodes them on the GPU: a store of --codec zstd or none), cpu (in the workers), or auto "
+                   "(the GPU where it can; one line says which and why).")
 def predict(store, runs, tta, out, batch_size, workers, device, thresholds_file, probs_file, ratio_on, crops,
-            crop_mode, crop_reduce):
+            crop_mode, crop_reduce, decode):
     """Write a Kaggle submission (Id,Predicted) from one or more runs, with TTA and thresholds.
 
     A cross-validation folder (train --fold all) stands for its folds, averaged, with the
@@ -130,7 +134,8 @@ def predict(store, runs, tta, out, batch_size, workers, device, thresholds_file,
     with progress_bar("predict", unit="batch") as bar:
         ids, probs, labels = run_predict(store, list(runs), tta=tta, batch_size=batch_size, workers=workers,
                                          device=device, progress=bar, thresholds=thresholds_file,
-                                         ratio_on=ratio_on, crops=crops, crop_mode=crop_mode, crop_reduce=crop_reduce)
+                                         ratio_on=ratio_on, crops=crops, crop_mode=crop_mode, crop_reduce=crop_reduce,
+                                         decode=decode)
     write_submission(out, ids, labels)
     if probs_file is not None:
         write_probs(probs_file, ids, probs)

@@ -1,4 +1,4 @@
-"""Training crops decoded where the training runs: on the GPU with nvCOMP, or on the CPU.
+"""Crops and whole images decoded where the model runs: on the GPU with nvCOMP, or on the CPU.
 
 A loader worker that decodes every chunk a crop touches needs about three cores per fast GPU
 on the default store (``benchmarks/bench_loader.py``). Here the workers only *read*: for each
@@ -8,6 +8,7 @@ once (:func:`decode_chunks`: nvCOMP's batched zstd on a GPU, numcodecs on the CP
 crops out of the decoded chunks (:func:`assemble_crops`). That last step is one code path on
 torch tensors for both decoders, so a batch is bit-identical whichever decoded it; flips,
 rotations, jitter and normalisation then run on the device as for every batch (``Normalizer``).
+Validation and ``predict`` read whole images the same way (a crop the size of the level).
 
 GPU decoding needs chunks nvCOMP can read: zarr's own ``zstd`` (the default store) or none;
 Blosc's container (``blosc-zstd``, ``lz4``) is read on the CPU. :func:`choose_decoder` says
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 
 from ..contract.errors import OptionError
+from .data import already_collated, worker_options
 from .names import DECODERS
 
 
@@ -59,10 +61,12 @@ def grid_rows(crop: int, chunk: int) -> int:
 
 
 def read_compressed_batch(dataset, items: list) -> CompressedBatch:
-    """What a loader worker reads for ``items`` of a training ``dataset`` (a ``StoreDataset``):
-    the same crops and augmentation as ``dataset.fill`` draws, as stored bytes."""
+    """What a loader worker reads for ``items`` of a ``dataset`` (a ``StoreDataset``): the same
+    crops and augmentation as ``dataset.fill`` draws (whole images for a validation or
+    prediction set), as stored bytes."""
     reader = dataset.reader()
-    c, crop, rows = reader.chunk, dataset.crop, grid_rows(dataset.crop, reader.chunk)
+    crop = dataset.crop if dataset.train and dataset.crop is not None else dataset.level  # else whole images
+    c, rows = reader.chunk, grid_rows(crop, reader.chunk)
     tiles = np.full((len(items), 4, rows, rows), -1, np.int64)
     origins = np.zeros((len(items), 2), np.int64)
     labels, indices, augmentation, parts = [], [], [], []
@@ -172,15 +176,15 @@ def nvcomp_available() -> str | None:
 
 
 def choose_decoder(decode: str, codec: str, device: torch.device, direct: bool = True,
-                   ruled_out: list[str] | None = None) -> tuple[str, str]:
-    """``("cpu" | "gpu", why)`` for ``--decode`` on a store of ``codec`` trained on ``device``
-    (``ruled_out``: what else of the run keeps the decoding on the CPU); ``gpu`` asked where it
-    cannot work is an error that says why."""
+                   ruled_out: list[str] | None = None, task: str = "training") -> tuple[str, str]:
+    """``("cpu" | "gpu", why)`` for ``--decode`` on a store of ``codec`` read for ``task``
+    (training, predict) on ``device`` (``ruled_out``: what else keeps the decoding on the CPU);
+    ``gpu`` asked where it cannot work is an error that says why."""
     if decode not in DECODERS:
         raise OptionError(f"--decode must be one of {', '.join(DECODERS)}, not {decode!r}")
     reasons = list(ruled_out or [])
     if device.type != "cuda":
-        reasons.append(f"training runs on {device.type}, not a GPU")
+        reasons.append(f"{task} runs on {device.type}, not a GPU")
     if codec not in ("zstd", "none"):
         reasons.append(f"the store's chunks are {codec} (Blosc's container, which nvCOMP cannot read; "
                        f"a store built with --codec zstd can be)")
@@ -190,10 +194,45 @@ def choose_decoder(decode: str, codec: str, device: torch.device, direct: bool =
     if missing:
         reasons.append(missing)
     if decode == "cpu":
-        return "cpu", "--decode cpu"
+        return "cpu", "decoding in the loader workers on the CPU (--decode cpu)"
     if reasons:
         if decode == "gpu":
             raise OptionError(f"--decode gpu: {'; '.join(reasons)}")
         return "cpu", f"decoding on the CPU: {'; '.join(reasons)}"
     return "gpu", f"decoding the store's {codec} chunks on {device} (nvCOMP)" if codec != "none" else \
         f"copying the store's uncompressed chunks to {device} and cutting crops there"
+
+
+class CompressedCrops(torch.utils.data.Dataset):
+    """A dataset's batches as the stored bytes of their chunks, for loader workers to read."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitems__(self, items: list):
+        return read_compressed_batch(self.dataset, items)
+
+
+@dataclass
+class GpuDecoding:
+    """Loader workers that read each batch's stored chunk bytes (page-locked), decoded and cut
+    into crops or whole images on ``device`` by :func:`crops_of`."""
+
+    loader: torch.utils.data.DataLoader
+    codec: str
+    device: torch.device
+
+    def batches(self):
+        return (crops_of(batch, self.codec, self.device) for batch in self.loader)
+
+
+def compressed_loader(dataset, sampler, batch_size: int, workers: int, device: torch.device,
+                      drop_last: bool = True) -> torch.utils.data.DataLoader:
+    """Loader workers reading each batch's stored chunk bytes, page-locked for a GPU; without a
+    ``sampler``, the dataset in order (validation, predict)."""
+    return torch.utils.data.DataLoader(CompressedCrops(dataset), batch_size=batch_size, sampler=sampler,
+                                       collate_fn=already_collated, drop_last=drop_last,
+                                       pin_memory=device.type == "cuda", **worker_options(workers, prefetch_factor=4))

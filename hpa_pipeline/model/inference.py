@@ -225,7 +225,8 @@ def load_run(path: str | Path, device) -> TrainedRun:
 def predict(store: str | Path, runs: list[str | Path], tta: int = 1, batch_size: int = 16, workers: int = 2,
             device: str = "auto", progress: ProgressCallback | None = None,
             thresholds: str | Path | None = None, ratio_on: str = "predicted", crops: int | None = None,
-            crop_mode: str | None = None, crop_reduce: str | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
+            crop_mode: str | None = None, crop_reduce: str | None = None,
+            decode: str = "auto") -> tuple[list[str], np.ndarray, np.ndarray]:
     """:func:`predict_store` holding a reader's lock on the store: no writer changes it meanwhile.
 
     A cross-validation folder in ``runs`` stands for its folds, with its thresholds (chosen on
@@ -233,6 +234,7 @@ def predict(store: str | Path, runs: list[str | Path], tta: int = 1, batch_size:
     Thresholds of the ``ratio`` strategy are matched again on the predicted samples to the
     training shares, unless ``ratio_on="oof"`` (:func:`.thresholds.rematched`). ``crops``,
     ``crop_mode``, ``crop_reduce``: test-time crops (:class:`TestCrops`) instead of each run's own.
+    ``decode``: where the images are decoded (``auto``, ``gpu``, ``cpu``; as training's ``--decode``).
     """
 
     resolved = [Path(r).resolve() for r in runs]
@@ -249,7 +251,7 @@ def predict(store: str | Path, runs: list[str | Path], tta: int = 1, batch_size:
     chosen = thresholds if thresholds is not None else chosen
     with store_locked(store, shared=True):
         ids, probs, _ = predict_store(store, expanded, tta, batch_size, workers, device, progress,
-                                      crops, crop_mode, crop_reduce)
+                                      crops, crop_mode, crop_reduce, decode)
     records = [read_threshold_record(Path(chosen))] if chosen is not None else [
         read_threshold_record(RunFolder(Path(run)).thresholds) for run in expanded]
     record = {"thresholds": np.mean([r["thresholds"] for r in records], axis=0),
@@ -262,15 +264,16 @@ def predict(store: str | Path, runs: list[str | Path], tta: int = 1, batch_size:
 
 def predict_store(store: str | Path, runs: list[str | Path], tta: int = 1, batch_size: int = 16, workers: int = 2,
                   device: str = "auto", progress: ProgressCallback | None = None, crops: int | None = None,
-                  crop_mode: str | None = None,
-                  crop_reduce: str | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
+                  crop_mode: str | None = None, crop_reduce: str | None = None,
+                  decode: str = "auto") -> tuple[list[str], np.ndarray, np.ndarray]:
     """``(ids, mean probabilities (n, 28), predicted labels (n, 28) bool)`` over the whole store.
 
     Each run predicts at its own validation level with its own training
     statistics and test-time crops (its own, or ``crops`` ...); probabilities are averaged over
     runs (e.g. folds) and TTA views; thresholds are
     the mean of the runs' thresholds. Samples not done in the store are an error: a submission
-    needs all. ``progress`` gets the batches done over all runs (task ``predict``).
+    needs all. ``progress`` gets the batches done over all runs (task ``predict``). ``decode``:
+    where the images are decoded, as training's ``--decode`` (:func:`.chunk_decode.choose_decoder`).
     """
     from .data import StoreDataset
     from .distributed import pick_device
@@ -289,13 +292,14 @@ def predict_store(store: str | Path, runs: list[str | Path], tta: int = 1, batch
             raise RunError(f"{run.path} was trained on {trained_on} images and --store {store} is "
                            f"{opened.dtype}; build the test store with --dtype {trained_on}")
     datasets = [StoreDataset(opened, run.level, np.arange(len(done))) for run in trained]
+    codec = prediction_decoder(decode, opened, datasets[0], dev, progress)
     n_batches = -(-len(done) // batch_size)  # whole images of every sample, for each run
     total, thresholds = 0.0, []
     for k, (run, dataset) in enumerate(zip(trained, datasets)):
         def step(batches, offset=k * n_batches):
             report(progress, Progress("predict", offset + batches, n_batches * len(trained), "batch"))
 
-        with whole_image_batches(dataset, batch_size, workers, dev) as batches:
+        with whole_image_batches(dataset, batch_size, workers, dev, codec) as batches:
             probs, indices, _ = predict_probs(run.model, batches, run.normalizer().to(dev), dev, run.config.amp,
                                               run.config.channels_last, tta=tta, on_batch=step,
                                               crops=TestCrops.of_run(run.config, crops, crop_mode, crop_reduce))
@@ -306,13 +310,34 @@ def predict_store(store: str | Path, runs: list[str | Path], tta: int = 1, batch
     return list(opened.ids), probs, labels
 
 
+def prediction_decoder(decode: str, store: Store, dataset, device: torch.device, progress) -> str | None:
+    """The store's codec where ``decode`` has ``device`` decode the images, else None (the loader
+    workers decode them); a line says which, where a GPU could be involved."""
+    from .chunk_decode import choose_decoder
+
+    direct = dataset.reader().layout is not None
+    chosen, why = choose_decoder(decode, store.spec.codec, device, direct, task="predict")
+    log.info("%s", why)
+    if decode != "auto" or device.type == "cuda":
+        report(progress, Progress("predict", message=why))
+    return store.spec.codec if chosen == "gpu" else None
+
+
 @contextlib.contextmanager
-def whole_image_batches(dataset, batch_size: int, workers: int, device: torch.device):
+def whole_image_batches(dataset, batch_size: int, workers: int, device: torch.device, codec: str | None = None):
     """The dataset's batches in order: read by ``workers`` :class:`.feed.BatchFeed` processes (a
-    worker's failure, a damaged shard included, is raised here as itself), or in this process."""
+    worker's failure, a damaged shard included, is raised here as itself), or in this process.
+    With the store's ``codec`` (``zstd`` or ``none``), the workers read the chunks' stored bytes
+    and ``device`` decodes them (:mod:`.chunk_decode`): the same images, bit for bit."""
     from .data import make_loader
     from .feed import BatchFeed
 
+    if codec is not None:
+        from .chunk_decode import GpuDecoding, compressed_loader
+
+        loader = compressed_loader(dataset, None, batch_size, workers, device, drop_last=False)
+        yield GpuDecoding(loader, codec, device).batches()
+        return
     if workers == 0:
         yield iter(make_loader(dataset, batch_size, 0))
         return

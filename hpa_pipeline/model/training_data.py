@@ -13,9 +13,8 @@ import torch
 from ..common.machine import usable_cores
 from . import distributed
 from .config import TrainConfig
-from .chunk_decode import choose_decoder, crops_of, read_compressed_batch
-from .data import (CombinedDataset, EpochSampler, Normalizer, StoreDataset, already_collated, make_loader,
-                   rare_class_weights, worker_options)
+from .chunk_decode import GpuDecoding, choose_decoder, compressed_loader
+from .data import CombinedDataset, EpochSampler, Normalizer, StoreDataset, make_loader, rare_class_weights
 from .feed import BatchFeed
 from .losses import make_loss
 from .planning import Plan
@@ -34,13 +33,14 @@ class Data:
     normalize: Normalizer  # the training level's statistics, for training and validation alike
     loss_fn: torch.nn.Module
     steps_per_epoch: int
-    gpu_decoding: GpuDecoding | None = None  # --decode gpu: workers read stored bytes, the device decodes
+    # --decode gpu: workers read stored bytes, the device decodes (training, validation)
+    gpu_decoding: tuple[GpuDecoding, GpuDecoding] | None = None
     decode_line: str = ""  # which decoder the run uses, and why
 
     def train_batches(self):
         """This epoch's training batches (set the sampler's epoch first)."""
         if self.gpu_decoding is not None:
-            return self.gpu_decoding.batches()
+            return self.gpu_decoding[0].batches()
         if self.stream_loader is not None:
             return iter(self.stream_loader)
         if self.feeds is not None:
@@ -48,6 +48,8 @@ class Data:
         return iter(make_loader(self.train_set, self.batch_size, 0, self.sampler, drop_last=True))
 
     def valid_batches(self):
+        if self.gpu_decoding is not None:
+            return self.gpu_decoding[1].batches()
         if self.feeds is not None:
             return self.feeds[1].batches(range(len(self.valid_set)))
         return iter(make_loader(self.valid_set, self.batch_size, 0))
@@ -64,35 +66,10 @@ class Data:
             feed.close()
 
 
-class CompressedCrops(torch.utils.data.Dataset):
-    """A training dataset's batches as the stored bytes of their chunks (:mod:`.chunk_decode`)."""
-
-    def __init__(self, dataset: StoreDataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitems__(self, items: list):
-        return read_compressed_batch(self.dataset, items)
-
-
-@dataclass
-class GpuDecoding:
-    """Loader workers that read each batch's stored chunk bytes (page-locked), decoded and cut
-    into crops on ``device`` by :func:`.chunk_decode.crops_of`."""
-
-    loader: torch.utils.data.DataLoader
-    codec: str
-    device: torch.device
-
-    def batches(self):
-        return (crops_of(batch, self.codec, self.device) for batch in self.loader)
-
-
-def gpu_decoding(cfg: TrainConfig, train_set, sampler, store_codec: str,
-                 device: torch.device) -> tuple[GpuDecoding | None, str]:
-    """The GPU feed where ``--decode`` chooses it, and the line saying which decoder and why."""
+def gpu_decoding(cfg: TrainConfig, train_set, valid_set, sampler, store_codec: str,
+                 device: torch.device) -> tuple[tuple[GpuDecoding, GpuDecoding] | None, str]:
+    """The GPU feeds of training and validation where ``--decode`` chooses them, and the line
+    saying which decoder and why."""
     ruled_out = ((["--stream reads whole shards"] if cfg.stream else [])
                  + (["--external stores are read by the loader workers"]
                     if isinstance(train_set, CombinedDataset) else []))
@@ -100,15 +77,10 @@ def gpu_decoding(cfg: TrainConfig, train_set, sampler, store_codec: str,
     chosen, why = choose_decoder(cfg.decode, store_codec, device, direct, ruled_out)
     if chosen == "cpu":
         return None, why
-    return GpuDecoding(compressed_loader(train_set, sampler, cfg.batch_size, cfg.workers or max_workers(), device),
-                       store_codec, device), why
-
-
-def compressed_loader(train_set, sampler, batch_size: int, workers: int, device: torch.device):
-    """Loader workers reading each batch's stored chunk bytes, page-locked for a GPU."""
-    return torch.utils.data.DataLoader(CompressedCrops(train_set), batch_size=batch_size, sampler=sampler,
-                                       collate_fn=already_collated, drop_last=True, pin_memory=device.type == "cuda",
-                                       **worker_options(workers, prefetch_factor=4))
+    workers = cfg.workers or max_workers()
+    return (GpuDecoding(compressed_loader(train_set, sampler, cfg.batch_size, workers, device), store_codec, device),
+            GpuDecoding(compressed_loader(valid_set, None, cfg.batch_size, max(1, workers // 2), device,
+                                          drop_last=False), store_codec, device)), why
 
 
 def max_workers() -> int:
@@ -140,11 +112,11 @@ def make_data(cfg: TrainConfig, plan: Plan, ranks: distributed.Ranks, device: to
         sampler = EpochSampler(len(train_set), cfg.seed, weights, rank=ranks.rank, world=ranks.world,
                                batch_size=cfg.batch_size, draws=cfg.epoch_size, tag_epoch=True)
         batches = len(sampler) // cfg.batch_size
-        if cfg.workers != 0:
-            workers = cfg.workers or min(2, max_workers())  # auto: grown as the measured wait asks
-            feeds = (BatchFeed(train_set, cfg.batch_size, workers, device),
-                     BatchFeed(valid_set, cfg.batch_size, max(1, workers // 2), device, slots=4))
-    decoding, decode_line = gpu_decoding(cfg, train_set, sampler, plan.store.spec.codec, device)
+    decoding, decode_line = gpu_decoding(cfg, train_set, valid_set, sampler, plan.store.spec.codec, device)
+    if sampler is not None and cfg.workers != 0 and decoding is None:
+        workers = cfg.workers or min(2, max_workers())  # auto: grown as the measured wait asks
+        feeds = (BatchFeed(train_set, cfg.batch_size, workers, device),
+                 BatchFeed(valid_set, cfg.batch_size, max(1, workers // 2), device, slots=4))
     steps = batches // cfg.accumulate
     if cfg.steps_per_epoch:
         steps = min(steps, cfg.steps_per_epoch)
