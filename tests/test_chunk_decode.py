@@ -26,7 +26,7 @@ def test_crops_from_stored_chunks_equal_the_loaders_bit_for_bit(store):
         for epoch in (0, 1):
             items = [(epoch, k) for k in range(12)]
             expected = dataset.__getitems__(items)
-            got = crops_of(read_compressed_batch(dataset, items), codec, torch.device("cpu"))
+            got = crops_of(read_compressed_batch(dataset, items, codec), codec, torch.device("cpu"))
             assert got[0].dtype == expected[0].dtype and torch.equal(got[0], expected[0])
             for a, b in zip(got[1:], expected[1:]):
                 assert torch.equal(a, b)
@@ -51,6 +51,46 @@ def test_whole_images_from_stored_chunks_equal_the_loaders_bit_for_bit(store, wo
             assert a[0].shape[-1] == level and all(torch.equal(x, y) for x, y in zip(a, b))
 
 
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.integration)])
+def test_a_damaged_chunk_read_for_the_gpu_is_named_by_its_sample(store, tmp_path, workers):
+    """Chunks read as stored for a GPU to decode are checked in the slot: a flipped byte is the
+    damaged-shard line naming the sample, from the workers as in this process."""
+    import shutil
+
+    from hpa_pipeline.contract.shards import DamagedShard
+    from hpa_pipeline.contract.store import Store
+    from hpa_pipeline.model.chunk_decode import GpuDecoding
+
+    path, codec = store
+    damaged = tmp_path / "damaged.zarr"
+    shutil.copytree(path, damaged)
+    shard = damaged / "images" / "256" / "c" / "3" / "0" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    sample = Store.open(damaged).ids[3]
+    decoding = GpuDecoding(StoreDataset(str(damaged), 256, np.arange(12)), 4, workers, torch.device("cpu"), codec)
+    try:
+        with pytest.raises(DamagedShard, match=f"sample {sample}: an inner chunk fails its CRC32C checksum"):
+            list(decoding.batches(range(12)))
+    finally:
+        decoding.close()
+
+
+def test_a_chunk_larger_than_the_slot_is_damage_not_an_overflow(store):
+    """The slot holds the largest chunk the layout can store; a shard whose index claims more
+    (checked here with a slot too small for a real chunk) stops the read with the damage line
+    instead of writing past the slot."""
+    from hpa_pipeline.contract.shards import DamagedShard
+
+    path, _ = store
+    reader = StoreDataset(str(path), 256, np.arange(12)).reader()
+    out = np.zeros(100, np.uint8)
+    with pytest.raises(DamagedShard, match="larger than any chunk of this layout"):
+        reader.read_stored_into(3, [(0, 0, 0), (1, 0, 0)], out, 0)
+    assert not out.any()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (make bench-gpu runs it)")
 def test_whole_images_decoded_on_the_gpu_equal_the_cpus(store):
     from hpa_pipeline.model.inference import whole_image_batches
@@ -72,7 +112,7 @@ def test_gpu_decoding_equals_cpu_decoding(store):
     if codec == "zstd":
         pytest.importorskip("nvidia.nvcomp")
     dataset = StoreDataset(str(path), 256, np.arange(12), crop=96, train=True, seed=3)
-    batch = read_compressed_batch(dataset, list(range(12)))
+    batch = read_compressed_batch(dataset, list(range(12)), codec)
     cpu = crops_of(batch, codec, torch.device("cpu"))[0]
     gpu = crops_of(batch.pin_memory(), codec, torch.device("cuda"))[0]
     assert torch.equal(gpu.cpu(), cpu)
@@ -99,24 +139,25 @@ def test_the_compressed_feed_gives_the_batches_of_the_loader_feed(store):
     batches, in the same order, as the loader workers that decode crops themselves."""
     from hpa_pipeline.model.data import EpochSampler
     from hpa_pipeline.model.feed import BatchFeed
-    from hpa_pipeline.model.chunk_decode import GpuDecoding, compressed_loader
+    from hpa_pipeline.model.chunk_decode import GpuDecoding
 
     path, codec = store
     dataset = StoreDataset(str(path), 256, np.arange(12), crop=96, train=True, seed=5)
     sampler = EpochSampler(12, seed=5, tag_epoch=True)
     cpu = torch.device("cpu")
-    decoding = GpuDecoding(compressed_loader(dataset, sampler, 4, 2, cpu), codec, cpu)
+    decoding = GpuDecoding(dataset, 4, 2, cpu, codec)
     feed = BatchFeed(dataset, 4, 1, cpu)
     try:
         for epoch in (0, 1):
             sampler.set_epoch(epoch)
-            ours = list(decoding.batches())
+            ours = [tuple(t.clone() for t in b) for b in decoding.batches(sampler, drop_last=True)]
             theirs = [tuple(t.clone() for t in b) for b in feed.batches(sampler, drop_last=True)]
             assert len(ours) == len(theirs) == 3
             for a, b in zip(ours, theirs):
                 assert all(torch.equal(x, y) for x, y in zip(a, b))
     finally:
         feed.close()
+        decoding.close()
 
 
 @pytest.mark.integration  # a training command

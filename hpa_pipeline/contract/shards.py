@@ -201,23 +201,40 @@ class ShardReader:
             return f"sample {self.ids[index]}"
         return f"sample {index}"
 
-    def compressed_chunks(self, index: int, chunks: list[tuple[int, int, int]]) -> list[bytes | None]:
-        """The stored bytes of inner chunks ``(channel, row, column)`` of sample ``index``, each
-        CRC32C-checked and without its checksum (None: an empty chunk, the fill value): what a
-        decoder elsewhere (a GPU) turns into pixels. Local stores of this project's layout only."""
+    def read_stored_into(self, index: int, chunks: list[tuple[int, int, int]], out: np.ndarray,
+                         pos: int) -> tuple[list[tuple[int, int] | None], int]:
+        """The stored bytes of inner chunks ``(channel, row, column)`` of sample ``index``, read
+        straight into the uint8 array ``out`` from ``pos`` on (a loader worker's shared batch
+        slot: no bytes object per chunk, no copy into the slot), each CRC32C-checked in place:
+        what a decoder elsewhere (a GPU) turns into pixels. Returns each chunk's ``(start,
+        length)`` in ``out`` without its checksum (None: an empty chunk, the fill value) and the
+        position after the last. A chunk that does not fit in ``out`` is damage: the slot holds
+        the largest chunk the layout can store. Local stores of this project's layout only."""
         if self.layout is None:
             raise ValueError(f"{self.store}/{self.name}: not a layout whose chunks can be read directly")
+        view = memoryview(out)
         try:
             fd, path = self._open_shard(index)
         except DamagedShard as exc:
             raise DamagedShard.in_store(str(exc), self.store) from None
         try:
-            table = self._index(fd, path, index)
-            found = []
+            table, spans = self._index(fd, path, index), []
             for ch, cy, cx in chunks:
-                offset, nbytes = table[0, ch, cy, cx]
-                found.append(None if offset == 2**64 - 1 else self._stored(fd, path, index, int(offset), int(nbytes)))
-            return found
+                offset, nbytes = (int(v) for v in table[0, ch, cy, cx])
+                if offset == 2**64 - 1:
+                    spans.append(None)
+                    continue
+                if pos + nbytes > len(out):
+                    raise DamagedShard(f"{path}: {self.sample(index)}: an inner chunk of {nbytes} bytes is larger "
+                                       f"than any chunk of this layout")
+                if os.preadv(fd, [view[pos:pos + nbytes]], offset) != nbytes:
+                    raise DamagedShard(f"{path}: {self.sample(index)}'s shard is cut short")
+                length = nbytes - 4 if self.checksummed else nbytes
+                if self.checksummed and _crc32c_bytes(view[pos:pos + length]) != bytes(view[pos + length:pos + nbytes]):
+                    raise DamagedShard(f"{path}: {self.sample(index)}: an inner chunk fails its CRC32C checksum")
+                spans.append((pos, length))
+                pos += nbytes
+            return spans, pos
         except DamagedShard as exc:
             raise DamagedShard.in_store(str(exc), self.store) from None
         finally:

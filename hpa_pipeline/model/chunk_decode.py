@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..contract.errors import OptionError
-from .data import already_collated, worker_options
+from ..contract.labels import N_CLASSES
 from .names import DECODERS
 
 
@@ -60,37 +60,81 @@ def grid_rows(crop: int, chunk: int) -> int:
     return (crop - 1) // chunk + 2
 
 
-def read_compressed_batch(dataset, items: list) -> CompressedBatch:
-    """What a loader worker reads for ``items`` of a ``dataset`` (a ``StoreDataset``): the same
-    crops and augmentation as ``dataset.fill`` draws (whole images for a validation or
-    prediction set), as stored bytes."""
-    reader = dataset.reader()
-    crop = dataset.crop if dataset.train and dataset.crop is not None else dataset.level  # else whole images
-    c, rows = reader.chunk, grid_rows(crop, reader.chunk)
-    tiles = np.full((len(items), 4, rows, rows), -1, np.int64)
-    origins = np.zeros((len(items), 2), np.int64)
-    labels, indices, augmentation, parts = [], [], [], []
-    for b, item in enumerate(items):
-        epoch, k = item if isinstance(item, tuple) else (dataset.epoch, item)
-        index = int(dataset.indices[k])
-        y, x, aug = dataset.draw(index, epoch)
-        origins[b] = (y % c, x % c)
-        wanted = [(ch, cy, cx) for ch in range(4) for cy in range(y // c, (y + crop - 1) // c + 1)
-                  for cx in range(x // c, (x + crop - 1) // c + 1)]
-        for (ch, cy, cx), stored in zip(wanted, reader.compressed_chunks(index, wanted)):
-            if stored is not None:
-                tiles[b, ch, cy - y // c, cx - x // c] = len(parts)
-                parts.append(stored)
-        labels.append(dataset.labels_of(index))
-        indices.append(index)
-        augmentation.append(aug)
-    lengths = np.array([len(p) for p in parts], np.int64)
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-    data = np.frombuffer(b"".join(parts), np.uint8) if parts else np.zeros(0, np.uint8)
-    return CompressedBatch(torch.from_numpy(data.copy()), torch.from_numpy(starts), torch.from_numpy(lengths),
-                           torch.from_numpy(tiles), torch.from_numpy(origins), torch.from_numpy(np.stack(labels)),
-                           torch.tensor(indices), torch.from_numpy(np.stack(augmentation)), c, crop,
-                           str(reader.dtype))
+def stored_chunk_bound(chunk_bytes: int, codec: str) -> int:
+    """The most bytes one inner chunk of ``chunk_bytes`` pixels' bytes can take in a shard, its
+    CRC32C included: zstd's own bound (``ZSTD_COMPRESSBOUND``) for the default store."""
+    if codec == "none":
+        return chunk_bytes + 4
+    small = ((128 << 10) - chunk_bytes) >> 11 if chunk_bytes < (128 << 10) else 0
+    return chunk_bytes + (chunk_bytes >> 8) + small + 4
+
+
+class CompressedSlots:
+    """A batch slot of stored chunk bytes (the :class:`.feed.BatchFeed` layout for ``--decode
+    gpu``): every chunk the batch's crops touch, read by a worker straight into the slot's
+    ``data`` (``preadv``, then the CRC32C checked in place), with where each lies (``spans``)
+    and the crops' chunk grids (``tiles``, ``origins``); labels, sample indices and
+    augmentation as in every batch. A batch is a :class:`CompressedBatch`: its bytes and grids
+    on the device, its spans on the host for the decoder's call.
+    """
+
+    def __init__(self, dataset, codec: str):
+        self.dataset, self.codec = dataset, codec
+        reader = dataset.reader()
+        self.chunk, self.dtype = reader.chunk, str(reader.dtype)
+        self.crop = dataset.crop if dataset.train and dataset.crop is not None else dataset.level  # else whole
+        self.rows = grid_rows(self.crop, self.chunk)
+        self.bound = stored_chunk_bound(self.chunk * self.chunk * np.dtype(self.dtype).itemsize, codec)
+
+    def shapes(self, batch_size: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        chunks = batch_size * 4 * self.rows * self.rows
+        return {"data": ((chunks * self.bound,), torch.uint8), "spans": ((chunks, 2), torch.int64),
+                "sizes": ((2,), torch.int64), "tiles": ((batch_size, 4, self.rows, self.rows), torch.int64),
+                "origins": ((batch_size, 2), torch.int64), "labels": ((batch_size, N_CLASSES), torch.float32),
+                "indices": ((batch_size,), torch.int64), "augmentation": ((batch_size, 9), torch.float32)}
+
+    def fill(self, items: list, slot: dict[str, np.ndarray]) -> None:
+        """Read ``items``' chunks into the slot (in a loader worker): the same crops and
+        augmentation as ``dataset.fill`` draws, as stored bytes."""
+        dataset, reader, c = self.dataset, self.dataset.reader(), self.chunk
+        slot["tiles"][:len(items)] = -1
+        pos = n = 0
+        for b, item in enumerate(items):
+            epoch, k = item if isinstance(item, tuple) else (dataset.epoch, item)
+            index = int(dataset.indices[k])
+            y, x, slot["augmentation"][b] = dataset.draw(index, epoch)
+            slot["origins"][b] = (y % c, x % c)
+            wanted = [(ch, cy, cx) for ch in range(4) for cy in range(y // c, (y + self.crop - 1) // c + 1)
+                      for cx in range(x // c, (x + self.crop - 1) // c + 1)]
+            spans, pos = reader.read_stored_into(index, wanted, slot["data"], pos)
+            for (ch, cy, cx), span in zip(wanted, spans):
+                if span is not None:
+                    slot["tiles"][b, ch, cy - y // c, cx - x // c] = n
+                    slot["spans"][n] = span
+                    n += 1
+            slot["labels"][b], slot["indices"][b] = dataset.labels_of(index), index
+        slot["sizes"][:] = (n, pos)
+
+    def parts(self, slot: dict[str, torch.Tensor], count: int) -> dict[str, torch.Tensor]:
+        """What goes to the device: the bytes actually read, and the batch's grids and labels."""
+        n_bytes = int(slot["sizes"][1])
+        return {"data": slot["data"][:n_bytes], **{name: slot[name][:count] for name in
+                                                  ("tiles", "origins", "labels", "indices", "augmentation")}}
+
+    def batch(self, parts: dict[str, torch.Tensor], slot: dict[str, torch.Tensor], count: int) -> CompressedBatch:
+        spans = slot["spans"][:int(slot["sizes"][0])].clone()  # host numbers for the decoder's call
+        return CompressedBatch(parts["data"], spans[:, 0], spans[:, 1], parts["tiles"], parts["origins"],
+                               parts["labels"], parts["indices"], parts["augmentation"], self.chunk, self.crop,
+                               self.dtype)
+
+
+def read_compressed_batch(dataset, items: list, codec: str = "zstd") -> CompressedBatch:
+    """What a loader worker reads for ``items`` of a ``dataset`` (a ``StoreDataset``), read in
+    this process into a slot of its own: the same code as the feed's workers."""
+    layout = CompressedSlots(dataset, codec)
+    slot = {name: torch.zeros(shape, dtype=dtype) for name, (shape, dtype) in layout.shapes(len(items)).items()}
+    layout.fill(items, {name: t.numpy() for name, t in slot.items()})
+    return layout.batch(layout.parts(slot, len(items)), slot, len(items))
 
 
 def decode_chunks(batch: CompressedBatch, codec: str, device: torch.device) -> torch.Tensor:
@@ -100,19 +144,32 @@ def decode_chunks(batch: CompressedBatch, codec: str, device: torch.device) -> t
     n = len(batch.starts)
     if n == 0:
         return torch.zeros((0, c, c), dtype=dtype, device=device)
-    if device.type == "cuda":
-        raw = batch.data.to(device, non_blocking=True)
-        flat = raw if codec == "none" else _nvcomp_decode(raw, batch.starts, batch.lengths, c * c * dtype.itemsize)
+    chunk_bytes = c * c * dtype.itemsize
+    if codec == "none":  # the stored bytes are the pixels: each chunk's, without its checksum
+        flat = _uncompressed(batch.data.to(device, non_blocking=True), batch.starts, batch.lengths, chunk_bytes)
+    elif device.type == "cuda":
+        flat = _nvcomp_decode(batch.data.to(device, non_blocking=True), batch.starts, batch.lengths, chunk_bytes)
     else:
-        flat = torch.from_numpy(_cpu_decode(batch, codec)).clone() if codec == "none" else \
-            torch.from_numpy(_cpu_decode(batch, codec))
+        flat = torch.from_numpy(_cpu_decode(batch))
     return flat.view(dtype).view(n, c, c)
 
 
-def _cpu_decode(batch: CompressedBatch, codec: str) -> np.ndarray:
+def _uncompressed(raw: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor, chunk_bytes: int) -> torch.Tensor:
+    """``(n, chunk_bytes)`` pixel bytes of uncompressed chunks in ``raw``: a view where they lie
+    at a fixed stride (as a slot holds them: back to back, each followed by its checksum), else
+    each cut out in turn."""
+    n = len(starts)
+    stride = int(starts[1] - starts[0]) if n > 1 else chunk_bytes
+    regular = (bool((lengths == chunk_bytes).all()) and int(starts[0]) == 0 and stride >= chunk_bytes
+               and bool((starts == torch.arange(n) * stride).all()) and (n - 1) * stride + chunk_bytes <= len(raw))
+    if regular:
+        return raw[:n * stride].view(n, stride)[:, :chunk_bytes] if len(raw) >= n * stride else \
+            torch.cat([raw, raw.new_zeros(n * stride - len(raw))]).view(n, stride)[:, :chunk_bytes]
+    return torch.stack([raw[s:s + chunk_bytes] for s in starts.tolist()])
+
+
+def _cpu_decode(batch: CompressedBatch) -> np.ndarray:
     data = batch.data.numpy()
-    if codec == "none":
-        return data
     from numcodecs import Zstd
 
     decoder = Zstd()
@@ -203,36 +260,27 @@ def choose_decoder(decode: str, codec: str, device: torch.device, direct: bool =
         f"copying the store's uncompressed chunks to {device} and cutting crops there"
 
 
-class CompressedCrops(torch.utils.data.Dataset):
-    """A dataset's batches as the stored bytes of their chunks, for loader workers to read."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitems__(self, items: list):
-        return read_compressed_batch(self.dataset, items)
-
-
-@dataclass
 class GpuDecoding:
-    """Loader workers that read each batch's stored chunk bytes (page-locked), decoded and cut
-    into crops or whole images on ``device`` by :func:`crops_of`."""
+    """Batches of ``dataset`` whose chunks the loader workers only read (:class:`CompressedSlots`
+    in a :class:`.feed.BatchFeed`) and ``device`` decodes and cuts (:func:`crops_of`); with
+    ``workers`` 0 they are read in this process. Close it to stop the workers."""
 
-    loader: torch.utils.data.DataLoader
-    codec: str
-    device: torch.device
+    def __init__(self, dataset, batch_size: int, workers: int, device: torch.device, codec: str):
+        from .feed import BatchFeed
 
-    def batches(self):
-        return (crops_of(batch, self.codec, self.device) for batch in self.loader)
+        self.dataset, self.batch_size, self.device, self.codec = dataset, batch_size, device, codec
+        self.feed = BatchFeed(dataset, batch_size, workers, device, layout=CompressedSlots(dataset, codec)) \
+            if workers > 0 else None
 
+    def batches(self, items, drop_last: bool = False):
+        """``(images, labels, indices, augmentation)`` on the device for ``items`` in order."""
+        if self.feed is not None:
+            return (crops_of(batch, self.codec, self.device) for batch in self.feed.batches(items, drop_last))
+        from .feed import in_batches
 
-def compressed_loader(dataset, sampler, batch_size: int, workers: int, device: torch.device,
-                      drop_last: bool = True) -> torch.utils.data.DataLoader:
-    """Loader workers reading each batch's stored chunk bytes, page-locked for a GPU; without a
-    ``sampler``, the dataset in order (validation, predict)."""
-    return torch.utils.data.DataLoader(CompressedCrops(dataset), batch_size=batch_size, sampler=sampler,
-                                       collate_fn=already_collated, drop_last=drop_last,
-                                       pin_memory=device.type == "cuda", **worker_options(workers, prefetch_factor=4))
+        return (crops_of(read_compressed_batch(self.dataset, chunk, self.codec), self.codec, self.device)
+                for chunk in in_batches(items, self.batch_size, drop_last))
+
+    def close(self) -> None:
+        if self.feed is not None:
+            self.feed.close()

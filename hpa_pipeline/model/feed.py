@@ -49,13 +49,13 @@ class LoaderWorkerDied(HpaError, FeedError):
     """A worker process ended without answering: killed, most often by the OOM killer."""
 
 
-def _worker_main(dataset, images, labels, indices, augmentation, tasks, results, parent_pid: int) -> None:
+def _worker_main(layout, tensors: dict, tasks, results, parent_pid: int) -> None:
     """A feed worker: fill the slot each task names, answer ``(seq, slot, count, error)``; it
     ends with the training process, however that ends (SIGKILL included)."""
     die_with_parent(parent_pid)
     leave_interrupts_to_the_parent()
     one_thread_per_task()
-    images, labels, indices, augmentation = (t.numpy() for t in (images, labels, indices, augmentation))
+    arrays = {name: t.numpy() for name, t in tensors.items()}
     while True:
         try:
             task = tasks.get(timeout=POLL_S)
@@ -67,13 +67,43 @@ def _worker_main(dataset, images, labels, indices, augmentation, tasks, results,
             return
         seq, slot, items = task
         try:
-            for j, item in enumerate(items):
-                labels[slot, j], indices[slot, j], augmentation[slot, j] = dataset.fill(item, images[slot, j])
+            layout.fill(items, {name: a[slot] for name, a in arrays.items()})
             results.put((seq, slot, len(items), None))
         except HpaError as exc:  # the data's problem (a damaged shard), not a bug: raised there as itself
             results.put((seq, slot, 0, sendable(exc)))
         except Exception:  # sent to the training process, which raises it there
             results.put((seq, slot, 0, traceback.format_exc()))
+
+
+class CropSlots:
+    """What a slot holds for a :class:`.data.StoreDataset`: its items' pixels (crops or whole
+    images), labels, sample indices and augmentation; a batch is those four tensors.
+
+    A slot layout says what a slot holds (:meth:`shapes`), how a worker fills one (:meth:`fill`,
+    on numpy views of the slot), which of its tensors go to the device (:meth:`parts`) and what
+    the training process is handed (:meth:`batch`); :class:`.chunk_decode.CompressedSlots` is
+    the other one.
+    """
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def shapes(self, batch_size: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        size = self.dataset.item_size
+        return {"images": ((batch_size, 4, size, size), _torch_dtype(self.dataset)),
+                "labels": ((batch_size, N_CLASSES), torch.float32),
+                "indices": ((batch_size,), torch.int64),
+                "augmentation": ((batch_size, 9), torch.float32)}
+
+    def fill(self, items: list, slot: dict[str, np.ndarray]) -> None:
+        for j, item in enumerate(items):
+            slot["labels"][j], slot["indices"][j], slot["augmentation"][j] = self.dataset.fill(item, slot["images"][j])
+
+    def parts(self, slot: dict[str, torch.Tensor], count: int) -> dict[str, torch.Tensor]:
+        return {name: t[:count] for name, t in slot.items()}
+
+    def batch(self, parts: dict[str, torch.Tensor], slot: dict[str, torch.Tensor], count: int):
+        return parts["images"], parts["labels"], parts["indices"], parts["augmentation"]
 
 
 def raise_from_worker(error: HpaError | str) -> None:
@@ -124,7 +154,8 @@ def _clear_cuda_error() -> None:
 
 class BatchFeed:
     """Batches ``(images, targets, sample indices, augmentation)`` of a :class:`.data.StoreDataset`
-    from ``workers`` persistent processes through ``slots`` shared batch buffers.
+    from ``workers`` persistent processes through ``slots`` shared batch buffers (another
+    ``layout`` fills and hands out other batches: :class:`.chunk_decode.CompressedSlots`).
 
     ``device``: where batches are delivered; on CUDA they arrive there (copied on a side stream,
     the current stream waiting for the copy), elsewhere they are views of the slot that stay
@@ -132,21 +163,19 @@ class BatchFeed:
     """
 
     def __init__(self, dataset, batch_size: int, workers: int, device: torch.device | str = "cpu",
-                 slots: int | None = None, context: str | None = None):
+                 slots: int | None = None, context: str | None = None, layout=None):
         if workers < 1:
             raise ValueError("a BatchFeed needs at least one worker process")
         self.dataset, self.batch_size, self.workers = dataset, batch_size, workers
+        self.layout = layout or CropSlots(dataset)
         self.device = torch.device(device)
         self.n_slots = slots or max(4, 2 * workers)
-        size = dataset.item_size
-        self.images = torch.empty((self.n_slots, batch_size, 4, size, size), dtype=_torch_dtype(dataset)).share_memory_()
-        self.labels = torch.zeros((self.n_slots, batch_size, N_CLASSES), dtype=torch.float32).share_memory_()
-        self.indices = torch.zeros((self.n_slots, batch_size), dtype=torch.int64).share_memory_()
-        self.augmentation = torch.zeros((self.n_slots, batch_size, 9), dtype=torch.float32).share_memory_()
+        self.tensors = {name: torch.zeros((self.n_slots, *shape), dtype=dtype).share_memory_()
+                        for name, (shape, dtype) in self.layout.shapes(batch_size).items()}
         self.pinned = False
-        if self.device.type == "cuda":  # all four pinned, or none (then plain synchronous copies)
+        if self.device.type == "cuda":  # every slot tensor pinned, or none (then plain synchronous copies)
             registered = [t for t in self._slot_tensors() if _register_pinned(t)]
-            self.pinned = len(registered) == 4
+            self.pinned = len(registered) == len(self.tensors)
             for tensor in registered if not self.pinned else ():
                 _unregister_pinned(tensor)
         self.copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
@@ -170,8 +199,7 @@ class BatchFeed:
     def _start_one(self) -> None:
         process = self._context.Process(
             target=_worker_main, daemon=True,
-            args=(self.dataset, self.images, self.labels, self.indices, self.augmentation, self._tasks,
-                  self._results, os.getpid()))
+            args=(self.layout, self.tensors, self._tasks, self._results, os.getpid()))
         process.start()
         self._processes.append(process)
         self.worker_starts += 1
@@ -238,7 +266,7 @@ class BatchFeed:
         self.pinned = False
 
     def _slot_tensors(self) -> tuple[torch.Tensor, ...]:
-        return self.images, self.labels, self.indices, self.augmentation
+        return tuple(self.tensors.values())
 
     def __del__(self):
         try:
@@ -271,10 +299,11 @@ class BatchFeed:
 
     # -- batches ------------------------------------------------------------------------------
 
-    def batches(self, items: Iterable, drop_last: bool = False) -> Iterator[tuple[torch.Tensor, ...]]:
-        """The batches of ``items`` (dataset positions or ``(epoch, position)``), in order."""
+    def batches(self, items: Iterable, drop_last: bool = False) -> Iterator:
+        """The batches of ``items`` (dataset positions or ``(epoch, position)``), in order, as the
+        slot layout makes them (four tensors for :class:`CropSlots`)."""
         self._start()
-        chunks = _chunks(items, self.batch_size, drop_last)
+        chunks = in_batches(items, self.batch_size, drop_last)
         free = list(range(self.n_slots))
         sent = received = 0
         ready: dict[int, tuple[int, int]] = {}
@@ -311,21 +340,21 @@ class BatchFeed:
                 for _ in range(sent - received - len(ready)):
                     self._receive()
 
-    def _deliver(self, slot: int, count: int) -> tuple[torch.Tensor, ...]:
-        parts = (self.images[slot, :count], self.labels[slot, :count], self.indices[slot, :count],
-                 self.augmentation[slot, :count])
+    def _deliver(self, slot: int, count: int):
+        views = {name: t[slot] for name, t in self.tensors.items()}
+        parts = self.layout.parts(views, count)
         if self.copy_stream is None:
-            return parts
+            return self.layout.batch(parts, views, count)
         with torch.cuda.stream(self.copy_stream):
-            moved = tuple(t.to(self.device, non_blocking=self.pinned) for t in parts)
+            moved = {name: t.to(self.device, non_blocking=self.pinned) for name, t in parts.items()}
             done = torch.cuda.Event()
             done.record(self.copy_stream)
         current = torch.cuda.current_stream(self.device)
         current.wait_event(done)  # the GPU, not the host, waits for the copy
-        for t in moved:
+        for t in moved.values():
             t.record_stream(current)
         self._copy_done[slot] = done
-        return moved
+        return self.layout.batch(moved, views, count)
 
     def _wait_for_copy(self, slot: int) -> None:
         """Before a slot is refilled: its copy to the GPU must have finished (long since, normally)."""
@@ -346,7 +375,8 @@ def _ending(exitcode: int | None) -> str:
     return f"exit status {exitcode}"
 
 
-def _chunks(items: Iterable, size: int, drop_last: bool) -> Iterator[list]:
+def in_batches(items: Iterable, size: int, drop_last: bool) -> Iterator[list]:
+    """``items`` in lists of ``size`` (the last one shorter, or left out with ``drop_last``)."""
     chunk = []
     for item in items:
         chunk.append(item)

@@ -333,10 +333,13 @@ def whole_image_batches(dataset, batch_size: int, workers: int, device: torch.de
     from .feed import BatchFeed
 
     if codec is not None:
-        from .chunk_decode import GpuDecoding, compressed_loader
+        from .chunk_decode import GpuDecoding
 
-        loader = compressed_loader(dataset, None, batch_size, workers, device, drop_last=False)
-        yield GpuDecoding(loader, codec, device).batches()
+        decoding = GpuDecoding(dataset, batch_size, workers, device, codec)
+        try:
+            yield decoding.batches(range(len(dataset)))
+        finally:
+            decoding.close()
         return
     if workers == 0:
         yield iter(make_loader(dataset, batch_size, 0))

@@ -13,7 +13,7 @@ import torch
 from ..common.machine import usable_cores
 from . import distributed
 from .config import TrainConfig
-from .chunk_decode import GpuDecoding, choose_decoder, compressed_loader
+from .chunk_decode import GpuDecoding, choose_decoder
 from .data import CombinedDataset, EpochSampler, Normalizer, StoreDataset, make_loader, rare_class_weights
 from .feed import BatchFeed
 from .losses import make_loss
@@ -40,7 +40,7 @@ class Data:
     def train_batches(self):
         """This epoch's training batches (set the sampler's epoch first)."""
         if self.gpu_decoding is not None:
-            return self.gpu_decoding[0].batches()
+            return self.gpu_decoding[0].batches(self.sampler, drop_last=True)
         if self.stream_loader is not None:
             return iter(self.stream_loader)
         if self.feeds is not None:
@@ -49,7 +49,7 @@ class Data:
 
     def valid_batches(self):
         if self.gpu_decoding is not None:
-            return self.gpu_decoding[1].batches()
+            return self.gpu_decoding[1].batches(range(len(self.valid_set)))
         if self.feeds is not None:
             return self.feeds[1].batches(range(len(self.valid_set)))
         return iter(make_loader(self.valid_set, self.batch_size, 0))
@@ -64,6 +64,8 @@ class Data:
     def __exit__(self, *exc) -> None:
         for feed in self.feeds or ():
             feed.close()
+        for decoding in self.gpu_decoding or ():
+            decoding.close()
 
 
 def gpu_decoding(cfg: TrainConfig, train_set, valid_set, sampler, store_codec: str,
@@ -77,10 +79,9 @@ def gpu_decoding(cfg: TrainConfig, train_set, valid_set, sampler, store_codec: s
     chosen, why = choose_decoder(cfg.decode, store_codec, device, direct, ruled_out)
     if chosen == "cpu":
         return None, why
-    workers = cfg.workers or max_workers()
-    return (GpuDecoding(compressed_loader(train_set, sampler, cfg.batch_size, workers, device), store_codec, device),
-            GpuDecoding(compressed_loader(valid_set, None, cfg.batch_size, max(1, workers // 2), device,
-                                          drop_last=False), store_codec, device)), why
+    workers = cfg.workers if cfg.workers is not None else min(2, max_workers())  # auto: grown as the wait asks
+    return (GpuDecoding(train_set, cfg.batch_size, workers, device, store_codec),
+            GpuDecoding(valid_set, cfg.batch_size, max(1, workers // 2) if workers else 0, device, store_codec)), why
 
 
 def max_workers() -> int:
@@ -113,7 +114,9 @@ def make_data(cfg: TrainConfig, plan: Plan, ranks: distributed.Ranks, device: to
                                batch_size=cfg.batch_size, draws=cfg.epoch_size, tag_epoch=True)
         batches = len(sampler) // cfg.batch_size
     decoding, decode_line = gpu_decoding(cfg, train_set, valid_set, sampler, plan.store.spec.codec, device)
-    if sampler is not None and cfg.workers != 0 and decoding is None:
+    if decoding is not None:  # its feeds, for the wait measured and the workers grown (train.py)
+        feeds = (decoding[0].feed, decoding[1].feed) if decoding[0].feed is not None else None
+    elif sampler is not None and cfg.workers != 0:
         workers = cfg.workers or min(2, max_workers())  # auto: grown as the measured wait asks
         feeds = (BatchFeed(train_set, cfg.batch_size, workers, device),
                  BatchFeed(valid_set, cfg.batch_size, max(1, workers // 2), device, slots=4))
