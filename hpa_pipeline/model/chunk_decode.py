@@ -82,8 +82,10 @@ class CompressedSlots:
         self.dataset, self.codec = dataset, codec
         reader = dataset.reader()
         self.chunk, self.dtype = reader.chunk, str(reader.dtype)
-        self.crop = dataset.crop if dataset.train and dataset.crop is not None else dataset.level  # else whole
-        self.rows = grid_rows(self.crop, self.chunk)
+        whole = not (dataset.train and dataset.crop is not None)  # validation, predict: whole images
+        self.crop = dataset.level if whole else dataset.crop
+        # a whole image starts at a chunk's corner: its own chunks, not a crop's one more row
+        self.rows = -(-self.crop // self.chunk) if whole else grid_rows(self.crop, self.chunk)
         self.bound = stored_chunk_bound(self.chunk * self.chunk * np.dtype(self.dtype).itemsize, codec)
 
     def shapes(self, batch_size: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
@@ -265,12 +267,13 @@ class GpuDecoding:
     in a :class:`.feed.BatchFeed`) and ``device`` decodes and cuts (:func:`crops_of`); with
     ``workers`` 0 they are read in this process. Close it to stop the workers."""
 
-    def __init__(self, dataset, batch_size: int, workers: int, device: torch.device, codec: str):
+    def __init__(self, dataset, batch_size: int, workers: int, device: torch.device, codec: str,
+                 slots: int | None = None):
         from .feed import BatchFeed
 
         self.dataset, self.batch_size, self.device, self.codec = dataset, batch_size, device, codec
-        self.feed = BatchFeed(dataset, batch_size, workers, device, layout=CompressedSlots(dataset, codec)) \
-            if workers > 0 else None
+        self.feed = BatchFeed(dataset, batch_size, workers, device, slots=slots,
+                              layout=CompressedSlots(dataset, codec)) if workers > 0 else None
 
     def batches(self, items, drop_last: bool = False):
         """``(images, labels, indices, augmentation)`` on the device for ``items`` in order."""

@@ -81,7 +81,8 @@ def gpu_decoding(cfg: TrainConfig, train_set, valid_set, sampler, store_codec: s
         return None, why
     workers = cfg.workers if cfg.workers is not None else min(2, max_workers())  # auto: grown as the wait asks
     return (GpuDecoding(train_set, cfg.batch_size, workers, device, store_codec),
-            GpuDecoding(valid_set, cfg.batch_size, max(1, workers // 2) if workers else 0, device, store_codec)), why
+            GpuDecoding(valid_set, cfg.batch_size, max(1, workers // 2) if workers else 0, device, store_codec,
+                        slots=4)), why
 
 
 def max_workers() -> int:
