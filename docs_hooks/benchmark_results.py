@@ -51,19 +51,8 @@ def _cell(value) -> str:
 def _split(key: str, depth: int) -> tuple[str | None, str]:
     """``"variant: measure"`` -> its two parts, the variant being the first ``depth`` parts;
     a key with fewer parts -> ``(None, key)``."""
-    parts = _parts(key)
+    parts = _split_outside(key, ": ")
     return (": ".join(parts[:depth]), ": ".join(parts[depth:])) if len(parts) > depth else (None, key)
-
-
-def _parts(key: str) -> list[str]:
-    """``key`` split at each ``": "`` outside parentheses."""
-    parts, level, start = [], 0, 0
-    for i, ch in enumerate(key):
-        level += (ch == "(") - (ch == ")")
-        if level == 0 and key.startswith(": ", i):
-            parts.append(key[start:i])
-            start = i + 2
-    return parts + [key[start:]]
 
 
 def _layout(keys: list[str]) -> int:

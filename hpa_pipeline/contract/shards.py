@@ -212,11 +212,14 @@ class ShardReader:
         the largest chunk the layout can store. Local stores of this project's layout only."""
         if self.layout is None:
             raise ValueError(f"{self.store}/{self.name}: not a layout whose chunks can be read directly")
-        view = memoryview(out)
         try:
-            fd, path = self._open_shard(index)
+            return self._read_stored_into(index, chunks, memoryview(out), pos)
         except DamagedShard as exc:
             raise DamagedShard.in_store(str(exc), self.store) from None
+
+    def _read_stored_into(self, index: int, chunks: list[tuple[int, int, int]], view: memoryview,
+                          pos: int) -> tuple[list[tuple[int, int] | None], int]:
+        fd, path = self._open_shard(index)
         try:
             table, spans = self._index(fd, path, index), []
             for ch, cy, cx in chunks:
@@ -224,19 +227,17 @@ class ShardReader:
                 if offset == 2**64 - 1:
                     spans.append(None)
                     continue
-                if pos + nbytes > len(out):
+                if pos + nbytes > len(view):
                     raise DamagedShard(f"{path}: {self.sample(index)}: an inner chunk of {nbytes} bytes is larger "
                                        f"than any chunk of this layout")
                 if os.preadv(fd, [view[pos:pos + nbytes]], offset) != nbytes:
                     raise DamagedShard(f"{path}: {self.sample(index)}'s shard is cut short")
                 length = nbytes - 4 if self.checksummed else nbytes
-                if self.checksummed and _crc32c_bytes(view[pos:pos + length]) != bytes(view[pos + length:pos + nbytes]):
-                    raise DamagedShard(f"{path}: {self.sample(index)}: an inner chunk fails its CRC32C checksum")
+                if self.checksummed:
+                    self._check_crc(path, index, view[pos:pos + length], bytes(view[pos + length:pos + nbytes]))
                 spans.append((pos, length))
                 pos += nbytes
             return spans, pos
-        except DamagedShard as exc:
-            raise DamagedShard.in_store(str(exc), self.store) from None
         finally:
             os.close(fd)
 
@@ -253,9 +254,13 @@ class ShardReader:
         raw = os.pread(fd, nbytes, offset)
         if self.checksummed:
             raw, crc = raw[:-4], raw[-4:]
-            if len(crc) != 4 or _crc32c_bytes(raw) != crc:
-                raise DamagedShard(f"{path}: {self.sample(index)}: an inner chunk fails its CRC32C checksum")
+            self._check_crc(path, index, raw, crc)
         return raw
+
+    def _check_crc(self, path: Path, index: int, data, crc: bytes) -> None:
+        """An inner chunk's bytes against the CRC32C stored after them."""
+        if len(crc) != 4 or _crc32c_bytes(data) != crc:
+            raise DamagedShard(f"{path}: {self.sample(index)}: an inner chunk fails its CRC32C checksum")
 
     def _read_direct(self, index: int, y: int, x: int, h: int, w: int, out: np.ndarray) -> np.ndarray:
         """:meth:`read` of the layout this project writes: the index, then only the chunks needed."""

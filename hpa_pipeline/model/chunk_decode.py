@@ -23,6 +23,7 @@ import torch
 
 from ..contract.errors import OptionError
 from ..contract.labels import N_CLASSES
+from .feed import BatchFeed, in_batches
 from .names import DECODERS
 
 
@@ -82,10 +83,9 @@ class CompressedSlots:
         self.dataset, self.codec = dataset, codec
         reader = dataset.reader()
         self.chunk, self.dtype = reader.chunk, str(reader.dtype)
-        whole = not (dataset.train and dataset.crop is not None)  # validation, predict: whole images
-        self.crop = dataset.level if whole else dataset.crop
+        self.crop = dataset.item_size  # a crop, or the whole image (validation, predict)
         # a whole image starts at a chunk's corner: its own chunks, not a crop's one more row
-        self.rows = -(-self.crop // self.chunk) if whole else grid_rows(self.crop, self.chunk)
+        self.rows = -(-self.crop // self.chunk) if self.crop == dataset.level else grid_rows(self.crop, self.chunk)
         self.bound = stored_chunk_bound(self.chunk * self.chunk * np.dtype(self.dtype).itemsize, codec)
 
     def shapes(self, batch_size: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
@@ -162,11 +162,10 @@ def _uncompressed(raw: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor
     each cut out in turn."""
     n = len(starts)
     stride = int(starts[1] - starts[0]) if n > 1 else chunk_bytes
-    regular = (bool((lengths == chunk_bytes).all()) and int(starts[0]) == 0 and stride >= chunk_bytes
-               and bool((starts == torch.arange(n) * stride).all()) and (n - 1) * stride + chunk_bytes <= len(raw))
+    regular = (bool((lengths == chunk_bytes).all()) and stride >= chunk_bytes and n * stride <= len(raw)
+               and bool((starts == torch.arange(n) * stride).all()))
     if regular:
-        return raw[:n * stride].view(n, stride)[:, :chunk_bytes] if len(raw) >= n * stride else \
-            torch.cat([raw, raw.new_zeros(n * stride - len(raw))]).view(n, stride)[:, :chunk_bytes]
+        return raw[:n * stride].view(n, stride)[:, :chunk_bytes]
     return torch.stack([raw[s:s + chunk_bytes] for s in starts.tolist()])
 
 
@@ -269,8 +268,6 @@ class GpuDecoding:
 
     def __init__(self, dataset, batch_size: int, workers: int, device: torch.device, codec: str,
                  slots: int | None = None):
-        from .feed import BatchFeed
-
         self.dataset, self.batch_size, self.device, self.codec = dataset, batch_size, device, codec
         self.feed = BatchFeed(dataset, batch_size, workers, device, slots=slots,
                               layout=CompressedSlots(dataset, codec)) if workers > 0 else None
@@ -279,8 +276,6 @@ class GpuDecoding:
         """``(images, labels, indices, augmentation)`` on the device for ``items`` in order."""
         if self.feed is not None:
             return (crops_of(batch, self.codec, self.device) for batch in self.feed.batches(items, drop_last))
-        from .feed import in_batches
-
         return (crops_of(read_compressed_batch(self.dataset, chunk, self.codec), self.codec, self.device)
                 for chunk in in_batches(items, self.batch_size, drop_last))
 

@@ -170,7 +170,8 @@ class BatchFeed:
         self.layout = layout or CropSlots(dataset)
         self.device = torch.device(device)
         self.n_slots = slots or max(4, 2 * workers)
-        self.tensors = {name: torch.zeros((self.n_slots, *shape), dtype=dtype).share_memory_()
+        # every part of a slot that is handed out was written by its worker first: nothing to clear
+        self.tensors = {name: torch.empty((self.n_slots, *shape), dtype=dtype).share_memory_()
                         for name, (shape, dtype) in self.layout.shapes(batch_size).items()}
         self.pinned = False
         if self.device.type == "cuda":  # every slot tensor pinned, or none (then plain synchronous copies)

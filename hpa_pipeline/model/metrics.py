@@ -10,13 +10,18 @@ import numpy as np
 from ..contract.labels import CLASS_NAMES
 
 
+def _check_shape(name: str, table: np.ndarray, like: np.ndarray | None) -> None:
+    """``table`` is ``(samples, classes)``, of ``like``'s shape when given."""
+    if table.ndim != 2 or (like is not None and table.shape != like.shape):
+        want = f"{like.shape}, as the truth's" if like is not None else "(samples, classes)"
+        raise ValueError(f"{name} has shape {table.shape}; expected {want}")
+
+
 def label_table(name: str, table, like: np.ndarray | None = None) -> np.ndarray:
     """``table`` as a boolean ``(n, classes)`` array, checked: a 0/1 table (probabilities are
     labelled first, by :func:`predict_labels`), of ``like``'s shape when given."""
     table = np.asarray(table)
-    if table.ndim != 2 or (like is not None and table.shape != like.shape):
-        want = f"{like.shape}, as the truth's" if like is not None else "(samples, classes)"
-        raise ValueError(f"{name} has shape {table.shape}; expected {want}")
+    _check_shape(name, table, like)
     if table.dtype != bool and not np.isin(table, (0, 1)).all():
         raise ValueError(f"{name} holds values other than 0 and 1: label probabilities first "
                          "(predict_labels(probs, thresholds))")
@@ -26,9 +31,7 @@ def label_table(name: str, table, like: np.ndarray | None = None) -> np.ndarray:
 def probability_table(name: str, probs, like: np.ndarray | None = None) -> np.ndarray:
     """``probs`` as a float ``(n, classes)`` array of finite values, of ``like``'s shape when given."""
     probs = np.asarray(probs, dtype=np.float64)
-    if probs.ndim != 2 or (like is not None and probs.shape != like.shape):
-        want = f"{like.shape}, as the truth's" if like is not None else "(samples, classes)"
-        raise ValueError(f"{name} has shape {probs.shape}; expected {want}")
+    _check_shape(name, probs, like)
     if not np.isfinite(probs).all():
         raise ValueError(f"{name} holds NaN or infinite values")
     return probs
