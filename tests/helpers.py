@@ -116,3 +116,16 @@ def synthetic_stores(folder: Path, synth, spec, test: bool = True, workers: int 
     if test:
         assert ingest(d.test_archive, d.sample_submission, test_store, spec, workers=workers).exit_code == 0
     return d, train, test_store
+
+
+def with_sample_3_damaged(store: Path, tmp_path: Path, level: int) -> Path:
+    """A copy of ``store`` whose sample 3 has a flipped byte inside its shard of ``level``."""
+    import shutil
+
+    damaged = Path(tmp_path) / "damaged.zarr"
+    shutil.copytree(store, damaged)
+    shard = damaged / "images" / str(level) / "c" / "3" / "0" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    return damaged

@@ -9,6 +9,8 @@ from hpa_pipeline.model.chunk_decode import choose_decoder, crops_of, read_compr
 from hpa_pipeline.model.data import StoreDataset
 from hpa_pipeline.prep.ingest import ingest
 
+from .helpers import with_sample_3_damaged
+
 
 @pytest.fixture(scope="module", params=[("zstd", "uint8"), ("none", "uint8"), ("zstd", "uint16")])
 def store(request, small_dataset, tmp_path_factory):
@@ -55,19 +57,12 @@ def test_whole_images_from_stored_chunks_equal_the_loaders_bit_for_bit(store, wo
 def test_a_damaged_chunk_read_for_the_gpu_is_named_by_its_sample(store, tmp_path, workers):
     """Chunks read as stored for a GPU to decode are checked in the slot: a flipped byte is the
     damaged-shard line naming the sample, from the workers as in this process."""
-    import shutil
-
     from hpa_pipeline.contract.shards import DamagedShard
     from hpa_pipeline.contract.store import Store
     from hpa_pipeline.model.chunk_decode import GpuDecoding
 
     path, codec = store
-    damaged = tmp_path / "damaged.zarr"
-    shutil.copytree(path, damaged)
-    shard = damaged / "images" / "256" / "c" / "3" / "0" / "0" / "0"
-    data = bytearray(shard.read_bytes())
-    data[len(data) // 3] ^= 0xFF
-    shard.write_bytes(bytes(data))
+    damaged = with_sample_3_damaged(path, tmp_path, 256)
     sample = Store.open(damaged).ids[3]
     decoding = GpuDecoding(StoreDataset(str(damaged), 256, np.arange(12)), 4, workers, torch.device("cpu"), codec)
     try:

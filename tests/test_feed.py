@@ -17,7 +17,7 @@ from hpa_pipeline.model.feed import BatchFeed, FeedError
 from hpa_pipeline.model.train import TrainConfig, train
 from hpa_pipeline.prep.synth import SynthSpec
 
-from .helpers import synthetic_stores
+from .helpers import synthetic_stores, with_sample_3_damaged
 
 
 @pytest.fixture(scope="module", params=["none", "zstd"])
@@ -81,25 +81,12 @@ def test_a_worker_error_names_its_cause(store):
 
 
 @pytest.mark.integration
-def with_sample_3_damaged(store, tmp_path):
-    """A copy of ``store`` whose sample 3 has a flipped byte inside its level-128 shard."""
-    import shutil
-
-    damaged = tmp_path / "damaged.zarr"
-    shutil.copytree(store, damaged)
-    shard = damaged / "images" / "128" / "c" / "3" / "0" / "0" / "0"
-    data = bytearray(shard.read_bytes())
-    data[len(data) // 3] ^= 0xFF
-    shard.write_bytes(bytes(data))
-    return damaged
-
-
 def test_a_damaged_shard_stops_every_worker_count_with_its_line(store, tmp_path):
     """Workers that read a shard failing its checks hand the error over as itself (not a bug's
     traceback) and the pass ends: no wait for an answer that never comes."""
     from hpa_pipeline.contract.shards import DamagedShard
 
-    damaged = with_sample_3_damaged(store, tmp_path)
+    damaged = with_sample_3_damaged(store, tmp_path, 128)
     from hpa_pipeline.contract.store import Store
 
     sample = Store.open(damaged).ids[3]
@@ -120,7 +107,7 @@ def test_a_damaged_shard_stops_the_stream_loader_with_its_line(store, tmp_path):
     from hpa_pipeline.contract.shards import DamagedShard
     from hpa_pipeline.model.streaming import ShardStream, make_stream_loader
 
-    damaged = with_sample_3_damaged(store, tmp_path)
+    damaged = with_sample_3_damaged(store, tmp_path, 128)
     for workers in (0, 1, 2):
         stream = ShardStream(StoreDataset(str(damaged), 128, np.arange(24), crop=64, train=True), buffer=2)
         with pytest.raises(DamagedShard) as caught:
