@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from hpa_pipeline.contract.store import StoreSpec
-from hpa_pipeline.model.chunk_decode import choose_decoder, crops_of, read_compressed_batch
+from hpa_pipeline.model.chunk_decode import FRAME_ALIGNMENT, choose_decoder, crops_of, read_compressed_batch
 from hpa_pipeline.model.data import StoreDataset
 from hpa_pipeline.prep.ingest import ingest
 
@@ -70,6 +70,17 @@ def test_a_damaged_chunk_read_for_the_gpu_is_named_by_its_sample(store, tmp_path
             list(decoding.batches(range(12)))
     finally:
         decoding.close()
+
+
+def test_every_chunk_read_for_the_gpu_starts_where_nvcomp_can_read_it(store):
+    """nvCOMP's batched decoders read a frame only from an address aligned to 8 bytes; stored
+    chunks lie back to back in a shard at any offset, so each is read to an aligned place."""
+    path, codec = store
+    dataset = StoreDataset(str(path), 256, np.arange(12), crop=96, train=True, seed=3)
+    batch = read_compressed_batch(dataset, list(range(12)), codec)
+    starts = batch.starts.numpy()
+    assert FRAME_ALIGNMENT % 8 == 0 and len(starts) > 12
+    assert (starts % FRAME_ALIGNMENT == 0).all(), starts[starts % FRAME_ALIGNMENT != 0][:5]
 
 
 def test_a_chunk_larger_than_the_slot_is_damage_not_an_overflow(store):

@@ -202,23 +202,25 @@ class ShardReader:
         return f"sample {index}"
 
     def read_stored_into(self, index: int, chunks: list[tuple[int, int, int]], out: np.ndarray,
-                         pos: int) -> tuple[list[tuple[int, int] | None], int]:
+                         pos: int, align: int = 1) -> tuple[list[tuple[int, int] | None], int]:
         """The stored bytes of inner chunks ``(channel, row, column)`` of sample ``index``, read
         straight into the uint8 array ``out`` from ``pos`` on (a loader worker's shared batch
         slot: no bytes object per chunk, no copy into the slot), each CRC32C-checked in place:
-        what a decoder elsewhere (a GPU) turns into pixels. Returns each chunk's ``(start,
-        length)`` in ``out`` without its checksum (None: an empty chunk, the fill value) and the
-        position after the last. A chunk that does not fit in ``out`` is damage: the slot holds
-        the largest chunk the layout can store. Local stores of this project's layout only."""
+        what a decoder elsewhere (a GPU) turns into pixels. Each chunk starts at a multiple of
+        ``align`` (a GPU decoder reads only from aligned addresses). Returns each chunk's
+        ``(start, length)`` in ``out`` without its checksum (None: an empty chunk, the fill
+        value) and the position after the last. A chunk that does not fit in ``out`` is damage:
+        the slot holds the largest chunk the layout can store. Local stores of this project's
+        layout only."""
         if self.layout is None:
             raise ValueError(f"{self.store}/{self.name}: not a layout whose chunks can be read directly")
         try:
-            return self._read_stored_into(index, chunks, memoryview(out), pos)
+            return self._read_stored_into(index, chunks, memoryview(out), pos, align)
         except DamagedShard as exc:
             raise DamagedShard.in_store(str(exc), self.store) from None
 
     def _read_stored_into(self, index: int, chunks: list[tuple[int, int, int]], view: memoryview,
-                          pos: int) -> tuple[list[tuple[int, int] | None], int]:
+                          pos: int, align: int) -> tuple[list[tuple[int, int] | None], int]:
         fd, path = self._open_shard(index)
         try:
             table, spans = self._index(fd, path, index), []
@@ -227,6 +229,7 @@ class ShardReader:
                 if offset == 2**64 - 1:
                     spans.append(None)
                     continue
+                pos = -(-pos // align) * align
                 if pos + nbytes > len(view):
                     raise DamagedShard(f"{path}: {self.sample(index)}: an inner chunk of {nbytes} bytes is larger "
                                        f"than any chunk of this layout")
