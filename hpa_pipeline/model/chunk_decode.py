@@ -189,30 +189,36 @@ def _nvcomp_decode(raw: torch.Tensor, starts: torch.Tensor, lengths: torch.Tenso
     """Every chunk's zstd frame decoded in one nvCOMP batch call, straight into one tensor.
 
     The frames and their places are carved out of the two buffers by offset tables (no Python
-    object per chunk: a batch holds thousands), and the call runs on PyTorch's current stream
-    without waiting: every chunk decodes to ``chunk_bytes``, so nvCOMP needs no look at the
-    frames' headers, and the crops are cut after it in stream order."""
+    object per chunk: a batch holds thousands). Nothing waits on the host: every chunk decodes
+    to ``chunk_bytes``, so nvCOMP needs no look at the frames' headers, and the call runs on a
+    stream of its own that follows PyTorch's current one and is followed by it (events, as
+    PyTorch orders its own streams; nvCOMP takes no stream 0, PyTorch's default)."""
     from nvidia import nvcomp
 
-    n, stream = len(starts), torch.cuda.current_stream(raw.device).cuda_stream
-    codec = _nvcomp_codec(raw.device.index or 0, stream)
+    n, current = len(starts), torch.cuda.current_stream(raw.device)
+    codec, stream = _nvcomp_codec(raw.device.index or 0, chunk_bytes)
     out = torch.empty(n * chunk_bytes, dtype=torch.uint8, device=raw.device)
-    frames = nvcomp.as_arrays(raw, starts.tolist(), lengths.tolist(), cuda_stream=stream)
+    stream.wait_stream(current)  # raw's copy and out's allocation come first
+    frames = nvcomp.as_arrays(raw, starts.tolist(), lengths.tolist(), cuda_stream=stream.cuda_stream)
     places = nvcomp.as_arrays(out, list(range(0, n * chunk_bytes, chunk_bytes)), [chunk_bytes] * n,
-                              cuda_stream=stream)
+                              cuda_stream=stream.cuda_stream)
     config = codec.decompression_config(codec.compression_config([chunk_bytes] * n))
     codec.decode(frames, out=places, decompression_config=config)
+    raw.record_stream(stream)  # neither buffer is reused before the decode has run
+    out.record_stream(stream)
+    current.wait_stream(stream)
     return out
 
 
 @functools.lru_cache(maxsize=8)
-def _nvcomp_codec(device_id: int, stream: int):
-    """One nvCOMP zstd decoder per device and stream (it keeps its scratch memory between
-    batches)."""
+def _nvcomp_codec(device_id: int, chunk_bytes: int):
+    """One nvCOMP zstd decoder and its stream per device and chunk size (it keeps its scratch
+    memory between batches; its own chunk size, 64 KiB unless told, is a 256² uint8 chunk's)."""
     from nvidia import nvcomp
 
+    stream = torch.cuda.Stream(torch.device("cuda", device_id))
     return nvcomp.Codec(algorithm="Zstd", bitstream_kind=nvcomp.BitstreamKind.RAW, device_id=device_id,
-                        cuda_stream=stream)
+                        cuda_stream=stream.cuda_stream, uncomp_chunk_size=chunk_bytes), stream
 
 
 def assemble_crops(chunks: torch.Tensor, batch: CompressedBatch) -> torch.Tensor:
