@@ -100,8 +100,6 @@ def with_cores(monkeypatch, cores: int) -> None:
 def test_ingest_leaves_a_core_to_the_decoder_by_default(tmp_path, monkeypatch):
     """ingest's default --workers is all cores but one (the decoder keeps one busy: measured in
     benchmarks/bench_decoders.py); build-zarr takes all cores; 1 runs without Dask."""
-    import os
-
     from hpa_pipeline.prep.ingest import ingest_workers
     from hpa_pipeline.prep.synth import SynthSpec, make_dataset
 

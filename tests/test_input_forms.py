@@ -4,7 +4,6 @@ import io
 import json
 import shutil
 import zipfile
-from pathlib import Path
 
 import imagecodecs
 import numpy as np

@@ -1,10 +1,7 @@
 """What the terminal says is true: refusals that used to be silently wrong, suggestions that
 work, and messages that promise only what a rerun does."""
-import json
-import shutil
 import signal
 import subprocess
-import sys
 
 import pytest
 from click.testing import CliRunner

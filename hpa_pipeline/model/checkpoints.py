@@ -27,7 +27,7 @@ def save_checkpoint(obj: dict, path: Path) -> None:
     with replacing(path) as tmp:  # streamed to disk: a checkpoint can be GBs
         try:
             torch.save(obj, tmp)
-        except RuntimeError as exc:  # torch's writer reports a failed write as "unexpected pos" & co.
+        except RuntimeError:  # torch's writer reports a failed write as "unexpected pos" & co.
             if _disk_full(tmp):
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
             raise
