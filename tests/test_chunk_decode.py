@@ -89,6 +89,20 @@ def test_every_chunk_read_for_the_gpu_starts_where_nvcomp_can_read_it(store):
     assert (starts % FRAME_ALIGNMENT == 0).all(), starts[starts % FRAME_ALIGNMENT != 0][:5]
 
 
+def test_uncompressed_chunks_are_used_where_they_lie(store):
+    """A ``--codec none`` store's chunks need no decoding: the batch's pixels are a view of the
+    bytes read, each chunk at the slot's fixed stride, not a copy of every chunk."""
+    from hpa_pipeline.model.chunk_decode import decode_chunks
+
+    path, codec = store
+    if codec != "none":
+        pytest.skip("a compressed store's chunks are decoded")
+    dataset = StoreDataset(str(path), 256, np.arange(12), crop=96, train=True, seed=3)
+    batch = read_compressed_batch(dataset, list(range(12)), codec)
+    pixels = decode_chunks(batch, codec, torch.device("cpu"))
+    assert pixels.untyped_storage().data_ptr() == batch.data.untyped_storage().data_ptr()
+
+
 def test_a_chunk_larger_than_the_slot_is_damage_not_an_overflow(store):
     """The slot holds the largest chunk the layout can store; a shard whose index claims more
     (checked here with a slot too small for a real chunk) stops the read with the damage line

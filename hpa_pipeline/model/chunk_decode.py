@@ -169,10 +169,10 @@ def _uncompressed(raw: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor
     each cut out in turn."""
     n = len(starts)
     stride = int(starts[1] - starts[0]) if n > 1 else chunk_bytes
-    regular = (bool((lengths == chunk_bytes).all()) and stride >= chunk_bytes and n * stride <= len(raw)
-               and bool((starts == torch.arange(n) * stride).all()))
-    if regular:
-        return raw[:n * stride].view(n, stride)[:, :chunk_bytes]
+    regular = (bool((lengths == chunk_bytes).all()) and stride >= chunk_bytes
+               and (n - 1) * stride + chunk_bytes <= len(raw) and bool((starts == torch.arange(n) * stride).all()))
+    if regular:  # the last chunk needs no padding after it
+        return raw.as_strided((n, chunk_bytes), (stride, 1))
     return torch.stack([raw[s:s + chunk_bytes] for s in starts.tolist()])
 
 
