@@ -159,6 +159,27 @@ def test_the_decoder_is_chosen_with_its_reason():
         choose_decoder("gpu", "none", cuda, ruled_out=["--stream reads whole shards"])
 
 
+def test_an_nvcomp_too_old_for_the_batch_call_keeps_decoding_on_the_cpu(monkeypatch):
+    """The decoder carves a batch's frames out of one buffer (nvCOMP 6's ``as_arrays`` by
+    offsets); an older nvCOMP, as other GPU libraries bring it, is a reason, not a traceback
+    in the middle of training. (A stand-in module: this machine has no nvCOMP to downgrade.)"""
+    import sys
+    import types
+
+    import hpa_pipeline.model.chunk_decode as chunk_decode
+
+    cuda = torch.device("cuda")
+    for version, usable in (("5.1.0", False), ("6.0.0", True), ("7.2.1", True)):
+        monkeypatch.setitem(sys.modules, "nvidia.nvcomp", types.SimpleNamespace(__version__=version))
+        assert (chunk_decode.nvcomp_available() is None) == usable
+    monkeypatch.setitem(sys.modules, "nvidia.nvcomp", types.SimpleNamespace(__version__="5.1.0"))
+    chosen, why = choose_decoder("auto", "zstd", cuda)
+    assert chosen == "cpu" and why == ("decoding on the CPU: nvCOMP 5.1.0 is installed; decoding on the GPU "
+                                       "needs 6.0 or later (pip install 'hpa-pipeline[gpu]')")
+    with pytest.raises(Exception, match=r"--decode gpu: nvCOMP 5\.1\.0 is installed"):
+        choose_decoder("gpu", "zstd", cuda)
+
+
 @pytest.mark.integration  # loader worker processes
 def test_the_compressed_feed_gives_the_batches_of_the_loader_feed(store):
     """Worker processes reading stored bytes, the batch decoded in this process: the same

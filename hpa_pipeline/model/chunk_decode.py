@@ -246,11 +246,20 @@ def crops_of(batch: CompressedBatch, codec: str, device: torch.device):
 
 
 def nvcomp_available() -> str | None:
-    """None where nvCOMP's Python package imports, else why not (for ``--decode auto``'s line)."""
+    """None where nvCOMP's Python package loads and is new enough, else why not (for
+    ``--decode auto``'s line): the batch call needs 6.0's ``as_arrays`` by offsets, and other
+    GPU libraries bring older ones."""
     try:
-        from nvidia import nvcomp  # noqa: F401
+        from nvidia import nvcomp
     except ImportError:
         return "nvCOMP is not installed (pip install 'hpa-pipeline[gpu]')"
+    except OSError as exc:  # its shared library, or the CUDA runtime it needs, does not load
+        return f"nvCOMP does not load ({exc})"
+    version = str(getattr(nvcomp, "__version__", "0"))
+    major = version.split(".")[0]
+    if not major.isdigit() or int(major) < 6:
+        return (f"nvCOMP {version} is installed; decoding on the GPU needs 6.0 or later "
+                f"(pip install 'hpa-pipeline[gpu]')")
     return None
 
 
