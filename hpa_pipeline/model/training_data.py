@@ -62,14 +62,12 @@ class Data:
         return self
 
     def __exit__(self, *exc) -> None:
-        for feed in self.feeds or ():
+        for feed in self.feeds or ():  # the GPU decodings' feeds among them
             feed.close()
-        for decoding in self.gpu_decoding or ():
-            decoding.close()
 
 
-def gpu_decoding(cfg: TrainConfig, train_set, valid_set, sampler, store_codec: str,
-                 device: torch.device) -> tuple[tuple[GpuDecoding, GpuDecoding] | None, str]:
+def gpu_decoding(cfg: TrainConfig, train_set, valid_set, store_codec: str, device: torch.device,
+                 workers: int) -> tuple[tuple[GpuDecoding, GpuDecoding] | None, str]:
     """The GPU feeds of training and validation where ``--decode`` chooses them, and the line
     saying which decoder and why."""
     ruled_out = ((["--stream reads whole shards"] if cfg.stream else [])
@@ -79,10 +77,19 @@ def gpu_decoding(cfg: TrainConfig, train_set, valid_set, sampler, store_codec: s
     chosen, why = choose_decoder(cfg.decode, store_codec, device, direct, ruled_out)
     if chosen == "cpu":
         return None, why
-    workers = cfg.workers if cfg.workers is not None else min(2, max_workers())  # auto: grown as the wait asks
     return (GpuDecoding(train_set, cfg.batch_size, workers, device, store_codec),
-            GpuDecoding(valid_set, cfg.batch_size, max(1, workers // 2) if workers else 0, device, store_codec,
-                        slots=4)), why
+            GpuDecoding(valid_set, cfg.batch_size, valid_workers(workers), device, store_codec,
+                        slots=VALID_SLOTS)), why
+
+
+#: batch slots of the validation feed: whole images, in order, read while the GPU is busy
+VALID_SLOTS = 4
+
+
+def valid_workers(workers: int) -> int:
+    """Validation's loader workers beside training's ``workers`` (none where training reads in
+    this process)."""
+    return max(1, workers // 2) if workers else 0
 
 
 def max_workers() -> int:
@@ -114,13 +121,13 @@ def make_data(cfg: TrainConfig, plan: Plan, ranks: distributed.Ranks, device: to
         sampler = EpochSampler(len(train_set), cfg.seed, weights, rank=ranks.rank, world=ranks.world,
                                batch_size=cfg.batch_size, draws=cfg.epoch_size, tag_epoch=True)
         batches = len(sampler) // cfg.batch_size
-    decoding, decode_line = gpu_decoding(cfg, train_set, valid_set, sampler, plan.store.spec.codec, device)
+    workers = cfg.workers if cfg.workers is not None else min(2, max_workers())  # auto: grown as the wait asks
+    decoding, decode_line = gpu_decoding(cfg, train_set, valid_set, plan.store.spec.codec, device, workers)
     if decoding is not None:  # its feeds, for the wait measured and the workers grown (train.py)
-        feeds = (decoding[0].feed, decoding[1].feed) if decoding[0].feed is not None else None
-    elif sampler is not None and cfg.workers != 0:
-        workers = cfg.workers or min(2, max_workers())  # auto: grown as the measured wait asks
+        feeds = (decoding[0].feed, decoding[1].feed) if workers else None
+    elif sampler is not None and workers:
         feeds = (BatchFeed(train_set, cfg.batch_size, workers, device),
-                 BatchFeed(valid_set, cfg.batch_size, max(1, workers // 2), device, slots=4))
+                 BatchFeed(valid_set, cfg.batch_size, valid_workers(workers), device, slots=VALID_SLOTS))
     steps = batches // cfg.accumulate
     if cfg.steps_per_epoch:
         steps = min(steps, cfg.steps_per_epoch)
