@@ -175,15 +175,15 @@ def _endless(n: int):
             yield (epoch, int(k))
 
 
-def _feed_alone(stream, batches: int, workers) -> dict:
+def _feed_alone(stream, batches: int) -> dict:
     """A feed's batches taken as fast as it gives them (no training): its rate, and the CPU it
-    takes per wall second, this process and ``workers()`` (its worker processes, once started)."""
+    takes per wall second, this process and its children (the feed's workers, once started)."""
     import psutil
 
     me = psutil.Process()
     for _ in range(WARMUP):
         next(stream)
-    processes = [me, *workers()]
+    processes = [me, *me.children(recursive=True)]
     cpu0 = sum(sum(p.cpu_times()[:2]) for p in processes)
     sync()
     start = time.perf_counter()
@@ -193,12 +193,6 @@ def _feed_alone(stream, batches: int, workers) -> dict:
     cpu1 = sum(sum(p.cpu_times()[:2]) for p in processes)
     stream.close()
     return {"img_s": round(seen / wall, 1), "cores_used": round((cpu1 - cpu0) / wall, 2)}
-
-
-def _batch_feed_alone(feed, batches: int) -> dict:
-    import psutil
-
-    return _feed_alone(feed.batches(_endless(N)), batches, lambda: [psutil.Process(p.pid) for p in feed._processes])
 
 
 def _eval_rate(model, normalize) -> float:
@@ -291,7 +285,7 @@ def run() -> dict:
         try:
             fed = _timed_steps(model, step, ((b[0], b[1], b[3]) for b in feed.batches(_endless(N))), normalize,
                                STEPS)
-            alone = _batch_feed_alone(feed, STEPS)
+            alone = _feed_alone(feed.batches(_endless(N)), STEPS)
         finally:
             feed.close()
         figures.update({
@@ -370,7 +364,7 @@ def _default_codec_feed(model, step, normalize, memory: float, mode: str) -> dic
     feed = BatchFeed(dataset, BATCH, workers, torch.device(DEVICE))
     try:
         fed = _timed_steps(model, step, ((b[0], b[1], b[3]) for b in feed.batches(_endless(N))), normalize, STEPS)
-        alone = _batch_feed_alone(feed, STEPS)
+        alone = _feed_alone(feed.batches(_endless(N)), STEPS)
     finally:
         feed.close()
     return {f"{mode}: default store (zstd-1): one worker crops/s, workers": f"{round(per_worker, 1)}, {workers}",
@@ -385,7 +379,6 @@ def _gpu_decode_feed(model, step, normalize, memory: float, mode: str) -> dict:
     decodes each batch on the GPU. The loader-fed rate, the CPU the feed takes (the workers
     and this process, per wall second, feeding alone), nvCOMP's decode rate, and whether the
     batches equal the CPU decoder's bit for bit."""
-    import psutil
     import torch
 
     from hpa_pipeline.model.chunk_decode import GpuDecoding, crops_of, decode_chunks, read_compressed_batch
@@ -410,8 +403,7 @@ def _gpu_decode_feed(model, step, normalize, memory: float, mode: str) -> dict:
     try:
         fed = _timed_steps(model, step, ((b[0], b[1], b[3]) for b in decoding.batches(sampler, drop_last=True)),
                            normalize, STEPS)
-        alone = _feed_alone(decoding.batches(sampler, drop_last=True), STEPS,
-                            lambda: psutil.Process().children(recursive=True))
+        alone = _feed_alone(decoding.batches(sampler, drop_last=True), STEPS)
     finally:
         decoding.close()
     decoder = "nvCOMP batched zstd" if DEVICE == "cuda" else "numcodecs zstd (dry run: the CPU)"
