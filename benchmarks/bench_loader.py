@@ -102,6 +102,7 @@ def run() -> dict:
         baseline = crops_per_second(torch.utils.data.DataLoader(
             PngDataset(png, ids, stats["mean"], stats["std"]), BATCH, sampler=_Endless(n)))
         figures["baseline: PIL + 4 PNGs, 1 process: crops/s"] = round(baseline, 1)
+        datasets = {}
         for name, store in stores.items():
             figures[f"ours {name}: MB per sample at 1024"] = round(bytes_under(store / "images" / "1024") / n / 1e6, 2)
             dataset = StoreDataset(str(store), 1024, np.arange(n), crop=CROP, train=True)
@@ -119,8 +120,8 @@ def run() -> dict:
                 read = stored_crops_per_second(dataset, LAYOUTS[name].codec, n)
                 figures[f"ours {name}, --decode gpu: crops/s per core of a worker (reading only)"] = round(read, 1)
                 figures[f"ours {name}, --decode gpu: cores to feed 890 img/s (reading only)"] = round(890 / read, 2)
-        default, before = (StoreDataset(str(stores[name]), 1024, np.arange(n), crop=CROP, train=True)
-                           for name in list(LAYOUTS)[:2])
+            datasets[name] = dataset
+        default, before = (datasets[name] for name in list(LAYOUTS)[:2])
         figures[f"default store against the one before: crops/s per core, ratio (median of {ROUNDS} "
                 f"alternating passes each; target >= 1)"] = round(_median_ratio(default, before, n), 3)
     return report("loader", figures)
