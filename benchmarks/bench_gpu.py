@@ -330,7 +330,7 @@ def run() -> dict:
     if not DRY_RUN:  # 7. classifying whole images with an exported model (benchmarks/bench_classify.py)
         from .bench_classify import measure
 
-        figures.update({f"classify {k}": v for k, v in measure("cuda").items()})
+        figures.update({f"classify {k}": v for k, v in _guarded("classify", measure, "cuda").items()})
         result = report(NAME, figures)
     return result
 
