@@ -10,7 +10,7 @@ loss, the dihedral/jitter augmentation and normalisation on the device, batch 64
 2. the loader-fed rate: the same step fed by :class:`hpa_pipeline.model.feed.BatchFeed`
    (persistent workers, shared pinned slots, side-stream copies);
 3. ``hpa-pipe train`` itself (the real ``train()`` with ``pipelines/train.yaml``'s options,
-   weights from scratch, batch 64, ``--epoch-size`` for at least 200 steps in one epoch): its
+   weights from scratch, batch 64, two epochs of GPU_TRAIN_STEPS steps): its
    steady-state images/s, and its start-up, validation and checkpoint times projected to the
    real data (24,900 training and 6,200 validation samples per fold);
 4. the feed alone (no training): images/s and the CPU cores it used (workers and this process);
@@ -25,10 +25,13 @@ loss, the dihedral/jitter augmentation and normalisation on the device, batch 64
 7. whole images classified per second by an exported SE-ResNeXt50, PyTorch and ONNX Runtime
    (its CUDA provider where the image has one), at 512² and 1024² (benchmarks/bench_classify.py).
 
-Each of 1-3 eager and with ``torch.compile``. Targets: loader-fed >= 0.97 of
-memory-fed; ``train`` steady state >= 0.95 of memory-fed; epoch overheads <= 5 % of an epoch at
-the real size. Environment: GPU_STEPS (default 60), GPU_TRAIN_STEPS (220), GPU_WORKERS (default:
-chosen from the measured per-worker and step rates), GPU_MODES (eager,compile).
+Each of 1-5 eager and with ``torch.compile``. Targets: loader-fed >= 0.97 of memory-fed (0.98
+decoded by nvCOMP, on at most 0.5 CPU core); ``train`` steady state >= 0.95 of memory-fed; epoch
+overheads <= 5 % of an epoch at the real size. The figures are saved as each part ends, the feeds
+of every mode first, then ``train``, the learning check and classify: a run cut off by a time
+limit keeps what it measured. Environment: GPU_STEPS (default 60), GPU_TRAIN_STEPS (150),
+GPU_WORKERS (default: chosen from the measured per-worker and step rates), GPU_MODES
+(eager,compile), GPU_LEARN_S (120).
 
 ``GPU_DRY_RUN=1`` runs every part on the CPU with the tiny SE-ResNet, 256² crops and a few
 steps: it checks the benchmark's own code on a machine without a GPU (figures meaningless).
@@ -255,7 +258,6 @@ def run() -> dict:
               "on a GPU machine; nothing was measured.", file=sys.stderr)
         raise SystemExit(2)
     from hpa_pipeline.model.data import StoreDataset
-    from hpa_pipeline.model.feed import BatchFeed
 
     torch.backends.cudnn.benchmark = True
     store = _store()
@@ -276,48 +278,24 @@ def run() -> dict:
     codes = torch.tensor(np.stack([dataset.draw(k % N)[2] for k in range(BATCH)]), device=DEVICE)
     modes = os.environ.get("GPU_MODES", "eager" if DRY_RUN else "eager,compile").split(",")
     eval_rate = None
-    for mode in modes:
-        compiled = mode == "compile"
-        model, step = _step_module(compiled, labels)
+    for mode in modes:  # every feed of every mode first: a run cut off by its time limit keeps them
+        model, step = _step_module(mode == "compile", labels)
         memory = _timed_steps(model, step, iter(lambda: (fixed, targets, codes), None), normalize, STEPS)
         workers = int(os.environ.get("GPU_WORKERS") or workers_for(memory, per_worker, cores))
-        feed = BatchFeed(dataset, BATCH, workers, torch.device(DEVICE))
-        try:
-            fed = _timed_steps(model, step, ((b[0], b[1], b[3]) for b in feed.batches(_endless(N))), normalize,
-                               STEPS)
-            alone = _feed_alone(feed.batches(_endless(N)), STEPS)
-        finally:
-            feed.close()
-        figures.update({
-            f"{mode}: memory-fed img/s": round(memory, 1),
-            f"{mode}: workers (chosen from the rates unless GPU_WORKERS)": workers,
-            f"{mode}: loader-fed img/s (BatchFeed)": round(fed, 1),
-            f"{mode}: loader-fed / memory-fed (target >= 0.97)": round(fed / memory, 3),
-            f"{mode}: feed alone img/s, CPU cores used": f"{alone['img_s']}, {alone['cores_used']}",
-        })
+        figures.update(_batch_feed(model, step, normalize, dataset, memory, workers, mode))
         figures.update(_default_codec_feed(model, step, normalize, memory, mode))
         figures.update(_guarded(f"{mode}: --decode gpu", _gpu_decode_feed, model, step, normalize, memory, mode))
-        save(NAME, figures)  # before the longest part: a run cut off in `train` keeps these
         if eval_rate is None:  # validation is not compiled: measured once
             eval_rate = _eval_rate(model, normalize)
             figures.update(_guarded("whole images", _whole_image_feed, model, normalize, eval_rate))
+        save(NAME, figures)
         del model, step
         if DEVICE == "cuda":
             torch.cuda.empty_cache()
-        itself = _train_itself(store, compiled, workers, eval_rate)
-        figures.update({
-            f"{mode}: hpa-pipe train steady img/s ({TRAIN_STEPS} steps)": itself["steady_img_s"],
-            f"{mode}: hpa-pipe train / memory-fed (target >= 0.95)": round(itself["steady_img_s"] / memory, 3),
-            f"{mode}: hpa-pipe train start-up s; 2nd epoch: validation ({itself['n_valid']} images) s, its fixed "
-            f"part s, checkpoint s": f"{itself['startup_s']}; {itself['valid_s']}, {itself['valid_fixed_s']}, "
-                                    f"{itself['checkpoint_s']}",
-            f"{mode}: validation img/s (whole {LEVEL}² images, eval, bf16, memory-fed)": round(eval_rate, 1),
-            f"{mode}: projected real epoch ({REAL_TRAIN} + {REAL_VALID} samples): training s, validation s, "
-            f"other overheads s": f"{itself['real_epoch_train_s']}, {itself['real_valid_s']}, "
-                                  f"{round(itself['real_overhead_s'] - itself['real_valid_s'], 1)}",
-            f"{mode}: overhead share of an epoch: all, without validation's own compute (target <= 0.05)":
-                f"{itself['real_overhead_share']}, {itself['loader_share']}",
-        })
+    for mode in modes:
+        workers = figures[f"{mode}: workers (chosen from the rates unless GPU_WORKERS)"]
+        itself = _train_itself(store, mode == "compile", workers, eval_rate)
+        figures.update(_itself_figures(mode, itself, figures[f"{mode}: memory-fed img/s"], eval_rate))
         result = report(NAME, figures)  # after each mode: a cut-off run keeps the first
     learn_store = _learning_store()
     for mode in modes:
@@ -333,6 +311,42 @@ def run() -> dict:
         figures.update({f"classify {k}": v for k, v in _guarded("classify", measure, "cuda").items()})
         result = report(NAME, figures)
     return result
+
+
+def _batch_feed(model, step, normalize, dataset, memory: float, workers: int, mode: str) -> dict:
+    """2 and 4: the step fed by BatchFeed from the ``--codec none`` store, and that feed alone."""
+    import torch
+
+    from hpa_pipeline.model.feed import BatchFeed
+
+    feed = BatchFeed(dataset, BATCH, workers, torch.device(DEVICE))
+    try:
+        fed = _timed_steps(model, step, ((b[0], b[1], b[3]) for b in feed.batches(_endless(N))), normalize, STEPS)
+        alone = _feed_alone(feed.batches(_endless(N)), STEPS)
+    finally:
+        feed.close()
+    return {f"{mode}: memory-fed img/s": round(memory, 1),
+            f"{mode}: workers (chosen from the rates unless GPU_WORKERS)": workers,
+            f"{mode}: loader-fed img/s (BatchFeed)": round(fed, 1),
+            f"{mode}: loader-fed / memory-fed (target >= 0.97)": round(fed / memory, 3),
+            f"{mode}: feed alone img/s, CPU cores used": f"{alone['img_s']}, {alone['cores_used']}"}
+
+
+def _itself_figures(mode: str, itself: dict, memory: float, eval_rate: float) -> dict:
+    """3: ``hpa-pipe train``'s steady rate against the memory-fed one, and its epoch's costs."""
+    return {
+        f"{mode}: hpa-pipe train steady img/s ({TRAIN_STEPS} steps)": itself["steady_img_s"],
+        f"{mode}: hpa-pipe train / memory-fed (target >= 0.95)": round(itself["steady_img_s"] / memory, 3),
+        f"{mode}: hpa-pipe train start-up s; 2nd epoch: validation ({itself['n_valid']} images) s, its fixed "
+        f"part s, checkpoint s": f"{itself['startup_s']}; {itself['valid_s']}, {itself['valid_fixed_s']}, "
+                                f"{itself['checkpoint_s']}",
+        f"{mode}: validation img/s (whole {LEVEL}² images, eval, bf16, memory-fed)": round(eval_rate, 1),
+        f"{mode}: projected real epoch ({REAL_TRAIN} + {REAL_VALID} samples): training s, validation s, "
+        f"other overheads s": f"{itself['real_epoch_train_s']}, {itself['real_valid_s']}, "
+                              f"{round(itself['real_overhead_s'] - itself['real_valid_s'], 1)}",
+        f"{mode}: overhead share of an epoch: all, without validation's own compute (target <= 0.05)":
+            f"{itself['real_overhead_share']}, {itself['loader_share']}",
+    }
 
 
 def _guarded(part: str, measure, *args) -> dict:
