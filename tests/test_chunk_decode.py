@@ -180,6 +180,32 @@ def test_an_nvcomp_too_old_for_the_batch_call_keeps_decoding_on_the_cpu(monkeypa
         choose_decoder("gpu", "zstd", cuda)
 
 
+def test_an_nvcomp_that_cannot_decode_here_keeps_auto_on_the_cpu(monkeypatch):
+    """An nvCOMP that loads but cannot decode (a wheel for another CUDA than the driver's; here
+    there is no GPU driver at all) is found by ``auto``'s test batch and named, not met in the
+    middle of training; ``gpu`` is taken at its word."""
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "nvidia.nvcomp", types.SimpleNamespace(__version__="6.0.0"))
+    cuda = torch.device("cuda")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the stand-in nvCOMP would be what fails")
+    chosen, why = choose_decoder("auto", "zstd", cuda)
+    assert chosen == "cpu" and why.startswith("decoding on the CPU: nvCOMP failed a test decode on cuda (")
+    assert "\n" not in why
+    assert choose_decoder("gpu", "zstd", cuda)[0] == "gpu"
+
+
+@needs_cuda
+def test_nvcomp_decodes_the_test_batch_here():
+    """What ``--decode auto`` checks before it uses the GPU, on a GPU."""
+    from hpa_pipeline.model.chunk_decode import nvcomp_fails
+
+    pytest.importorskip("nvidia.nvcomp")
+    assert nvcomp_fails(torch.device("cuda")) is None
+
+
 @pytest.mark.integration  # loader worker processes
 def test_the_compressed_feed_gives_the_batches_of_the_loader_feed(store):
     """Worker processes reading stored bytes, the batch decoded in this process: the same

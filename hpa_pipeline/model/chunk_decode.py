@@ -17,6 +17,7 @@ which one ``--decode auto`` takes, and why.
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +28,7 @@ from ..contract.labels import N_CLASSES
 from .feed import BatchFeed, in_batches
 from .names import DECODERS
 
+log = logging.getLogger(__name__)
 
 @dataclass
 class CompressedBatch:
@@ -263,11 +265,39 @@ def nvcomp_available() -> str | None:
     return None
 
 
+def nvcomp_fails(device: torch.device) -> str | None:
+    """None where nvCOMP decodes a small batch of zstd frames on ``device`` exactly as the CPU
+    does, else what went wrong. ``--decode auto`` tries this before it trusts the GPU with a
+    run: an nvCOMP built for another CUDA than the driver's loads, and fails only here."""
+    from numcodecs import Zstd
+
+    chunk_bytes, rng = 4096, np.random.default_rng(0)
+    chunks = [rng.integers(0, top, chunk_bytes, dtype=np.uint8).tobytes() for top in (1, 7, 256)]
+    data, starts, lengths = bytearray(), [], []
+    for frame in (Zstd(level=1).encode(chunk) for chunk in chunks):
+        data += bytes(-len(data) % FRAME_ALIGNMENT)  # each frame aligned, as in a batch
+        starts.append(len(data))
+        lengths.append(len(frame))
+        data += frame
+    try:
+        raw = torch.frombuffer(data, dtype=torch.uint8).to(device)
+        decoded = _nvcomp_decode(raw, torch.tensor(starts), torch.tensor(lengths), chunk_bytes).cpu()
+    except Exception as exc:  # whatever nvCOMP or CUDA raise: the reason to stay on the CPU
+        log.debug("nvCOMP's test decode on %s failed", device, exc_info=True)
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        return f"nvCOMP failed a test decode on {device} ({type(exc).__name__}: {first_line})"
+    if decoded.numpy().tobytes() != b"".join(chunks):
+        return f"nvCOMP decoded a test batch on {device} wrongly"
+    return None
+
+
 def choose_decoder(decode: str, codec: str, device: torch.device, direct: bool = True,
                    ruled_out: list[str] | None = None, task: str = "training") -> tuple[str, str]:
     """``("cpu" | "gpu", why)`` for ``--decode`` on a store of ``codec`` read for ``task``
     (training, predict) on ``device`` (``ruled_out``: what else keeps the decoding on the CPU);
-    ``gpu`` asked where it cannot work is an error that says why."""
+    ``gpu`` asked where it cannot work is an error that says why. ``auto`` takes nvCOMP only
+    once it has decoded a test batch right (:func:`nvcomp_fails`); ``gpu`` meets whatever
+    nvCOMP raises in the run itself, with its traceback."""
     if decode not in DECODERS:
         raise OptionError(f"--decode must be one of {', '.join(DECODERS)}, not {decode!r}")
     reasons = list(ruled_out or [])
@@ -281,6 +311,9 @@ def choose_decoder(decode: str, codec: str, device: torch.device, direct: bool =
     missing = nvcomp_available() if not reasons and codec != "none" else None
     if missing:
         reasons.append(missing)
+    elif not reasons and codec != "none" and decode == "auto":  # --decode gpu meets a failure head-on
+        failed = nvcomp_fails(device)
+        reasons += [failed] if failed else []
     if decode == "cpu":
         return "cpu", "decoding in the loader workers on the CPU (--decode cpu)"
     if reasons:
