@@ -37,6 +37,11 @@ class ShardLayout(NamedTuple):
     checksummed: bool  # each inner chunk ends in its CRC32C (zarr's crc32c codec)
 
 
+def align_up(n: int, to: int) -> int:
+    """``n`` rounded up to a multiple of ``to`` (where a chunk starts in a GPU decoder's batch)."""
+    return -(-n // to) * to
+
+
 def _inner_chain(codecs) -> list[str] | None:
     """The inner codec chain as names, checked by class: the bytes codec, then optionally Blosc
     or zstd, then optionally crc32c; None for any other chain (zarr writes and reads those itself)."""
@@ -229,7 +234,7 @@ class ShardReader:
                 if offset == 2**64 - 1:
                     spans.append(None)
                     continue
-                pos = -(-pos // align) * align
+                pos = align_up(pos, align)
                 if pos + nbytes > len(view):
                     raise DamagedShard(f"{path}: {self.sample(index)}: an inner chunk of {nbytes} bytes is larger "
                                        f"than any chunk of this layout")

@@ -25,6 +25,7 @@ import torch
 
 from ..contract.errors import OptionError
 from ..contract.labels import N_CLASSES
+from ..contract.shards import align_up
 from .feed import BatchFeed, in_batches
 from .names import DECODERS
 
@@ -95,7 +96,7 @@ class CompressedSlots:
         # a whole image starts at a chunk's corner: its own chunks, not a crop's one more row
         self.rows = -(-self.crop // self.chunk) if self.crop == dataset.level else grid_rows(self.crop, self.chunk)
         bound = stored_chunk_bound(self.chunk * self.chunk * np.dtype(self.dtype).itemsize, codec)
-        self.bound = -(-bound // FRAME_ALIGNMENT) * FRAME_ALIGNMENT  # each chunk starts aligned
+        self.bound = align_up(bound, FRAME_ALIGNMENT)  # each chunk starts aligned
 
     def shapes(self, batch_size: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         chunks = batch_size * 4 * self.rows * self.rows
@@ -275,7 +276,7 @@ def nvcomp_fails(device: torch.device) -> str | None:
     chunks = [rng.integers(0, top, chunk_bytes, dtype=np.uint8).tobytes() for top in (1, 7, 256)]
     data, starts, lengths = bytearray(), [], []
     for frame in (Zstd(level=1).encode(chunk) for chunk in chunks):
-        data += bytes(-len(data) % FRAME_ALIGNMENT)  # each frame aligned, as in a batch
+        data += bytes(align_up(len(data), FRAME_ALIGNMENT) - len(data))  # each frame aligned, as in a batch
         starts.append(len(data))
         lengths.append(len(frame))
         data += frame
