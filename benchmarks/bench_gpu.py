@@ -31,7 +31,8 @@ overheads <= 5 % of an epoch at the real size. The figures are saved as each par
 of every mode first, then ``train``, the learning check and classify: a run cut off by a time
 limit keeps what it measured. Environment: GPU_STEPS (default 60), GPU_TRAIN_STEPS (150),
 GPU_WORKERS (default: chosen from the measured per-worker and step rates), GPU_MODES
-(eager,compile), GPU_LEARN_S (120).
+(eager,compile), GPU_LEARN_S (120), GPU_PARTS (feeds,train,learn,classify: ``GPU_PARTS=feeds``
+measures only the feeds, 1, 2, 4 and 5, the shortest run that answers whether the GPU waits).
 
 ``GPU_DRY_RUN=1`` runs every part on the CPU with the tiny SE-ResNet, 256² crops and a few
 steps: it checks the benchmark's own code on a machine without a GPU (figures meaningless).
@@ -59,6 +60,8 @@ DEVICE = "cpu" if DRY_RUN else "cuda"
 REAL_TRAIN, REAL_VALID = 24_900, 6_200
 WARMUP = 2 if DRY_RUN else 8
 NAME = "gpu_dry_run" if DRY_RUN else "gpu"
+# The feeds (1, 2, 4, 5) always run; train (3), learn (6) and classify (7) as named.
+PARTS = set(os.environ.get("GPU_PARTS", "feeds,train,learn,classify").split(","))
 
 
 def sync() -> None:
@@ -253,6 +256,8 @@ def _train_itself(store: Path, compiled: bool, workers: int, eval_rate: float) -
 def run() -> dict:
     import torch
 
+    if not PARTS <= {"feeds", "train", "learn", "classify"}:
+        raise SystemExit(f"bench gpu: GPU_PARTS takes feeds, train, learn and classify, not {','.join(sorted(PARTS))}")
     if not torch.cuda.is_available() and not DRY_RUN:
         print("bench gpu: no CUDA device on this machine. Run `make bench-gpu` (or bash benchmarks/run_gpu.sh) "
               "on a GPU machine; nothing was measured.", file=sys.stderr)
@@ -292,20 +297,20 @@ def run() -> dict:
         del model, step
         if DEVICE == "cuda":
             torch.cuda.empty_cache()
-    for mode in modes:
+    result = report(NAME, figures)
+    for mode in modes if "train" in PARTS else ():
         workers = figures[f"{mode}: workers (chosen from the rates unless GPU_WORKERS)"]
         itself = _train_itself(store, mode == "compile", workers, eval_rate)
         figures.update(_itself_figures(mode, itself, figures[f"{mode}: memory-fed img/s"], eval_rate))
         result = report(NAME, figures)  # after each mode: a cut-off run keeps the first
-    learn_store = _learning_store()
-    for mode in modes:
-        learned = _learning_check(learn_store, mode == "compile", figures[f"{mode}: memory-fed img/s"],
+    for mode in modes if "learn" in PARTS else ():
+        learned = _learning_check(_learning_store(), mode == "compile", figures[f"{mode}: memory-fed img/s"],
                                   figures[f"{mode}: workers (chosen from the rates unless GPU_WORKERS)"])
         figures[f"{mode}: learning check ({N_LEARN} synthetic samples, {learned['steps']} steps, "
                 f"{learned['seconds']} s): validation macro F1 at 0.5, tuned (cross-fitted)"] = \
             f"{learned['valid_macro_f1']:.4f}, {learned['crossfit']:.4f}"
         result = report(NAME, figures)
-    if not DRY_RUN:  # 7. classifying whole images with an exported model (benchmarks/bench_classify.py)
+    if "classify" in PARTS and not DRY_RUN:  # 7. whole images by an exported model (bench_classify.py)
         from .bench_classify import measure
 
         figures.update({f"classify {k}": v for k, v in _guarded("classify", measure, "cuda").items()})
