@@ -31,6 +31,7 @@ from .names import DECODERS
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class CompressedBatch:
     """The stored bytes of a batch's crops, and where each crop lies in its chunks.
