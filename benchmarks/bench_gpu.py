@@ -265,7 +265,13 @@ def run() -> dict:
     from hpa_pipeline.model.data import StoreDataset
 
     torch.backends.cudnn.benchmark = True
+    started, marks = time.perf_counter(), {}  # seconds from the start as each part ends: what sizes a run
+
+    def done(part: str) -> None:
+        marks[part] = round(time.perf_counter() - started)
+
     store = _store()
+    done("the --codec none store")
     dataset = StoreDataset(str(store), LEVEL, np.arange(N), crop=CROP, train=True)
     normalize = dataset.normalizer().to(DEVICE)
     labels = dataset.labels
@@ -277,7 +283,7 @@ def run() -> dict:
     figures = {"device": "CPU dry run (figures meaningless)" if DRY_RUN else torch.cuda.get_device_name(),
                "cores": cores, "torch": torch.__version__,
                "model": f"{ARCH}, bf16, channels_last, focal loss, batch {BATCH}, {CROP}² crops of {LEVEL}",
-               "one worker, in-process: crops/s": round(per_worker, 1)}
+               "one worker, in-process: crops/s": round(per_worker, 1), "seconds from the start": marks}
     fixed = torch.randint(0, 255, (BATCH, 4, CROP, CROP), dtype=torch.uint8, device=DEVICE)
     targets = torch.zeros(BATCH, 28, device=DEVICE)
     codes = torch.tensor(np.stack([dataset.draw(k % N)[2] for k in range(BATCH)]), device=DEVICE)
@@ -293,6 +299,7 @@ def run() -> dict:
         if eval_rate is None:  # validation is not compiled: measured once
             eval_rate = _eval_rate(model, normalize)
             figures.update(_guarded("whole images", _whole_image_feed, model, normalize, eval_rate))
+        done(f"{mode} feeds")
         save(NAME, figures)
         del model, step
         if DEVICE == "cuda":
@@ -302,6 +309,7 @@ def run() -> dict:
         workers = figures[f"{mode}: workers (chosen from the rates unless GPU_WORKERS)"]
         itself = _train_itself(store, mode == "compile", workers, eval_rate)
         figures.update(_itself_figures(mode, itself, figures[f"{mode}: memory-fed img/s"], eval_rate))
+        done(f"{mode} train")
         result = report(NAME, figures)  # after each mode: a cut-off run keeps the first
     for mode in modes if "learn" in PARTS else ():
         learned = _learning_check(_learning_store(), mode == "compile", figures[f"{mode}: memory-fed img/s"],
@@ -309,11 +317,13 @@ def run() -> dict:
         figures[f"{mode}: learning check ({N_LEARN} synthetic samples, {learned['steps']} steps, "
                 f"{learned['seconds']} s): validation macro F1 at 0.5, tuned (cross-fitted)"] = \
             f"{learned['valid_macro_f1']:.4f}, {learned['crossfit']:.4f}"
+        done(f"{mode} learning check")
         result = report(NAME, figures)
     if "classify" in PARTS and not DRY_RUN:  # 7. whole images by an exported model (bench_classify.py)
         from .bench_classify import measure
 
         figures.update({f"classify {k}": v for k, v in _guarded("classify", measure, "cuda").items()})
+        done("classify")
         result = report(NAME, figures)
     return result
 
