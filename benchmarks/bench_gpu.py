@@ -62,6 +62,7 @@ WARMUP = 2 if DRY_RUN else 8
 NAME = "gpu_dry_run" if DRY_RUN else "gpu"
 # The feeds (1, 2, 4, 5) always run; train (3), learn (6) and classify (7) as named.
 PARTS = set(os.environ.get("GPU_PARTS", "feeds,train,learn,classify").split(","))
+TIMES = "seconds from the start at the end of each part"
 
 
 def sync() -> None:
@@ -265,10 +266,12 @@ def run() -> dict:
     from hpa_pipeline.model.data import StoreDataset
 
     torch.backends.cudnn.benchmark = True
-    started, marks = time.perf_counter(), {}  # seconds from the start as each part ends: what sizes a run
+    started, marks, figures = time.perf_counter(), [], {}
 
-    def done(part: str) -> None:
-        marks[part] = round(time.perf_counter() - started)
+    def done(part: str) -> None:  # seconds from the start as each part ends, last: what sizes a run
+        marks.append(f"{part} {round(time.perf_counter() - started)}")
+        figures.pop(TIMES, None)
+        figures[TIMES] = "; ".join(marks)
 
     store = _store()
     done("the --codec none store")
@@ -280,10 +283,10 @@ def run() -> dict:
     dataset.__getitems__([k % N for k in range(BATCH)])
     per_worker = BATCH / (time.perf_counter() - start)  # one worker's crops/s, measured in-process
 
-    figures = {"device": "CPU dry run (figures meaningless)" if DRY_RUN else torch.cuda.get_device_name(),
+    figures.update({"device": "CPU dry run (figures meaningless)" if DRY_RUN else torch.cuda.get_device_name(),
                "cores": cores, "torch": torch.__version__,
                "model": f"{ARCH}, bf16, channels_last, focal loss, batch {BATCH}, {CROP}² crops of {LEVEL}",
-               "one worker, in-process: crops/s": round(per_worker, 1), "seconds from the start": marks}
+               "one worker, in-process: crops/s": round(per_worker, 1)})
     fixed = torch.randint(0, 255, (BATCH, 4, CROP, CROP), dtype=torch.uint8, device=DEVICE)
     targets = torch.zeros(BATCH, 28, device=DEVICE)
     codes = torch.tensor(np.stack([dataset.draw(k % N)[2] for k in range(BATCH)]), device=DEVICE)
