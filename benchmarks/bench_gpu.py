@@ -254,6 +254,21 @@ def _train_itself(store: Path, compiled: bool, workers: int, eval_rate: float) -
                                   / (epoch_s + overhead_s), 3)}
 
 
+class _Figures(dict):
+    """The run's figures, saved as each part ends (a run cut off by a time limit keeps them), with
+    the seconds from the start at the end of each part last: what sizes a run."""
+
+    def __init__(self):
+        super().__init__()
+        self.started, self.marks = time.perf_counter(), []
+
+    def done(self, part: str, show: bool = True) -> dict:
+        self.marks.append(f"{part} {round(time.perf_counter() - self.started)}")
+        self.pop(TIMES, None)
+        self[TIMES] = "; ".join(self.marks)
+        return report(NAME, self) if show else save(NAME, self)
+
+
 def run() -> dict:
     import torch
 
@@ -263,37 +278,53 @@ def run() -> dict:
         print("bench gpu: no CUDA device on this machine. Run `make bench-gpu` (or bash benchmarks/run_gpu.sh) "
               "on a GPU machine; nothing was measured.", file=sys.stderr)
         raise SystemExit(2)
+    torch.backends.cudnn.benchmark = True
+    figures, store = _Figures(), _store()
+    figures.done("the --codec none store", show=False)
+    modes = os.environ.get("GPU_MODES", "eager" if DRY_RUN else "eager,compile").split(",")
+    eval_rate = _every_feed(store, modes, figures)
+    result = report(NAME, figures)
+    for mode in modes if "train" in PARTS else ():
+        workers = figures[f"{mode}: workers (chosen from the rates unless GPU_WORKERS)"]
+        itself = _train_itself(store, mode == "compile", workers, eval_rate)
+        figures.update(_itself_figures(mode, itself, figures[f"{mode}: memory-fed img/s"], eval_rate))
+        result = figures.done(f"{mode} train")
+    for mode in modes if "learn" in PARTS else ():
+        learned = _learning_check(_learning_store(), mode == "compile", figures[f"{mode}: memory-fed img/s"],
+                                  figures[f"{mode}: workers (chosen from the rates unless GPU_WORKERS)"])
+        figures[f"{mode}: learning check ({N_LEARN} synthetic samples, {learned['steps']} steps, "
+                f"{learned['seconds']} s): validation macro F1 at 0.5, tuned (cross-fitted)"] = \
+            f"{learned['valid_macro_f1']:.4f}, {learned['crossfit']:.4f}"
+        result = figures.done(f"{mode} learning check")
+    if "classify" in PARTS and not DRY_RUN:  # 7. whole images by an exported model (bench_classify.py)
+        from .bench_classify import measure
+
+        figures.update({f"classify {k}": v for k, v in _guarded("classify", measure, "cuda").items()})
+        result = figures.done("classify")
+    return result
+
+
+def _every_feed(store: Path, modes: list[str], figures: _Figures) -> float:
+    """1, 2, 4 and 5 for every mode, before anything else; validation's eval rate (images/s)."""
+    import torch
+
     from hpa_pipeline.model.data import StoreDataset
 
-    torch.backends.cudnn.benchmark = True
-    started, marks, figures = time.perf_counter(), [], {}
-
-    def done(part: str) -> None:  # seconds from the start as each part ends, last: what sizes a run
-        marks.append(f"{part} {round(time.perf_counter() - started)}")
-        figures.pop(TIMES, None)
-        figures[TIMES] = "; ".join(marks)
-
-    store = _store()
-    done("the --codec none store")
     dataset = StoreDataset(str(store), LEVEL, np.arange(N), crop=CROP, train=True)
-    normalize = dataset.normalizer().to(DEVICE)
-    labels = dataset.labels
-    cores = os.cpu_count() or 2
+    normalize, cores = dataset.normalizer().to(DEVICE), os.cpu_count() or 2
     start = time.perf_counter()
     dataset.__getitems__([k % N for k in range(BATCH)])
     per_worker = BATCH / (time.perf_counter() - start)  # one worker's crops/s, measured in-process
-
     figures.update({"device": "CPU dry run (figures meaningless)" if DRY_RUN else torch.cuda.get_device_name(),
-               "cores": cores, "torch": torch.__version__,
-               "model": f"{ARCH}, bf16, channels_last, focal loss, batch {BATCH}, {CROP}² crops of {LEVEL}",
-               "one worker, in-process: crops/s": round(per_worker, 1)})
+                    "cores": cores, "torch": torch.__version__,
+                    "model": f"{ARCH}, bf16, channels_last, focal loss, batch {BATCH}, {CROP}² crops of {LEVEL}",
+                    "one worker, in-process: crops/s": round(per_worker, 1)})
     fixed = torch.randint(0, 255, (BATCH, 4, CROP, CROP), dtype=torch.uint8, device=DEVICE)
     targets = torch.zeros(BATCH, 28, device=DEVICE)
     codes = torch.tensor(np.stack([dataset.draw(k % N)[2] for k in range(BATCH)]), device=DEVICE)
-    modes = os.environ.get("GPU_MODES", "eager" if DRY_RUN else "eager,compile").split(",")
     eval_rate = None
-    for mode in modes:  # every feed of every mode first: a run cut off by its time limit keeps them
-        model, step = _step_module(mode == "compile", labels)
+    for mode in modes:
+        model, step = _step_module(mode == "compile", dataset.labels)
         memory = _timed_steps(model, step, iter(lambda: (fixed, targets, codes), None), normalize, STEPS)
         workers = int(os.environ.get("GPU_WORKERS") or workers_for(memory, per_worker, cores))
         figures.update(_batch_feed(model, step, normalize, dataset, memory, workers, mode))
@@ -302,33 +333,11 @@ def run() -> dict:
         if eval_rate is None:  # validation is not compiled: measured once
             eval_rate = _eval_rate(model, normalize)
             figures.update(_guarded("whole images", _whole_image_feed, model, normalize, eval_rate))
-        done(f"{mode} feeds")
-        save(NAME, figures)
+        figures.done(f"{mode} feeds", show=False)
         del model, step
         if DEVICE == "cuda":
             torch.cuda.empty_cache()
-    result = report(NAME, figures)
-    for mode in modes if "train" in PARTS else ():
-        workers = figures[f"{mode}: workers (chosen from the rates unless GPU_WORKERS)"]
-        itself = _train_itself(store, mode == "compile", workers, eval_rate)
-        figures.update(_itself_figures(mode, itself, figures[f"{mode}: memory-fed img/s"], eval_rate))
-        done(f"{mode} train")
-        result = report(NAME, figures)  # after each mode: a cut-off run keeps the first
-    for mode in modes if "learn" in PARTS else ():
-        learned = _learning_check(_learning_store(), mode == "compile", figures[f"{mode}: memory-fed img/s"],
-                                  figures[f"{mode}: workers (chosen from the rates unless GPU_WORKERS)"])
-        figures[f"{mode}: learning check ({N_LEARN} synthetic samples, {learned['steps']} steps, "
-                f"{learned['seconds']} s): validation macro F1 at 0.5, tuned (cross-fitted)"] = \
-            f"{learned['valid_macro_f1']:.4f}, {learned['crossfit']:.4f}"
-        done(f"{mode} learning check")
-        result = report(NAME, figures)
-    if "classify" in PARTS and not DRY_RUN:  # 7. whole images by an exported model (bench_classify.py)
-        from .bench_classify import measure
-
-        figures.update({f"classify {k}": v for k, v in _guarded("classify", measure, "cuda").items()})
-        done("classify")
-        result = report(NAME, figures)
-    return result
+    return eval_rate
 
 
 def _batch_feed(model, step, normalize, dataset, memory: float, workers: int, mode: str) -> dict:
