@@ -173,6 +173,23 @@ def _timed_steps(model, step, batches, normalize, steps: int) -> float:
     return done / (time.perf_counter() - start)
 
 
+def _one_worker_rate(dataset) -> float:
+    """One loader worker's crops/s of ``dataset``, measured in this process on one batch."""
+    start = time.perf_counter()
+    dataset.__getitems__([k % N for k in range(BATCH)])
+    return BATCH / (time.perf_counter() - start)
+
+
+def _fed_then_alone(model, step, normalize, feed, batches) -> tuple[float, dict]:
+    """The step's images/s fed by ``feed`` (``batches()``: a fresh stream of its batches), then
+    the feed alone (:func:`_feed_alone`); the feed is closed after."""
+    try:
+        fed = _timed_steps(model, step, ((b[0], b[1], b[3]) for b in batches()), normalize, STEPS)
+        return fed, _feed_alone(batches(), STEPS)
+    finally:
+        feed.close()
+
+
 def _endless(n: int):
     rng = np.random.default_rng(0)
     epoch = 0
@@ -312,9 +329,7 @@ def _every_feed(store: Path, modes: list[str], figures: _Figures) -> float:
 
     dataset = StoreDataset(str(store), LEVEL, np.arange(N), crop=CROP, train=True)
     normalize, cores = dataset.normalizer().to(DEVICE), os.cpu_count() or 2
-    start = time.perf_counter()
-    dataset.__getitems__([k % N for k in range(BATCH)])
-    per_worker = BATCH / (time.perf_counter() - start)  # one worker's crops/s, measured in-process
+    per_worker = _one_worker_rate(dataset)
     figures.update({"device": "CPU dry run (figures meaningless)" if DRY_RUN else torch.cuda.get_device_name(),
                     "cores": cores, "torch": torch.__version__,
                     "model": f"{ARCH}, bf16, channels_last, focal loss, batch {BATCH}, {CROP}² crops of {LEVEL}",
@@ -347,11 +362,7 @@ def _batch_feed(model, step, normalize, dataset, memory: float, workers: int, mo
     from hpa_pipeline.model.feed import BatchFeed
 
     feed = BatchFeed(dataset, BATCH, workers, torch.device(DEVICE))
-    try:
-        fed = _timed_steps(model, step, ((b[0], b[1], b[3]) for b in feed.batches(_endless(N))), normalize, STEPS)
-        alone = _feed_alone(feed.batches(_endless(N)), STEPS)
-    finally:
-        feed.close()
+    fed, alone = _fed_then_alone(model, step, normalize, feed, lambda: feed.batches(_endless(N)))
     return {f"{mode}: memory-fed img/s": round(memory, 1),
             f"{mode}: workers (chosen from the rates unless GPU_WORKERS)": workers,
             f"{mode}: loader-fed img/s (BatchFeed)": round(fed, 1),
@@ -398,16 +409,10 @@ def _default_codec_feed(model, step, normalize, memory: float, mode: str) -> dic
     from hpa_pipeline.model.feed import BatchFeed
 
     dataset = StoreDataset(str(_store("zstd")), LEVEL, np.arange(N), crop=CROP, train=True)
-    start = time.perf_counter()
-    dataset.__getitems__([k % N for k in range(BATCH)])
-    per_worker = BATCH / (time.perf_counter() - start)
+    per_worker = _one_worker_rate(dataset)
     workers = int(os.environ.get("GPU_WORKERS_ZSTD") or workers_for(memory, per_worker, os.cpu_count() or 2))
     feed = BatchFeed(dataset, BATCH, workers, torch.device(DEVICE))
-    try:
-        fed = _timed_steps(model, step, ((b[0], b[1], b[3]) for b in feed.batches(_endless(N))), normalize, STEPS)
-        alone = _feed_alone(feed.batches(_endless(N)), STEPS)
-    finally:
-        feed.close()
+    fed, alone = _fed_then_alone(model, step, normalize, feed, lambda: feed.batches(_endless(N)))
     return {f"{mode}: default store (zstd-1): one worker crops/s, workers": f"{round(per_worker, 1)}, {workers}",
             f"{mode}: default store (zstd-1): loader-fed img/s": round(fed, 1),
             f"{mode}: default store (zstd-1): loader-fed / memory-fed": round(fed / memory, 3),
@@ -441,12 +446,7 @@ def _gpu_decode_feed(model, step, normalize, memory: float, mode: str) -> dict:
     workers = int(os.environ.get("GPU_WORKERS_DECODE") or 2)
     sampler = EpochSampler(N, seed=0, draws=BATCH * (STEPS + WARMUP + 4) * 3, tag_epoch=True)
     decoding = GpuDecoding(dataset, BATCH, workers, device, "zstd")
-    try:
-        fed = _timed_steps(model, step, ((b[0], b[1], b[3]) for b in decoding.batches(sampler, drop_last=True)),
-                           normalize, STEPS)
-        alone = _feed_alone(decoding.batches(sampler, drop_last=True), STEPS)
-    finally:
-        decoding.close()
+    fed, alone = _fed_then_alone(model, step, normalize, decoding, lambda: decoding.batches(sampler, drop_last=True))
     decoder = "nvCOMP batched zstd" if DEVICE == "cuda" else "numcodecs zstd (dry run: the CPU)"
     return {f"{mode}: --decode gpu: workers, loader-fed img/s": f"{workers}, {round(fed, 1)}",
             f"{mode}: --decode gpu: loader-fed / memory-fed (target >= 0.98)": round(fed / memory, 3),
